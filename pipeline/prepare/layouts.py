@@ -1,0 +1,222 @@
+"""Find the videos of a raw dataset: detect its layout and list (video, split, label, segments).
+
+Layouts (detect_layout picks the first that matches; prepare_data.py --format forces one):
+    activitynet  SRC/*.json with a "database" key (ActivityNet v1.3: subset, duration, annotations[{segment,
+                 label}]), videos anywhere under SRC named <id>.* or v_<id>.*. One manifest row per annotated
+                 segment; video_id <id>_<k> (k: the segment's position in the JSON list), or <id> for a video
+                 without annotations (label -1).
+    kinetics     SRC/annotations/*.csv with a youtube_id column (label,youtube_id,time_start,time_end,split),
+                 videos anywhere under SRC named <youtube_id>_<start:06d>_<end:06d>.*; video_id is that name.
+                 A CSV without labels (the test split) gives label -1.
+    folders      SRC/<split>/<class>/<video> (UCF101/HMDB51 style, Kinetics downloaded per class);
+                 video_id is the file name without extension (made unique within a split with _2, _3, ...).
+Splits: train/training, val/valid/validation/validate, test/testing. Classes: sorted names, index = position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ogv",
+                    ".wmv"}
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "validate": "val", "test": "test", "testing": "test"}
+SPLITS = ("train", "val", "test")
+LAYOUTS = ("kinetics", "folders", "activitynet")
+UNLABELLED = "_unlabelled"  # output folder of videos without a label (label -1, label_name "")
+MULTIPLE = "_multiple"  # output folder of untrimmed videos whose segments carry different labels
+
+
+class LayoutError(ValueError):
+    """SRC does not look like any supported dataset layout; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """An annotated part of an untrimmed video, in seconds."""
+
+    start_s: float
+    end_s: float
+    label_name: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source video and where its rows go. segments=None: a trimmed video, one row for the whole file."""
+
+    video_id: str
+    path: Path
+    split: str
+    label_name: str  # "" when unknown; for untrimmed videos the output folder's label
+    segments: tuple[Segment, ...] | None = None
+
+    @property
+    def folder(self) -> str:
+        """Output folder name under videos/<split>/."""
+        return safe_name(self.label_name) if self.label_name else UNLABELLED
+
+
+@dataclass
+class Listing:
+    """What a raw dataset holds. rejected: (source, reason) found while listing (missing files, ...)."""
+
+    layout: str
+    sources: list[Source]
+    classes: list[str]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def safe_name(name: str) -> str:
+    """A name usable as one path component (keeps spaces and unicode; replaces path separators)."""
+    name = re.sub(r"[/\\\x00]", "_", name).strip()
+    return "_" if name in ("", ".", "..") else name
+
+
+def detect_layout(src: Path) -> str:
+    """The layout of src (see the module docstring); raise LayoutError with a hint when none matches."""
+    if not src.is_dir():
+        raise LayoutError(f"{src}: not a directory. HINT: pass the dataset's root folder")
+    if _activitynet_json(src) is not None:
+        return "activitynet"
+    if _kinetics_csvs(src):
+        return "kinetics"
+    if any(d.is_dir() and d.name.lower() in SPLIT_NAMES for d in src.iterdir()):
+        return "folders"
+    raise LayoutError(
+        f"{src}: no known layout. Expected one of: SRC/annotations/<split>.csv with a youtube_id column "
+        "(Kinetics); SRC/<split>/<class>/<video> with split in train/val/test (class folders); SRC/*.json "
+        "with a 'database' key (ActivityNet). HINT: pass --format to force one")
+
+
+def list_sources(src: Path, layout: str) -> Listing:
+    """All source videos of src in the given layout, sorted by (split, video_id)."""
+    listing = {"kinetics": _list_kinetics, "folders": _list_folders, "activitynet": _list_activitynet}[layout](src)
+    listing.sources.sort(key=lambda s: (s.split, s.video_id))
+    listing.rejected.sort()
+    return listing
+
+
+def _video_files(root: Path, skip: Path | None = None) -> dict[str, list[Path]]:
+    """stem -> video files under root (recursive, sorted), skipping the folder `skip`."""
+    index: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir() and (skip is None or skip not in p.parents):
+            index.setdefault(p.stem, []).append(p)
+    return index
+
+
+def _pick(paths: list[Path], split_dirs: set[str]) -> Path:
+    """Of several files with the same name, prefer one inside a folder named like its split."""
+    return next((p for p in paths if p.parent.name.lower() in split_dirs), paths[0])
+
+
+def _kinetics_csvs(src: Path) -> list[Path]:
+    ann = src / "annotations"
+    if not ann.is_dir():
+        return []
+    return [p for p in sorted(ann.glob("*.csv")) if "youtube_id" in p.open(encoding="utf-8").readline()]
+
+
+def _split_of(name: str) -> str | None:
+    words = re.split(r"[^a-z]+", name.lower())
+    return next((SPLIT_NAMES[w] for w in reversed(words) if w in SPLIT_NAMES), None)
+
+
+def _list_kinetics(src: Path) -> Listing:
+    csvs = _kinetics_csvs(src)
+    if not csvs:
+        raise LayoutError(f"{src}/annotations: no CSV with a youtube_id column. HINT: check --format")
+    files = _video_files(src, skip=src / "annotations")
+    sources, rejected, listed = [], [], set()
+    for csv in csvs:
+        df = pd.read_csv(csv, dtype={"youtube_id": str, "label": str}, keep_default_na=False)
+        for row in df.itertuples(index=False):
+            split = SPLIT_NAMES.get(str(getattr(row, "split", "")).lower()) or _split_of(csv.stem)
+            if split is None:
+                raise LayoutError(f"{csv}: no split column and no split in the file name. HINT: name it "
+                                  "train.csv, val.csv or test.csv")
+            video_id = f"{row.youtube_id}_{int(row.time_start):06d}_{int(row.time_end):06d}"
+            label = str(getattr(row, "label", "")).strip()
+            if video_id not in files:
+                rejected.append((f"{csv.relative_to(src)}:{video_id}", f"missing: listed in {csv.name} but no "
+                                 f"file {video_id}.* under {src}"))
+                continue
+            listed.add(video_id)
+            path = _pick(files[video_id], {k for k, v in SPLIT_NAMES.items() if v == split})
+            sources.append(Source(video_id, path, split, label))
+    rejected += [(str(p), "not listed in any annotations CSV") for stem, ps in files.items() if stem not in listed
+                 for p in ps]
+    classes = sorted(({s.label_name for s in sources} | _labels_in(csvs)) - {""})
+    return Listing("kinetics", sources, classes, rejected)
+
+
+def _labels_in(csvs: list[Path]) -> set[str]:
+    labels: set[str] = set()
+    for csv in csvs:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        if "label" in df.columns:
+            labels |= {x.strip() for x in df["label"]}
+    return labels
+
+
+def _list_folders(src: Path) -> Listing:
+    sources, classes = [], set()
+    for split_dir in sorted(d for d in src.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES):
+        split = SPLIT_NAMES[split_dir.name.lower()]
+        taken: set[str] = {s.video_id for s in sources if s.split == split}
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            classes.add(class_dir.name)
+            for p in sorted(class_dir.iterdir()):
+                if p.suffix.lower() not in VIDEO_EXTENSIONS or p.is_dir():
+                    continue
+                video_id, k = p.stem, 2
+                while video_id in taken:
+                    video_id, k = f"{p.stem}_{k}", k + 1
+                taken.add(video_id)
+                sources.append(Source(video_id, p, split, class_dir.name))
+    if not classes:
+        raise LayoutError(f"{src}: no class folders under {src}/<split>/. HINT: expected SRC/train/<class>/<video>")
+    return Listing("folders", sources, sorted(classes))
+
+
+def _activitynet_json(src: Path) -> Path | None:
+    for p in sorted(src.glob("*.json")):
+        try:
+            with p.open(encoding="utf-8") as f:
+                head = f.read(4096)
+        except OSError:
+            continue
+        if '"database"' in head:
+            return p
+    return None
+
+
+def _list_activitynet(src: Path) -> Listing:
+    path = _activitynet_json(src)
+    if path is None:
+        raise LayoutError(f"{src}: no *.json with a 'database' key. HINT: put activity_net.v1-3.min.json in SRC")
+    database = json.loads(path.read_text(encoding="utf-8"))["database"]
+    files = _video_files(src)
+    sources, rejected, classes = [], [], set()
+    for vid, entry in sorted(database.items()):
+        split = SPLIT_NAMES.get(str(entry.get("subset", "")).lower())
+        if split is None:
+            rejected.append((f"{path.name}:{vid}", f"unknown subset {entry.get('subset')!r}"))
+            continue
+        segments = tuple(Segment(float(a["segment"][0]), float(a["segment"][1]), str(a["label"]))
+                         for a in entry.get("annotations", []))
+        classes |= {s.label_name for s in segments}
+        found = files.get(vid) or files.get(f"v_{vid}")
+        if not found:
+            rejected.append((f"{path.name}:{vid}", f"missing: listed in {path.name} but no file {vid}.* or "
+                             f"v_{vid}.* under {src}"))
+            continue
+        labels = {s.label_name for s in segments}
+        label = labels.pop() if len(labels) == 1 else (MULTIPLE if labels else "")
+        sources.append(Source(vid, _pick(found, set()), split, label, segments or None))
+    return Listing("activitynet", sources, sorted(classes), rejected)

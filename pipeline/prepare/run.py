@@ -1,0 +1,235 @@
+"""Run a preparation: reuse valid outputs, transcode the rest in worker processes, write manifests and report.
+
+Resuming: after a video is renamed into place, its worker writes a record DST/.prepare/<output path>.json
+(source size/mtime/mode, encode settings, the VideoInfo). An output is reused when its record matches the
+source and settings and the file on disk has the recorded size; anything else (no record, a killed run that
+renamed the video but not the record, changed settings) is redone. Rejections are recorded the same way, so a
+re-run over unchanged input does no decoding at all (except retrying timeouts, crashes and unexpected errors). Manifests are written only at the end, from records.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.prepare.layouts import Listing, Source, safe_name
+from pipeline.prepare.transcode import EncodeSettings, Rejected, VideoInfo, transcode
+
+COLUMNS = ("video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
+           "start_frame", "end_frame")
+RECORDS = ".prepare"
+RETRIED = {"timeout", "crashed", "error"}  # rejections tried again on the next run (others are remembered)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One source video -> one output file (relative to DST)."""
+
+    source: Source
+    output: str  # e.g. videos/train/abseiling/abc_000010_000020.webm
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    info: VideoInfo | None  # None: rejected
+    reason: str = ""
+    reused: bool = False
+    seconds: float = 0.0
+
+
+def plan_jobs(listing: Listing, settings: EncodeSettings) -> list[Job]:
+    return [Job(s, f"videos/{s.split}/{s.folder}/{safe_name(s.video_id)}{settings.extension}")
+            for s in listing.sources]
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_mode]
+
+
+def _record_path(dst: Path, job: Job) -> Path:
+    return dst / RECORDS / f"{job.output}.json"
+
+
+def load_reusable(dst: Path, job: Job, settings: EncodeSettings) -> Outcome | None:
+    """The recorded outcome of job if it is still valid for the current source and settings, else None."""
+    try:
+        rec = json.loads(_record_path(dst, job).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if rec.get("source_fingerprint") != _fingerprint(job.source.path) or rec.get("settings") != settings.identity():
+        return None
+    if rec["info"] is None:  # a rejection: reuse it unless it may go away on a retry
+        return None if rec["reason"].split(":")[0] in RETRIED else Outcome(job, None, rec["reason"], reused=True)
+    info = VideoInfo(**rec["info"])
+    out = dst / job.output
+    if not out.is_file() or out.stat().st_size != info.bytes_out:
+        return None
+    return Outcome(job, info, reused=True)
+
+
+def _write_record(dst: Path, outcome: Outcome, settings: EncodeSettings) -> None:
+    path = _record_path(dst, outcome.job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"source": str(outcome.job.source.path), "source_fingerprint": _fingerprint(outcome.job.source.path),
+           "settings": settings.identity(), "info": asdict(outcome.info) if outcome.info else None,
+           "reason": outcome.reason, "seconds": round(outcome.seconds, 3)}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(rec, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _on_alarm(signum, frame):
+    raise TimeoutError
+
+
+def _started_marker(dst: Path, job: Job) -> Path:
+    path = _record_path(dst, job)
+    return path.with_name(f".{path.name}.started")
+
+
+def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outcome:
+    """Transcode one job (in a worker process) and record the result. Never raises for bad input."""
+    t0 = time.perf_counter()
+    marker = _started_marker(dst, job)  # tells the parent which jobs were running if the pool breaks
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(timeout_s)  # PyAV returns to Python between packets, so the alarm interrupts a stuck decode
+    try:
+        info, reason = transcode(job.source.path, dst / job.output, settings), ""
+    except Rejected as e:
+        info, reason = None, str(e)
+    except TimeoutError:
+        info, reason = None, f"timeout: not done after {timeout_s} s (raise --timeout for very long videos)"
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason names the error
+        info, reason = None, f"error: {type(e).__name__}: {e}"
+    finally:
+        signal.alarm(0)
+    outcome = Outcome(job, info, reason, seconds=time.perf_counter() - t0)
+    if not reason.startswith("missing"):  # a missing file may appear later: do not remember that
+        _write_record(dst, outcome, settings)
+    marker.unlink(missing_ok=True)
+    return outcome
+
+
+def remove_partials(dst: Path) -> int:
+    """Delete temp files and markers left by a killed run (never referenced by a manifest). Returns how many."""
+    stale = []
+    for folder in (dst / "videos", dst / RECORDS):
+        if folder.is_dir():
+            stale += [p for p in folder.rglob(".*") if ".partial" in p.name or p.name.endswith(".started")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def run_jobs(jobs: list[Job], dst: Path, settings: EncodeSettings, workers: int, timeout_s: int,
+             on_done=None, worker=work) -> list[Outcome]:
+    """Run jobs over `workers` processes; on_done(outcome) after each.
+
+    A worker that dies (a segfault in a decoder, the OOM killer) breaks the whole pool. The jobs that had
+    started then are retried one per fresh process, so only the culprit is rejected ("crashed"); the jobs
+    that had not started go to a new pool. worker: the per-job function (tests swap it).
+    """
+    outcomes: list[Outcome] = []
+    todo = list(jobs)
+    while todo:
+        left = _run_pool(todo, dst, settings, workers, timeout_s, outcomes, on_done, worker)
+        started = [j for j in left if _started_marker(dst, j).exists()]
+        todo = [j for j in left if j not in started]
+        for job in started:
+            _started_marker(dst, job).unlink(missing_ok=True)
+            if _run_pool([job], dst, settings, 1, timeout_s, outcomes, on_done, worker):
+                _started_marker(dst, job).unlink(missing_ok=True)
+                outcome = Outcome(job, None, "crashed: decoding this file killed the worker process")
+                _write_record(dst, outcome, settings)
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+    return outcomes
+
+
+def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker) -> list[Job]:
+    """Run jobs in one pool; return the jobs left unfinished because the pool broke."""
+    # spawn: workers start clean (no copy of the parent's progress-bar thread or open files).
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        pending = {pool.submit(worker, job, dst, settings, timeout_s): job for job in jobs}
+        left = []
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = pending.pop(fut)
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    left.append(job)
+                    continue
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+    return left
+
+
+def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Manifest rows of the prepared videos (one per segment for untrimmed ones) and the rejected segments."""
+    index = {name: i for i, name in enumerate(classes)}
+    rows, rejected = [], []
+    for o in outcomes:
+        if o.info is None:
+            continue
+        s, info = o.job.source, o.info
+        base = {"path": o.job.output, "split": s.split, "num_frames": info.num_frames, "fps": info.fps,
+                "width": info.width, "height": info.height}
+        if s.segments is None:
+            rows.append({"video_id": s.video_id, "label": index.get(s.label_name, -1), "label_name": s.label_name,
+                         "start_frame": 0, "end_frame": info.num_frames, **base})
+            continue
+        for k, seg in enumerate(s.segments):
+            start = min(max(round(seg.start_s * info.fps), 0), info.num_frames)
+            end = min(max(round(seg.end_s * info.fps), 0), info.num_frames)
+            if end <= start:
+                rejected.append((f"{s.path}#segment{k}", f"empty segment: [{seg.start_s}, {seg.end_s}] s gives "
+                                 f"frames [{start}, {end}) of {info.num_frames} at {info.fps} fps"))
+                continue
+            rows.append({"video_id": f"{s.video_id}_{k}", "label": index[seg.label_name],
+                         "label_name": seg.label_name, "start_frame": start, "end_frame": end, **base})
+    return rows, rejected
+
+
+def write_outputs(dst: Path, listing: Listing, rows: list[dict], rejected: list[tuple[str, str]]) -> dict[str, int]:
+    """Write {split}.csv (sorted by video_id), classes.csv and rejected.csv; return rows per split."""
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    counts = {}
+    for split in sorted({s.split for s in listing.sources}):
+        part = df[df["split"] == split].sort_values("video_id", kind="stable")
+        _write_csv(part, dst / f"{split}.csv")
+        counts[split] = len(part)
+    _write_csv(pd.DataFrame({"index": range(len(listing.classes)), "name": listing.classes}), dst / "classes.csv")
+    _write_csv(pd.DataFrame(sorted(rejected), columns=["source", "reason"]), dst / "rejected.csv")
+    return counts
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,218 @@
+"""Prepare a raw video dataset for training: short-GOP 360p VP9 WebM files plus manifests.
+
+    python prepare_data.py SRC --out DST               # Kinetics, class folders or ActivityNet (auto-detected)
+    python prepare_data.py --make-sample RAW [--seed 0]  # write the built-in synthetic raw dataset
+
+Output (relied on by pipeline/ and train.py; see design.md 3):
+    DST/videos/<split>/<label>/<video_id>.webm   VP9 yuv420p, keyframe every --gop frames, CFR, height --height
+    DST/{train,val,test}.csv                     video_id,path,label,label_name,split,num_frames,fps,width,height,
+                                                 start_frame,end_frame  (num_frames counted by decoding the output)
+    DST/classes.csv (index,name)   DST/rejected.csv (source,reason)   DST/prepare_report.json
+Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
+Exit status: 0 when anything usable came out, 1 when nothing did, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich import progress as rp
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.prepare import layouts, run
+from pipeline.prepare.transcode import DEFAULT_CRF, EncodeSettings
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    src: Path
+    out: Path
+    layout: str  # auto | kinetics | folders | activitynet
+    codec: str  # vp9 | h264
+    height: int
+    gop: int
+    crf: int
+    workers: int
+    threads: int  # codec threads per worker
+    timeout_s: int  # per video; 0 = none
+
+    def encode_settings(self) -> EncodeSettings:
+        return EncodeSettings(codec=self.codec, height=self.height, gop=self.gop, crf=self.crf, threads=self.threads)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", nargs="?", type=Path, help="raw dataset folder")
+    g = p.add_argument_group("input / output")
+    g.add_argument("--out", type=Path, help="output folder (default: <SRC>_prepared next to SRC)")
+    g.add_argument("--format", default="auto", choices=("auto", *layouts.LAYOUTS), help="force the input layout")
+    g = p.add_argument_group("encoding")
+    g.add_argument("--codec", default="vp9", choices=("vp9", "h264"),
+                   help="vp9 (WebM; decodable by DALI on CPU and GPU) or h264 (MP4; DALI decodes it on GPU only)")
+    g.add_argument("--height", type=int, default=360, help="output height in pixels (even); aspect ratio kept")
+    g.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (random clip reads need short)")
+    g.add_argument("--crf", type=int, help="constant quality, lower = better and bigger "
+                   f"(default: vp9 {DEFAULT_CRF['vp9']}, h264 {DEFAULT_CRF['h264']})")
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    g.add_argument("--threads", type=int, default=1, help="codec threads per worker")
+    g.add_argument("--timeout", type=int, default=1800, help="seconds per video before it is rejected (0: none)")
+    g = p.add_argument_group("built-in sample dataset (design.md 6)")
+    g.add_argument("--make-sample", type=Path, metavar="RAW_DIR", help="write the synthetic raw dataset and exit")
+    g.add_argument("--seed", type=int, default=0, help="sample dataset seed")
+    g.add_argument("--sample-train", type=int, default=40, help="sample training videos per class")
+    g.add_argument("--sample-val", type=int, default=12, help="sample validation videos per class")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace) -> PrepareConfig:
+    """Check the arguments up front; exit with status 2 and a hint on bad ones."""
+    def fail(msg: str) -> None:
+        console.print(f"[red]error:[/] {msg}")
+        sys.exit(2)
+
+    if args.src is None:
+        fail("SRC is required (or use --make-sample RAW_DIR). HINT: python prepare_data.py kinetics/ --out data/")
+    src = args.src.resolve()
+    if not src.is_dir():
+        fail(f"{args.src}: not a directory. HINT: pass the raw dataset's root folder")
+    out = (args.out or src.parent / f"{src.name}_prepared").resolve()
+    if out == src or src in out.parents:
+        fail(f"--out {out} is inside SRC {src}; its videos would be read as input. HINT: put DST elsewhere")
+    crf = DEFAULT_CRF[args.codec] if args.crf is None else args.crf
+    max_crf = 63 if args.codec == "vp9" else 51
+    if args.height < 16 or args.height % 2:
+        fail(f"--height {args.height}: must be even and >= 16 (yuv420p needs even sizes)")
+    if args.gop < 1:
+        fail(f"--gop {args.gop}: must be >= 1")
+    if not 0 <= crf <= max_crf:
+        fail(f"--crf {crf}: must be in [0, {max_crf}] for {args.codec}")
+    if args.workers < 1 or args.threads < 1 or args.timeout < 0:
+        fail("--workers and --threads must be >= 1, --timeout >= 0")
+    layout = args.format
+    if layout == "auto":
+        try:
+            layout = layouts.detect_layout(src)
+        except layouts.LayoutError as e:
+            fail(str(e))
+    return PrepareConfig(src=src, out=out, layout=layout, codec=args.codec, height=args.height, gop=args.gop,
+                         crf=crf, workers=args.workers, threads=args.threads, timeout_s=args.timeout)
+
+
+def make_sample(args: argparse.Namespace) -> int:
+    from pipeline.prepare.sample import make_sample_dataset
+
+    root = args.make_sample.resolve()
+    console.print(f"Writing the synthetic sample dataset to {root} (seed {args.seed}) ...")
+    summary = make_sample_dataset(root, seed=args.seed, train_per_class=args.sample_train,
+                                  val_per_class=args.sample_val, workers=args.workers)
+    n = sum(sum(c.values()) for c in summary["videos"].values())
+    console.print(f"{n} videos ({summary['frames']} frames, {summary['bytes'] / 1e6:.1f} MB) in "
+                  f"{len(summary['classes'])} classes + {len(summary['broken'])} broken files, "
+                  f"{summary['seconds']:.1f} s.\nNext: python prepare_data.py {args.make_sample} --out DST")
+    return 0
+
+
+def prepare(cfg: PrepareConfig) -> int:
+    t0 = time.perf_counter()
+    settings = cfg.encode_settings()
+    try:
+        listing = layouts.list_sources(cfg.src, cfg.layout)
+    except (layouts.LayoutError, ValueError, KeyError) as e:
+        console.print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
+        return 2
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    stale = run.remove_partials(cfg.out)
+    jobs = run.plan_jobs(listing, settings)
+    reused = [o for o in (run.load_reusable(cfg.out, j, settings) for j in jobs) if o is not None]
+    done_jobs = {o.job for o in reused}
+    todo = [j for j in jobs if j not in done_jobs]
+    console.print(f"{cfg.layout}: {len(jobs)} videos, {len(listing.classes)} classes, "
+                  f"{len(listing.rejected)} listed but unusable; {len(reused)} already prepared, {len(todo)} to do"
+                  + (f"; removed {stale} partial files of an interrupted run" if stale else ""))
+
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+               rp.TextColumn("{task.fields[fps]:.0f} frames/s"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())
+    frames = [0]
+    t_work = time.perf_counter()
+    with rp.Progress(*columns, console=console) as progress:
+        task = progress.add_task("videos", total=len(todo), fps=0.0)
+
+        def on_done(o: run.Outcome) -> None:
+            frames[0] += o.info.num_frames if o.info else 0
+            progress.update(task, advance=1, fps=frames[0] / max(time.perf_counter() - t_work, 1e-6))
+
+        outcomes = reused + run.run_jobs(todo, cfg.out, settings, cfg.workers, cfg.timeout_s, on_done)
+
+    rows, segment_rejects = run.manifest_rows(outcomes, listing.classes)
+    rejected = listing.rejected + [(str(o.job.source.path), o.reason) for o in outcomes if o.info is None]
+    rejected += segment_rejects
+    per_split = run.write_outputs(cfg.out, listing, rows, rejected)
+    report = make_report(cfg, listing, outcomes, rejected, per_split, time.perf_counter() - t0)
+    run.write_json(report, cfg.out / "prepare_report.json")
+    print_summary(report)
+    if not rows:
+        console.print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
+        return 1
+    return 0
+
+
+def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run.Outcome],
+                rejected: list[tuple[str, str]], per_split: dict[str, int], seconds: float) -> dict:
+    ok = [o for o in outcomes if o.info]
+    new = [o for o in ok if not o.reused]
+    new_frames = sum(o.info.num_frames for o in new)
+    return {
+        "layout": cfg.layout, "src": str(cfg.src), "dst": str(cfg.out),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "videos": {"listed": len(outcomes) + len(listing.rejected), "prepared": len(new), "reused": len(ok) - len(new),
+                   "rejected": len(rejected)},
+        "rows": per_split, "classes": len(listing.classes),
+        "frames": sum(o.info.num_frames for o in ok), "frames_transcoded": new_frames,
+        "bytes_in": sum(o.info.bytes_in for o in ok), "bytes_out": sum(o.info.bytes_out for o in ok),
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(new_frames / seconds, 1) if seconds > 0 else 0.0,
+        "rejected_by_reason": dict(Counter(reason.split(":")[0] for _, reason in rejected).most_common()),
+        "notes": sorted(f"{o.job.source.path}: {o.info.note}" for o in ok if o.info.note),
+        "decode_errors": sorted(f"{o.job.source.path}: {o.info.decode_errors}" for o in ok if o.info.decode_errors),
+    }
+
+
+def print_summary(r: dict) -> None:
+    table = Table(title=f"prepare_data.py: {r['layout']} -> {r['dst']}", show_header=False)
+    v = r["videos"]
+    for name, value in [
+        ("videos prepared now / reused / rejected", f"{v['prepared']} / {v['reused']} / {v['rejected']}"),
+        ("manifest rows per split", ", ".join(f"{k} {n}" for k, n in r["rows"].items()) or "none"),
+        ("classes", r["classes"]),
+        ("frames in manifests / transcoded now", f"{r['frames']} / {r['frames_transcoded']}"),
+        ("size in -> out", f"{r['bytes_in'] / 1e6:.1f} MB -> {r['bytes_out'] / 1e6:.1f} MB"),
+        ("time, speed", f"{r['seconds']:.1f} s, {r['frames_per_s']:.0f} frames/s"),
+        ("rejected by reason", ", ".join(f"{k} {n}" for k, n in r["rejected_by_reason"].items()) or "none"),
+    ]:
+        table.add_row(name, str(value))
+    console.print(table)
+    for note in r["notes"][:10]:
+        console.print(f"note: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.make_sample is not None:
+        return make_sample(args)
+    cfg = make_config(args)
+    console.print(cfg)
+    return prepare(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
