@@ -1,0 +1,138 @@
+"""DALI backend: the host sends each clip's compressed packets and parameters; DALI decodes, crops, resizes,
+flips and subtracts the mean, on CPU (device="cpu") or with the GPU's decoders (device="gpu", "mixed").
+
+Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used):
+    external_source -> enc (bytes) uint8, frames (T,) int32, anchor (y0, x0) int32, shape (side, side) int32,
+                       mirror int32
+    fn.decoders.video(enc, frames)         -> (T, H, W, 3) uint8
+    fn.slice(anchor, shape, axes H, W)     -> (T, side, side, 3) uint8   the exact integer crop box
+    fn.resize(size=S) linear + antialias   -> (T, S, S, 3) uint8
+    fn.crop_mirror_normalize(mirror, mean, std=1, FLOAT, "CFHW") -> (3, T, S, S) float32
+
+Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no
+seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (design.md 4). The host cuts the
+packets keyframe_at_or_before(first)..last out of the file (one read, using the packet index) and wraps
+them in IVF; frames become relative to that keyframe. dali_input="file" sends the whole file instead (the
+only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
+
+Why slice then resize rather than resize with roi_start/roi_end: a ROI resize with antialiasing also reads
+pixels outside the box (measured up to 24 levels apart from crop-then-resize at the box edges), whereas
+the reference implementation and the decord backend crop first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
+from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.packets import ivf_slice, read_span
+from pipeline.sampling import Plan
+
+
+class DaliLoader(LoaderBase):
+    def __init__(self, config: LoaderConfig):
+        super().__init__(config)
+        import torch
+
+        if config.device == "gpu":
+            if not torch.cuda.is_available():
+                raise RuntimeError("device='gpu' needs CUDA, and torch sees no GPU; use device='cpu'")
+            self._device_id = torch.cuda.current_device() if config.device_id is None else config.device_id
+            self._torch_device = torch.device("cuda", self._device_id)
+        else:
+            self._device_id = None
+            self._torch_device = torch.device("cpu")
+        self._feed: Iterator[Plan] = iter(())
+        self._emitted: deque[Plan] = deque()  # batches handed to DALI, not yet returned (<= prefetch + 1)
+        self._in_epoch = False
+        self._pipe = self._build_pipeline()
+
+    def _build_pipeline(self):  # -> nvidia.dali.Pipeline
+        from nvidia.dali import fn, pipeline_def, types
+
+        c = self.config
+        decode_device = "mixed" if c.device == "gpu" else "cpu"
+
+        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self._device_id,
+                      prefetch_queue_depth=c.prefetch, seed=c.seed)
+        def graph():
+            enc, frames, anchor, shape, mirror = fn.external_source(
+                source=self._next_inputs, num_outputs=5, batch=True,
+                dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT32],
+            )
+            video = fn.decoders.video(enc, frames=frames, device=decode_device)  # (T, H, W, 3) uint8
+            video = fn.slice(video, anchor, shape, axis_names="HW")  # (T, side, side, 3)
+            video = fn.resize(video, size=[c.sample_size, c.sample_size])  # (T, S, S, 3) uint8
+            return fn.crop_mirror_normalize(
+                video, mirror=mirror, mean=list(c.mean), std=[1.0, 1.0, 1.0], dtype=types.FLOAT,
+                output_layout="CFHW",
+            )  # (3, T, S, S) float32
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def _next_inputs(self) -> list[list[np.ndarray]]:
+        """External-source callback: the encoded inputs and parameters of the next batch of the plan.
+
+        Called by DALI ahead of consumption (prefetch); StopIteration ends the epoch.
+        """
+        bp = next(self._feed)
+        self._emitted.append(bp)
+        enc, frames, anchor, shape, mirror = [], [], [], [], []
+        for row, fr, (x0, y0, side), flip in zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True):
+            path = self.videos["file"].iat[row]
+            if self.uses_ivf(row):
+                ix = self._index[row]
+                first = ix.keyframe_at_or_before(int(fr.min()))
+                last = int(fr.max())
+                raw, base = read_span(path, ix, first, last)
+                enc.append(ivf_slice(raw, base, ix, first, last))
+                frames.append((fr - first).astype(np.int32))
+            else:
+                enc.append(np.fromfile(path, np.uint8))
+                frames.append(fr.astype(np.int32))
+            anchor.append(np.array([y0, x0], np.int32))
+            shape.append(np.array([side, side], np.int32))
+            mirror.append(np.array(int(flip), np.int32))
+        return [enc, frames, anchor, shape, mirror]
+
+    def _finish_epoch(self) -> None:
+        """End the pipeline's epoch: drain batches prefetched for an abandoned iteration, then reset."""
+        if not self._in_epoch:
+            return
+        self._feed = iter(())
+        while True:
+            try:
+                self._pipe.run()
+            except StopIteration:
+                break
+        self._pipe.reset()
+        self._emitted.clear()
+        self._in_epoch = False
+
+    def __iter__(self) -> Iterator[Batch]:
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        self._finish_epoch()
+        batches = self._batch_plans()
+        if not batches:
+            return
+        self._feed = iter(batches)
+        self._in_epoch = True
+        gpu = self._torch_device.type == "cuda"
+        for _ in range(len(batches)):
+            (out,) = self._pipe.run()
+            bp = self._emitted.popleft()
+            tensor = out.as_tensor()  # (N, 3, T, S, S) float32, DALI-owned until the next run()
+            clips = torch.empty(tensor.shape(), dtype=torch.float32, device=self._torch_device)
+            stream = torch.cuda.current_stream(self._torch_device) if gpu else None
+            feed_ndarray(tensor, clips, cuda_stream=stream)  # copy out; on GPU ordered on the current stream
+            labels = torch.from_numpy(self._labels[bp.rows]).to(self._torch_device, non_blocking=True)
+            video_idx = torch.from_numpy(bp.rows.copy()).to(self._torch_device, non_blocking=True)
+            yield Batch(clips, labels, video_idx)
+        self._finish_epoch()

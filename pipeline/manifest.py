@@ -1,0 +1,82 @@
+"""Reading and checking a prepared dataset's manifests (DST/<split>.csv) and class list (DST/classes.csv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = (
+    "video_id", "path", "label", "label_name", "split", "num_frames",
+    "fps", "width", "height", "start_frame", "end_frame",
+)  # fmt: skip
+INT_COLUMNS = ("label", "num_frames", "width", "height", "start_frame", "end_frame")
+HINT = "HINT: re-run prepare_data.py SRC --out DST to (re)create it"
+
+
+class DatasetError(ValueError):
+    """A prepared dataset is missing, malformed or has bad rows; the message names the file and the fix."""
+
+
+def load_classes(data: Path) -> list[str]:
+    """Class names from DST/classes.csv (columns index,name; index 0..K-1)."""
+    path = Path(data) / "classes.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: class list not found. {HINT}")
+    try:
+        df = pd.read_csv(path, dtype={"name": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable CSV ({e}). {HINT}") from None
+    if list(df.columns[:2]) != ["index", "name"]:
+        raise DatasetError(f"{path}: expected columns index,name, got {','.join(map(str, df.columns))}. {HINT}")
+    if len(df) == 0:
+        raise DatasetError(f"{path}: no classes. {HINT}")
+    if not pd.api.types.is_integer_dtype(df["index"]) or list(df["index"]) != list(range(len(df))):
+        raise DatasetError(f"{path}: column index must be 0..{len(df) - 1} in order. {HINT}")
+    return [str(x) for x in df["name"]]
+
+
+def load_manifest(data: Path, split: str, num_classes: int, allow_unlabelled: bool = False) -> pd.DataFrame:
+    """The rows of DST/<split>.csv, checked, with an absolute `file` column added; index 0..V-1.
+
+    allow_unlabelled: accept label -1 (evaluation of unlabelled test videos); otherwise every label must
+    be in [0, num_classes).
+    """
+    path = Path(data) / f"{split}.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest not found (split {split!r} has no videos?). {HINT}")
+    try:
+        df = pd.read_csv(path, dtype={"video_id": str, "path": str, "label_name": str, "split": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable CSV ({e}). {HINT}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {','.join(missing)}; expected {','.join(COLUMNS)}. {HINT}")
+    if len(df) == 0:
+        raise DatasetError(f"{path}: manifest is empty (header only). {HINT}")
+    for c in INT_COLUMNS:
+        if not pd.api.types.is_integer_dtype(df[c]):
+            raise DatasetError(f"{path}: column {c} must hold integers. {HINT}")
+    df = df.loc[:, list(COLUMNS)].reset_index(drop=True)
+    low = -1 if allow_unlabelled else 0
+    bad = np.flatnonzero((df["label"] < low) | (df["label"] >= num_classes))
+    if len(bad):
+        r = int(bad[0])
+        raise DatasetError(
+            f"{path}: {len(bad)} row(s) have a label outside classes.csv (0..{num_classes - 1}), first: row {r + 2} "
+            f"(video {df['video_id'][r]!r}, label {df['label'][r]}). {HINT}"
+        )
+    n = df["end_frame"] - df["start_frame"]
+    bad = np.flatnonzero((df["start_frame"] < 0) | (n < 1) | (df["end_frame"] > df["num_frames"])
+                         | (df["width"] < 1) | (df["height"] < 1))
+    if len(bad):
+        r = int(bad[0])
+        raise DatasetError(
+            f"{path}: {len(bad)} row(s) have an empty or impossible frame range / size, first: row {r + 2} "
+            f"(video {df['video_id'][r]!r}: frames [{df['start_frame'][r]}, {df['end_frame'][r]}) of "
+            f"{df['num_frames'][r]}, {df['width'][r]}x{df['height'][r]}). {HINT}"
+        )
+    df["file"] = [str((Path(data) / p).resolve()) for p in df["path"]]
+    return df

@@ -1,0 +1,175 @@
+"""The paper's clip sampling and augmentation parameters, as pure numpy functions shared by both backends.
+
+Every random choice is drawn here, on the host, from generators seeded by (seed, epoch[, purpose]); the
+backends only execute the plan. So the DALI and decord backends see identical parameters, a clip does not
+depend on the world size or on the order it is loaded in, and tests can check every value exactly.
+
+Vocabulary: a *row* is one manifest row, the frame range [start_frame, end_frame) of a file; n is its length.
+A *clip* is T frame indices into the file plus a square crop box and a flip flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Crop scales, as fractions of the short side (paper: {1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2}).
+SCALES: tuple[float, ...] = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
+# Crop positions: the 4 corners and the centre.
+POSITIONS: tuple[str, ...] = ("tl", "tr", "bl", "br", "c")
+CENTER = POSITIONS.index("c")
+MODES = ("train", "val", "eval")
+
+
+def clip_frames(start: int, n: int, length: int, offset: int = 0) -> np.ndarray:
+    """Frame indices of a clip: offset + (start + arange(length)) % n.  (length,) int64.
+
+    The modulo loops rows shorter than `length` (frame i -> i mod n); offset is the row's start_frame.
+    """
+    if n < 1:
+        raise ValueError(f"a row needs at least one frame, got n={n}")
+    return offset + (start + np.arange(length, dtype=np.int64)) % n
+
+
+def train_start_high(n: int | np.ndarray, length: int) -> int | np.ndarray:
+    """Number of valid training starts: starts are uniform in [0, n - length] (last included), or {0}."""
+    return np.maximum(np.asarray(n) - length, 0) + 1
+
+
+def center_start(n: int, length: int) -> int:
+    """Start of the centre clip (val mode): (n - length) // 2, clamped at 0 (shorter rows loop from 0)."""
+    return max((n - length) // 2, 0)
+
+
+def eval_starts(n: int, length: int) -> np.ndarray:
+    """Starts of every non-overlapping window: 0, T, 2T, ... while a full window fits; n < T -> [0] (looped)."""
+    if n < length:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(0, n - length + 1, length, dtype=np.int64)
+
+
+def crop_box(width: int, height: int, position: int, scale: float) -> tuple[int, int, int]:
+    """Square crop box (x0, y0, side) in pixels for a position index into POSITIONS and a scale.
+
+    side = floor(short side * scale); corners are flush with the frame's edges; the centre box starts at
+    ((W - side) // 2, (H - side) // 2).
+    """
+    side = int(np.floor(min(width, height) * scale + 1e-9))  # 1e-9: scale 1 and 1/2 are exact
+    side = max(side, 1)
+    name = POSITIONS[position]
+    if name == "c":
+        return (width - side) // 2, (height - side) // 2, side
+    x0 = 0 if name[1] == "l" else width - side
+    y0 = 0 if name[0] == "t" else height - side
+    return x0, y0, side
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One epoch of clips for one rank, in loading order (M clips).
+
+    rows:      (M,) int64   row index into the manifest in use
+    frames:    (M, T) int64 frame indices into the row's file (start_frame already added)
+    boxes:     (M, 3) int64 crop box (x0, y0, side) in pixels of the stored video
+    flips:     (M,) bool    horizontal flip
+    positions: (M,) int64   index into POSITIONS (for tests and statistics)
+    scales:    (M,) int64   index into SCALES
+    starts:    (M,) int64   clip start relative to the row (before the modulo)
+    """
+
+    rows: np.ndarray
+    frames: np.ndarray
+    boxes: np.ndarray
+    flips: np.ndarray
+    positions: np.ndarray
+    scales: np.ndarray
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: np.ndarray | slice) -> Plan:
+        return Plan(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+
+def _rng(seed: int, epoch: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, purpose])
+
+
+def rank_share(total: int, rank: int, world: int) -> slice:
+    """Contiguous share of `total` items for `rank`: sizes differ by at most one, union = everything."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world_size {world}")
+    return slice(rank * total // world, (rank + 1) * total // world)
+
+
+def train_steps(num_rows: int, world: int, batch: int) -> int:
+    """Steps per epoch in train mode: every rank gets the same number of full batches."""
+    return (num_rows // world) // batch
+
+
+def plan_epoch(
+    num_frames: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    mode: str,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    batch: int = 1,
+    length: int = 16,
+    start_frames: np.ndarray | None = None,
+) -> Plan:
+    """The clips rank `rank` of `world` loads in epoch `epoch`.
+
+    num_frames, widths, heights, start_frames: (V,) per manifest row (n = end_frame - start_frame).
+    train: the rows permuted by (seed, epoch), the same permutation on all ranks; rank r takes the r-th
+      contiguous block of (V // world) // batch * batch rows (equal steps, partial batch dropped); each row's
+      start, position, scale and flip come from arrays drawn once for all V rows from (seed, epoch), so a
+      row's clip does not depend on world size, rank or order.
+    val: one centre clip per row, centre crop at scale 1; eval: every window of eval_starts per row, in
+      manifest order; rank r takes a contiguous share (union over ranks = everything exactly once).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    n = np.asarray(num_frames, dtype=np.int64)
+    v = len(n)
+    offset = np.zeros(v, np.int64) if start_frames is None else np.asarray(start_frames, np.int64)
+    widths = np.asarray(widths, np.int64)
+    heights = np.asarray(heights, np.int64)
+    if mode == "train":
+        order = _rng(seed, epoch, 0).permutation(v)
+        per_rank = train_steps(v, world, batch) * batch
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside world_size {world}")
+        rows = order[rank * per_rank : (rank + 1) * per_rank]
+        g = _rng(seed, epoch, 1)
+        all_starts = g.integers(0, train_start_high(n, length))  # (V,) uniform, last start included
+        all_pos = g.integers(0, len(POSITIONS), size=v)
+        all_scale = g.integers(0, len(SCALES), size=v)
+        all_flip = g.integers(0, 2, size=v).astype(bool)
+        starts, pos, scale, flips = all_starts[rows], all_pos[rows], all_scale[rows], all_flip[rows]
+    else:
+        if mode == "val":
+            all_rows = np.arange(v, dtype=np.int64)
+            all_starts = np.array([center_start(int(k), length) for k in n], dtype=np.int64)
+        else:
+            per_row = [eval_starts(int(k), length) for k in n]
+            all_rows = np.repeat(np.arange(v, dtype=np.int64), [len(s) for s in per_row])
+            all_starts = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
+        share = rank_share(len(all_rows), rank, world)
+        rows, starts = all_rows[share], all_starts[share]
+        pos = np.full(len(rows), CENTER, np.int64)
+        scale = np.zeros(len(rows), np.int64)
+        flips = np.zeros(len(rows), bool)
+    rows = rows.astype(np.int64)
+    frames = np.stack(
+        [clip_frames(int(s), int(n[r]), length, int(offset[r])) for r, s in zip(rows, starts, strict=True)]
+    ) if len(rows) else np.zeros((0, length), np.int64)
+    boxes = np.array(
+        [crop_box(int(widths[r]), int(heights[r]), int(p), SCALES[int(s)]) for r, p, s in zip(rows, pos, scale, strict=True)],
+        dtype=np.int64,
+    ).reshape(-1, 3)
+    return Plan(rows, frames, boxes, flips, pos.astype(np.int64), scale.astype(np.int64), starts.astype(np.int64))

@@ -1,0 +1,254 @@
+"""The loaders end to end on CPU: decoded frame indices, crop boxes, flips, mean, layout, sharding,
+determinism, DALI vs decord agreement, and bad-input errors. Test videos: tests/videos.py."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from videos import decode_code, make_dataset, write_video
+
+from pipeline import KINETICS_MEAN, DatasetError, build_loader
+from pipeline.sampling import eval_starts
+
+T, S, W, H = 16, 24, 96, 64
+BACKENDS = ["dali", "decord"]
+ZERO = (0.0, 0.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train: 12 files (lengths incl. < T, == T, mid-GOP ends); val: segments of an untrimmed file + a short file."""
+    root = tmp_path_factory.mktemp("prepared")
+    lengths = [40, 10, 100, 33, 17, 64, 50, 16, 81, 23, 70, 29]
+    return make_dataset(root, {
+        "train": [{"frames": n} for n in lengths],
+        "val": [{"frames": 90, "segments": [(0, 20), (20, 57), (57, 90)], "label": 1}, {"frames": 7, "label": 2}],
+    })  # fmt: skip
+
+
+def load(data, split="train", mode="train", backend="dali", **kw):
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("sample_size", S)
+    kw.setdefault("mean", ZERO)
+    return build_loader(data, split, mode, backend=backend, progress=False, **kw)
+
+
+def epoch(loader):
+    out = [tuple(x.cpu().numpy() for x in b) for b in loader]
+    return tuple(np.concatenate(z) for z in zip(*out, strict=True))
+
+
+def check_clip_content(clip, frames, box, flip):
+    """clip: (3, T, S, S) float32 with mean 0; checks frame indices, crop box centre and flip."""
+    r, g, b = clip
+    np.testing.assert_array_equal(decode_code(b.mean(axis=(1, 2))), frames % 32)
+    x0, y0, side = box
+    # Linear gradients: the mean over a resized box is the gradient at the box centre.
+    assert abs(r.mean() - 255 * (x0 + side / 2 - 0.5) / (W - 1)) < 3
+    assert abs(g.mean() - 255 * (y0 + side / 2 - 0.5) / (H - 1)) < 3
+    slope = (r[:, :, -1] - r[:, :, 0]).mean()
+    assert (slope < 0) == bool(flip) and abs(slope) > 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_epoch_layout_frames_boxes_flips(data, backend):
+    loader = load(data, backend=backend)
+    assert len(loader) == 3 and loader.num_clips == 12
+    assert loader.class_names == ["a", "b", "c"]
+    batches = list(loader)
+    assert len(batches) == 3
+    clips, labels, vidx = batches[0]
+    assert clips.shape == (4, 3, T, S, S) and str(clips.dtype) == "torch.float32"
+    assert str(labels.dtype) == str(vidx.dtype) == "torch.int64"
+    clips, labels, vidx = epoch(loader)
+    plan = loader.plan
+    np.testing.assert_array_equal(vidx, plan.rows)
+    np.testing.assert_array_equal(labels, loader.videos["label"].to_numpy()[plan.rows])
+    for k in range(len(clips)):
+        check_clip_content(clips[k], plan.frames[k], plan.boxes[k], plan.flips[k])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_windows_segments_and_short_videos(data, backend):
+    loader = load(data, "val", "eval", backend=backend, batch_size=3)
+    clips, labels, vidx = epoch(loader)
+    n = [20, 37, 33, 7]
+    starts_frame = [0, 20, 57, 0]
+    expected = [(r, s) for r in range(4) for s in eval_starts(n[r], T)]
+    assert len(clips) == len(expected) == len(loader.plan) == 1 + 2 + 2 + 1
+    assert len(loader) == 2
+    np.testing.assert_array_equal(vidx, [r for r, _ in expected])
+    np.testing.assert_array_equal(labels, [1, 1, 1, 1, 1, 2])
+    for k, (r, s) in enumerate(expected):
+        frames = starts_frame[r] + (s + np.arange(T)) % n[r]
+        check_clip_content(clips[k], frames, (16, 0, 64), False)  # centre crop at max scale
+
+
+def test_val_mode_centre_clip(data):
+    loader = load(data, "val", "val")
+    clips, _, vidx = epoch(loader)
+    np.testing.assert_array_equal(vidx, [0, 1, 2, 3])
+    for k, (a, n) in enumerate([(0, 20), (20, 37), (57, 33), (0, 7)]):
+        check_clip_content(clips[k], a + (max((n - T) // 2, 0) + np.arange(T)) % n, (16, 0, 64), False)
+
+
+def test_mean_subtraction(data):
+    a = epoch(load(data, "val", "val", mean=ZERO))[0]
+    b = epoch(load(data, "val", "val", mean=KINETICS_MEAN))[0]
+    np.testing.assert_allclose(a - b, np.broadcast_to(np.array(KINETICS_MEAN, np.float32).reshape(1, 3, 1, 1, 1),
+                                                      a.shape), atol=1e-4)
+
+
+def psnr(a, b):
+    return 10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dali_matches_decord(data, mode):
+    split = "train" if mode == "train" else "val"
+    a = epoch(load(data, split, mode, backend="dali", mean=KINETICS_MEAN))
+    b = epoch(load(data, split, mode, backend="decord", mean=KINETICS_MEAN))
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+    for x, y in zip(a[0], b[0], strict=True):
+        assert psnr(x, y) >= 40
+
+
+def test_gop_slice_equals_whole_file(data):
+    a = epoch(load(data, dali_input="gop"))[0]
+    b = epoch(load(data, dali_input="file"))[0]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_determinism_and_set_epoch(data, backend):
+    a, b = load(data, backend=backend, seed=5), load(data, backend=backend, seed=5)
+    ea, eb = epoch(a), epoch(b)
+    for x, y in zip(ea, eb, strict=True):
+        np.testing.assert_array_equal(x, y)
+    a.set_epoch(1)
+    e1 = epoch(a)
+    assert not np.array_equal(ea[2], e1[2])
+    a.set_epoch(0)
+    np.testing.assert_array_equal(epoch(a)[0], ea[0])
+
+
+def test_dali_abandoned_epoch_then_full_epoch(data):
+    loader = load(data, batch_size=2)
+    full = epoch(loader)
+    for _ in loader:  # break after one step: the prefetched batches must not leak into the next epoch
+        break
+    again = epoch(loader)
+    for x, y in zip(full, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_loader_sharding(data, world):
+    train = [load(data, rank=r, world_size=world, batch_size=2) for r in range(world)]
+    assert len({len(t) for t in train}) == 1 and len(train[0]) == (12 // world) // 2
+    rows = np.concatenate([epoch(t)[2] for t in train])
+    assert len(set(rows.tolist())) == len(rows)
+    ev = [load(data, "val", "eval", rank=r, world_size=world, batch_size=2) for r in range(world)]
+    rows = np.concatenate([epoch(e)[2] for e in ev])
+    np.testing.assert_array_equal(np.sort(rows), [0, 1, 1, 2, 2, 3])
+    assert sum(e.num_clips for e in ev) == 6
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path):
+    return make_dataset(tmp_path / "ds", {"train": [{"frames": n} for n in (20, 30, 18, 25)]})
+
+
+def test_missing_file_is_named_or_skipped(small, capsys):
+    victim = small / pd.read_csv(small / "train.csv")["path"][1]
+    os.remove(victim)
+    with pytest.raises(DatasetError, match=f"{victim}: file not found.*prepare_data.py"):
+        load(small)
+    loader = load(small, batch_size=1, skip_bad=True)
+    assert "skipping 1 bad row(s) of 4" in capsys.readouterr().out
+    assert len(loader.videos) == 3 and len(loader) == 3
+    assert epoch(loader)[0].shape == (3, 3, T, S, S)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_broken_files_are_found_before_the_first_step(small, damage):
+    victim = small / pd.read_csv(small / "train.csv")["path"][2]
+    raw = victim.read_bytes()
+    victim.write_bytes({"truncate": raw[: len(raw) // 3], "garbage": os.urandom(5000), "empty": b""}[damage])
+    with pytest.raises(DatasetError, match=f"{victim}: .*prepare_data.py"):
+        load(small)
+
+
+def test_packet_index_is_cached(small, monkeypatch):
+    load(small)
+    assert (small / ".cache" / "packets-train.npz").is_file()
+    import pipeline.packets
+
+    def fail(path):
+        raise AssertionError(f"re-indexed {path}")
+
+    monkeypatch.setattr(pipeline.packets, "index_file", fail)
+    load(small)  # everything from the cache
+    victim = small / pd.read_csv(small / "train.csv")["path"][0]
+    write_video(victim, 21)  # changed file -> re-indexed
+    with pytest.raises(AssertionError, match="re-indexed"):
+        load(small)
+
+
+def test_manifest_errors(small):
+    m = small / "train.csv"
+    df = pd.read_csv(m)
+    df.iloc[:0].to_csv(m, index=False)
+    with pytest.raises(DatasetError, match=f"{m}: manifest is empty"):
+        load(small)
+    df.drop(columns=["num_frames"]).to_csv(m, index=False)
+    with pytest.raises(DatasetError, match=f"{m}: missing column.*num_frames"):
+        load(small)
+    df.assign(label=[0, 1, 3, 0]).to_csv(m, index=False)
+    with pytest.raises(DatasetError, match=f"{m}: 1 row.*label outside classes.csv"):
+        load(small)
+    df.to_csv(m, index=False)
+    with pytest.raises(DatasetError, match="val.csv: manifest not found"):
+        load(small, split="val")
+    os.remove(small / "classes.csv")
+    with pytest.raises(DatasetError, match="classes.csv: class list not found"):
+        load(small)
+    shutil.rmtree(small)
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        load(small)
+
+
+def test_too_few_videos_for_a_batch(small):
+    with pytest.raises(DatasetError, match="no full batch"):
+        load(small, batch_size=3, world_size=2)
+
+
+def test_h264_file_needs_gpu_or_decord(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}]})
+    df = pd.read_csv(root / "train.csv")
+    mp4 = root / "videos" / "train" / "a" / "h.mp4"
+    write_video(mp4, 20, codec="libx264")
+    df.assign(path=str(mp4.relative_to(root))).to_csv(root / "train.csv", index=False)
+    with pytest.raises(DatasetError, match="codec h264 cannot be decoded by DALI on CPU.*decord"):
+        load(root, batch_size=1)
+    clips, _, _ = epoch(load(root, backend="decord", batch_size=1, mode="val"))
+    assert clips.shape == (1, 3, T, S, S)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_device_matches_cpu(data, backend):
+    cpu = epoch(load(data, backend=backend))
+    loader = load(data, backend=backend, device="gpu", device_id=0)
+    clips, labels, vidx = next(iter(loader))
+    assert clips.is_cuda and clips.shape == (4, 3, T, S, S)
+    gpu = epoch(loader)
+    np.testing.assert_array_equal(cpu[2], gpu[2])
+    for x, y in zip(cpu[0], gpu[0], strict=True):
+        assert psnr(x, y) >= 40

@@ -1,0 +1,154 @@
+"""Exact checks of the sampling and augmentation parameters (pipeline.sampling), no video decoding."""
+
+import numpy as np
+import pytest
+
+from pipeline.sampling import (
+    POSITIONS,
+    SCALES,
+    center_start,
+    clip_frames,
+    crop_box,
+    eval_starts,
+    plan_epoch,
+    train_steps,
+)
+
+T = 16
+# chi-square critical values at p = 0.001 (df -> value); a fixed seed makes the test deterministic.
+CHI2_999 = {1: 10.828, 4: 18.467, 24: 51.179}
+
+
+def chi2(counts: np.ndarray) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_clip_frames_consecutive_looped_and_offset():
+    np.testing.assert_array_equal(clip_frames(3, 40, 5), [3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(clip_frames(0, 10, T), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(clip_frames(0, 3, 7, offset=100), [100, 101, 102, 100, 101, 102, 100])
+    assert clip_frames(24, 40, T)[-1] == 39  # the last start reaches the last frame
+    with pytest.raises(ValueError):
+        clip_frames(0, 0, T)
+
+
+def test_center_and_eval_starts():
+    assert center_start(40, T) == 12 and center_start(16, T) == 0 and center_start(5, T) == 0
+    assert center_start(17, T) == 0 and center_start(18, T) == 1
+    assert list(eval_starts(10, T)) == [0]  # shorter than T: one looped window
+    assert list(eval_starts(16, T)) == [0]
+    assert list(eval_starts(31, T)) == [0]
+    assert list(eval_starts(32, T)) == [0, 16]
+    assert list(eval_starts(100, T)) == [0, 16, 32, 48, 64, 80]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "sides"),
+    [(96, 64, [64, 53, 45, 38, 32]), (640, 360, [360, 302, 254, 214, 180]), (360, 480, [360, 302, 254, 214, 180])],
+)
+def test_crop_box_all_positions_and_scales(width, height, sides):
+    for s, side in enumerate(sides):
+        expected = {
+            "tl": (0, 0, side),
+            "tr": (width - side, 0, side),
+            "bl": (0, height - side, side),
+            "br": (width - side, height - side, side),
+            "c": ((width - side) // 2, (height - side) // 2, side),
+        }
+        for p, name in enumerate(POSITIONS):
+            assert crop_box(width, height, p, SCALES[s]) == expected[name], (name, s)
+
+
+def _plan(n, mode, epoch=0, seed=0, rank=0, world=1, batch=1, starts=None):
+    n = np.asarray(n)
+    return plan_epoch(n, np.full(len(n), 96), np.full(len(n), 64), mode, epoch, seed, rank, world, batch, T,
+                      starts)
+
+
+def test_train_plan_frames_match_starts_and_boxes_match_draws():
+    n = np.array([40, 10, 100, 16, 17])
+    p = _plan(n, "train", starts=np.array([0, 5, 0, 0, 3]), batch=1)
+    assert sorted(p.rows) == [0, 1, 2, 3, 4]
+    offset = {0: 0, 1: 5, 2: 0, 3: 0, 4: 3}
+    for k, r in enumerate(p.rows):
+        assert 0 <= p.starts[k] <= max(n[r] - T, 0)
+        np.testing.assert_array_equal(p.frames[k], offset[r] + (p.starts[k] + np.arange(T)) % n[r])
+        assert tuple(p.boxes[k]) == crop_box(96, 64, p.positions[k], SCALES[p.scales[k]])
+
+
+def test_train_start_uniform_including_last():
+    n = 40  # starts 0..24: 25 values
+    starts = np.concatenate([_plan([n] * 50, "train", epoch=e, seed=7).starts for e in range(100)])
+    counts = np.bincount(starts, minlength=25)
+    assert len(counts) == 25 and counts[0] > 0 and counts[24] > 0
+    assert chi2(counts) < CHI2_999[24]
+
+
+def test_positions_scales_flips_uniform():
+    p = [_plan(np.full(200, 50), "train", epoch=e, seed=3) for e in range(25)]
+    pos = np.concatenate([x.positions for x in p])
+    sc = np.concatenate([x.scales for x in p])
+    fl = np.concatenate([x.flips for x in p]).astype(int)
+    assert chi2(np.bincount(pos, minlength=5)) < CHI2_999[4]
+    assert chi2(np.bincount(sc, minlength=5)) < CHI2_999[4]
+    assert chi2(np.bincount(fl, minlength=2)) < CHI2_999[1]
+    # independent of each other: all 5 x 5 x 2 combinations occur
+    assert len(set(zip(pos, sc, fl, strict=True))) == 50
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_train_sharding_equal_disjoint_and_independent_of_world(world):
+    n = np.arange(20, 123)  # 103 rows
+    batch = 4
+    full = _plan(n, "train", epoch=2, seed=1)
+    by_row = {int(r): k for k, r in enumerate(full.rows)}
+    plans = [_plan(n, "train", epoch=2, seed=1, rank=r, world=world, batch=batch) for r in range(world)]
+    steps = train_steps(len(n), world, batch)
+    rows = np.concatenate([p.rows for p in plans])
+    assert all(len(p) == steps * batch for p in plans)
+    assert len(set(rows.tolist())) == len(rows)  # disjoint
+    for p in plans:  # a row's clip is the same whatever the world size
+        for k, r in enumerate(p.rows):
+            j = by_row[int(r)]
+            np.testing.assert_array_equal(p.frames[k], full.frames[j])
+            np.testing.assert_array_equal(p.boxes[k], full.boxes[j])
+            assert p.flips[k] == full.flips[j]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_eval_and_val_union_is_everything_once(world):
+    n = np.array([10, 16, 47, 48, 100, 5, 33])
+    starts = np.array([0, 0, 0, 0, 7, 0, 0])
+    expected = [(r, s) for r in range(len(n)) for s in eval_starts(int(n[r]), T)]
+    got = []
+    for rank in range(world):
+        p = _plan(n, "eval", rank=rank, world=world, batch=4, starts=starts)
+        got += list(zip(p.rows.tolist(), p.starts.tolist(), strict=True))
+        assert (p.positions == POSITIONS.index("c")).all() and (p.scales == 0).all() and not p.flips.any()
+        for k, r in enumerate(p.rows):
+            np.testing.assert_array_equal(p.frames[k], starts[r] + (p.starts[k] + np.arange(T)) % n[r])
+    assert sorted(got) == sorted(expected) and len(got) == len(expected) == 1 + 1 + 2 + 3 + 6 + 1 + 2
+    vals = [_plan(n, "val", rank=r, world=world) for r in range(world)]
+    assert sorted(np.concatenate([v.rows for v in vals]).tolist()) == list(range(len(n)))
+    for v in vals:
+        assert all(s == center_start(int(n[r]), T) for r, s in zip(v.rows, v.starts, strict=True))
+
+
+def test_determinism_and_epoch_change():
+    n = np.arange(20, 60)
+    a, b = _plan(n, "train", epoch=4, seed=9), _plan(n, "train", epoch=4, seed=9)
+    for f in ("rows", "frames", "boxes", "flips"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    c = _plan(n, "train", epoch=5, seed=9)
+    assert not np.array_equal(a.rows, c.rows) and not np.array_equal(a.starts[np.argsort(a.rows)],
+                                                                     c.starts[np.argsort(c.rows)])
+    d = _plan(n, "train", epoch=4, seed=10)
+    assert not np.array_equal(a.rows, d.rows)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        _plan([20], "test")
+    with pytest.raises(ValueError, match="rank"):
+        _plan([20] * 4, "eval", rank=2, world=2)

@@ -1,0 +1,88 @@
+"""Test videos whose pixels say where they came from, and tiny prepared-layout datasets (for any test).
+
+Frame content (RGB): R = round(255 * x / (W - 1))  (horizontal position; reversed by a flip),
+                     G = round(255 * y / (H - 1))  (vertical position),
+                     B = 4 + 8 * (i % 32)          (frame index i, constant over the frame).
+So after any crop, resize and flip: mean(B) gives the frame index (mod 32), mean(R) and mean(G) the centre
+of the crop box, and the sign of R's horizontal slope the flip. VP9 lossless in WebM, keyframe every `gop`
+frames (closed GOP), like prepare_data.py's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
+           "start_frame", "end_frame"]  # fmt: skip
+
+
+def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
+    """The test pattern of frame i: (H, W, 3) uint8."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = np.round(255 * np.arange(width) / (width - 1)).astype(np.uint8)[None, :]
+    img[..., 1] = np.round(255 * np.arange(height) / (height - 1)).astype(np.uint8)[:, None]
+    img[..., 2] = frame_code(i)
+    return img
+
+
+def frame_code(i: int | np.ndarray) -> int | np.ndarray:
+    """Blue level of frame i."""
+    return 4 + 8 * (np.asarray(i) % 32)
+
+
+def decode_code(blue_mean: np.ndarray) -> np.ndarray:
+    """Frame index mod 32 from the mean blue level of each frame."""
+    return np.round((np.asarray(blue_mean) - 4) / 8).astype(np.int64) % 32
+
+
+def write_video(path: Path, num_frames: int, width: int = 96, height: int = 64, gop: int = 16, fps: int = 25,
+                lossless: bool = True, codec: str = "libvpx-vp9") -> Path:
+    """Write the test pattern as a VP9 WebM (or another PyAV codec, e.g. libx264 into .mp4)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        if codec == "libvpx-vp9":
+            s.options = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8",
+                         "lag-in-frames": "0", "auto-alt-ref": "0",
+                         **({"lossless": "1"} if lossless else {"crf": "4", "b:v": "0"})}
+        else:
+            s.options = {"g": str(gop), "crf": "0" if lossless else "10", "bf": "0"}
+        for i in range(num_frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, width, height), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def make_dataset(root: Path, splits: dict[str, list[dict]], classes: list[str] = ("a", "b", "c"),
+                 width: int = 96, height: int = 64, gop: int = 16) -> Path:
+    """A prepared-layout dataset under root: videos/<split>/<label>/<id>.webm, <split>.csv, classes.csv.
+
+    splits: {split: [row, ...]}, a row is a dict with `frames` (length of the file) and optional `label`
+    (default i % K), `segments` ([(start, end), ...]: several manifest rows over one file), `width`,
+    `height`, `id`. Files with the same pattern parameters are written once and reused.
+    """
+    import pandas as pd
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"index": range(len(classes)), "name": list(classes)}).to_csv(root / "classes.csv", index=False)
+    for split, rows in splits.items():
+        out = []
+        for i, r in enumerate(rows):
+            label = r.get("label", i % len(classes))
+            vid = r.get("id", f"{split}{i:03d}")
+            w, h, n = r.get("width", width), r.get("height", height), r["frames"]
+            rel = Path("videos") / split / classes[label] / f"{vid}.webm"
+            write_video(root / rel, n, w, h, gop)
+            for a, b in r.get("segments", [(0, n)]):
+                out.append([vid, rel.as_posix(), label, classes[label], split, n, 25.0, w, h, a, b])
+        pd.DataFrame(out, columns=COLUMNS).to_csv(root / f"{split}.csv", index=False)
+    return root
