@@ -1,0 +1,237 @@
+"""3D ResNets of Hara et al. (CVPR 2018), Table 1, in torchvision's video-ResNet vocabulary.
+
+The module tree (and so every `state_dict()` key and shape) matches 3D-ResNets-PyTorch's
+`models/resnet.py` (`generate_model`) for the same settings, so its published checkpoints load
+without renaming. One deliberate difference: the type-A shortcut lets gradients flow; the reference
+concatenates `out.data`, which detaches the shortcut from the graph.
+
+Input (N, 3, T, H, W) float; output (N, n_classes) logits. The paper's setting is T=16, H=W=112.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# depth -> (block type, blocks per stage); BasicBlock up to 34, Bottleneck from 50.
+_LAYERS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    10: ("basic", (1, 1, 1, 1)),
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+ARCHS: tuple[str, ...] = tuple(f"resnet-{depth}" for depth in _LAYERS)
+STAGE_PLANES: tuple[int, int, int, int] = (64, 128, 256, 512)
+
+
+def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def zero_pad_shortcut(x: torch.Tensor, planes: int, stride: int) -> torch.Tensor:
+    """Type-A shortcut: subsample by `stride` in T, H and W, then append zero channels up to `planes`.
+
+    (N, C, T, H, W) -> (N, planes, ceil(T/stride), ceil(H/stride), ceil(W/stride)), same dtype.
+    Keeps x[:, :, ::stride, ::stride, ::stride] exactly (a 1x1x1 average pool is a pure subsample)
+    and stays in the autograd graph, unlike the reference's `torch.cat([out.data, zeros])`.
+    """
+    out = F.avg_pool3d(x, kernel_size=1, stride=stride)
+    # F.pad pads the last dimensions first: (W, W, H, H, T, T, C_front, C_back).
+    return F.pad(out, (0, 0, 0, 0, 0, 0, 0, planes - out.shape[1]))
+
+
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free type-A shortcut as a module (no state_dict entries, like the reference's partial)."""
+
+    def __init__(self, planes: int, stride: int) -> None:
+        super().__init__()
+        self.planes = planes
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return zero_pad_shortcut(x, self.planes, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"planes={self.planes}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3x3 convs with BN; ReLU after the first conv and after the residual sum."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3x3(planes, planes)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1x1 reduce, 3x3x3 (carries the stride), 1x1x1 expand by 4; BN after each, ReLU after the sum."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv1x1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.conv2 = conv3x3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.conv3 = conv1x1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm3d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet3d(nn.Module):
+    """Stem (conv1, bn1, relu, maxpool), four stages (layer1..layer4), global average pool, fc.
+
+    forward: (N, 3, T, H, W) float -> (N, n_classes) logits. Stages 2-4 halve T, H and W; the stem
+    halves H and W (and T when conv1_t_stride=2), the max pool halves all three unless no_max_pool.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: Sequence[int],
+        n_classes: int,
+        shortcut: str = "A",
+        conv1_t_size: int = 7,
+        conv1_t_stride: int = 1,
+        no_max_pool: bool = False,
+        widen_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        planes = [int(p * widen_factor) for p in STAGE_PLANES]
+        self.in_planes = planes[0]  # channels entering the next stage; _make_layer updates it
+        self.shortcut = shortcut
+        self.no_max_pool = no_max_pool
+
+        self.conv1 = nn.Conv3d(
+            3,
+            self.in_planes,
+            kernel_size=(conv1_t_size, 7, 7),
+            stride=(conv1_t_stride, 2, 2),
+            padding=(conv1_t_size // 2, 3, 3),
+            bias=False,
+        )
+        self.bn1 = nn.BatchNorm3d(self.in_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, planes[0], layers[0], stride=1)
+        self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(planes[3] * block.expansion, n_classes)
+
+        # Same init as the reference: Kaiming fan-out for convs, BN to identity, fc left at Linear's default.
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
+        out_planes = planes * block.expansion
+        downsample: nn.Module | None = None
+        if stride != 1 or self.in_planes != out_planes:
+            if self.shortcut == "A":
+                downsample = ZeroPadShortcut(out_planes, stride)
+            else:
+                downsample = nn.Sequential(
+                    conv1x1x1(self.in_planes, out_planes, stride), nn.BatchNorm3d(out_planes)
+                )
+        layers: list[nn.Module] = [block(self.in_planes, planes, stride, downsample)]
+        self.in_planes = out_planes
+        layers += [block(self.in_planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, T, H, W) float
+        x = self.relu(self.bn1(self.conv1(x)))
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.avgpool(x).flatten(1)  # (N, C)
+        return self.fc(x)  # (N, n_classes)
+
+
+def build_model(
+    arch: str,
+    n_classes: int,
+    shortcut: str = "A",
+    conv1_t_size: int = 7,
+    conv1_t_stride: int = 1,
+    no_max_pool: bool = False,
+    widen_factor: float = 1.0,
+) -> ResNet3d:
+    """Build a 3D ResNet: `arch` in resnet-10|18|34|50|101|152|200, `shortcut` "A" (zero-pad) or "B" (conv+BN).
+
+    Defaults are the paper's Table 1 (conv1 7x7x7 stride (1, 2, 2), max pool, type-A shortcuts).
+    The keyword names mirror 3D-ResNets-PyTorch's options (`--resnet_shortcut`, `--conv1_t_size`, ...).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if shortcut not in ("A", "B"):
+        raise ValueError(
+            f"shortcut must be 'A' (zero-padding, the paper's) or 'B' (1x1x1 conv + BN), got {shortcut!r}"
+        )
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if conv1_t_size < 1 or conv1_t_stride < 1:
+        raise ValueError(
+            f"conv1_t_size and conv1_t_stride must be >= 1, got {conv1_t_size}, {conv1_t_stride}"
+        )
+    if int(STAGE_PLANES[0] * widen_factor) < 1:
+        raise ValueError(
+            f"widen_factor {widen_factor} leaves conv1 with no channels; use >= {1 / STAGE_PLANES[0]}"
+        )
+    kind, layers = _LAYERS[int(arch.removeprefix("resnet-"))]
+    block = BasicBlock if kind == "basic" else Bottleneck
+    return ResNet3d(
+        block,
+        layers,
+        n_classes,
+        shortcut=shortcut,
+        conv1_t_size=conv1_t_size,
+        conv1_t_stride=conv1_t_stride,
+        no_max_pool=no_max_pool,
+        widen_factor=widen_factor,
+    )
