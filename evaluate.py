@@ -1,0 +1,249 @@
+"""Video-level recognition accuracy of a trained 3D ResNet, as in the paper's Table 2.
+
+Every video is split into non-overlapping 16-frame clips (a shorter video gives one looped clip), each clip is
+centre-cropped at the maximum scale, and the clips' class probabilities are averaged per video.
+
+  python evaluate.py --data DST --checkpoint runs/r34/checkpoints/best.pt   # -> runs/r34/eval-best-val/
+  python evaluate.py --data DST --checkpoint resnet-34-kinetics.pth --arch resnet-34 --mean activitynet
+  python evaluate.py --data DST --checkpoint CKPT --gpus 4    (or --nproc 2 on CPU, or under torchrun)
+
+Writes OUT/metrics.json, OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per video), OUT/per_class.csv
+and OUT/confusion.png, and prints a Table-2-style summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from engine import distributed
+from engine.distributed import Dist
+from engine.metrics import VideoAccumulator, confusion_matrix, per_class_rows, reference_predictions
+from engine.plots import plot_confusion
+from engine.progress import StepBar, make_console
+from model import ARCHS, CheckpointError, build_model, load_weights, read_checkpoint
+from pipeline import ACTIVITYNET_MEAN, KINETICS_MEAN, DatasetError, build_loader
+from pipeline.manifest import load_classes
+from pipeline.sampling import eval_starts
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: str
+    checkpoint: str
+    split: str = "val"
+    out: str = ""  # resolved: default RUN_DIR/eval-<checkpoint stem>-<split>
+    backend: str = "dali"
+    batch_size: int = 64  # global, split evenly across processes
+    num_threads: int = 4
+    skip_bad: bool = False
+    # for checkpoints without our metadata (3D-ResNets-PyTorch's); ours carry all of these
+    arch: str | None = None
+    shortcut: str | None = None
+    n_classes: int | None = None
+    widen_factor: float | None = None
+    sample_duration: int | None = None
+    sample_size: int | None = None
+    mean: str | None = None
+    # run
+    device: str = "cpu"
+    gpus: int = 1
+    nproc: int = 1
+    amp: bool = False
+
+    def world_size(self) -> int:
+        if distributed.launched_by_torchrun():
+            return int(os.environ["WORLD_SIZE"])
+        return self.gpus if self.device == "cuda" else self.nproc
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a prepare_data.py output folder")
+    p.add_argument("--checkpoint", required=True, help="train.py's best.pt/last.pt, or a 3D-ResNets-PyTorch one")
+    p.add_argument("--split", default="val", help="manifest to evaluate: train, val or test")
+    p.add_argument("--out", default="", help="output folder (default: RUN_DIR/eval-<checkpoint>-<split>)")
+    p.add_argument("--backend", choices=("dali", "decord"), default="dali")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per step, split evenly across processes")
+    p.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
+    p.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                   help="skip (and count) unreadable videos instead of stopping")
+    g = p.add_argument_group("checkpoints without our metadata (3D-ResNets-PyTorch)")
+    g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
+    g.add_argument("--shortcut", choices=("A", "B"), help="default A")
+    g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")
+    g.add_argument("--widen-factor", type=float)
+    g.add_argument("--sample-duration", type=int, help="default: the checkpoint's, else 16")
+    g.add_argument("--sample-size", type=int, help="default: the checkpoint's, else 112")
+    g.add_argument("--mean", choices=("kinetics", "activitynet"),
+                   help="default: the checkpoint's, else activitynet (3D-ResNets-PyTorch's default)")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each")
+    g.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    a = p.parse_args(argv)
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and a.gpus > 1:
+        p.error(f"--gpus {a.gpus} but no GPU is used; HINT: --nproc {a.gpus} runs CPU processes")
+    if device == "cuda" and a.nproc > 1:
+        p.error("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
+    ckpt = Path(a.checkpoint)
+    if not ckpt.is_file():
+        p.error(f"--checkpoint {ckpt}: no such file")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    out = a.out or str(run_dir / f"eval-{ckpt.stem}-{a.split}")
+    fields = {k: v for k, v in vars(a).items() if k not in ("device", "amp", "out")}
+    cfg = EvalConfig(**fields, out=out, device=device, amp=a.amp if a.amp is not None else device == "cuda")
+    if cfg.batch_size % cfg.world_size():
+        p.error(f"--batch-size {cfg.batch_size} is not divisible by {cfg.world_size()} processes")
+    return cfg
+
+
+def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, dict, str]:
+    """(model in eval mode on d.device, normalisation, description). Our checkpoints describe themselves; for
+    others the architecture comes from --arch/--shortcut/--n-classes, the file's 'arch' entry and its fc size."""
+    path = Path(cfg.checkpoint)
+    state_dict, meta = read_checkpoint(path)
+    if "model_args" in meta:  # train.py's checkpoint
+        model_args = dict(meta["model_args"])
+        saved_classes = list(meta.get("class_names", []))
+        if saved_classes != class_names:
+            raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
+                                  f"{cfg.data} has {len(class_names)} {class_names[:4]}...; use the same classes")
+        norm = dict(meta["normalisation"])
+    else:
+        fc = state_dict.get("fc.weight")
+        arch = cfg.arch or meta.get("arch")
+        if arch not in ARCHS:
+            raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
+                                  f"(one of {', '.join(ARCHS)})")
+        n_classes = cfg.n_classes or (fc.shape[0] if fc is not None else len(class_names))
+        if n_classes != len(class_names):
+            raise CheckpointError(f"{path}: has {n_classes} classes, {cfg.data} has {len(class_names)}")
+        model_args = dict(arch=arch, n_classes=n_classes, shortcut=cfg.shortcut or "A",
+                          widen_factor=cfg.widen_factor or 1.0)
+        norm = dict(mean="activitynet", sample_duration=16, sample_size=112)  # 3D-ResNets-PyTorch's defaults
+    overrides = dict(mean=cfg.mean, sample_duration=cfg.sample_duration, sample_size=cfg.sample_size)
+    norm.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(norm["mean"], str):
+        norm["mean"] = list(KINETICS_MEAN if norm["mean"] == "kinetics" else ACTIVITYNET_MEAN)
+    model = build_model(**model_args)
+    load_weights(model, path, strict_head=True, verbose=d.is_main)
+    model = model.to(d.device, memory_format=memory_format(d))
+    return model.eval(), norm, f"{model_args['arch']}-{model_args.get('shortcut', 'A')}"
+
+
+def memory_format(d: Dist) -> torch.memory_format:
+    return torch.channels_last_3d if d.device.type == "cuda" else torch.contiguous_format
+
+
+def expected_clips(videos, sample_duration: int) -> torch.Tensor:
+    """(V,) int64: windows per video in eval mode (the pipeline's rule), to check every clip came once."""
+    lengths = (videos["end_frame"] - videos["start_frame"]).tolist()
+    return torch.tensor([len(eval_starts(n, sample_duration)) for n in lengths], dtype=torch.int64)
+
+
+@torch.no_grad()
+def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
+    """Run the evaluation on this rank; rank 0 merges, checks, writes the files and returns the metrics."""
+    console = make_console(d.is_main)
+    console.print(f"config: {json.dumps(asdict(cfg))}")
+    on_gpu = d.device.type == "cuda"
+    if not on_gpu:  # share the cores between this node's processes
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    class_names = load_classes(Path(cfg.data))
+    model, norm, name = load_model(cfg, class_names, d)
+    loader = build_loader(Path(cfg.data), cfg.split, "eval", backend=cfg.backend,
+                          device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
+                          rank=d.rank, world_size=d.world_size,
+                          num_threads=cfg.num_threads, sample_duration=norm["sample_duration"],
+                          sample_size=norm["sample_size"], mean=tuple(norm["mean"]),
+                          device_id=d.local_rank if on_gpu else None, skip_bad=cfg.skip_bad, progress=d.is_main)
+    n_videos, n_classes = len(loader.videos), len(class_names)
+    acc = VideoAccumulator(n_videos, n_classes, d.device)
+    with StepBar(console, "eval", len(loader)) as bar:
+        for step, (clips, labels, video_idx) in enumerate(loader):  # (N, 3, T, S, S) float32, (N,), (N,) int64
+            clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(d))
+            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = model(clips)  # (N, K)
+            acc.add(logits.float(), labels.to(d.device), video_idx.to(d.device))
+            bar.update(step + 1)
+    states = distributed.all_gather_objects(acc.state())  # the one CPU-GPU sync of the run
+    if not d.is_main:
+        return None
+
+    total = VideoAccumulator.merge(states, n_videos, n_classes)
+    expected = expected_clips(loader.videos, norm["sample_duration"])
+    wrong = (total.counts != expected).nonzero().flatten().tolist()
+    if wrong:
+        v = wrong[0]
+        vid, got, want = loader.videos["video_id"][v], int(total.counts[v]), int(expected[v])
+        raise RuntimeError(f"{len(wrong)} videos were not counted exactly once, e.g. {vid!r}: "
+                           f"{got} clips, expected {want}")
+    video_labels = torch.tensor(loader.videos["label"].to_numpy(), dtype=torch.int64)
+    metrics = total.summary(video_labels)
+    metrics.update(split=cfg.split, checkpoint=cfg.checkpoint, model=name, n_classes=n_classes,
+                   world_size=d.world_size, normalisation=norm)
+    probs = total.video_probs()  # (V, K) float64
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    video_ids = [str(v) for v in loader.videos["video_id"]]
+    predictions = reference_predictions(probs, video_ids, class_names)
+    (out / "predictions.json").write_text(json.dumps(predictions) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "n", "top1", "top5"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(per_class_rows(probs, video_labels, class_names))
+    matrix = confusion_matrix(probs.argmax(1), video_labels, n_classes).numpy()
+    plot_confusion(matrix, class_names, out / "confusion.png", title=f"{name} on {cfg.data} {cfg.split}")
+    print_summary(console, metrics, cfg.data)
+    console.print(f"wrote {out}/{{metrics.json, predictions.json, per_class.csv, confusion.png}}")
+    return metrics
+
+
+def print_summary(console, m: dict, data_name: str) -> None:
+    """The paper's Table 2 columns (video top-1, top-5, their average) plus clip accuracy, in percent."""
+    table = Table(title=f"{data_name} {m['split']}: {m['n_videos']} videos, {m['n_clips']} clips")
+    for col in ("Method", "Top-1", "Top-5", "Average", "Clip top-1", "Clip top-5"):
+        table.add_column(col, justify="left" if col == "Method" else "right")
+    pct = [m[k] for k in ("video_top1", "video_top5", "video_avg", "clip_top1", "clip_top5")]
+    table.add_row(f"3D {m['model']}", *("n/a" if v is None else f"{100 * v:.1f}" for v in pct))
+    console.print(table)
+
+
+def run(cfg: EvalConfig) -> None:
+    d = distributed.setup(use_cuda=cfg.device == "cuda")
+    try:
+        evaluate(cfg, d)
+    except (CheckpointError, DatasetError) as e:  # one line naming the file and the fix
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        distributed.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.world_size() == 1 or distributed.launched_by_torchrun():
+        run(cfg)
+        return
+    import torch.multiprocessing as mp
+
+    try:
+        distributed.spawn(run, cfg.world_size(), (cfg,))
+    except mp.ProcessExitedException as e:  # the failing process printed its error already
+        sys.exit(e.exit_code or 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""evaluate.py and engine/metrics.py: video averaging and top-k on hand-made scores (exact values), the output
+files (metrics.json keys, predictions.json in 3D-ResNets-PyTorch's format, per_class.csv), several processes
+counting every video once, and 3D-ResNets-PyTorch checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.metrics import (
+    VideoAccumulator,
+    accuracy_summary,
+    confusion_matrix,
+    per_class_rows,
+    reference_predictions,
+    topk_correct,
+)
+
+# Six classes, three videos, five clips (probabilities, each row sums to 1, no ties where it matters).
+CLIPS = {  # video: (label, [clip probabilities])
+    0: (0, [[0.60, 0.30, 0.05, 0.02, 0.02, 0.01], [0.20, 0.70, 0.04, 0.03, 0.02, 0.01]]),
+    1: (3, [[0.12, 0.11, 0.10, 0.60, 0.04, 0.03]]),
+    2: (5, [[0.30, 0.25, 0.20, 0.15, 0.07, 0.03], [0.10, 0.20, 0.30, 0.25, 0.10, 0.05]]),
+}
+# Video means: v0 [0.40, 0.50, ...] -> top-1 wrong (class 1), top-5 right; v1 -> right; v2 [0.2, 0.225, 0.25,
+# 0.2, 0.085, 0.04] -> label 5 ranks last: top-1 and top-5 wrong. Video top-1 1/3, top-5 2/3.
+# Clips: v0c0 right, v0c1 top-5 only, v1 right, both v2 clips miss top-5. Clip top-1 2/5, top-5 3/5.
+
+
+def hand_made_batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Two batches of (logits, labels, video_idx) in a shuffled clip order; logits = log(p), so softmax = p."""
+    order = [(2, 0), (0, 1), (1, 0), (0, 0), (2, 1)]  # (video, clip)
+    logits = torch.tensor([CLIPS[v][1][c] for v, c in order], dtype=torch.float64).log().float()
+    labels = torch.tensor([CLIPS[v][0] for v, _ in order])
+    video_idx = torch.tensor([v for v, _ in order])
+    return [(logits[:3], labels[:3], video_idx[:3]), (logits[3:], labels[3:], video_idx[3:])]
+
+
+def test_video_averaging_and_topk_on_hand_made_logits():
+    acc = VideoAccumulator(n_videos=3, n_classes=6)
+    for batch in hand_made_batches():
+        acc.add(*batch)
+    assert acc.counts.tolist() == [2, 1, 2]
+    expected_v0 = [(0.60 + 0.20) / 2, (0.30 + 0.70) / 2, 0.045, 0.025, 0.02, 0.01]
+    assert acc.video_probs()[0].tolist() == pytest.approx(expected_v0, abs=1e-7)
+    m = acc.summary(torch.tensor([0, 3, 5]))
+    assert (m["video_top1"], m["video_top5"], m["video_avg"]) == (1 / 3, 2 / 3, 0.5)
+    assert (m["clip_top1"], m["clip_top5"]) == (2 / 5, 3 / 5)
+    assert (m["n_videos"], m["n_clips"], m["n_labelled_videos"]) == (3, 5, 3)
+
+
+def test_merging_rank_shares_equals_one_pass():
+    """Two 'ranks' with a video split between them give exactly the single-process result."""
+    (b1, b2), whole = hand_made_batches(), VideoAccumulator(3, 6)
+    ranks = [VideoAccumulator(3, 6), VideoAccumulator(3, 6)]
+    ranks[0].add(*b1)
+    ranks[1].add(*b2)
+    for b in (b1, b2):
+        whole.add(*b)
+    merged = VideoAccumulator.merge([r.state() for r in ranks], 3, 6)
+    assert torch.equal(merged.counts, whole.counts)
+    assert torch.allclose(merged.sums, whole.sums, rtol=0, atol=1e-15)
+    assert merged.summary(torch.tensor([0, 3, 5])) == whole.summary(torch.tensor([0, 3, 5]))
+
+
+def test_topk_unknown_labels_and_fewer_classes_than_k():
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([2, 0, -1])  # -1: unlabelled, never a hit
+    assert topk_correct(scores, labels, (1, 2, 5)).tolist() == [1, 2, 2]  # top-5 of 3 classes = top-3
+    s = accuracy_summary(scores, labels)
+    assert (s["top1"], s["top5"], s["n"]) == (0.5, 1.0, 2)
+    assert accuracy_summary(scores, torch.tensor([-1, -1, -1]))["top1"] is None
+    assert confusion_matrix(scores.argmax(1), labels, 3).tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+
+
+def test_per_class_rows_and_reference_predictions():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    rows = per_class_rows(probs, labels, ["a", "b", "c"])
+    assert rows == [{"class": "a", "n": 1, "top1": 1.0, "top5": 1.0}, {"class": "b", "n": 2, "top1": 0.5, "top5": 1.0},
+                    {"class": "c", "n": 0, "top1": None, "top5": None}]
+    pred = reference_predictions(probs, ["v0", "v1", "v2"], ["a", "b", "c"], k=2)
+    assert pred["results"]["v1"] == [{"label": "b", "score": 0.6}, {"label": "a", "score": 0.3}]
+    assert list(pred["results"]) == ["v0", "v1", "v2"]
+
+
+# ---- evaluate.py end to end on a tiny prepared dataset -------------------------------------------------------
+
+FRAMES = [40, 10, 48, 16, 33, 20, 31]  # eval windows of 16: 2, 1 (looped), 3, 1, 2, 1, 1 -> 11 clips
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from videos import make_dataset  # the pipeline tests' helper: VP9 test-pattern videos, prepared layout
+
+    root = tmp_path_factory.mktemp("eval_data")
+    return make_dataset(root, {"val": [{"frames": n} for n in FRAMES]}, width=48, height=32)
+
+
+def our_checkpoint(path: Path, n_classes: int = 3) -> Path:
+    """A train.py-format checkpoint of an untrained tiny model (only the keys evaluate.py reads)."""
+    from model import build_model
+
+    torch.manual_seed(0)
+    args = dict(arch="resnet-10", n_classes=n_classes, shortcut="A", widen_factor=0.125)
+    net = build_model(**args)
+    torch.save({"model": net.state_dict(), "arch": "resnet-10", "model_args": args, "class_names": ["a", "b", "c"],
+                "normalisation": {"mean": [110.0, 100.0, 90.0], "sample_size": 32, "sample_duration": 16}}, path)
+    return path
+
+
+def run_evaluate(args: list[str]) -> dict:
+    import evaluate
+
+    evaluate.main(args)
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_writes_reference_format_outputs(data, tmp_path):
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "eval"
+    m = run_evaluate(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
+                      "--num-threads", "1"])
+    for key in ("video_top1", "video_top5", "video_avg", "clip_top1", "clip_top5"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert (m["n_videos"], m["n_clips"]) == (7, 11)
+    assert m["video_avg"] == pytest.approx((m["video_top1"] + m["video_top5"]) / 2)
+    assert m["video_top5"] == 1.0  # 3 classes: the top 5 holds all of them
+
+    pred = json.loads((out / "predictions.json").read_text())
+    assert sorted(pred["results"]) == sorted(f"val{i:03d}" for i in range(7))
+    labels = {f"val{i:03d}": "abc"[i % 3] for i in range(7)}
+    for vid, top in pred["results"].items():
+        assert [set(t) for t in top] == [{"label", "score"}] * 3
+        scores = [t["score"] for t in top]
+        assert scores == sorted(scores, reverse=True) and math.isclose(sum(scores), 1.0, rel_tol=1e-6), vid
+    top1 = sum(top[0]["label"] == labels[vid] for vid, top in pred["results"].items()) / 7
+    assert m["video_top1"] == pytest.approx(top1)
+
+    with open(out / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["class"], int(r["n"])) for r in rows] == [("a", 3), ("b", 2), ("c", 2)]
+    correct = sum(int(r["n"]) * float(r["top1"]) for r in rows)
+    assert correct / 7 == pytest.approx(m["video_top1"])
+    assert (out / "confusion.png").stat().st_size > 0
+
+
+def test_two_processes_count_every_video_once(data, tmp_path):
+    """--nproc 2 (gloo) splits the clips between ranks and gives the one-process numbers."""
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    common = ["--data", str(data), "--checkpoint", str(ckpt), "--batch-size", "2", "--num-threads", "1"]
+    one = run_evaluate([*common, "--out", str(tmp_path / "one")])
+    two = run_evaluate([*common, "--out", str(tmp_path / "two"), "--nproc", "2"])
+    assert two["world_size"] == 2 and (two["n_videos"], two["n_clips"]) == (7, 11)
+    for key in ("video_top1", "video_top5", "clip_top1", "clip_top5"):
+        assert two[key] == pytest.approx(one[key]), key
+    p1 = json.loads((tmp_path / "one" / "predictions.json").read_text())["results"]
+    p2 = json.loads((tmp_path / "two" / "predictions.json").read_text())["results"]
+    for vid in p1:
+        assert [t["label"] for t in p1[vid]] == [t["label"] for t in p2[vid]]
+        assert [t["score"] for t in p1[vid]] == pytest.approx([t["score"] for t in p2[vid]], abs=1e-5)
+
+
+def test_reference_checkpoint_with_module_prefix(data, tmp_path):
+    """A 3D-ResNets-PyTorch checkpoint ({"state_dict": module.-prefixed, "arch": ...}) evaluates with flags."""
+    from model import build_model
+
+    net = build_model("resnet-10", n_classes=3, widen_factor=0.125)
+    path = tmp_path / "save_200.pth"
+    torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+                "optimizer": {}}, path)
+    m = run_evaluate(["--data", str(data), "--checkpoint", str(path), "--out", str(tmp_path / "ref"),
+                      "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "8", "--num-threads", "1"])
+    assert m["model"] == "resnet-10-A" and m["normalisation"]["sample_size"] == 32 and m["n_clips"] == 11
+
+
+def test_garbage_checkpoint_is_one_line_error(data, tmp_path):
+    import evaluate
+
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(bad), "--out", str(tmp_path / "x")])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and str(bad) in message and "\n" not in message

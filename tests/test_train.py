@@ -1,0 +1,300 @@
+"""train.py on a tiny generated dataset (CPU): the loss goes down, checkpoint contents, NaN handling, exact
+resume after a crash, DDP over gloo (disjoint data, identical weights), fine-tuning, and one-line errors.
+
+A tiny model (ResNet-10 at widen 0.125, 32x32 clips) on 12 training videos keeps the whole file near a minute.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+
+CLASSES = ("blue", "green", "red")
+TINY = ["--arch", "resnet-10", "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "4",
+        "--lr", "0.01", "--num-threads", "1"]  # fmt: skip
+STEPS_PER_EPOCH = 3  # 12 training videos / batch 4
+
+
+def write_webm(path: Path, frames: np.ndarray, gop: int = 16) -> None:
+    """frames (T, H, W, 3) uint8 RGB -> VP9 WebM with a keyframe every `gop` frames (prepare_data.py's format)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=25)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p"
+        s.options = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8",
+                     "lag-in-frames": "0", "auto-alt-ref": "0", "crf": "20", "b:v": "0"}
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+
+
+def make_colour_dataset(root: Path, per_class: dict[str, int], width: int = 48, height: int = 32) -> Path:
+    """A prepared-layout dataset whose class is the dominant colour of noisy frames (learnable in a few steps);
+    12 to 39 frames per video, so some are shorter than a clip and loop."""
+    from videos import COLUMNS
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.csv").write_text("index,name\n" + "".join(f"{i},{c}\n" for i, c in enumerate(CLASSES)))
+    for split, per in per_class.items():
+        rows = []
+        for label, name in enumerate(CLASSES):
+            for j in range(per):
+                n = int(rng.integers(12, 40))
+                frames = rng.integers(0, 90, (n, height, width, 3), dtype=np.uint8)
+                frames[..., 2 - label] += 140  # blue, green, red
+                rel = f"videos/{split}/{name}/{split}_{name}_{j}.webm"
+                write_webm(root / rel, frames)
+                rows.append([f"{split}_{name}_{j}", rel, label, name, split, n, 25.0, width, height, 0, n])
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([COLUMNS, *rows])
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_colour_dataset(tmp_path_factory.mktemp("train_data"), {"train": 4, "val": 2})
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), *TINY, *extra]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def same_learning(row_a: dict, row_b: dict) -> bool:
+    """Rows agree on everything but timing."""
+    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return all(row_a[k] == row_b[k] for k in keys)
+
+
+@pytest.fixture(scope="module")
+def reference_run(data, tmp_path_factory) -> Path:
+    """Three uninterrupted epochs."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    train.main(args(data, out, "--epochs", "3"))
+    return out
+
+
+def test_training_lowers_the_loss_and_writes_its_files(reference_run):
+    rows = read_metrics(reference_run)
+    assert list(rows[0]) == list(train.METRICS_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for r in rows:
+        assert 0 <= float(r["data_wait_share"]) <= 1 and float(r["clips_per_s"]) > 0
+    config = json.loads((reference_run / "config.json").read_text())
+    assert (config["arch"], config["batch_size"], config["device"], config["amp"]) == ("resnet-10", 4, "cpu", False)
+    assert (reference_run / "curves.png").stat().st_size > 0
+
+
+def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
+    from model import build_model, load_weights
+
+    state = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "arch", "model_args", "class_names",
+                "normalisation", "best_val_acc", "lr_reductions", "history"):
+        assert key in state, key
+    assert state["epoch"] == 3 and state["arch"] == "resnet-10" and state["class_names"] == list(CLASSES)
+    assert state["normalisation"] == {"mean": list(train_mean()), "sample_size": 32, "sample_duration": 16}
+    assert state["model_args"]["widen_factor"] == 0.125 and state["config"]["lr"] == 0.01
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    assert state["optimizer"]["param_groups"][0]["dampening"] == 0.0
+    net = build_model(**state["model_args"])
+    load_weights(net, reference_run / "checkpoints" / "last.pt", strict_head=True)
+    assert all(torch.equal(v, state["model"][k]) for k, v in net.state_dict().items())
+    best = torch.load(reference_run / "checkpoints" / "best.pt", weights_only=True)
+    accs = [float(r["val_acc"]) for r in read_metrics(reference_run)]
+    assert best["epoch"] == 1 + accs.index(max(accs)) and best["best_val_acc"] == max(accs)
+
+
+def train_mean() -> tuple[float, float, float]:
+    from pipeline import KINETICS_MEAN
+
+    return KINETICS_MEAN
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data, reference_run, tmp_path):
+    """--inject-nan-step (a hidden testing flag) makes the loss inf at one global step, here epoch 2's second."""
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, out, "--epochs", "3", "--inject-nan-step", str(STEPS_PER_EPOCH + 1)))
+    message = str(e.value.code)
+    assert message.startswith("error: loss became inf in epoch 2") and "\n" not in message
+    assert str(out / "checkpoints" / "last.pt") in message and "HINT" in message
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    rows = read_metrics(out)
+    assert len(rows) == 1 and same_learning(rows[0], read_metrics(reference_run)[0])
+
+
+def test_kill_9_then_resume_reproduces_the_uninterrupted_run(data, reference_run, tmp_path):
+    """SIGKILL right after the first checkpoint appears (mid-bookkeeping or early in epoch 2), then --resume:
+    every epoch's metrics equal the uninterrupted run's."""
+    out = tmp_path / "killed"
+    last = out / "checkpoints" / "last.pt"
+    root = Path(train.__file__).resolve().parent
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), *args(data, out, "--epochs", "3")], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert last.exists() and proc.poll() is None, "the run ended before a checkpoint could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done = torch.load(last, weights_only=True)["epoch"]  # atomic writes: always a complete file
+    assert done in (1, 2)
+    train.main(args(data, out, "--epochs", "3", "--resume"))
+    resumed, reference = read_metrics(out), read_metrics(reference_run)
+    assert len(resumed) == 3
+    for a, b in zip(resumed, reference, strict=True):
+        assert same_learning(a, b), (a, b)
+
+
+def test_existing_run_corrupt_and_incompatible_checkpoints_are_one_line_errors(data, reference_run, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, reference_run, "--epochs", "4"))  # no --resume: never overwrite a run
+    assert "already holds a run" in str(e.value.code) and "--resume" in str(e.value.code)
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, run, "--epochs", "4", "--resume", "--arch", "resnet-18"))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "incompatible" in message and "resnet-18" in message
+    assert "\n" not in message
+
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, run, "--epochs", "4", "--resume"))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and str(last) in message and "\n" not in message
+
+
+def test_pretrained_with_ft_begin_trains_only_the_last_modules(data, reference_run, tmp_path):
+    pretrained = reference_run / "checkpoints" / "last.pt"
+    out = tmp_path / "finetune"
+    train.main(args(data, out, "--epochs", "1", "--pretrained", str(pretrained), "--ft-begin", "layer4"))
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key in ("conv1.weight", "bn1.weight", "bn1.running_mean", "layer3.0.conv2.weight"):
+        assert torch.equal(before[key], after[key]), key  # frozen, BatchNorm statistics included
+    for key in ("layer4.0.conv1.weight", "fc.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    with pytest.raises(SystemExit, match="not a module of the model"):
+        train.main(args(data, tmp_path / "bad", "--epochs", "1", "--pretrained", str(pretrained), "--ft-begin", "layer9"))
+
+
+def test_pretrained_reference_checkpoint_with_another_class_count(data, tmp_path):
+    """3D-ResNets-PyTorch layout ({"state_dict": module.-prefixed, "arch"}) with 400 classes: every weight but the
+    classifier loads, the new 3-class fc is trained; --ft-begin fc freezes the rest."""
+    from engine.distributed import Dist
+    from model import build_model
+
+    torch.manual_seed(1)
+    kinetics = build_model("resnet-10", n_classes=400, widen_factor=0.125)
+    path = tmp_path / "resnet-10-kinetics.pth"
+    torch.save({"arch": "resnet-10", "epoch": 200,
+                "state_dict": {f"module.{k}": v for k, v in kinetics.state_dict().items()}}, path)
+    cfg = train.parse_args(args(data, tmp_path / "ft", "--pretrained", str(path), "--ft-begin", "fc"))
+    raw, model_args, frozen = train.setup_model(cfg, len(CLASSES), Dist(0, 1, 0, torch.device("cpu")))
+    assert model_args["n_classes"] == 3 and raw.fc.weight.shape == (3, 64)
+    assert torch.equal(raw.layer4[0].conv2.weight, kinetics.layer4[0].conv2.weight)
+    assert [n for n, p in raw.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert len(frozen) == len(list(raw.children())) - 1
+
+
+def _ddp_worker(data: str, out: str) -> None:
+    """One rank of test_ddp_*: a training epoch over a recording loader, then save what it saw and its weights."""
+    from engine import distributed
+    from pipeline import build_loader
+
+    cfg = train.parse_args(args(Path(data), Path(out), "--nproc", "2"))  # batch 4 = 2 ranks x 2
+    d = distributed.setup(use_cuda=False)
+    try:
+        loader = build_loader(Path(data), "train", "train", batch_size=2, rank=d.rank, world_size=2, num_threads=1,
+                              sample_size=32, progress=False)
+        loader.set_epoch(1)
+        seen: list[int] = []
+
+        class Recording:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for batch in loader:
+                    seen.extend(batch.video_idx.tolist())
+                    yield batch
+
+        raw, _, frozen = train.setup_model(cfg, len(CLASSES), d)
+        init = {k: v.clone() for k, v in raw.state_dict().items()}
+        optimizer = torch.optim.SGD(raw.parameters(), lr=0.01, momentum=0.9)
+        net = torch.nn.parallel.DistributedDataParallel(raw)
+        train.train_one_epoch(cfg, d, net, frozen, Recording(), optimizer, 1, 0, None)
+        distributed.broadcast_buffers(raw)
+        torch.save({"seen": seen, "init": init, "state": raw.state_dict()}, Path(out) / f"rank{d.rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+def test_ddp_ranks_see_disjoint_data_and_keep_identical_weights(data, tmp_path):
+    from engine.distributed import spawn
+
+    spawn(_ddp_worker, 2, (str(data), str(tmp_path)))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(r0["seen"]) == len(r1["seen"]) == 6  # 12 videos: 3 steps of 2 per rank
+    assert not set(r0["seen"]) & set(r1["seen"])
+    assert all(torch.equal(r0["init"][k], r1["init"][k]) for k in r0["init"])
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"]), "ranks diverged"
+    assert not torch.equal(r0["state"]["conv1.weight"], r0["init"]["conv1.weight"])
+
+
+def test_nproc_2_end_to_end(data, tmp_path):
+    """train.py --nproc 2 spawns two gloo processes; rank 0 alone writes the run folder."""
+    out = tmp_path / "ddp"
+    train.main(args(data, out, "--epochs", "1", "--nproc", "2"))
+    rows = read_metrics(out)
+    assert len(rows) == 1 and 0 <= float(rows[0]["val_acc"]) <= 1
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["nproc"] == 2 and state["epoch"] == 1
+
+
+def test_batch_size_must_split_evenly(data, tmp_path):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--data", str(data), "--out", str(tmp_path), "--batch-size", "5", "--nproc", "2"])
+
+
+def test_train_speed_end_to_end_mode(data, tmp_path, monkeypatch):
+    """benchmarks/train_speed.py --data: real-loader steps vs synthetic steps on the same model, and their ratio."""
+    monkeypatch.syspath_prepend(str(Path(train.__file__).resolve().parent / "benchmarks"))
+    import train_speed as bench
+
+    out = tmp_path / "e2e.json"
+    assert bench.main(["--data", str(data), "--arch", "resnet-10", "--widen-factor", "0.125", "--size", "64",
+                       "--batch-size", "4", "--warmup", "1", "--iters", "2", "--repeats", "1", "--device", "cpu",
+                       "--loader-threads", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["mode"] == "end-to-end" and row["backend"] == "dali"
+    assert row["real_clips_per_s"] > 0 and row["synthetic_clips_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["real_clips_per_s"] / row["synthetic_clips_per_s"], rel=1e-2)

@@ -1,0 +1,389 @@
+"""Train a 3D ResNet (Hara et al., CVPR 2018) on a prepare_data.py output folder, with the paper's recipe.
+
+  python train.py --data DST --out runs/r34 --arch resnet-34           # one GPU (or the CPU if none)
+  python train.py --data DST --out runs/r34 --arch resnet-34 --gpus 4  # 4 GPUs on this node, DDP over NCCL
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+      train.py --data DST --out runs/r34 --arch resnet-34              # multi-node: same line on every node
+  python train.py --data DST --out runs/tiny --nproc 2                 # 2 CPU processes, DDP over gloo
+  python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
+
+Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
+RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import distributed
+from engine.checkpoint import CheckpointError, check_compatible, load_training_checkpoint, save_atomic
+from engine.distributed import Dist, all_reduce_sum
+from engine.plots import plot_curves
+from engine.progress import StepBar, make_console
+from model import ARCHS, build_model, load_weights
+from pipeline import ACTIVITYNET_MEAN, KINETICS_MEAN, DatasetError, LoaderBase, build_loader
+
+METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                   "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    # model (model.build_model arguments)
+    arch: str = "resnet-18"
+    shortcut: str = "A"
+    widen_factor: float = 1.0
+    conv1_t_size: int = 7
+    conv1_t_stride: int = 1
+    no_max_pool: bool = False
+    # input (the loader's sampling; stored with every checkpoint)
+    sample_duration: int = 16
+    sample_size: int = 112
+    mean: str = "kinetics"
+    backend: str = "dali"
+    num_threads: int = 4
+    skip_bad: bool = False
+    # optimisation (the paper's recipe)
+    epochs: int = 200
+    batch_size: int = 256  # global, split evenly across processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    lr_patience: int = 10
+    lr_reductions: int = 3  # stop once the plateau schedule has divided the lr by 10 this many times
+    pretrained: str | None = None
+    ft_begin: str | None = None
+    # run
+    resume: bool = False
+    seed: int = 0
+    device: str = "cpu"  # resolved: "cuda" or "cpu"
+    gpus: int = 1
+    nproc: int = 1
+    amp: bool = False  # bf16 autocast; default on for CUDA
+    channels_last: bool = False  # channels_last_3d; default on for CUDA
+    compile: bool = False
+    log_every: int = 10  # steps between synchronising log points on the GPU (the CPU checks every step)
+    inject_nan_step: int = -1  # testing hook: make the loss inf at this global step (0-based); -1 = never
+
+    def world_size(self) -> int:
+        if distributed.launched_by_torchrun():
+            return int(os.environ["WORLD_SIZE"])
+        return self.gpus if self.device == "cuda" else self.nproc
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="a prepare_data.py output folder (train.csv, val.csv, ...)")
+    g.add_argument("--out", required=True, help="run folder for checkpoints, metrics and plots")
+    g.add_argument("--backend", choices=("dali", "decord"), default="dali")
+    g.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
+    g.add_argument("--sample-duration", type=int, default=16, help="frames per clip")
+    g.add_argument("--sample-size", type=int, default=112, help="clip height and width in pixels")
+    g.add_argument("--mean", choices=("kinetics", "activitynet"), default="kinetics", help="RGB mean, 0-255")
+    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                   help="skip (and count) unreadable videos instead of stopping")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=ARCHS, default="resnet-18")
+    g.add_argument("--shortcut", choices=("A", "B"), default="A", help="A: zero-padding (the paper's), B: conv")
+    g.add_argument("--widen-factor", type=float, default=1.0, help="channel multiplier (small CPU models)")
+    g.add_argument("--conv1-t-size", type=int, default=7)
+    g.add_argument("--conv1-t-stride", type=int, default=1)
+    g.add_argument("--no-max-pool", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--pretrained", help="initial weights: our checkpoint or a 3D-ResNets-PyTorch one")
+    g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the ones before")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument("--batch-size", type=int, default=256, help="global batch, split evenly across processes")
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=1e-3)
+    g.add_argument("--lr-patience", type=int, default=10, help="epochs of flat val loss before lr /= 10")
+    g.add_argument("--lr-reductions", type=int, default=3, help="stop training after this many lr reductions")
+    g = p.add_argument_group("run")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue from OUT/checkpoints/last.pt (epoch, weights, optimiser, lr schedule)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each (DDP, NCCL)")
+    g.add_argument("--nproc", type=int, default=1, help="CPU processes (DDP over gloo) on a machine without GPU")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(GPU: on)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile")
+    g.add_argument("--log-every", type=int, default=10, help="steps between log points on the GPU")
+    g.add_argument("--inject-nan-step", type=int, default=-1, help=argparse.SUPPRESS)  # testing hook
+    a = p.parse_args(argv)
+
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no GPU")
+    if device == "cpu" and a.gpus > 1:
+        p.error(f"--gpus {a.gpus} but no GPU is used; HINT: --nproc {a.gpus} runs CPU processes")
+    if device == "cuda" and a.nproc > 1:
+        p.error("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
+    if device == "cuda" and a.gpus > torch.cuda.device_count():
+        p.error(f"--gpus {a.gpus} but only {torch.cuda.device_count()} GPUs are visible")
+    on_gpu = device == "cuda"
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("device", "amp", "channels_last")},
+                      device=device, amp=on_gpu if a.amp is None else a.amp,
+                      channels_last=on_gpu if a.channels_last is None else a.channels_last)
+    world, data = cfg.world_size(), Path(cfg.data)
+    checks = [
+        (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
+        (min(cfg.epochs, cfg.batch_size, cfg.lr) > 0, "--epochs, --batch-size and --lr must be positive"),
+        (cfg.lr_patience >= 0 and cfg.lr_reductions >= 1, "need --lr-patience >= 0 and --lr-reductions >= 1"),
+        ((data / "train.csv").is_file(), f"{data}/train.csv not found; HINT: prepare_data.py SRC --out {data}"),
+        ((data / "val.csv").is_file(), f"{data}/val.csv not found: the lr schedule needs a validation split"),
+        (cfg.pretrained is None or Path(cfg.pretrained).is_file(), f"--pretrained {cfg.pretrained}: no such file"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    return cfg
+
+
+def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
+    """(raw model on d.device, build_model kwargs, frozen modules). Same seed on every rank: same weights."""
+    model_args = dict(arch=cfg.arch, n_classes=n_classes, shortcut=cfg.shortcut, conv1_t_size=cfg.conv1_t_size,
+                      conv1_t_stride=cfg.conv1_t_stride, no_max_pool=cfg.no_max_pool,
+                      widen_factor=cfg.widen_factor)
+    torch.manual_seed(cfg.seed)
+    raw = build_model(**model_args)
+    if cfg.pretrained:
+        load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
+    frozen = []
+    if cfg.ft_begin:
+        names = [name for name, _ in raw.named_children()]
+        if cfg.ft_begin not in names:
+            raise SystemExit(f"error: --ft-begin {cfg.ft_begin}: not a module of the model; one of {names}")
+        for name, child in raw.named_children():
+            if name == cfg.ft_begin:
+                break
+            child.requires_grad_(False)
+            frozen.append(child)
+    return raw.to(d.device, memory_format=memory_format(cfg)), model_args, frozen
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train_one_epoch(cfg: TrainConfig, d: Dist, net: nn.Module, frozen: list[nn.Module], loader: LoaderBase,
+                    optimizer: torch.optim.Optimizer, epoch: int, step0: int, bar: StepBar | None) -> dict:
+    """One pass over the training loader (step0: global index of its first step); the epoch's metrics summed
+    over ranks: train_loss, train_acc, epoch_seconds, clips_per_s, data_wait_share."""
+    net.train()
+    for m in frozen:
+        m.eval()  # frozen layers keep their BatchNorm statistics too
+    sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # sum of loss x N, correct clips (this rank)
+    n_clips = 0  # this rank's clips, counted on the host: no per-step host-to-device copy
+    check_every = 1 if d.device.type == "cpu" else cfg.log_every  # CPU: syncing is free, check every step
+    wait, t0, n_steps = 0.0, time.perf_counter(), len(loader)
+    batches = iter(loader)
+    for step in range(n_steps):
+        t = time.perf_counter()
+        clips, labels, _ = next(batches)  # (N, 3, T, S, S) float32, (N,) int64
+        wait += time.perf_counter() - t
+        clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(cfg))
+        labels = labels.to(d.device, non_blocking=True)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = net(clips)  # (N, K)
+        loss = F.cross_entropy(logits.float(), labels)
+        if step0 + step == cfg.inject_nan_step:
+            loss = loss * math.inf
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+        n_clips += len(labels)
+        if (step + 1) % check_every == 0 or step + 1 == n_steps:  # the last step always checks
+            # CPU-GPU sync: log point. A non-finite step leaves the running sum non-finite, so nothing slips by.
+            loss_sum, correct, n = all_reduce_sum(torch.cat([sums, sums.new_tensor([n_clips])])).tolist()
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLoss(f"loss became {loss_sum} in epoch {epoch} by step {step + 1}")
+            if bar is not None:
+                elapsed, lr = time.perf_counter() - t0, optimizer.param_groups[0]["lr"]
+                bar.update(step + 1, f"loss {loss_sum / n:.4f}  acc {correct / n:.3f}  lr {lr:.3g}  "
+                                     f"{n / elapsed:.1f} clips/s  data wait {wait / elapsed:.0%}")
+    seconds = time.perf_counter() - t0
+    loss_sum, correct, n, wait_sum = all_reduce_sum(torch.cat([sums, sums.new_tensor([n_clips, wait])])).tolist()
+    return dict(train_loss=loss_sum / n, train_acc=correct / n, epoch_seconds=seconds,
+                clips_per_s=n / seconds, data_wait_share=wait_sum / d.world_size / seconds)
+
+
+@torch.no_grad()
+def validate(cfg: TrainConfig, d: Dist, net: nn.Module, loader: LoaderBase, epoch: int) -> dict:
+    """Loss and clip accuracy of one centre clip per validation video, over all ranks."""
+    net.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # sum of losses, correct clips (this rank)
+    n_clips = 0
+    for clips, labels, _ in loader:
+        clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(cfg))
+        labels = labels.to(d.device, non_blocking=True)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = net(clips).float()  # (N, K)
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                             (logits.argmax(1) == labels).sum().double()])
+        n_clips += len(labels)
+    loss_sum, correct, n = all_reduce_sum(torch.cat([sums, sums.new_tensor([n_clips])])).tolist()  # sync
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLoss(f"validation loss became {loss_sum} in epoch {epoch}")
+    return dict(val_loss=loss_sum / n, val_acc=correct / n)
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+
+
+def write_metrics_csv(history: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, d: Dist) -> None:
+    console = make_console(d.is_main)
+    out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    if last_path.exists() and not cfg.resume:
+        raise SystemExit(f"error: {cfg.out} already holds a run; HINT: add --resume to continue it, "
+                         "or choose another --out")
+    on_gpu = d.device.type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
+    else:  # share the cores between this node's processes
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    mean = KINETICS_MEAN if cfg.mean == "kinetics" else ACTIVITYNET_MEAN
+    loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
+                       batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
+                       seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
+                       sample_size=cfg.sample_size, mean=mean, skip_bad=cfg.skip_bad,
+                       device_id=d.local_rank if on_gpu else None, progress=d.is_main)
+    train_loader = build_loader(Path(cfg.data), "train", "train", **loader_args)
+    val_loader = build_loader(Path(cfg.data), "val", "val", **loader_args)
+    class_names = list(train_loader.class_names)
+
+    raw, model_args, frozen = setup_model(cfg, len(class_names), d)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=0.0,
+                                weight_decay=cfg.weight_decay)  # dampening 0: the reference's 0.9 is a bug
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.1, patience=cfg.lr_patience)
+    normalisation = dict(mean=list(mean), sample_size=cfg.sample_size, sample_duration=cfg.sample_duration)
+    epoch, history, best_acc, reductions = 0, [], -1.0, 0
+    if cfg.resume and last_path.exists():
+        state = load_training_checkpoint(last_path)
+        now = dict(model_args=model_args, class_names=class_names, normalisation=normalisation)
+        check_compatible(last_path, state, now, tuple(now))
+        try:
+            raw.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{last_path}: does not fit this run ({str(e).splitlines()[0][:200]})") from None
+        epoch, history = state["epoch"], state["history"]
+        best_acc, reductions = state["best_val_acc"], state["lr_reductions"]
+        console.print(f"resumed from {last_path}: {epoch} epochs done, lr {optimizer.param_groups[0]['lr']:.3g}")
+    elif cfg.resume:
+        console.print(f"[yellow]--resume: no {last_path} yet, starting from scratch")
+
+    net = torch.compile(raw) if cfg.compile else raw  # validation uses net: no DDP collectives there
+    train_net = net
+    if d.is_distributed:
+        train_net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if on_gpu else None)
+
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
+    console.print(f"config: {json.dumps(asdict(cfg))}")
+    console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
+                  f"classes | {d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = "
+                  f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
+                  f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
+
+    while epoch < cfg.epochs and reductions < cfg.lr_reductions:
+        epoch += 1
+        lr = optimizer.param_groups[0]["lr"]
+        train_loader.set_epoch(epoch)
+        with StepBar(console, f"epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
+            try:
+                row = train_one_epoch(cfg, d, train_net, frozen, train_loader, optimizer, epoch,
+                                      (epoch - 1) * len(train_loader), bar)
+                distributed.broadcast_buffers(raw)  # all ranks validate (and rank 0 saves) rank 0's BN statistics
+                row.update(validate(cfg, d, net, val_loader, epoch), epoch=epoch, lr=lr)
+            except NonFiniteLoss as e:
+                good = last_path if last_path.exists() else "none (first epoch)"
+                raise SystemExit(f"error: {e} (lr {lr:.3g}); training stopped. The last good checkpoint is "
+                                 f"{good}; HINT: lower --lr") from None
+        scheduler.step(row["val_loss"])
+        if optimizer.param_groups[0]["lr"] < lr:
+            reductions += 1
+        history.append(row)
+        is_best = row["val_acc"] > best_acc
+        best_acc = max(best_acc, row["val_acc"])
+        console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                      f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}{' (best)' if is_best else ''} | "
+                      f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
+                      f"data wait {row['data_wait_share']:.0%}")
+        if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
+            state = dict(model=raw.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=None, epoch=epoch, config=asdict(cfg), arch=cfg.arch, model_args=model_args,
+                         class_names=class_names, normalisation=normalisation, best_val_acc=best_acc,
+                         lr_reductions=reductions, history=history)
+            save_atomic(state, last_path)
+            if is_best:
+                save_atomic(state, ckpt_dir / "best.pt")
+            write_metrics_csv(history, out / "metrics.csv")
+            plot_curves(history, out / "curves.png", title=f"{cfg.arch} on {cfg.data}")
+    why = f"lr reduced {reductions} times" if reductions >= cfg.lr_reductions else f"--epochs {cfg.epochs}"
+    console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
+                  f"checkpoints in {ckpt_dir}")
+
+
+def run(cfg: TrainConfig) -> None:
+    """One process's whole job (spawned or launched by torchrun): join the group, train, leave."""
+    d = distributed.setup(use_cuda=cfg.device == "cuda")
+    try:
+        train(cfg, d)
+    except (CheckpointError, DatasetError) as e:  # one line naming the file and the fix
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        distributed.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    n = cfg.world_size()
+    if n > 1 and not distributed.launched_by_torchrun():
+        import torch.multiprocessing as mp
+
+        try:
+            distributed.spawn(run, n, (cfg,))
+        except mp.ProcessExitedException as e:  # the failing process printed its error already
+            sys.exit(e.exit_code or 1)
+    else:
+        run(cfg)
+
+
+if __name__ == "__main__":
+    main()
