@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -222,27 +221,10 @@ def print_summary(console, m: dict, data_name: str) -> None:
     console.print(table)
 
 
-def run(cfg: EvalConfig) -> None:
-    d = distributed.setup(use_cuda=cfg.device == "cuda")
-    try:
-        evaluate(cfg, d)
-    except (CheckpointError, DatasetError) as e:  # one line naming the file and the fix
-        raise SystemExit(f"error: {e}") from None
-    finally:
-        distributed.cleanup()
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    if cfg.world_size() == 1 or distributed.launched_by_torchrun():
-        run(cfg)
-        return
-    import torch.multiprocessing as mp
-
-    try:
-        distributed.spawn(run, cfg.world_size(), (cfg,))
-    except mp.ProcessExitedException as e:  # the failing process printed its error already
-        sys.exit(e.exit_code or 1)
+    distributed.launch(evaluate, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
+                       user_errors=(CheckpointError, DatasetError))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -360,29 +359,10 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"checkpoints in {ckpt_dir}")
 
 
-def run(cfg: TrainConfig) -> None:
-    """One process's whole job (spawned or launched by torchrun): join the group, train, leave."""
-    d = distributed.setup(use_cuda=cfg.device == "cuda")
-    try:
-        train(cfg, d)
-    except (CheckpointError, DatasetError) as e:  # one line naming the file and the fix
-        raise SystemExit(f"error: {e}") from None
-    finally:
-        distributed.cleanup()
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    n = cfg.world_size()
-    if n > 1 and not distributed.launched_by_torchrun():
-        import torch.multiprocessing as mp
-
-        try:
-            distributed.spawn(run, n, (cfg,))
-        except mp.ProcessExitedException as e:  # the failing process printed its error already
-            sys.exit(e.exit_code or 1)
-    else:
-        run(cfg)
+    distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
+                       user_errors=(CheckpointError, DatasetError))
 
 
 if __name__ == "__main__":

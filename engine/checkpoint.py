@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError  # one error type for every unusable checkpoint
+from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
 
-__all__ = ["CheckpointError", "check_compatible", "load_training_checkpoint", "read_checkpoint", "save_atomic"]
+__all__ = ["CheckpointError", "check_compatible", "load_training_checkpoint", "save_atomic"]
 
 REQUIRED_KEYS = (
     "model", "optimizer", "scheduler", "epoch", "config", "arch", "model_args", "class_names", "normalisation"
@@ -40,23 +40,11 @@ def save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # atomic on POSIX within one file system
 
 
-def read_checkpoint(path: Path) -> dict:
-    """torch.load a file safely (weights_only) onto the CPU; any failure becomes a one-line CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, foreign objects: all mean "not usable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:200]})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, expected a dict)")
-    return state
-
-
 def load_training_checkpoint(path: Path) -> dict:
     """A checkpoint written by train.py, with every key that --resume needs present."""
-    state = read_checkpoint(path)
+    state = load_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a train.py checkpoint (holds a {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(

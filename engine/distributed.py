@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,6 +99,31 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_spawned_entry, args=(nprocs, _free_port(), fn, args), nprocs=nprocs, join=True)
+
+
+def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...]) -> None:
+    d = setup(use_cuda)
+    try:
+        job(cfg, d)
+    except user_errors as e:  # one line naming the file and the fix, not a traceback
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        cleanup()
+
+
+def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
+           user_errors: tuple[type[Exception], ...] = ()) -> None:
+    """Run job(cfg, Dist) in every process of the group: here (one process, or under torchrun) or in
+    world_size processes spawned here. user_errors become a one-line "error: ..." exit instead of a traceback."""
+    if world_size == 1 or launched_by_torchrun():
+        _run_job(job, cfg, use_cuda, user_errors)
+        return
+    import torch.multiprocessing as mp
+
+    try:
+        spawn(_run_job, world_size, (job, cfg, use_cuda, user_errors))
+    except mp.ProcessExitedException as e:  # the failing process printed its error already
+        sys.exit(e.exit_code or 1)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

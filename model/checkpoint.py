@@ -10,6 +10,7 @@ Keys may carry `module.` (DataParallel / DDP) and `_orig_mod.` (torch.compile) p
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +73,20 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read `path` -> (state_dict with wrapper prefixes stripped, metadata). Raises CheckpointError."""
+def load_file(path: str | Path) -> Any:
+    """torch.load(path, weights_only=True) onto the CPU; every way of failing becomes a one-line CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # torch.save writes a zip archive (or, legacy, a pickle starting with protocol byte 0x80)
+        if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint file; is it the right file?") from e
         if "weights only load failed" in first.lower():
             raise CheckpointError(
                 f"{path}: holds Python objects that weights_only loading refuses ({first}); "
@@ -94,6 +100,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "re-download or re-save it"
         ) from e
 
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read `path` -> (state_dict with wrapper prefixes stripped, metadata). Raises CheckpointError."""
+    path = Path(path)
+    obj = load_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     metadata: dict[str, Any] = {}
