@@ -97,8 +97,11 @@ def time_ffmpeg(sources: list[Path], out: Path, s: EncodeSettings, runs: int) ->
 
 def clip_reads(files: list[str], n_clips: int, runs: int) -> dict:
     """Random 16-frame clips per second, one process: decord (seeks to the keyframe) and DALI CPU on whole files."""
-    import decord
     from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.decord_loader import import_decord
+
+    decord = import_decord()
 
     rng = np.random.default_rng(0)
     lengths = [count_frames(Path(f))[0] for f in files]

@@ -5,6 +5,10 @@ device="gpu" the finished batch is moved to cuda:device_id.
 Per clip: decord.VideoReader.get_batch(frames) -> (T, H, W, 3) uint8 -> crop the box -> bilinear resize
 with antialiasing (the same triangle filter as DALI's linear resize) -> rounded to 0..255 like DALI's
 uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32.
+
+Known decord 0.6.0 limit: get_batch fails ("Check failed: from_size == to_size") on frames 16, 24, 48 or 72 px
+wide (checked every even width 16-258 at 32 px high, plus 202, 270, 426, 480, 640: only those four fail);
+prepared videos are far wider, tiny test videos are not.
 """
 
 from __future__ import annotations
@@ -16,6 +20,22 @@ import numpy as np
 
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.sampling import Plan
+
+
+def import_decord():  # -> the decord module
+    """Import decord, loading PyAV first when it is installed.
+
+    decord bundles its own FFmpeg libraries; when they are loaded before PyAV's, PyAV's libvpx-vp9 encoder no
+    longer opens (avcodec_open2 returns EINVAL; av 18.1 + decord 0.6.0, tests/test_environment.py). So a
+    process that reads with decord and then prepares or writes videos must have imported av first.
+    """
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        pass
+    import decord
+
+    return decord
 
 
 def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, size: int,
@@ -49,8 +69,7 @@ class _PlanDataset:
         return len(self.batches)
 
     def _reader(self, row: int):
-        import decord
-
+        decord = import_decord()
         vr = self._readers.pop(row, None)
         if vr is None:
             # num_threads=1: parallelism comes from DataLoader workers, not from each decoder.

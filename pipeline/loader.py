@@ -205,10 +205,11 @@ def build_loader(
         from pipeline.dali_loader import DaliLoader
 
         return DaliLoader(config)
+    from pipeline.decord_loader import DecordLoader, import_decord
+
     try:
-        import decord  # noqa: F401
+        import_decord()
     except ImportError:
         raise ImportError("backend='decord' needs decord: pip install decord==0.6.0, or use backend='dali'") from None
-    from pipeline.decord_loader import DecordLoader
 
     return DecordLoader(config)

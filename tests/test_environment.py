@@ -1,12 +1,54 @@
 """The pinned stack imports and a DALI CPU-only pipeline builds and runs (no GPU, no driver needed)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_decord_imports_and_exposes_video_reader():
-    import decord
+    from pipeline.decord_loader import import_decord
 
-    assert hasattr(decord, "VideoReader")
+    assert hasattr(import_decord(), "VideoReader")
+
+
+# decord's bundled FFmpeg, loaded before PyAV's, breaks PyAV's VP9 encoder. Fresh interpreters, since the
+# import order of this test process is whatever collection made it.
+_ENCODE_AFTER = """
+import sys
+sys.path.insert(0, {root!r})
+{imports}
+import io, av, numpy as np
+buf = io.BytesIO()
+with av.open(buf, "w", format="webm") as c:
+    s = c.add_stream("libvpx-vp9", rate=25)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+        c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+print(len(buf.getvalue()))
+"""
+
+
+def _encode_after(imports: str) -> subprocess.CompletedProcess:
+    code = _ENCODE_AFTER.format(root=str(ROOT), imports=imports)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_import_decord_keeps_pyav_vp9_encoder_working():
+    done = _encode_after("from pipeline.decord_loader import import_decord; import_decord()")
+    assert done.returncode == 0, done.stderr[-500:]
+    assert int(done.stdout.split()[-1]) > 0
+
+
+def test_plain_decord_import_first_breaks_pyav_vp9_encoder():
+    # The hazard import_decord() exists for; if a decord or PyAV upgrade fixes it, this test says so.
+    done = _encode_after("import decord")
+    assert done.returncode != 0 and "avcodec_open2" in done.stderr
 
 
 def test_pyav_has_vp9_encoder():
