@@ -35,16 +35,6 @@ from pipeline.sampling import Plan
 class DaliLoader(LoaderBase):
     def __init__(self, config: LoaderConfig):
         super().__init__(config)
-        import torch
-
-        if config.device == "gpu":
-            if not torch.cuda.is_available():
-                raise RuntimeError("device='gpu' needs CUDA, and torch sees no GPU; use device='cpu'")
-            self._device_id = torch.cuda.current_device() if config.device_id is None else config.device_id
-            self._torch_device = torch.device("cuda", self._device_id)
-        else:
-            self._device_id = None
-            self._torch_device = torch.device("cpu")
         self._feed: Iterator[Plan] = iter(())
         self._emitted: deque[Plan] = deque()  # batches handed to DALI, not yet returned (<= prefetch + 1)
         self._in_epoch = False
@@ -56,7 +46,7 @@ class DaliLoader(LoaderBase):
         c = self.config
         decode_device = "mixed" if c.device == "gpu" else "cpu"
 
-        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self._device_id,
+        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self._torch_device.index,
                       prefetch_queue_depth=c.prefetch, seed=c.seed)
         def graph():
             enc, frames, anchor, shape, mirror = fn.external_source(

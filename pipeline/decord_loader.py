@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.loader import Batch, LoaderBase
 from pipeline.sampling import Plan
 
 
@@ -98,18 +98,6 @@ def _worker_init(_: int) -> None:
 
 
 class DecordLoader(LoaderBase):
-    def __init__(self, config: LoaderConfig):
-        super().__init__(config)
-        import torch
-
-        if config.device == "gpu":
-            if not torch.cuda.is_available():
-                raise RuntimeError("device='gpu' needs CUDA, and torch sees no GPU; use device='cpu'")
-            self._torch_device = torch.device("cuda", torch.cuda.current_device() if config.device_id is None
-                                              else config.device_id)
-        else:
-            self._torch_device = torch.device("cpu")
-
     def __iter__(self) -> Iterator[Batch]:
         import torch
 

@@ -75,8 +75,18 @@ class LoaderBase:
     """
 
     def __init__(self, config: LoaderConfig):
+        import torch  # lazy: `import pipeline` stays light for prepare_data's worker processes
+
         config.validate()
         self.config = config
+        if config.device == "gpu":
+            if not torch.cuda.is_available():
+                raise RuntimeError("device='gpu' needs CUDA, and torch sees no GPU; use device='cpu'")
+            self._torch_device = torch.device(
+                "cuda", torch.cuda.current_device() if config.device_id is None else config.device_id
+            )  # where batches are delivered; DALI's device_id is its index
+        else:
+            self._torch_device = torch.device("cpu")
         data = Path(config.data)
         if not data.is_dir():
             raise DatasetError(f"{data}: dataset folder not found. {HINT}")
