@@ -167,7 +167,10 @@ def load_or_build(
         return _load_or_build(unique, None, progress, workers)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with open(cache.with_name(cache.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        except OSError:  # a file system without locks: every caller indexes for itself (slower, still correct)
+            pass
         return _load_or_build(unique, cache, progress, workers)
 
 
