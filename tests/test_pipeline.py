@@ -1,6 +1,7 @@
 """The loaders end to end on CPU: decoded frame indices, crop boxes, flips, mean, layout, sharding,
 determinism, DALI vs decord agreement, and bad-input errors. Test videos: tests/videos.py."""
 
+import gc
 import os
 import shutil
 
@@ -29,6 +30,8 @@ def data(tmp_path_factory):
 
 
 def load(data, split="train", mode="train", backend="dali", **kw):
+    if backend == "decord":
+        gc.collect()  # free finished DALI loaders of this test before forking DataLoader workers (conftest.py)
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
     kw.setdefault("mean", ZERO)
