@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,9 +58,7 @@ class EvalConfig:
     amp: bool = False
 
     def world_size(self) -> int:
-        if distributed.launched_by_torchrun():
-            return int(os.environ["WORLD_SIZE"])
-        return self.gpus if self.device == "cuda" else self.nproc
+        return distributed.world_size(self.device, self.gpus, self.nproc)
 
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
@@ -90,11 +87,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     g.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
     a = p.parse_args(argv)
-    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" and a.gpus > 1:
-        p.error(f"--gpus {a.gpus} but no GPU is used; HINT: --nproc {a.gpus} runs CPU processes")
-    if device == "cuda" and a.nproc > 1:
-        p.error("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
+    try:
+        device = distributed.resolve_device(a.device, a.gpus, a.nproc)
+    except ValueError as e:
+        p.error(str(e))
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
@@ -157,9 +153,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     console = make_console(d.is_main)
     console.print(f"config: {json.dumps(asdict(cfg))}")
     on_gpu = d.device.type == "cuda"
-    if not on_gpu:  # share the cores between this node's processes
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
     model, norm, name = load_model(cfg, class_names, d)
     loader = build_loader(Path(cfg.data), cfg.split, "eval", backend=cfg.backend,

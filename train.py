@@ -80,9 +80,7 @@ class TrainConfig:
     inject_nan_step: int = -1  # testing hook: make the loss inf at this global step (0-based); -1 = never
 
     def world_size(self) -> int:
-        if distributed.launched_by_torchrun():
-            return int(os.environ["WORLD_SIZE"])
-        return self.gpus if self.device == "cuda" else self.nproc
+        return distributed.world_size(self.device, self.gpus, self.nproc)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -128,15 +126,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--inject-nan-step", type=int, default=-1, help=argparse.SUPPRESS)  # testing hook
     a = p.parse_args(argv)
 
-    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch sees no GPU")
-    if device == "cpu" and a.gpus > 1:
-        p.error(f"--gpus {a.gpus} but no GPU is used; HINT: --nproc {a.gpus} runs CPU processes")
-    if device == "cuda" and a.nproc > 1:
-        p.error("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
-    if device == "cuda" and a.gpus > torch.cuda.device_count():
-        p.error(f"--gpus {a.gpus} but only {torch.cuda.device_count()} GPUs are visible")
+    try:
+        device = distributed.resolve_device(a.device, a.gpus, a.nproc)
+    except ValueError as e:
+        p.error(str(e))
     on_gpu = device == "cuda"
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("device", "amp", "channels_last")},
                       device=device, amp=on_gpu if a.amp is None else a.amp,
@@ -269,9 +262,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     on_gpu = d.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
-    else:  # share the cores between this node's processes
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    distributed.share_cpu_threads(d)
     mean = KINETICS_MEAN if cfg.mean == "kinetics" else ACTIVITYNET_MEAN
     loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
                        batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,

@@ -39,6 +39,28 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(device: str, gpus: int, nproc: int) -> str:
+    """"cuda" or "cpu" for the --device/--gpus/--nproc flags of train.py and evaluate.py; ValueError with a hint
+    when they contradict each other or the machine."""
+    resolved = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if resolved == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no GPU")
+    if resolved == "cpu" and gpus > 1:
+        raise ValueError(f"--gpus {gpus} but no GPU is used; HINT: --nproc {gpus} runs CPU processes")
+    if resolved == "cuda" and nproc > 1:
+        raise ValueError("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
+    if resolved == "cuda" and gpus > torch.cuda.device_count():
+        raise ValueError(f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible")
+    return resolved
+
+
+def world_size(device: str, gpus: int, nproc: int) -> int:
+    """Processes in the group: torchrun's WORLD_SIZE when launched by it, else --gpus on CUDA, --nproc on CPU."""
+    if launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    return gpus if device == "cuda" else nproc
+
+
 def setup(use_cuda: bool) -> Dist:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK (if any) and pick this process's device.
 
@@ -65,6 +87,13 @@ def setup(use_cuda: bool) -> Dist:
             device_id=device if use_cuda else None,
         )
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def share_cpu_threads(d: Dist) -> None:
+    """On CPU, split this node's cores evenly between its processes (torch would give each all of them)."""
+    if d.device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
 def cleanup() -> None:
