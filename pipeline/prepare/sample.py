@@ -11,7 +11,8 @@ and phase are drawn at random, so a single frame cannot tell them apart:
 Files vary like real downloads: H.264 .mp4, MPEG-4 .avi or VP9 .webm; 160x120 to 320x240; 15/24/25/30 fps;
 12-48 frames (about 1 in 10 shorter than 16); one name with a space and non-ASCII letters; and, in train, three
 broken files (empty, truncated, not a video) that prepare_data.py must reject. Everything follows from the seed:
-the same seed gives the same bytes (encoders run single-threaded with bitexact flags).
+the same seed gives the same bytes (encoders run single-threaded with bitexact flags; x264 without its
+macroblock tree, see write_video).
 
     RAW/{train,val}/<class>/<class>_<i>.<ext>
 """
@@ -41,7 +42,10 @@ BROKEN = {  # train/<class>/<name>: how it is broken (all must land in rejected.
 
 def write_video(path: Path, frames: np.ndarray, fps: int | Fraction, codec: str) -> None:
     """Encode frames (T, H, W, 3) uint8 RGB to path; the container follows the extension. Deterministic bytes."""
-    options = {"libx264": {"preset": "veryfast", "crf": "20"},
+    # mbtree=0: with B-frames and x264's macroblock tree, its output depends on uninitialised heap memory (the
+    # bytes changed with MALLOC_PERTURB_); without the tree it is byte-identical. B-frames stay: real downloads
+    # have them, and preparation must handle their reordering.
+    options = {"libx264": {"preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"},
                "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b:v": "0"},
                "mpeg4": {}}.get(codec, {})
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as out:
