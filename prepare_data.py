@@ -9,7 +9,10 @@ Output (relied on by pipeline/ and train.py; see design.md 3):
                                                  start_frame,end_frame  (num_frames counted by decoding the output)
     DST/classes.csv (index,name)   DST/rejected.csv (source,reason)   DST/prepare_report.json
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
-Exit status: 0 when anything usable came out, 1 when nothing did, 2 for usage errors.
+Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
+One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2.
+Exit status: 0 when anything usable came out, 1 when nothing did, 2 for usage errors or DST in use by another
+run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 """
 
 from __future__ import annotations
@@ -123,6 +126,25 @@ def make_sample(args: argparse.Namespace) -> int:
 
 
 def prepare(cfg: PrepareConfig) -> int:
+    """Run prepare_locked holding DST's lock, with SIGINT and SIGTERM turned into a clean stop."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock, locked = run.lock_dst(cfg.out)  # before anything in DST is removed or rewritten
+    except run.Busy as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        return 2
+    if not locked:
+        console.print(f"[yellow]warning:[/] {cfg.out}: its file system has no locks; never run two "
+                      "prepare_data.py on it at once", soft_wrap=True)
+    with lock, run.StopSignals() as stop:
+        try:
+            return prepare_locked(cfg, stop)
+        except run.Interrupted as e:  # while listing and checking: nothing started, DST unchanged
+            console.print("interrupted before any video was started; run the same command again", soft_wrap=True)
+            return 128 + e.signum
+
+
+def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
     t0 = time.perf_counter()
     settings = cfg.encode_settings()
     try:
@@ -130,7 +152,6 @@ def prepare(cfg: PrepareConfig) -> int:
     except (layouts.LayoutError, ValueError, KeyError) as e:
         console.print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
         return 2
-    cfg.out.mkdir(parents=True, exist_ok=True)
     stale = run.remove_partials(cfg.out)
     jobs = run.plan_jobs(listing, settings)
     reused = [o for o in (run.load_reusable(cfg.out, j, settings) for j in jobs) if o is not None]
@@ -139,6 +160,7 @@ def prepare(cfg: PrepareConfig) -> int:
     console.print(f"{cfg.layout}: {len(jobs)} videos, {len(listing.classes)} classes, "
                   f"{len(listing.rejected)} listed but unusable; {len(reused)} already prepared, {len(todo)} to do"
                   + (f"; removed {stale} partial files of an interrupted run" if stale else ""))
+    stop.raising = False  # from here a signal stops run_jobs at a safe point, and the outputs are written whole
 
     columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                rp.TextColumn("{task.fields[fps]:.0f} frames/s"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())
@@ -151,15 +173,20 @@ def prepare(cfg: PrepareConfig) -> int:
             frames[0] += o.info.num_frames if o.info else 0
             progress.update(task, advance=1, fps=frames[0] / max(time.perf_counter() - t_work, 1e-6))
 
-        outcomes = reused + run.run_jobs(todo, cfg.out, settings, cfg.workers, cfg.timeout_s, on_done)
+        outcomes = reused + run.run_jobs(todo, cfg.out, settings, cfg.workers, cfg.timeout_s, on_done, stop=stop)
 
     rows, segment_rejects = run.manifest_rows(outcomes, listing.classes)
     rejected = listing.rejected + [(str(o.job.source.path), o.reason) for o in outcomes if o.info is None]
     rejected += segment_rejects
     per_split = run.write_outputs(cfg.out, listing, rows, rejected)
     report = make_report(cfg, listing, outcomes, rejected, per_split, time.perf_counter() - t0)
+    report["interrupted"] = stop.signum is not None  # then the manifests list only the videos done so far
     run.write_json(report, cfg.out / "prepare_report.json")
     print_summary(report)
+    if stop.signum:
+        console.print(f"interrupted: {len(outcomes)} of {len(jobs)} done; run the same command again to finish",
+                      soft_wrap=True)
+        return 128 + stop.signum
     if not rows:
         console.print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
         return 1

@@ -5,19 +5,32 @@ Resuming: after a video is renamed into place, its worker writes a record DST/.p
 source and settings and the file on disk has the recorded size; anything else (no record, a killed run that
 renamed the video but not the record, changed settings) is redone. Rejections are recorded the same way, so a
 re-run over unchanged input does no decoding at all (except retrying timeouts, crashes and unexpected errors). Manifests are written only at the end, from records.
+
+Stopping: one run at a time per DST (lock_dst). Workers ignore Ctrl-C and die with the main process; on SIGINT or
+SIGTERM the main process (StopSignals) cancels the jobs not started, kills the running ones (their temp files are
+removed by the next run) and run_jobs returns the outcomes finished so far, so the caller can still write
+manifests of exactly those.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
@@ -28,6 +41,9 @@ COLUMNS = ("video_id", "path", "label", "label_name", "split", "num_frames", "fp
            "start_frame", "end_frame")
 RECORDS = ".prepare"
 RETRIED = {"timeout", "crashed", "error"}  # rejections tried again on the next run (others are remembered)
+LOCK = "lock"  # DST/.prepare/lock: held (flock) by the main process of the run writing DST
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,73 @@ class Outcome:
     reason: str = ""
     reused: bool = False
     seconds: float = 0.0
+
+
+class Busy(Exception):
+    """Another run holds DST's lock. str(exc) is the one-line message for the user."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (see StopSignals)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def lock_dst(dst: Path) -> tuple[IO[str], bool]:
+    """Take DST's lock for this process: (the open lock file, False where the file system has no locks).
+
+    Raises Busy at once if another run holds it. The lock lives as long as the file stays open: close it when
+    done; a killed process never leaves it held. Workers do not inherit it (Python opens files non-inheritable
+    and the spawn context passes only its own pipes), so orphaned workers cannot keep it either.
+    """
+    path = dst / RECORDS / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        raise Busy(f"{dst}: another prepare_data.py{f' (pid {pid})' if pid else ''} is running on it. "
+                   "HINT: wait for it to end, or stop it, then run again") from None
+    except OSError:  # a file system without locks: go on, the caller warns
+        return f, False
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")  # for the message above
+    f.flush()
+    return f, True
+
+
+class StopSignals:
+    """Context: SIGINT and SIGTERM stop a run cleanly instead of killing it with a traceback.
+
+    The first signal is kept in .signum. While .raising is set it also raises Interrupted at once (for
+    stretches with nothing to clean up); otherwise the code polls .signum where stopping is safe (run_jobs does,
+    after each result). Later signals are ignored: the first one is already being handled. The previous handlers
+    are restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raising = True
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.raising:
+                raise Interrupted(signum)
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 def plan_jobs(listing: Listing, settings: EncodeSettings) -> list[Job]:
@@ -126,6 +209,40 @@ def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outco
     return outcome
 
 
+def _init_worker(parent_pid: int) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, and exit when the parent dies (even by kill -9).
+
+    SIGINT reaches the whole foreground process group; the parent decides what to do (run_jobs). The workers
+    were started with SIGINT blocked (_sigint_blocked), so none arrived before this point. SIGTERM keeps its
+    default: the pool itself stops workers with it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if sys.platform.startswith("linux"):
+        # Killed when the thread that started this process ends: the parent's main thread (the pool spawns
+        # workers in submit()), so in effect when the parent process ends.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Fallback for PR_SET_PDEATHSIG (other systems, or the parent died before it was set): poll the parent."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    os._exit(1)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread; processes started meanwhile inherit the block (as the resource tracker of
+    multiprocessing does it), so a Ctrl-C during their start-up cannot raise KeyboardInterrupt in them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def remove_partials(dst: Path) -> int:
     """Delete temp files and markers left by a killed run (never referenced by a manifest). Returns how many."""
     stale = []
@@ -138,39 +255,66 @@ def remove_partials(dst: Path) -> int:
 
 
 def run_jobs(jobs: list[Job], dst: Path, settings: EncodeSettings, workers: int, timeout_s: int,
-             on_done=None, worker=work) -> list[Outcome]:
+             on_done: Callable[[Outcome], None] | None = None, worker=work,
+             stop: StopSignals | None = None) -> list[Outcome]:
     """Run jobs over `workers` processes; on_done(outcome) after each.
 
     A worker that dies (a segfault in a decoder, the OOM killer) breaks the whole pool. The jobs that had
     started then are retried one per fresh process, so only the culprit is rejected ("crashed"); the jobs
     that had not started go to a new pool. worker: the per-job function (tests swap it).
+    stop: once its signal has arrived, kill the workers and return early with the outcomes of the jobs finished
+    (those whose result or record was complete); the caller checks stop.signum.
     """
     outcomes: list[Outcome] = []
     todo = list(jobs)
-    while todo:
-        left = _run_pool(todo, dst, settings, workers, timeout_s, outcomes, on_done, worker)
-        started = [j for j in left if _started_marker(dst, j).exists()]
-        todo = [j for j in left if j not in started]
-        for job in started:
-            _started_marker(dst, job).unlink(missing_ok=True)
-            if _run_pool([job], dst, settings, 1, timeout_s, outcomes, on_done, worker):
+    try:
+        while todo:
+            left = _run_pool(todo, dst, settings, workers, timeout_s, outcomes, on_done, worker, stop)
+            started = [j for j in left if _started_marker(dst, j).exists()]
+            todo = [j for j in left if j not in started]
+            for job in started:
                 _started_marker(dst, job).unlink(missing_ok=True)
-                outcome = Outcome(job, None, "crashed: decoding this file killed the worker process")
-                _write_record(dst, outcome, settings)
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome)
+                if _run_pool([job], dst, settings, 1, timeout_s, outcomes, on_done, worker, stop):
+                    _started_marker(dst, job).unlink(missing_ok=True)
+                    outcome = Outcome(job, None, "crashed: decoding this file killed the worker process")
+                    _write_record(dst, outcome, settings)
+                    outcomes.append(outcome)
+                    if on_done:
+                        on_done(outcome)
+    except Interrupted:
+        pass  # _run_pool stopped its workers; outcomes has every job finished
     return outcomes
 
 
-def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker) -> list[Job]:
-    """Run jobs in one pool; return the jobs left unfinished because the pool broke."""
-    # spawn: workers start clean (no copy of the parent's progress-bar thread or open files).
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(worker, job, dst, settings, timeout_s): job for job in jobs}
-        left = []
+def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker, stop) -> list[Job]:
+    """Run jobs in one pool; return the jobs left unfinished because the pool broke.
+
+    At most 2 jobs per worker are submitted at a time: enough to keep the workers busy, and few futures to
+    wait on and to cancel (one wait() on 100k futures takes ~0.8 s: all at once would be quadratic).
+    """
+    if stop is not None and stop.signum:
+        raise Interrupted(stop.signum)
+    queue = iter(jobs)
+    pending: dict[Future, Job] = {}
+    left: list[Job] = []
+
+    def submit(n: int) -> None:
+        for job in islice(queue, n):
+            try:
+                pending[pool.submit(worker, job, dst, settings, timeout_s)] = job
+            except BrokenProcessPool:
+                left.append(job)
+
+    # spawn: workers start clean (no copy of the parent's progress-bar thread or open files, the lock included).
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        with _sigint_blocked():  # the workers are started by the first submits
+            submit(2 * workers)
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            if stop is not None and stop.signum:
+                raise Interrupted(stop.signum)
             for fut in done:
                 job = pending.pop(fut)
                 try:
@@ -181,7 +325,29 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
                 outcomes.append(outcome)
                 if on_done:
                     on_done(outcome)
-    return left
+            if not left:
+                submit(len(done))
+    except BaseException as e:
+        _kill_pool(pool)
+        if isinstance(e, Interrupted):
+            # A killed job may have written its record just before (its result never came): count it, as the
+            # next run will. The others left only temp files, which the next run removes.
+            have = {o.job for o in outcomes}
+            outcomes += [replace(o, reused=False) for o in (load_reusable(dst, j, settings) for j in pending.values())
+                         if o is not None and o.job not in have]
+        raise
+    pool.shutdown()
+    return left + list(queue)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel the jobs not started and SIGKILL the workers (Python 3.14: pool.kill_workers())."""
+    processes = list(pool._processes.values())
+    for p in processes:
+        p.kill()
+    for p in processes:
+        p.join()
+    pool.shutdown(cancel_futures=True)  # its manager thread sees the dead workers and ends
 
 
 def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
