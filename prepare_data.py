@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.prepare import layouts, run
-from pipeline.prepare.transcode import DEFAULT_CRF, EncodeSettings
+from pipeline.prepare.transcode import DEFAULT_CRF, EncodeSettings, video_notes
 
 console = Console()
 
@@ -193,6 +193,31 @@ def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
     return 0
 
 
+# What a user should know about some outputs (transcode.video_notes), by kind: the summary's wording.
+NOTE_KINDS = {
+    "upscaled": "upscaled (source lower than --height)",
+    "single_frame": "1-frame sources (still images)",
+    "small": "too small for the GPU decoder",
+    "rotated": "rotated/flipped as the source's display matrix says",
+    "retimed": "retimed to a constant rate (VFR, dropped frames)",
+    "timestamps_guessed": "frames without usable timestamps (counted)",
+    "fps_unknown": "frame rate unknown (30 fps used)",
+}
+
+
+def make_notes(ok: list[run.Outcome], codec: str) -> dict:
+    """{kind: {"count": videos, "files": {source: detail}}} for every kind; retimed also totals its frames."""
+    out = {kind: {"count": 0, "files": {}} for kind in NOTE_KINDS}
+    for o in sorted(ok, key=lambda o: str(o.job.source.path)):
+        for kind, text in video_notes(o.info, codec).items():
+            out[kind]["files"][str(o.job.source.path)] = text
+    for entry in out.values():
+        entry["count"] = len(entry["files"])
+    out["retimed"] = {"count": out["retimed"]["count"], "frames_duplicated": sum(o.info.duplicated for o in ok),
+                      "frames_dropped": sum(o.info.dropped for o in ok), "files": out["retimed"]["files"]}
+    return out
+
+
 def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run.Outcome],
                 rejected: list[tuple[str, str]], per_split: dict[str, int], seconds: float) -> dict:
     ok = [o for o in outcomes if o.info]
@@ -209,7 +234,7 @@ def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run
         "seconds": round(seconds, 2),
         "frames_per_s": round(new_frames / seconds, 1) if seconds > 0 else 0.0,
         "rejected_by_reason": dict(Counter(reason.split(":")[0] for _, reason in rejected).most_common()),
-        "notes": sorted(f"{o.job.source.path}: {o.info.note}" for o in ok if o.info.note),
+        "notes": make_notes(ok, cfg.codec),
         "decode_errors": sorted(f"{o.job.source.path}: {o.info.decode_errors}" for o in ok if o.info.decode_errors),
     }
 
@@ -227,9 +252,17 @@ def print_summary(r: dict) -> None:
         ("rejected by reason", ", ".join(f"{k} {n}" for k, n in r["rejected_by_reason"].items()) or "none"),
     ]:
         table.add_row(name, str(value))
+    for kind, entry in r["notes"].items():
+        if entry["count"]:
+            extra = (f" ({entry['frames_duplicated']} frames duplicated, {entry['frames_dropped']} dropped)"
+                     if kind == "retimed" else "")
+            table.add_row(NOTE_KINDS[kind], f"{entry['count']}{extra}")
     console.print(table)
-    for note in r["notes"][:10]:
-        console.print(f"note: {note}")
+    for kind, entry in r["notes"].items():
+        for source, text in list(entry["files"].items())[:3]:
+            console.print(f"note: {source}: {text}")
+        if entry["count"] > 3:
+            console.print(f"note: ... {entry['count'] - 3} more {kind} in prepare_report.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,23 @@
-"""Transcode one video with PyAV: decode -> resize -> encode (short closed GOP, CFR), atomic write, frame count.
+"""Transcode one video with PyAV: decode -> retime -> resize -> orient -> encode (short closed GOP, CFR).
 
 The output is what the loaders rely on (design.md 3-4): video stream only, yuv420p, height `EncodeSettings.height`
-with the aspect ratio kept and an even width, a keyframe at exactly every `gop`-th frame (0, gop, 2*gop, ...),
-constant frame rate equal to the source's average rate, and `num_frames` counted by decoding the written file.
+with the display aspect ratio kept and an even width, a keyframe at exactly every `gop`-th frame (0, gop, ...),
+and `num_frames` counted by decoding the written file (atomic write: temp name, then rename).
+
+Geometry: the source's display matrix (phones store portrait video as landscape pixels plus "rotate 90") is
+applied to the pixels, so the output is upright and its height is the display height; flips too.
+
+Time: the output has a constant rate, the source's nominal rate (`pick_rate`), and keeps the source's duration.
+Output frame k shows the source frame on screen at time k / fps after the first frame, whatever the source's
+timing (variable rate, dropped-frame slots in AVI, frames lost to decode errors): frames are duplicated or
+dropped as needed (`frame_slot`), and counted. Frame times (`Clock`): pts; else the packet's dts (as FFmpeg's
+best-effort timestamp does); else, or when a time does not increase or jumps ahead by more than MAX_GAP_S, the
+previous time plus one output frame period (counted as guessed: a raw .h264 stream has no timestamps at all).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from dataclasses import asdict, dataclass
@@ -14,6 +25,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 CODECS = {"vp9": ("libvpx-vp9", "webm", ".webm"), "h264": ("libx264", "mp4", ".mp4")}
 # Quality (constant-quality mode). VP9: Google's VOD guide suggests crf 36 at 360p for two-pass "good" encoding;
@@ -22,6 +35,16 @@ CODECS = {"vp9": ("libvpx-vp9", "webm", ".webm"), "h264": ("libx264", "mp4", ".m
 DEFAULT_CRF = {"vp9": 32, "h264": 23}
 FALLBACK_FPS = Fraction(30)
 MAX_DECODE_ERRORS = 50  # a source with this many decode errors and no frame yet is given up on
+# Bump when a change here changes the outputs or VideoInfo's fields: records of another revision are redone.
+REVISION = 2  # 2: retimed by presentation time, display matrix applied, structured notes
+# A timestamp this late still counts as on time, in output frame periods. Timestamps are rounded to the
+# container's tick (Matroska: 1 ms, so a 30 fps frame due at 66.67 ms says 67 ms); a quarter period absorbs
+# that and never moves a frame by more than a quarter of a frame.
+SLACK = Fraction(1, 4)
+MAX_GAP_S = 60  # a forward jump in presentation time longer than this is a broken timestamp, not a pause
+# Smallest frame NVDEC (the GPU decoder DALI uses) decodes: VP9 128x128 (seen on an H100, design.md 4); H.264
+# 48x16 (NVIDIA's documented minimum, not measured here). Smaller outputs are noted in the report.
+GPU_MIN_SIZE = {"vp9": (128, 128), "h264": (48, 16)}
 
 
 class Rejected(Exception):
@@ -43,15 +66,18 @@ class EncodeSettings:
         return CODECS[self.codec][2]
 
     def identity(self) -> dict:
-        """The settings that change the output bytes (threads do not)."""
+        """The settings that change the output bytes (threads do not), and the code's revision."""
         d = asdict(self)
         d.pop("threads")
-        return d
+        return {**d, "revision": REVISION}
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What one transcode produced. fps is the output's constant rate; num_frames counted by decoding it."""
+    """What one transcode produced. fps is the output's constant rate; num_frames counted by decoding it.
+
+    Stored as a dict in DST/.prepare records: rename or remove a field only together with a REVISION bump.
+    """
 
     num_frames: int
     fps: float
@@ -60,7 +86,41 @@ class VideoInfo:
     bytes_in: int
     bytes_out: int
     decode_errors: int = 0  # packets of the source that failed to decode (frames lost)
-    note: str = ""  # e.g. the frame-rate fallback, shown in the report
+    source_frames: int = 0  # frames decoded from the source
+    source_seconds: float = 0.0  # from the first frame's time to the end of the last one
+    source_width: int = 0  # the source's display size (after its rotation and pixel aspect ratio)
+    source_height: int = 0
+    duplicated: int = 0  # output frames repeating the one before (slow or variable rate, gaps, lost frames)
+    dropped: int = 0  # source frames not shown (two or more within one output frame period)
+    guessed_times: int = 0  # frames timed by counting: no timestamp, or one that went back or jumped ahead
+    orientation: str = ""  # the display matrix applied, e.g. "rotated 90° clockwise"; "" when none
+    fps_note: str = ""  # set when the source's frame rate was unknown or implausible and FALLBACK_FPS was used
+
+
+def video_notes(info: VideoInfo, codec: str) -> dict[str, str]:
+    """What a user should know about one output, by kind (the report counts and lists them)."""
+    out = {}
+    if info.source_height and info.source_height < info.height:
+        factor = f"{info.height / info.source_height:.2f}".rstrip("0").rstrip(".")
+        out["upscaled"] = f"upscaled {info.source_height}->{info.height} px ({factor}x)"
+    if info.source_frames == 1:
+        held = f", held for {info.num_frames} frames" if info.num_frames > 1 else ""
+        out["single_frame"] = f"1 source frame: the output is a still image{held}"
+    min_w, min_h = GPU_MIN_SIZE[codec]
+    if info.width < min_w or info.height < min_h:
+        out["small"] = (f"{info.width}x{info.height} is below {min_w}x{min_h}, the smallest the GPU decoder "
+                        f"(NVDEC) decodes: raise --height")
+    if info.orientation:
+        out["rotated"] = info.orientation
+    if info.duplicated or info.dropped:
+        out["retimed"] = (f"{info.source_frames} frames over {info.source_seconds:.2f} s -> {info.num_frames} at "
+                          f"{info.fps:g} fps: {info.duplicated} duplicated, {info.dropped} dropped")
+    if info.guessed_times:
+        out["timestamps_guessed"] = (f"{info.guessed_times} frames without a usable timestamp: "
+                                     f"timed as one output frame after the previous one")
+    if info.fps_note:
+        out["fps_unknown"] = info.fps_note
+    return out
 
 
 def encoder_options(s: EncodeSettings) -> dict[str, str]:
@@ -94,17 +154,129 @@ def check_readable(src: Path) -> int:
 
 
 def pick_rate(stream: av.video.stream.VideoStream) -> tuple[Fraction, str]:
-    """The source's average frame rate as a small fraction, or 30 fps with a note when unknown/implausible."""
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+    """The output rate: the source's nominal frame rate as a small fraction; 30 fps with a note when unknown.
+
+    ffmpeg's guess first (av_guess_frame_rate, what its command line uses for constant-rate output: the rate
+    its timestamps step at, from the first frames or the Matroska track's default duration), then the average
+    rate. They agree for constant-rate sources. They differ where frames are missing or the rate varies: an MP4
+    at 25 fps with a 0.4 s hole in 1.4 s has an average of 17.6 fps, and sampling it at that rate would drop
+    frames from its 25 fps parts. The output keeps the source's duration at any rate (see frame_slot).
+    """
+    for rate in (stream.guessed_rate, stream.average_rate, stream.base_rate):
         if rate and 1 <= float(rate) <= 240:
             return Fraction(rate).limit_denominator(1001), ""
     return FALLBACK_FPS, f"frame rate unknown or implausible ({stream.average_rate}): used {FALLBACK_FPS} fps"
 
 
-def output_size(width: int, height: int, sar: Fraction | None, out_height: int) -> tuple[int, int]:
-    """(width, height) for out_height with the display aspect ratio kept and the width rounded to even."""
-    display_w = width * (sar if sar and sar > 0 else 1)
-    return max(2, round(display_w * out_height / height / 2) * 2), out_height
+def output_size(width: int, height: int, sar: Fraction | None, out_height: int,
+                transpose: bool = False) -> tuple[int, int]:
+    """(width, height) for out_height with the display aspect ratio kept and the width rounded to even.
+
+    width, height: the coded size; sar: pixel aspect ratio; transpose: the display turns the frame by 90 degrees.
+    """
+    display_w, display_h = width * (sar if sar and sar > 0 else 1), height
+    if transpose:
+        display_w, display_h = display_h, display_w
+    return max(2, round(display_w * out_height / display_h / 2) * 2), out_height
+
+
+def frame_slot(t: Fraction, rate: Fraction) -> int:
+    """The first output frame that shows a source frame displayed from t seconds after the first frame.
+
+    Output frame k (at k / rate) shows the latest source frame whose time is before (k + SLACK) / rate, so
+    frame_slot(t) = floor(t * rate - SLACK) + 1; a source frame whose slot equals the next one's is dropped, one
+    whose slot is several below the next one's fills several output frames. The output has
+    max(1, frame_slot(duration)) frames: for a constant-rate source with exact timestamps, frame i -> frame i.
+    """
+    return math.floor(t * rate - SLACK) + 1
+
+
+class Clock:
+    """Times (seconds after the first frame) of decoded frames, which come in presentation order.
+
+    A frame's time is its pts, else the packet's dts (what FFmpeg's best-effort timestamp falls back to). When
+    it has neither, or its time does not increase (broken or wrapped timestamps) or jumps ahead by more than
+    MAX_GAP_S, it is timed one output frame period after the previous frame and counted in `guessed`.
+    """
+
+    def __init__(self, time_base: Fraction, rate: Fraction):
+        self.time_base, self.period = time_base, 1 / rate
+        self.origin: Fraction | None = None  # the first frame's timestamp (seconds)
+        self.last: Fraction | None = None  # the latest frame's time
+        self.guessed = 0
+
+    def __call__(self, pts: int | None, dts: int | None = None) -> Fraction:
+        ts = pts if pts is not None else dts
+        if self.last is None:
+            self.origin, self.last = (Fraction(0) if ts is None else ts * self.time_base), Fraction(0)
+            self.guessed += ts is None
+            return self.last
+        t = None if ts is None else ts * self.time_base - self.origin
+        if t is None or not self.last < t <= self.last + MAX_GAP_S:
+            t = self.last + self.period
+            self.guessed += 1
+        self.last = t
+        return t
+
+    def end(self, duration: int | None) -> Fraction:
+        """When the latest frame stops showing: after its duration (time-base units) if plausible, else a period."""
+        d = (duration or 0) * self.time_base
+        return self.last + (d if 0 < d <= MAX_GAP_S else self.period)
+
+
+# Display transforms as (transpose, flip left-right, flip up-down), applied in that order to (H, W) planes.
+ORIENTATIONS = {
+    (False, False, False): "",
+    (True, True, False): "rotated 90° clockwise",
+    (False, True, True): "rotated 180°",
+    (True, False, True): "rotated 90° counter-clockwise",
+    (False, True, False): "flipped horizontally",
+    (False, False, True): "flipped vertically",
+    (True, False, False): "rotated 90° clockwise and flipped horizontally",
+    (True, True, True): "rotated 90° counter-clockwise and flipped horizontally",
+}
+
+
+def display_transform(matrix: np.ndarray | None) -> tuple[tuple[bool, bool, bool], str]:
+    """The (transpose, flip_lr, flip_ud) that shows pixels as FFmpeg's display matrix says, and its description.
+
+    matrix: 9 int32 (AV_FRAME_DATA_DISPLAYMATRIX, 16.16 fixed point, row vectors [x y 1] * M, y down), or None.
+    Only the eight axis-aligned transforms are applied; another angle is ignored, and the description says so.
+    """
+    if matrix is None:
+        return (False, False, False), ""
+    a, b, c, d = (np.asarray(matrix, np.float64)[[0, 1, 3, 4]] / 65536).tolist()
+    if abs(b) < 1e-3 and abs(c) < 1e-3 and abs(a) > 1e-3 and abs(d) > 1e-3:  # x' = a x, y' = d y
+        key = (False, a < 0, d < 0)
+    elif abs(a) < 1e-3 and abs(d) < 1e-3 and abs(b) > 1e-3 and abs(c) > 1e-3:  # x' = c y, y' = b x
+        key = (True, c < 0, b < 0)
+    else:
+        angle = math.degrees(math.atan2(b, a))
+        return (False, False, False), f"not applied: the display matrix turns by {angle:.0f}° (only 90° steps are)"
+    return key, ORIENTATIONS[key]
+
+
+def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's display matrix (9 int32), or None. FFmpeg attaches the container's (MP4 tkhd) to each frame."""
+    sd = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    return None if sd is None else np.frombuffer(bytes(sd), np.int32)
+
+
+def orient(frame: av.VideoFrame, transform: tuple[bool, bool, bool]) -> av.VideoFrame:
+    """A yuv420p frame with the display transform applied to each plane (an even-sized frame stays valid)."""
+    if not any(transform):
+        return frame
+    transpose, flip_lr, flip_ud = transform
+    w, h = (frame.height, frame.width) if transpose else (frame.width, frame.height)
+    out = av.VideoFrame(w, h, "yuv420p")
+    for src, dst in zip(frame.planes, out.planes, strict=True):
+        a = np.frombuffer(src, np.uint8).reshape(src.height, src.line_size)[:, : src.width]
+        a = a.T if transpose else a
+        a = a[:, ::-1] if flip_lr else a
+        a = a[::-1] if flip_ud else a
+        np.asarray(memoryview(dst)).reshape(dst.height, dst.line_size)[:, : dst.width] = a
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
 
 
 def count_frames(path: Path) -> tuple[int, int, int]:
@@ -163,9 +335,11 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
             raise Rejected(f"undecodable: no decoder for codec '{vs.codec_tag or 'unknown'}'")
         vs.thread_type = "AUTO"
         vs.codec_context.thread_count = s.threads
-        rate, note = pick_rate(vs)
-        out = stream = None
-        n = errors = 0
+        rate, fps_note = pick_rate(vs)
+        clock = Clock(vs.time_base, rate)
+        out = None
+        held = None  # the latest source frame: written from output frame n on, until the next frame's slot
+        errors = decoded = 0
         first_error = ""
         try:
             for packet in inp.demux(vs):
@@ -174,19 +348,16 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
                 except (av.FFmpegError, ValueError) as e:  # a corrupt packet costs its frame, not the video
                     errors += 1
                     first_error = first_error or _ffmpeg_message(e)
-                    if n == 0 and errors >= MAX_DECODE_ERRORS:
+                    if decoded == 0 and errors >= MAX_DECODE_ERRORS:
                         break
                     continue
                 for frame in frames:
+                    slot = frame_slot(clock(frame.pts, frame.dts), rate)
                     if out is None:  # opened at the first decoded frame: a source with none writes nothing
-                        w, h = output_size(frame.width, frame.height, vs.sample_aspect_ratio, s.height)
-                        out, stream = _open_output(tmp, s, rate, w, h)
-                    f = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
-                    f.pts, f.time_base = n, stream.codec_context.time_base
-                    f.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force keys
-                    for p in stream.encode(f):
-                        out.mux(p)
-                    n += 1
+                        out = _Output(tmp, s, rate, frame, vs.sample_aspect_ratio)
+                    else:
+                        out.write(held, slot - out.n)
+                    held, decoded = frame, decoded + 1
         except av.FFmpegError as e:  # demuxer gave up (truncated file): keep what decoded, if anything
             errors += 1
             first_error = first_error or _ffmpeg_message(e)
@@ -194,19 +365,50 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
             if errors:
                 raise Rejected(f"undecodable: 0 frames decoded, {errors} decode errors (first: {first_error})")
             raise Rejected("no frames: the video stream has no decodable frames")
-        for p in stream.encode():
-            out.mux(p)
+        end = clock.end(held.duration)
+        out.write(held, max(1, frame_slot(end, rate)) - out.n)
         out.close()
-    return VideoInfo(num_frames=n, fps=round(float(rate), 6), width=w, height=h, bytes_in=bytes_in,
-                     bytes_out=tmp.stat().st_size, decode_errors=errors, note=note)
+    return VideoInfo(num_frames=out.n, fps=round(float(rate), 6), width=out.width, height=out.height,
+                     bytes_in=bytes_in, bytes_out=tmp.stat().st_size, decode_errors=errors, source_frames=decoded,
+                     source_seconds=round(float(end), 6), source_width=round(out.source_size[0]),
+                     source_height=round(out.source_size[1]), duplicated=out.n - out.shown,
+                     dropped=decoded - out.shown, guessed_times=clock.guessed, orientation=out.orientation,
+                     fps_note=fps_note)
 
 
-def _open_output(tmp: Path, s: EncodeSettings, rate: Fraction, w: int, h: int):
-    codec, fmt, _ = CODECS[s.codec]
-    # bitexact: no random container UIDs or version strings, so the same input and settings give the same bytes.
-    out = av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"})
-    stream = out.add_stream(codec, rate=rate, options=encoder_options(s))
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    stream.codec_context.time_base = Fraction(rate.denominator, rate.numerator)
-    stream.codec_context.thread_count = s.threads
-    return out, stream
+class _Output:
+    """The output file, set up from the first source frame (size, orientation); frames written in order."""
+
+    def __init__(self, tmp: Path, s: EncodeSettings, rate: Fraction, first: av.VideoFrame, sar: Fraction | None):
+        self.transform, self.orientation = display_transform(display_matrix(first))
+        transpose = self.transform[0]
+        self.width, self.height = output_size(first.width, first.height, sar, s.height, transpose)
+        display = (first.width * (sar if sar and sar > 0 else 1), first.height)
+        self.source_size = display[::-1] if transpose else display
+        self.n = self.shown = 0  # output frames written; distinct source frames among them
+        codec, fmt, _ = CODECS[s.codec]
+        # bitexact: no random container UIDs or version strings, so the same input and settings give the same bytes.
+        self.container = av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"})
+        self.stream = self.container.add_stream(codec, rate=rate, options=encoder_options(s))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.codec_context.time_base = Fraction(rate.denominator, rate.numerator)
+        self.stream.codec_context.thread_count = s.threads
+
+    def write(self, frame: av.VideoFrame, count: int) -> None:
+        """Write frame as the next `count` output frames (0: the frame is dropped)."""
+        if count <= 0:
+            return
+        w, h = (self.height, self.width) if self.transform[0] else (self.width, self.height)
+        f = orient(frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC"), self.transform)
+        f.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force keys
+        for _ in range(count):
+            f.pts, f.time_base = self.n, self.stream.codec_context.time_base
+            for p in self.stream.encode(f):
+                self.container.mux(p)
+            self.n += 1
+        self.shown += 1
+
+    def close(self) -> None:
+        for p in self.stream.encode():
+            self.container.mux(p)
+        self.container.close()
