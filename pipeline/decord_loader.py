@@ -9,6 +9,19 @@ uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32.
 Known decord 0.6.0 limit: get_batch fails ("Check failed: from_size == to_size") on frames 16, 24, 48 or 72 px
 wide (checked every even width 16-258 at 32 px high, plus 202, 270, 426, 480, 640: only those four fail);
 prepared videos are far wider, tiny test videos are not.
+
+Memory bound. A DataLoader item is a whole batch: N x 3 x T x S x S float32 (N=64, T=16, S=112: 154 MB).
+torch keeps at most workers x prefetch_factor batches in flight (being filled by a worker, or finished in
+shared memory waiting for the consumer), so the loader holds about
+    batch bytes x (batches_in_flight(workers) + 1 held by the consumer [+ 1 pinned copy for device="gpu"])
+    + workers x ~0.2 GB of decode state (640x360 video; measured, RESULTS.md "whole-epoch windows")
+The 0.2 GB is mostly per-clip buffers that glibc keeps after they are freed (decoded frames T x H x W x 3
+uint8 = 11 MB, the float crop up to 25 MB); 4 cached VideoReaders take ~3 MB each. prefetch_factor(workers)
+keeps workers x prefetch_factor <= MAX_BATCHES_IN_FLIGHT = 16 (but >= 1 per worker): 14 workers at N=64 hold
+14 batches (2.2 GB), not torch's default 28 (4.3 GB), ~5 GB in all. Each worker fills one preallocated
+batch tensor in shared memory, clip by clip, instead of holding a list of clips, their torch.stack copy and
+the copy into shared memory for the pipe: measured at N=64, a worker's peak private memory fell from 750 to
+455 MB, ~340 MB per added worker (PSS) instead of ~720.
 """
 
 from __future__ import annotations
@@ -83,12 +96,33 @@ class _PlanDataset:
         import torch
 
         bp = self.batches[k]
-        clips = [
-            transform_clip(self._reader(int(r)).get_batch(list(map(int, fr))).asnumpy(), box, bool(fl),
-                           self.size, self.mean)
-            for r, fr, box, fl in zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True)
-        ]
-        return torch.stack(clips), torch.from_numpy(self.labels[bp.rows]), torch.from_numpy(bp.rows.copy())
+        t = bp.frames.shape[1]
+        clips = torch.empty((len(bp.rows), 3, t, self.size, self.size), dtype=torch.float32)  # (N, 3, T, S, S)
+        if torch.utils.data.get_worker_info() is not None:
+            clips.share_memory_()  # filled in place and sent to the consumer without another copy
+        for i, (r, fr, box, fl) in enumerate(zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True)):
+            frames = self._reader(int(r)).get_batch(list(map(int, fr))).asnumpy()
+            clips[i] = transform_clip(frames, box, bool(fl), self.size, self.mean)
+        return clips, torch.from_numpy(self.labels[bp.rows]), torch.from_numpy(bp.rows.copy())
+
+
+MAX_BATCHES_IN_FLIGHT = 16  # across all DataLoader workers; see the module docstring
+
+
+def prefetch_factor(workers: int) -> int | None:
+    """DataLoader prefetch_factor: batches each worker may hold in flight (None without workers).
+
+    At most torch's default 2, and workers x prefetch_factor <= MAX_BATCHES_IN_FLIGHT, but >= 1 (with more
+    than 16 workers the workers themselves are the bound): 2 -> 2, 8 -> 2, 9..16 -> 1, 14 -> 1.
+    """
+    if workers == 0:
+        return None
+    return max(1, min(2, MAX_BATCHES_IN_FLIGHT // workers))
+
+
+def batches_in_flight(workers: int) -> int:
+    """Most batches built or queued by the workers at once (workers x prefetch_factor; 0 without workers)."""
+    return workers * (prefetch_factor(workers) or 0)
 
 
 def _worker_init(_: int) -> None:
@@ -108,7 +142,7 @@ class DecordLoader(LoaderBase):
         dl = torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=c.num_threads, pin_memory=gpu,
             worker_init_fn=_worker_init if c.num_threads > 0 else None,
-            prefetch_factor=2 if c.num_threads > 0 else None,
+            prefetch_factor=prefetch_factor(c.num_threads),  # memory bound: module docstring
         )
         for clips, labels, video_idx in dl:
             if gpu:

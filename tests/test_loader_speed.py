@@ -1,0 +1,162 @@
+"""benchmarks/loader_speed.py's timing rule and memory columns, and the decord loader's in-flight bound."""
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from videos import make_dataset
+
+from pipeline import build_loader
+from pipeline.decord_loader import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import loader_speed as bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train: 8 videos of 40 frames (2 batches of 4 per train epoch); val: 2 of 32 (2 eval windows each)."""
+    root = tmp_path_factory.mktemp("bench")
+    return make_dataset(root, {"train": [{"frames": 40}] * 8, "val": [{"frames": 32}] * 2})
+
+
+# ---- the decord loader's memory bound --------------------------------------------------------------------------
+
+
+def test_prefetch_factor_keeps_in_flight_batches_within_the_budget():
+    assert MAX_BATCHES_IN_FLIGHT == 16
+    assert prefetch_factor(0) is None  # no workers: no prefetching at all
+    workers = [1, 2, 8, 9, 14, 16, 32]
+    assert [prefetch_factor(w) for w in workers] == [2, 2, 2, 1, 1, 1, 1]
+    assert [batches_in_flight(w) for w in workers] == [2, 4, 16, 9, 14, 16, 32]
+    assert batches_in_flight(0) == 0
+
+
+class RecordingDataLoader:
+    """Stands in for torch's DataLoader: records its arguments, yields nothing (no workers are started)."""
+
+    calls: list[dict] = []
+
+    def __init__(self, dataset, **kwargs):
+        RecordingDataLoader.calls.append(kwargs)
+
+    def __iter__(self):
+        return iter(())
+
+
+@pytest.mark.parametrize(("threads", "prefetch", "in_flight"), [(14, 1, 14), (2, 2, 4), (0, None, 0)])
+def test_decord_loader_passes_the_bound_to_its_dataloader(data, monkeypatch, threads, prefetch, in_flight):
+    monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingDataLoader)
+    RecordingDataLoader.calls = []
+    loader = build_loader(data, "train", "train", backend="decord", batch_size=4, num_threads=threads,
+                          sample_size=24, progress=False)
+    assert list(loader) == []
+    (kw,) = RecordingDataLoader.calls
+    assert kw["num_workers"] == threads and kw["prefetch_factor"] == prefetch
+    assert threads * (kw["prefetch_factor"] or 0) == in_flight == bench.in_flight("decord", threads, 2)
+
+
+def test_decord_workers_deliver_what_one_process_makes(data):
+    """Batches filled in place in shared memory by a worker equal the in-process batches, bit for bit."""
+
+    def epoch(threads):
+        gc.collect()  # free finished DALI pipelines of earlier tests before forking workers (conftest.py)
+        loader = build_loader(data, "train", "train", backend="decord", batch_size=4, num_threads=threads,
+                              sample_size=24, progress=False)
+        loader.set_epoch(3)
+        return [tuple(x.numpy() for x in b) for b in loader]
+
+    one, workers = epoch(0), epoch(2)
+    assert len(one) == len(workers) == 2
+    for a, b in zip(one, workers, strict=True):
+        assert a[0].shape == (4, 3, 16, 24, 24) and a[0].dtype == np.float32
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+# ---- the timing rule -------------------------------------------------------------------------------------------
+
+
+class FakeLoader:
+    """An epoch of `batches` batches of `clips` clips on a fake clock: `startup` s at iter() (worker start-up,
+    prefetch fill), then `per_batch` s per batch."""
+
+    def __init__(self, batches=3, clips=8, startup=2.0, per_batch=1.0):
+        self.batches, self.clips, self.startup, self.per_batch = batches, clips, startup, per_batch
+        self.now, self.epochs = 0.0, []
+
+    def clock(self):
+        return self.now
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        self.now += self.startup
+        for _ in range(self.batches):
+            self.now += self.per_batch
+            yield SimpleNamespace(labels=[0] * self.clips)
+
+
+def test_timed_runs_are_whole_epochs_and_include_start_up():
+    fake = FakeLoader()  # one epoch: 2 s start-up + 3 x 1 s = 5 s, 24 clips
+    runs = bench.timed_runs(fake, runs=2, min_seconds=12, warmup_epochs=1, clock=fake.clock,
+                            cpu_seconds=lambda: 0.0)
+    # 3 epochs (15 s) is the fewest whole epochs >= 12 s; the start-up of every epoch is in the window.
+    assert runs == [{"clips": 72, "epochs": 3, "wall_s": 15.0, "clips_per_s": 4.8, "cpu_util": 0.0,
+                     "first_batch_s": 3.0}] * 2
+    assert fake.epochs == [0, 1, 2, 3, 4, 5, 6]  # warm-up epoch 0 untimed, then fresh epochs back to back
+
+
+def test_timed_runs_at_least_one_epoch():
+    fake = FakeLoader(batches=2, clips=4, startup=0.5, per_batch=0.25)
+    (run,) = bench.timed_runs(fake, runs=1, min_seconds=0, warmup_epochs=0, clock=fake.clock,
+                              cpu_seconds=lambda: 0.0)
+    assert (run["epochs"], run["clips"], run["wall_s"], run["clips_per_s"]) == (1, 8, 1.0, 8.0)
+    assert fake.epochs == [0]
+
+
+def test_spread():
+    assert bench.spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0}
+
+
+# ---- memory columns --------------------------------------------------------------------------------------------
+
+
+def test_tree_memory_counts_child_processes():
+    before_rss, before_pss = bench.tree_memory(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; x = b'1' * (96 << 20); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "ready"  # 96 MiB written: resident in the child
+        rss, pss = bench.tree_memory(os.getpid())
+    finally:
+        child.communicate("")
+    assert rss - before_rss > 90 << 20 and pss - before_pss > 90 << 20
+
+
+# ---- one configuration end to end (in this process, tiny data) --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["decord-cpu", "dali-cpu"])
+def test_measure_row(data, name):
+    cfg, _ = bench.parse_args(["--configs", name, "--modes", "train", "--batch-size", "4", "--sample-size", "24",
+                               "--runs", "2", "--min-seconds", "0", "--warmup-epochs", "1"])
+    gc.collect()  # as above, before decord forks workers
+    row = bench.measure(cfg, name, "train", Path(data))
+    assert row["epochs_per_run"] == [1, 1] and row["clips_per_run"] == [8, 8] and row["clips_per_epoch"] == 8
+    assert row["clips_per_s_min"] <= row["clips_per_s"] <= row["clips_per_s_max"]
+    assert row["clips_per_s"] == pytest.approx(np.median(row["runs"]))
+    assert 0 < row["peak_pss_mb"] <= row["peak_rss_sum_mb"]
+    assert row["batch_mb"] == 4 * 3 * 16 * 24 * 24 * 4 / 2**20
+    assert row["in_flight_batches"] == (4 if name == "decord-cpu" else 2)  # 2 workers x 2; DALI queue depth 2
+    if name == "decord-cpu":
+        assert row["worker_maxrss_mb"] > 0  # reaped DataLoader workers
