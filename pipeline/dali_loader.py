@@ -76,7 +76,7 @@ class DaliLoader(LoaderBase):
         for row, fr, (x0, y0, side), flip in zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True):
             path = self.videos["file"].iat[row]
             if self.uses_ivf(row):
-                ix = self._index[row]
+                ix = self._packets.video(row)  # views into the memory-mapped packet table
                 first = ix.keyframe_at_or_before(int(fr.min()))
                 last = int(fr.max())
                 raw, base = read_span(path, ix, first, last)

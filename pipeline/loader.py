@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
-from pipeline.packets import IVF_FOURCC, VideoIndex, load_or_build
+from pipeline.packets import IVF_FOURCC, PacketTable, load_or_build
 from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 
 # Per-channel RGB means on the 0-255 scale (3D-ResNets-PyTorch); subtracted, no division by a std.
@@ -68,7 +68,7 @@ class LoaderConfig:
 
 
 class LoaderBase:
-    """Manifest, packet index, per-epoch plan and length; the backends add __iter__.
+    """Manifest, packet table, per-epoch plan and length; the backends add __iter__.
 
     Attributes: videos (DataFrame of the rows in use, index 0..V-1, plus an absolute `file` column),
     class_names, num_clips, config; len() = steps per epoch for this rank.
@@ -93,12 +93,17 @@ class LoaderBase:
         self.class_names = load_classes(data)
         df = load_manifest(data, config.split, len(self.class_names), allow_unlabelled=config.mode == "eval")
         manifest = data / f"{config.split}.csv"
-        index, bad_files = load_or_build(
-            list(df["file"]), data / ".cache" / f"packets-{config.split}.npz", progress=config.progress
+        # Both backends use the packet index. DALI needs its packet offsets for the GOP slices. decord seeks by
+        # itself, but building the index is also the check that finds missing, truncated and undecodable files
+        # before the first step (it demuxes every packet and decodes the first frame), and it gives each row's
+        # real frame count, width and height. The cache is memory-mapped, so a decord loader, which never reads
+        # the packet arrays, holds only the per-video columns (~50 bytes a video) in its own memory.
+        packets, bad_files = load_or_build(
+            df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
-        self.videos, self._index = self._drop_bad_rows(df, index, bad_files, manifest)
-        self._widths = np.array([ix.width for ix in self._index], np.int64)
-        self._heights = np.array([ix.height for ix in self._index], np.int64)
+        self.videos, self._packets = self._drop_bad_rows(df, packets, bad_files, manifest)
+        self._widths = self._packets.width.astype(np.int64)
+        self._heights = self._packets.height.astype(np.int64)
         self._labels = self.videos["label"].to_numpy(np.int64)
         self.epoch = 0
         self._plan: Plan | None = None
@@ -109,35 +114,39 @@ class LoaderBase:
             )
 
     def _drop_bad_rows(
-        self, df: pd.DataFrame, index: dict[str, VideoIndex], bad_files: dict[str, str], manifest: Path
-    ) -> tuple[pd.DataFrame, list[VideoIndex]]:
+        self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], manifest: Path
+    ) -> tuple[pd.DataFrame, PacketTable]:
+        """Rows whose file is usable, and their packet table (row i = videos row i); the bad ones raise or are
+        skipped and counted. packets: one row per df row (empty for the files in bad_files)."""
         cfg = self.config
-        reasons: list[str | None] = []
-        for f, end in zip(df["file"], df["end_frame"], strict=True):
-            if f in bad_files:
-                reasons.append(bad_files[f])
-            elif len(index[f]) < end:
-                reasons.append(f"truncated: {len(index[f])} frames in the file, the manifest needs {end}")
-            elif cfg.backend == "dali" and cfg.device == "cpu" and index[f].codec not in ("vp8", "vp9", "mjpeg"):
-                reasons.append(f"codec {index[f].codec} cannot be decoded by DALI on CPU (VP8/VP9/MJPEG only); "
-                               "use backend='decord' or device='gpu'")
+        end = df["end_frame"].to_numpy()
+        bad_file = df["file"].isin(list(bad_files)).to_numpy()
+        truncated = ~bad_file & (packets.count < end)
+        dali_cpu = cfg.backend == "dali" and cfg.device == "cpu"
+        decodable = [i for i, c in enumerate(packets.codecs) if c in ("vp8", "vp9", "mjpeg")]  # by DALI on CPU
+        no_codec = ~bad_file & dali_cpu & ~np.isin(packets.codec, decodable)
+        ok = ~(bad_file | truncated | no_codec)
+        bad = np.flatnonzero(~ok)
+        if len(bad):
+            i = int(bad[0])
+            if bad_file[i]:
+                reason = bad_files[df["file"][i]]
+            elif truncated[i]:
+                reason = f"truncated: {packets.count[i]} frames in the file, the manifest needs {end[i]}"
             else:
-                reasons.append(None)
-        bad = [i for i, r in enumerate(reasons) if r is not None]
-        if bad:
-            i = bad[0]
-            first = f"{df['file'][i]}: {reasons[i]} ({manifest.name} row {i + 2}, video {df['video_id'][i]!r})"
+                reason = (f"codec {packets.codec_of(i)} cannot be decoded by DALI on CPU (VP8/VP9/MJPEG only); "
+                          "use backend='decord' or device='gpu'")
+            first = f"{df['file'][i]}: {reason} ({manifest.name} row {i + 2}, video {df['video_id'][i]!r})"
             if not cfg.skip_bad:
                 raise DatasetError(f"{first}; {len(bad)} bad row(s) in {manifest}. {HINT} or pass skip_bad=True")
             if len(bad) > max(MAX_BAD_FRACTION * len(df), 1):
                 raise DatasetError(f"{len(bad)} of {len(df)} rows of {manifest} are bad (more than "
                                    f"{MAX_BAD_FRACTION:.0%}), first: {first}. {HINT}")
             print(f"skipping {len(bad)} bad row(s) of {len(df)} in {manifest}; first: {first}")
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        if not keep:
+        keep = np.flatnonzero(ok)
+        if not len(keep):
             raise DatasetError(f"{manifest}: no usable rows. {HINT}")
-        videos = df.iloc[keep].reset_index(drop=True)
-        return videos, [index[f] for f in videos["file"]]
+        return df.iloc[keep].reset_index(drop=True), packets.take(keep)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: train mode reshuffles and redraws augmentation from (seed, epoch)."""
@@ -169,7 +178,7 @@ class LoaderBase:
         return [plan.take(slice(k, k + b)) for k in range(0, len(plan), b)]
 
     def uses_ivf(self, row: int) -> bool:
-        return self.config.dali_input == "gop" and self._index[row].codec in IVF_FOURCC
+        return self.config.dali_input == "gop" and self._packets.codec_of(row) in IVF_FOURCC
 
 
 def build_loader(

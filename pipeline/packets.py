@@ -6,33 +6,52 @@ clip's first frame to its last frame, re-wrapped as an in-memory IVF stream (`iv
 packets needs, per file: the byte offset and size of each packet's payload and its keyframe flag, in
 display order (VP8/VP9 in WebM carry one shown frame per packet and have no reordering).
 
-The index is built once with PyAV (demux only, plus decoding the first frame), cached in
-DST/.cache/packets-<split>.npz keyed by (path, size, mtime), and doubles as the check that finds missing,
-truncated or undecodable files before the first training step.
+The index is built once with PyAV (demux only, plus decoding the first frame; `index_file`) and doubles as
+the check that finds missing, truncated or undecodable files before the first training step. `load_or_build`
+returns it as a `PacketTable`: per-video columns (codec, size, fps, where its packets start, how many) that
+point into flat per-packet arrays shared by all videos. Nothing is built per video at start-up.
+
+Cache: DST/.cache/packets-<split>.idx, keyed by (path, size, mtime_ns). It is memory-mapped, not loaded:
+start-up copies the per-video columns (~50 bytes a video) and leaves the packet arrays (13 bytes a packet:
+offset int64, size int32, keyframe bool; ~0.9 GB for Kinetics-400's 240k x 300 packets) in the page cache,
+one copy per node for all DDP ranks, paged in only where a clip's packets are read. Layout (little-endian):
+8-byte magic, u64 length of a JSON header, the header {"version", "codecs", "files", "arrays": {name:
+[dtype, shape, offset]}}, then each array's bytes at data start + offset, 64-byte aligned. One file rather
+than a folder of .npy files because one file can be replaced atomically (temp file + os.replace) while
+other processes still read the old one through their mappings.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import json
 import mmap
 import multiprocessing
 import os
+import signal
 import struct
+import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CACHE_MAGIC = b"PKTIDX\x00\x02"
+_ALIGN = 64
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
 class VideoIndex:
-    """Packet table of one file, in display order.  offsets/sizes: (P,) int64 bytes; keyframes: (P,) bool."""
+    """Packet table of one file, in display order.  offsets: (P,) int64 bytes; sizes: (P,) int32 bytes;
+    keyframes: (P,) bool. PacketTable.video() gives one as views into the shared arrays (no copy)."""
 
     codec: str
     width: int
@@ -48,6 +67,124 @@ class VideoIndex:
     def keyframe_at_or_before(self, frame: int) -> int:
         keys = np.flatnonzero(self.keyframes[: frame + 1])
         return int(keys[-1]) if len(keys) else 0
+
+
+@dataclass(frozen=True)
+class PacketTable:
+    """Packet indexes of V videos: row r's packets are offsets/sizes/keyframes[first[r] : first[r] + count[r]].
+
+    Per video: codec (V,) uint8 index into `codecs`; width, height (V,) int32 pixels; fps (V,) float64;
+    first, count (V,) int64 packets. Per packet, all videos end to end: offsets (P,) int64 payload byte
+    offsets in the file; sizes (P,) int32 payload bytes; keyframes (P,) bool. Read from the cache, the packet
+    arrays are read-only views of the memory-mapped file.
+    """
+
+    VIDEO_COLUMNS: ClassVar[tuple[str, ...]] = ("codec", "width", "height", "fps", "first", "count")
+    PACKET_COLUMNS: ClassVar[tuple[str, ...]] = ("offsets", "sizes", "keyframes")
+    DTYPES: ClassVar[dict[str, type]] = {
+        "codec": np.uint8, "width": np.int32, "height": np.int32, "fps": np.float64, "first": np.int64,
+        "count": np.int64, "offsets": np.int64, "sizes": np.int32, "keyframes": np.bool_,
+    }  # fmt: skip
+
+    codecs: tuple[str, ...]
+    codec: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    fps: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    keyframes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def codec_of(self, row: int) -> str:
+        return self.codecs[self.codec[row]]
+
+    def video(self, row: int) -> VideoIndex:
+        """Row `row` as a VideoIndex whose arrays are views into this table's (nothing copied)."""
+        a = int(self.first[row])
+        b = a + int(self.count[row])
+        return VideoIndex(self.codec_of(row), int(self.width[row]), int(self.height[row]), float(self.fps[row]),
+                          self.offsets[a:b], self.sizes[a:b], self.keyframes[a:b])
+
+    def take(self, rows: np.ndarray) -> PacketTable:
+        """The table of `rows` ((R,) int, -1 = an empty row: count 0, all other columns 0). The per-video
+        columns are copied (O(R)); the packet arrays are shared, not copied."""
+        rows = np.asarray(rows, np.int64)
+        ok = rows >= 0
+
+        def pick(column: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(rows), column.dtype)
+            out[ok] = column[rows[ok]]
+            return out
+
+        return replace(self, **{c: pick(getattr(self, c)) for c in self.VIDEO_COLUMNS})
+
+    @classmethod
+    def from_videos(cls, videos: list[VideoIndex]) -> PacketTable:
+        """A table with one row per VideoIndex, in order (packet arrays concatenated)."""
+        codecs = tuple(dict.fromkeys(v.codec for v in videos))
+        count = np.array([len(v) for v in videos], np.int64)
+        return cls(
+            codecs,
+            codec=np.array([codecs.index(v.codec) for v in videos], np.uint8),
+            width=np.array([v.width for v in videos], np.int32),
+            height=np.array([v.height for v in videos], np.int32),
+            fps=np.array([v.fps for v in videos], np.float64),
+            first=np.cumsum(count) - count,
+            count=count,
+            **{c: _concat([getattr(v, c) for v in videos], cls.DTYPES[c]) for c in cls.PACKET_COLUMNS},
+        )
+
+    @classmethod
+    def concat(cls, tables: list[PacketTable]) -> PacketTable:
+        """One table with the rows of `tables` in order; the packets these rows use are copied, end to end."""
+        codecs, columns, runs = _concat_plan(tables)
+        for c in cls.PACKET_COLUMNS:
+            columns[c] = _concat([getattr(t, c)[a:b] for t, a, b in runs], cls.DTYPES[c])
+        return cls(codecs, **columns)
+
+    def check(self) -> None:
+        """Raise ValueError unless the columns fit together (a damaged cache is rebuilt)."""
+        v, p = len(self.first), len(self.offsets)
+        for c, dtype in self.DTYPES.items():
+            a = getattr(self, c)
+            if a.dtype != dtype or a.shape != ((v,) if c in self.VIDEO_COLUMNS else (p,)):
+                raise ValueError(f"column {c}: {a.dtype}{a.shape} does not fit {v} videos, {p} packets")
+        if v and (self.codec.max() >= len(self.codecs) or self.count.min() < 1 or self.first.min() < 0
+                  or (self.first + self.count).max() > p):
+            raise ValueError("packet ranges or codecs out of bounds")
+
+
+def _concat_plan(tables: list[PacketTable]) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[tuple]]:
+    """What concatenating `tables` takes: the codec names, the per-video columns of all rows in order (`first`
+    placing their packets end to end), and the packet ranges to copy in order, as (table, start, stop). A
+    cache stores its rows back to back, so adjacent ranges are merged: keeping most rows of a cache copies a
+    few long slices, not one per video."""
+    codecs = tuple(dict.fromkeys(c for t in tables for c in t.codecs))
+    count = np.concatenate([t.count for t in tables])
+    columns = {
+        "codec": np.concatenate([np.array([codecs.index(c) for c in t.codecs], np.uint8)[t.codec]
+                                 for t in tables]),
+        **{c: np.concatenate([getattr(t, c) for t in tables]) for c in ("width", "height", "fps")},
+        "first": np.cumsum(count) - count,
+        "count": count,
+    }
+    runs = []
+    for t in tables:
+        if len(t):
+            end = t.first + t.count
+            cut = np.flatnonzero(t.first[1:] != end[:-1]) + 1
+            starts, stops = t.first[np.r_[0, cut]].tolist(), end[np.r_[cut - 1, len(t) - 1]].tolist()
+            runs += [(t, a, b) for a, b in zip(starts, stops, strict=True)]
+    return codecs, columns, runs
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 class BadVideo(Exception):
@@ -93,8 +230,10 @@ def index_file(path: str) -> VideoIndex:
         raise BadVideo("first frame does not decode")
     if min(offsets) < 0:
         raise BadVideo("packet payloads not found in the file (unsupported container layout)")
+    if max(sizes) >= 2**31:
+        raise BadVideo("a packet of 2 GiB or more")
     return VideoIndex(codec, int(width), int(height), float(rate), np.asarray(offsets, np.int64),
-                      np.asarray(sizes, np.int64), np.asarray(keys, bool))
+                      np.asarray(sizes, np.int32), np.asarray(keys, bool))
 
 
 def _payload_offset(raw: mmap.mmap, payload: bytes, pos: int | None) -> int:
@@ -133,9 +272,17 @@ def read_span(path: str, index: VideoIndex, first: int, last: int) -> tuple[byte
         return f.read(end - start), start
 
 
-def _stat_key(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+def _stat_keys(files: list[str]) -> np.ndarray:
+    """(N, 2) int64 (size, mtime_ns) of each file; (-1, -1) where stat fails. The cache key: a file whose
+    size or modification time changed is indexed again (one stat per file; ~5 us each on a local disk)."""
+    keys = np.full((len(files), 2), -1, np.int64)
+    for i, f in enumerate(files):
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        keys[i] = st.st_size, st.st_mtime_ns
+    return keys
 
 
 def _index_or_reason(path: str) -> VideoIndex | str:
@@ -151,58 +298,53 @@ def default_workers(n_files: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_files // 64, 32))
 
 
-def load_or_build(
-    files: list[str], cache: Path | None, progress: bool = True, workers: int | None = None
-) -> tuple[dict[str, VideoIndex], dict[str, str]]:
-    """Packet indexes for `files` (absolute paths) and the reasons of those that are bad.
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: have Linux SIGKILL this worker when its parent dies (PR_SET_PDEATHSIG).
 
-    Good entries are cached in `cache` (an .npz); files whose size or mtime changed are re-indexed. Bad
-    files are never cached, so fixing them is picked up on the next run. Indexing costs ~15 ms per 10 s
-    video (mostly opening the decoder), so large lists are indexed by `workers` processes (default:
-    default_workers). Concurrent callers (DDP ranks of one node) take turns on a lock file next to the
-    cache: the first indexes, the others then find everything cached.
+    Without it, a parent killed by the OOM killer or a scheduler leaves the workers blocked on the task
+    queue forever (each worker holds the queue's write end, so it never sees EOF). The signal follows the
+    thread that started the worker: ProcessPoolExecutor starts spawn workers from the thread calling map(),
+    which waits for them in _index_files.
     """
-    unique = list(dict.fromkeys(files))
-    if cache is None:
-        return _load_or_build(unique, None, progress, workers)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        except OSError:  # a file system without locks: every caller indexes for itself (slower, still correct)
-            pass
-        return _load_or_build(unique, cache, progress, workers)
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _load_or_build(
-    unique: list[str], cache: Path | None, progress: bool, workers: int | None
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the caller may already run DALI or torch threads
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancellation (Ctrl-C, an error in the caller): stop the workers now, without finishing their tasks."""
+    processes = list((pool._processes or {}).values())  # no public handle before Python 3.14's kill_workers()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.kill()
+    for p in processes:
+        p.join()
+
+
+def _index_files(
+    todo: list[str], workers: int | None, progress: bool
 ) -> tuple[dict[str, VideoIndex], dict[str, str]]:
-    cached = _read_cache(cache) if cache is not None else {}
+    """Index `todo` in `workers` processes (default: default_workers): the good ones, the bad ones' reasons."""
     good: dict[str, VideoIndex] = {}
     bad: dict[str, str] = {}
-    todo = []
-    for f in unique:
-        try:
-            key = _stat_key(f)
-        except OSError:
-            bad[f] = "file not found"
-            continue
-        hit = cached.get(f)
-        if hit is not None and hit[0] == key:
-            good[f] = hit[1]
-        else:
-            todo.append(f)
     if not todo:
         return good, bad
     workers = default_workers(len(todo)) if workers is None else workers
-    pool = None
-    if workers > 1:
-        # spawn, not fork: the caller may already run DALI or torch threads
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        results = pool.map(_index_or_reason, todo, chunksize=16)
-    else:
-        results = map(_index_or_reason, todo)
+    pool = _worker_pool(workers) if workers > 1 else None
     try:
+        if pool is not None:
+            results = pool.map(_index_or_reason, todo, chunksize=16)
+        else:
+            results = map(_index_or_reason, todo)
         pairs = zip(todo, results, strict=True)
         if progress:
             from rich.progress import track
@@ -214,54 +356,145 @@ def _load_or_build(
                 bad[f] = result
             else:
                 good[f] = result
-    finally:
+    except BaseException:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    if cache is not None:
-        _write_cache(cache, {f: (_stat_key(f), good[f]) for f in good})
+            _kill_workers(pool)
+        raise
+    if pool is not None:
+        pool.shutdown()
     return good, bad
 
 
-def _read_cache(cache: Path) -> dict[str, tuple[tuple[int, int], VideoIndex]]:
-    if not cache.is_file():
-        return {}
-    try:
-        z = np.load(cache, allow_pickle=False)
-        if int(z["version"]) != CACHE_VERSION:
-            return {}
-        out = {}
-        for i, f in enumerate(z["files"]):
-            a, n = int(z["first"][i]), int(z["count"][i])
-            out[str(f)] = (
-                (int(z["fsize"][i]), int(z["mtime"][i])),
-                VideoIndex(str(z["codec"][i]), int(z["width"][i]), int(z["height"][i]), float(z["fps"][i]),
-                           z["offsets"][a:a + n], z["sizes"][a:a + n], z["keyframes"][a:a + n]),
-            )
-        return out
-    except (OSError, KeyError, ValueError):
-        return {}  # a damaged cache is rebuilt
+def load_or_build(
+    files: list[str], cache: Path | None, progress: bool = True, workers: int | None = None
+) -> tuple[PacketTable, dict[str, str]]:
+    """The packet table of `files` (absolute paths; row i = files[i]) and the reasons of the bad ones.
 
-
-def _write_cache(cache: Path, entries: dict[str, tuple[tuple[int, int], VideoIndex]]) -> None:
-    if not entries:
-        return
-    files = list(entries)
-    idx = [entries[f][1] for f in files]
-    counts = np.array([len(x) for x in idx], np.int64)
+    Rows of bad files are empty (count 0). Good entries are cached in `cache`; files whose size or mtime
+    changed are indexed again. Bad files are not cached, so fixing one is picked up on the next run (they
+    are indexed again at every start, without rewriting the cache). Indexing costs ~15 ms per 10 s video
+    (mostly opening the decoder), so large lists are indexed by `workers` processes (default:
+    default_workers). Concurrent callers (DDP ranks of one node) take turns on a lock file next to the
+    cache: the first indexes, the others then map the same cache file (one copy in memory per node).
+    """
+    if cache is None:
+        return _load_or_build(files, None, progress, workers)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # several ranks may write at once
+    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        except OSError:  # a file system without locks: every caller indexes for itself (slower, still correct)
+            pass
+        return _load_or_build(files, cache, progress, workers)
 
-    def cat(xs: list[np.ndarray], dt: type) -> np.ndarray:
-        return np.concatenate(xs).astype(dt)
 
-    np.savez(
-        tmp, version=CACHE_VERSION, files=np.array(files, dtype=str),
-        fsize=np.array([entries[f][0][0] for f in files], np.int64),
-        mtime=np.array([entries[f][0][1] for f in files], np.int64),
-        codec=np.array([x.codec for x in idx], dtype=str), width=np.array([x.width for x in idx], np.int64),
-        height=np.array([x.height for x in idx], np.int64), fps=np.array([x.fps for x in idx], np.float64),
-        first=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64), count=counts,
-        offsets=cat([x.offsets for x in idx], np.int64), sizes=cat([x.sizes for x in idx], np.int64),
-        keyframes=cat([x.keyframes for x in idx], bool),
-    )  # fmt: skip
-    os.replace(tmp, cache)
+def _load_or_build(
+    files: list[str], cache: Path | None, progress: bool, workers: int | None
+) -> tuple[PacketTable, dict[str, str]]:
+    unique = list(dict.fromkeys(files))
+    keys = _stat_keys(unique)  # before indexing: a file changed meanwhile is indexed again next time
+    table, cached_files, cached_keys = (_read_cache(cache) if cache is not None else None) or _empty_cache()
+    row_of = {f: r for r, f in enumerate(cached_files)}  # one hash lookup per file: linear time
+    rows = np.array([row_of.get(f, -1) for f in unique], np.int64)
+    missing = keys[:, 0] < 0
+    fresh = (rows >= 0) & ~missing
+    fresh[fresh] = (cached_keys[rows[fresh]] == keys[fresh]).all(axis=1)
+    bad = {unique[i]: "file not found" for i in np.flatnonzero(missing)}
+    todo = np.flatnonzero(~fresh & ~missing)
+    new, new_bad = _index_files([unique[i] for i in todo], workers, progress)
+    bad.update(new_bad)
+    if new:  # the cached rows still valid + the new ones become the new cache
+        keep = np.flatnonzero(fresh)
+        added = np.array([i for i in todo if unique[i] in new], np.int64)
+        parts = [table.take(rows[keep]), PacketTable.from_videos([new[unique[i]] for i in added])]
+        cached_files = [unique[i] for i in np.concatenate([keep, added])]
+        cached_keys = keys[np.concatenate([keep, added])]
+        mapped = None
+        if cache is not None:
+            _write_cache(cache, parts, cached_files, cached_keys)
+            mapped = _read_cache(cache)  # the file's mapping, shared by the node's ranks
+        if mapped is not None and mapped[1] == cached_files:  # (not if a rank without flock replaced it)
+            table = mapped[0]
+        else:
+            table = PacketTable.concat(parts)
+        row_of = {f: r for r, f in enumerate(cached_files)}
+    return table.take(np.array([-1 if f in bad else row_of[f] for f in files], np.int64)), bad
+
+
+def _empty_cache() -> tuple[PacketTable, list[str], np.ndarray]:
+    return PacketTable.from_videos([]), [], np.zeros((0, 2), np.int64)
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _read_cache(cache: Path) -> tuple[PacketTable, list[str], np.ndarray] | None:
+    """The cached table (packet arrays memory-mapped), its files and their (size, mtime_ns) keys (V, 2);
+    None when there is no cache or it is damaged or from another version (then it is rebuilt)."""
+    try:
+        with open(cache, "rb") as f:
+            # Stays valid when the file is replaced (os.replace), which is the only way it is ever changed:
+            # truncating a mapped file in place would make reads of the lost pages fault (SIGBUS).
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # missing, or empty (mmap refuses length 0)
+        return None
+    try:
+        if buf[:8] != CACHE_MAGIC:
+            return None
+        (n,) = struct.unpack_from("<Q", buf, 8)
+        head = json.loads(buf[16:16 + n])
+        if head["version"] != CACHE_VERSION:
+            return None
+        start = _align(16 + n)
+        arrays = {
+            name: np.frombuffer(buf, np.dtype(dtype), int(np.prod(shape)), start + offset).reshape(shape)
+            for name, (dtype, shape, offset) in head["arrays"].items()
+        }  # read-only views of the mapping: nothing is copied or read yet
+        files = arrays.pop("files").tobytes().decode("utf-8", "surrogateescape").split("\0")
+        keys = np.stack([arrays.pop("fsize"), arrays.pop("mtime")], axis=1)  # (V, 2) int64, copied (small)
+        table = PacketTable(tuple(head["codecs"]), **{c: arrays[c] for c in PacketTable.DTYPES})
+        table.check()
+        if not len(files) == len(table) == len(keys) == head["files"]:
+            raise ValueError("row counts differ")
+        return table, files, keys
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return None
+
+
+def _write_cache(cache: Path, tables: list[PacketTable], files: list[str], keys: np.ndarray) -> None:
+    """Write the rows of `tables` in order (row i: files[i], keys[i] = (size, mtime_ns)) as the cache file
+    (layout: module docstring). Packets are streamed from where they are (the old cache's mapping, the newly
+    indexed videos), not concatenated in memory first. Atomic: a temp file, then os.replace; processes that
+    mapped the old file keep reading it, new readers get the new one."""
+    codecs, columns, runs = _concat_plan(tables)
+    video = {
+        # paths as one UTF-8 blob, NUL-separated (NUL cannot occur in a path)
+        "files": np.frombuffer("\0".join(files).encode("utf-8", "surrogateescape"), np.uint8),
+        "fsize": keys[:, 0], "mtime": keys[:, 1], **columns,
+    }  # fmt: skip
+    packets = int(columns["count"].sum())
+    shapes = {name: (a.dtype, a.shape) for name, a in video.items()}
+    shapes.update({c: (np.dtype(PacketTable.DTYPES[c]), (packets,)) for c in PacketTable.PACKET_COLUMNS})
+    layout, end = {}, 0
+    for name, (dtype, shape) in shapes.items():
+        layout[name] = [dtype.str, list(shape), end]
+        end = _align(end + dtype.itemsize * int(np.prod(shape)))
+    head = json.dumps({"version": CACHE_VERSION, "codecs": list(codecs), "files": len(files),
+                       "arrays": layout}).encode()
+    start = _align(16 + len(head))
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # several ranks may write at once (no flock)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(CACHE_MAGIC + struct.pack("<Q", len(head)) + head)
+            for name in layout:
+                f.write(b"\0" * (start + layout[name][2] - f.tell()))
+                if name in video:
+                    f.write(np.ascontiguousarray(video[name]).data)
+                    continue
+                for t, a, b in runs:
+                    f.write(np.ascontiguousarray(getattr(t, name)[a:b], PacketTable.DTYPES[name]).data)
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

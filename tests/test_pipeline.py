@@ -1,5 +1,6 @@
 """The loaders end to end on CPU: decoded frame indices, crop boxes, flips, mean, layout, sharding,
-determinism, DALI vs decord agreement, and bad-input errors. Test videos: tests/videos.py."""
+determinism, DALI vs decord agreement, and bad-input errors. Test videos: tests/videos.py. The packet index
+and its cache alone: tests/test_packets.py."""
 
 import gc
 import os
@@ -188,28 +189,9 @@ def test_broken_files_are_found_before_the_first_step(small, damage):
         load(small)
 
 
-def test_parallel_indexing_equals_sequential_and_reports_bad_files(small, tmp_path):
-    from pipeline.packets import load_or_build
-
-    files = [str(small / p) for p in pd.read_csv(small / "train.csv")["path"]]
-    broken = tmp_path / "broken.webm"
-    broken.write_bytes(b"not a video")
-    files.append(str(broken))
-    seq_good, seq_bad = load_or_build(files, None, progress=False, workers=1)
-    par_good, par_bad = load_or_build(files, tmp_path / "packets.npz", progress=False, workers=2)
-    assert seq_bad == par_bad and list(par_bad) == [str(broken)]
-    assert sorted(par_good) == sorted(seq_good) == sorted(files[:-1])
-    for f, ix in seq_good.items():
-        other = par_good[f]
-        assert (ix.codec, ix.width, ix.height, ix.fps) == (other.codec, other.width, other.height, other.fps)
-        for field in ("offsets", "sizes", "keyframes"):
-            np.testing.assert_array_equal(getattr(ix, field), getattr(other, field))
-    assert (tmp_path / "packets.npz.lock").is_file()
-
-
 def test_packet_index_is_cached(small, monkeypatch):
     load(small)
-    assert (small / ".cache" / "packets-train.npz").is_file()
+    assert (small / ".cache" / "packets-train.idx").is_file()
     import pipeline.packets
 
     def fail(path):
