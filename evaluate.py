@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch
 from rich.table import Table
 
 from engine import distributed
-from engine.distributed import Dist
+from engine.cli import Range, check_numeric_flags, with_flag_hints
+from engine.distributed import Dist, Interrupted
 from engine.metrics import VideoAccumulator, confusion_matrix, per_class_rows, reference_predictions
 from engine.plots import plot_confusion
 from engine.progress import StepBar, make_console
@@ -43,11 +45,16 @@ class EvalConfig:
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
     skip_bad: bool = False
-    # for checkpoints without our metadata (3D-ResNets-PyTorch's); ours carry all of these
+    # the model, for checkpoints without our metadata (3D-ResNets-PyTorch's); ours describe themselves, and
+    # these must agree with them
     arch: str | None = None
     shortcut: str | None = None
     n_classes: int | None = None
     widen_factor: float | None = None
+    conv1_t_size: int | None = None
+    conv1_t_stride: int | None = None
+    no_max_pool: bool | None = None
+    # the clips: the checkpoint's (ours), else 3D-ResNets-PyTorch's defaults; these override either
     sample_duration: int | None = None
     sample_size: int | None = None
     mean: str | None = None
@@ -61,7 +68,20 @@ class EvalConfig:
         return distributed.world_size(self.device, self.gpus, self.nproc)
 
 
-def parse_args(argv: list[str] | None = None) -> EvalConfig:
+# Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
+RANGES = {
+    **{name: Range(min=1) for name in ("batch_size", "n_classes", "conv1_t_size", "conv1_t_stride", "sample_duration",
+                                       "sample_size", "gpus", "nproc")},
+    "num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1"),
+    "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
+}
+# The model flags, as build_model's keyword arguments; the defaults are build_model's.
+MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+MODEL_DEFAULTS = {k: v.default for k, v in inspect.signature(build_model).parameters.items()
+                  if v.default is not inspect.Parameter.empty}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a prepare_data.py output folder")
     p.add_argument("--checkpoint", required=True, help="train.py's best.pt/last.pt, or a 3D-ResNets-PyTorch one")
@@ -72,11 +92,17 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
     p.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                    help="skip (and count) unreadable videos instead of stopping")
-    g = p.add_argument_group("checkpoints without our metadata (3D-ResNets-PyTorch)")
+    g = p.add_argument_group("the model, for checkpoints without our metadata (3D-ResNets-PyTorch's); ours "
+                             "describe themselves, and these flags must agree with them")
     g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
     g.add_argument("--shortcut", choices=("A", "B"), help="default A")
     g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")
-    g.add_argument("--widen-factor", type=float)
+    g.add_argument("--widen-factor", type=float, help="default 1")
+    g.add_argument("--conv1-t-size", type=int, help="conv1's temporal kernel size, default 7")
+    g.add_argument("--conv1-t-stride", type=int, help="conv1's temporal stride, default 1")
+    g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
+    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
+    g = p.add_argument_group("clips (override the checkpoint's)")
     g.add_argument("--sample-duration", type=int, help="default: the checkpoint's, else 16")
     g.add_argument("--sample-size", type=int, help="default: the checkpoint's, else 112")
     g.add_argument("--mean", choices=("kinetics", "activitynet"),
@@ -86,7 +112,15 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     g.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each")
     g.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    p = build_parser()
     a = p.parse_args(argv)
+    check_numeric_flags(p, a, RANGES)
+    if a.num_threads == 0 and a.backend == "dali":
+        p.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     try:
         device = distributed.resolve_device(a.device, a.gpus, a.nproc)
     except ValueError as e:
@@ -103,13 +137,22 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     return cfg
 
 
-def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, dict, str]:
-    """(model in eval mode on d.device, normalisation, description). Our checkpoints describe themselves; for
-    others the architecture comes from --arch/--shortcut/--n-classes, the file's 'arch' entry and its fc size."""
+def model_spec(cfg: EvalConfig, class_names: list[str]) -> tuple[dict, dict]:
+    """(build_model keyword arguments, normalisation) for the checkpoint, or CheckpointError. Our checkpoints
+    describe themselves (model flags that contradict them are an error); for others the model comes from the
+    flags, the file's 'arch' entry and its layers' shapes."""
     path = Path(cfg.checkpoint)
     state_dict, meta = read_checkpoint(path)
+    given = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
     if "model_args" in meta:  # train.py's checkpoint
-        model_args = dict(meta["model_args"])
+        model_args = {**MODEL_DEFAULTS, **meta["model_args"]}
+        contradicting = [k for k, v in given.items() if v != model_args[k]]
+        if contradicting:
+            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
+            flags = [as_flag(k, given[k]) for k in contradicting]
+            verb = "contradicts" if len(flags) == 1 else "contradict"
+            raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(flags)} {verb} "
+                                  f"it: drop {' '.join(f.split()[0] for f in flags)}")
         saved_classes = list(meta.get("class_names", []))
         if saved_classes != class_names:
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
@@ -124,17 +167,35 @@ def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.
         n_classes = cfg.n_classes or (fc.shape[0] if fc is not None else len(class_names))
         if n_classes != len(class_names):
             raise CheckpointError(f"{path}: has {n_classes} classes, {cfg.data} has {len(class_names)}")
-        model_args = dict(arch=arch, n_classes=n_classes, shortcut=cfg.shortcut or "A",
-                          widen_factor=cfg.widen_factor or 1.0)
+        model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
+        conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
+        if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
+            raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
+                                  f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
+                                  "--conv1-t-stride, --no-max-pool if it was trained with them)")
         norm = dict(mean="activitynet", sample_duration=16, sample_size=112)  # 3D-ResNets-PyTorch's defaults
     overrides = dict(mean=cfg.mean, sample_duration=cfg.sample_duration, sample_size=cfg.sample_size)
     norm.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(norm["mean"], str):
         norm["mean"] = list(KINETICS_MEAN if norm["mean"] == "kinetics" else ACTIVITYNET_MEAN)
+    return model_args, norm
+
+
+def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, dict, str]:
+    """(model in eval mode on d.device, normalisation, description); see model_spec."""
+    path = Path(cfg.checkpoint)
+    model_args, norm = model_spec(cfg, class_names)
     model = build_model(**model_args)
     load_weights(model, path, strict_head=True, verbose=d.is_main)
     model = model.to(d.device, memory_format=memory_format(d))
     return model.eval(), norm, f"{model_args['arch']}-{model_args.get('shortcut', 'A')}"
+
+
+def as_flag(name: str, value: object) -> str:
+    """build_model's keyword argument as evaluate.py's flag: ("widen_factor", 0.5) -> "--widen-factor 0.5"."""
+    if name == "no_max_pool":
+        return "--no-max-pool" if value else "--max-pool"
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def memory_format(d: Dist) -> torch.memory_format:
@@ -164,14 +225,22 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                           device_id=d.local_rank if on_gpu else None, skip_bad=cfg.skip_bad, progress=d.is_main)
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
-    with StepBar(console, "eval", len(loader)) as bar:
-        for step, (clips, labels, video_idx) in enumerate(loader):  # (N, 3, T, S, S) float32, (N,), (N,) int64
-            clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(d))
-            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = model(clips)  # (N, K)
-            acc.add(logits.float(), labels.to(d.device), video_idx.to(d.device))
-            bar.update(step + 1)
-    states = distributed.all_gather_objects(acc.state())  # the one CPU-GPU sync of the run
+    done = 0  # steps
+    try:
+        with StepBar(console, "eval", len(loader)) as bar:
+            for step, (clips, labels, video_idx) in enumerate(loader):  # (N, 3, T, S, S) float32, (N,), (N,) int64
+                clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(d))
+                with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    logits = model(clips)  # (N, K)
+                acc.add(logits.float(), labels.to(d.device), video_idx.to(d.device))
+                done = step + 1
+                bar.update(done)
+        states = distributed.all_gather_objects(acc.state())  # the one CPU-GPU sync of the run
+    except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised
+        if not distributed.interrupted():
+            raise
+        raise Interrupted(f"interrupted after {done} of {len(loader)} steps; nothing was written (the files come "
+                          "at the end); run the same command again") from None
     if not d.is_main:
         return None
 
@@ -217,6 +286,10 @@ def print_summary(console, m: dict, data_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    try:  # here too, before any process is spawned: a refusal is one line, not one per process
+        model_spec(cfg, load_classes(Path(cfg.data)))
+    except (CheckpointError, DatasetError) as e:
+        raise SystemExit(f"error: {with_flag_hints(str(e))}") from None
     distributed.launch(evaluate, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
                        user_errors=(CheckpointError, DatasetError))
 

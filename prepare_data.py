@@ -121,7 +121,8 @@ def make_sample(args: argparse.Namespace) -> int:
     n = sum(sum(c.values()) for c in summary["videos"].values())
     console.print(f"{n} videos ({summary['frames']} frames, {summary['bytes'] / 1e6:.1f} MB) in "
                   f"{len(summary['classes'])} classes + {len(summary['broken'])} broken files, "
-                  f"{summary['seconds']:.1f} s.\nNext: python prepare_data.py {args.make_sample} --out DST")
+                  f"{summary['seconds']:.1f} s.\nNext: python prepare_data.py {args.make_sample} --out DST "
+                  "--height 128")
     return 0
 
 

@@ -8,7 +8,8 @@
   python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
-RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents).
+RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). --resume refuses settings that
+would make another run (DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -28,8 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import distributed
-from engine.checkpoint import CheckpointError, check_compatible, load_training_checkpoint, save_atomic
-from engine.distributed import Dist, all_reduce_sum
+from engine.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    check_compatible,
+    load_training_checkpoint,
+    save_atomic,
+)
+from engine.cli import Range, check_numeric_flags
+from engine.distributed import Dist, Interrupted, all_reduce_sum
 from engine.plots import plot_curves
 from engine.progress import StepBar, make_console
 from model import ARCHS, build_model, load_weights
@@ -83,7 +91,48 @@ class TrainConfig:
         return distributed.world_size(self.device, self.gpus, self.nproc)
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+# --resume continues a run as it was defined. These settings define it: changing one would make a different run
+# than the checkpoint's, so --resume refuses and lists them. The others only say how it executes or how long it
+# goes on, and may change on --resume (config.json and the next checkpoints record the new values): threads,
+# backend, processes and devices (the global batch stays), precision, logging, and --epochs / --lr-reductions
+# to extend or shorten it.
+DEFINES_THE_RUN = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
+                   "sample_duration", "sample_size", "mean", "batch_size", "lr", "momentum", "weight_decay",
+                   "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
+MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
+                        "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
+                        "inject_nan_step")  # fmt: skip
+
+
+def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
+    """'--lr 0.02 (checkpoint: 0.01)' for each setting in DEFINES_THE_RUN that cfg changes. A setting missing
+    from an older checkpoint's config had its default then."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    diffs = []
+    for name in DEFINES_THE_RUN:
+        was, now = saved_config.get(name, defaults[name]), getattr(cfg, name)
+        if was != now:
+            diffs.append(f"--{name.replace('_', '-')} {'none' if now is None else now} "
+                         f"(checkpoint: {'none' if was is None else was})")
+    return diffs
+
+
+# Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
+RANGES = {
+    **{name: Range(min=1) for name in ("sample_duration", "sample_size", "conv1_t_size", "conv1_t_stride", "epochs",
+                                       "batch_size", "lr_reductions", "gpus", "nproc", "log_every")},
+    "num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1"),
+    "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
+    "lr": Range(above=0),
+    "momentum": Range(min=0, below=1),
+    "weight_decay": Range(min=0),
+    "lr_patience": Range(min=0),
+    "seed": Range(min=0, below=2**63, why="DALI's seed is an int64"),
+    "inject_nan_step": Range(min=-1),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="a prepare_data.py output folder (train.csv, val.csv, ...)")
@@ -124,8 +173,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile")
     g.add_argument("--log-every", type=int, default=10, help="steps between log points on the GPU")
     g.add_argument("--inject-nan-step", type=int, default=-1, help=argparse.SUPPRESS)  # testing hook
-    a = p.parse_args(argv)
+    return p
 
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = build_parser()
+    a = p.parse_args(argv)
+    check_numeric_flags(p, a, RANGES)
+    if a.num_threads == 0 and a.backend == "dali":
+        p.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     try:
         device = distributed.resolve_device(a.device, a.gpus, a.nproc)
     except ValueError as e:
@@ -137,8 +193,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     world, data = cfg.world_size(), Path(cfg.data)
     checks = [
         (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
-        (min(cfg.epochs, cfg.batch_size, cfg.lr) > 0, "--epochs, --batch-size and --lr must be positive"),
-        (cfg.lr_patience >= 0 and cfg.lr_reductions >= 1, "need --lr-patience >= 0 and --lr-reductions >= 1"),
         ((data / "train.csv").is_file(), f"{data}/train.csv not found; HINT: prepare_data.py SRC --out {data}"),
         ((data / "val.csv").is_file(), f"{data}/val.csv not found: the lr schedule needs a validation split"),
         (cfg.pretrained is None or Path(cfg.pretrained).is_file(), f"--pretrained {cfg.pretrained}: no such file"),
@@ -252,13 +306,28 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def resume_from(cfg: TrainConfig) -> TrainingState | None:
+    """The checkpoint this run continues (None: a new run). CheckpointError when OUT holds a run and --resume is
+    not given, or its checkpoint is unusable or defines another run (DEFINES_THE_RUN)."""
+    last_path = Path(cfg.out) / "checkpoints" / "last.pt"
+    if not last_path.exists():
+        return None
+    if not cfg.resume:
+        raise CheckpointError(f"{cfg.out} already holds a run; HINT: add --resume to continue it, or choose "
+                              "another --out")
+    resumed = load_training_checkpoint(last_path)
+    if diffs := resume_differences(resumed.config, cfg):
+        raise CheckpointError(f"{last_path}: --resume continues the run as it was defined, but "
+                              f"{', '.join(diffs)}; HINT: drop these flags to continue it, or start a new run with "
+                              "another --out")
+    return resumed
+
+
 def train(cfg: TrainConfig, d: Dist) -> None:
     console = make_console(d.is_main)
     out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
     last_path = ckpt_dir / "last.pt"
-    if last_path.exists() and not cfg.resume:
-        raise SystemExit(f"error: {cfg.out} already holds a run; HINT: add --resume to continue it, "
-                         "or choose another --out")
+    resumed = resume_from(cfg)
     on_gpu = d.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
@@ -280,18 +349,17 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.1, patience=cfg.lr_patience)
     normalisation = dict(mean=list(mean), sample_size=cfg.sample_size, sample_duration=cfg.sample_duration)
     epoch, history, best_acc, reductions = 0, [], -1.0, 0
-    if cfg.resume and last_path.exists():
-        state = load_training_checkpoint(last_path)
+    if resumed is not None:
         now = dict(model_args=model_args, class_names=class_names, normalisation=normalisation)
-        check_compatible(last_path, state, now, tuple(now))
+        check_compatible(last_path, resumed.to_dict(), now, tuple(now))
         try:
-            raw.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            raw.load_state_dict(resumed.model)
+            optimizer.load_state_dict(resumed.optimizer)
+            scheduler.load_state_dict(resumed.scheduler)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{last_path}: does not fit this run ({str(e).splitlines()[0][:200]})") from None
-        epoch, history = state["epoch"], state["history"]
-        best_acc, reductions = state["best_val_acc"], state["lr_reductions"]
+        epoch, history = resumed.epoch, resumed.history
+        best_acc, reductions = resumed.best_val_acc, resumed.lr_reductions
         console.print(f"resumed from {last_path}: {epoch} epochs done, lr {optimizer.param_groups[0]['lr']:.3g}")
     elif cfg.resume:
         console.print(f"[yellow]--resume: no {last_path} yet, starting from scratch")
@@ -311,47 +379,69 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
                   f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
 
-    while epoch < cfg.epochs and reductions < cfg.lr_reductions:
-        epoch += 1
-        lr = optimizer.param_groups[0]["lr"]
-        train_loader.set_epoch(epoch)
-        with StepBar(console, f"epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
-            try:
-                row = train_one_epoch(cfg, d, train_net, frozen, train_loader, optimizer, epoch,
-                                      (epoch - 1) * len(train_loader), bar)
-                distributed.broadcast_buffers(raw)  # all ranks validate (and rank 0 saves) rank 0's BN statistics
-                row.update(validate(cfg, d, net, val_loader, epoch), epoch=epoch, lr=lr)
-            except NonFiniteLoss as e:
-                good = last_path if last_path.exists() else "none (first epoch)"
-                raise SystemExit(f"error: {e} (lr {lr:.3g}); training stopped. The last good checkpoint is "
-                                 f"{good}; HINT: lower --lr") from None
-        scheduler.step(row["val_loss"])
-        if optimizer.param_groups[0]["lr"] < lr:
-            reductions += 1
-        history.append(row)
-        is_best = row["val_acc"] > best_acc
-        best_acc = max(best_acc, row["val_acc"])
-        console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                      f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}{' (best)' if is_best else ''} | "
-                      f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
-                      f"data wait {row['data_wait_share']:.0%}")
-        if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
-            state = dict(model=raw.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=None, epoch=epoch, config=asdict(cfg), arch=cfg.arch, model_args=model_args,
-                         class_names=class_names, normalisation=normalisation, best_val_acc=best_acc,
-                         lr_reductions=reductions, history=history)
-            save_atomic(state, last_path)
-            if is_best:
-                save_atomic(state, ckpt_dir / "best.pt")
-            write_metrics_csv(history, out / "metrics.csv")
-            plot_curves(history, out / "curves.png", title=f"{cfg.arch} on {cfg.data}")
+    saved = epoch  # the epoch that last.pt holds (0: none yet)
+    try:
+        while epoch < cfg.epochs and reductions < cfg.lr_reductions:
+            epoch += 1
+            lr = optimizer.param_groups[0]["lr"]
+            train_loader.set_epoch(epoch)
+            with StepBar(console, f"epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
+                try:
+                    row = train_one_epoch(cfg, d, train_net, frozen, train_loader, optimizer, epoch,
+                                          (epoch - 1) * len(train_loader), bar)
+                    distributed.broadcast_buffers(raw)  # all ranks validate (and rank 0 saves) rank 0's BN stats
+                    row.update(validate(cfg, d, net, val_loader, epoch), epoch=epoch, lr=lr)
+                except NonFiniteLoss as e:
+                    good = last_path if last_path.exists() else "none (first epoch)"
+                    raise SystemExit(f"error: {e} (lr {lr:.3g}); training stopped. The last good checkpoint is "
+                                     f"{good}; HINT: lower --lr") from None
+            scheduler.step(row["val_loss"])
+            if optimizer.param_groups[0]["lr"] < lr:
+                reductions += 1
+            history.append(row)
+            is_best = row["val_acc"] > best_acc
+            best_acc = max(best_acc, row["val_acc"])
+            console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                          f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+                          f"{' (best)' if is_best else ''} | "
+                          f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
+                          f"data wait {row['data_wait_share']:.0%}")
+            if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
+                state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(),
+                                      scheduler=scheduler.state_dict(), scaler=None, epoch=epoch,
+                                      config=asdict(cfg), arch=cfg.arch, model_args=model_args,
+                                      class_names=class_names, normalisation=normalisation,
+                                      best_val_acc=best_acc, lr_reductions=reductions, history=history)
+                save_atomic(state, last_path)
+                saved = epoch
+                if is_best:
+                    save_atomic(state, ckpt_dir / "best.pt")
+                write_metrics_csv(history, out / "metrics.csv")
+                plot_curves(history, out / "curves.png", title=f"{cfg.arch} on {cfg.data}")
+    except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised (torch.save)
+        if not distributed.interrupted():
+            raise
+        raise Interrupted(interrupted_message(cfg, last_path, epoch, saved)) from None
     why = f"lr reduced {reductions} times" if reductions >= cfg.lr_reductions else f"--epochs {cfg.epochs}"
     console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
                   f"checkpoints in {ckpt_dir}")
 
 
+def interrupted_message(cfg: TrainConfig, last_path: Path, epoch: int, saved: int) -> str:
+    """The one line printed on Ctrl-C: where the run stands and how to continue it."""
+    where = f"in epoch {epoch}" if epoch > saved else f"after epoch {epoch}"
+    if saved == 0:
+        return f"interrupted {where}, before the first checkpoint; run the same command again to start over"
+    again = "the same command" if cfg.resume else "the same command plus --resume"
+    return f"interrupted {where}; the last checkpoint is {last_path} (epoch {saved}); continue with {again}"
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    try:
+        resume_from(cfg)  # here too, before any process is spawned: a refusal is one line, not one per process
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
                        user_errors=(CheckpointError, DatasetError))
 

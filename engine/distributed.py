@@ -8,14 +8,20 @@ Three ways to get several processes, one code path:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from engine.cli import with_flag_hints
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,121 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# ---- launching, and Ctrl-C ----------------------------------------------------------------------------------
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+class Interrupted(Exception):
+    """Ctrl-C, carrying the one line that tells the user where the job stands (train.py: how to resume)."""
+
+
+class ProcessFailed(RuntimeError):
+    """A process started by spawn() exited with a non-zero status (it printed its own error); the others were
+    stopped."""
+
+    def __init__(self, rank: int, exit_code: int) -> None:
+        super().__init__(f"process {rank} exited with status {exit_code}")
+        self.rank, self.exit_code = rank, exit_code
+
+
+class _CtrlC:
+    """This process's SIGINT handler while a job runs: one line for the user, not one traceback per process.
+
+    Ctrl-C at a terminal signals every process of the job at once (each rank, and the launcher that spawned
+    them). Rank 0 alone turns it into KeyboardInterrupt, which the job may turn into Interrupted with its
+    message; _run_job prints that line and exits. The other ranks only take note, go on until their next
+    collective fails for want of rank 0 (or their launcher stops them), and then exit silently. So rank 0's
+    own exception never comes from a peer that left first. A repeated Ctrl-C ends a process that nothing
+    watches (one process, or under torchrun) at once; spawn() handles a repeat itself.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0  # SIGINTs received
+        self.active = False
+        self._raises = self._exits_on_repeat = False
+
+    @contextlib.contextmanager
+    def handling(self, rank: int, supervised: bool) -> Iterator[None]:
+        """Be the SIGINT handler inside the block (a no-op when already active). The previous one comes back after
+        it (a job run inside a test leaves pytest's in place), unless a Ctrl-C came: then this process is on its
+        way out, and a late or repeated Ctrl-C must not print a traceback from its shutdown."""
+        if self.active:
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        self.count, self.active, self._raises, self._exits_on_repeat = 0, True, rank == 0, not supervised
+        if previous is not signal.SIG_IGN:  # ignored, as for `cmd &` in a script: leave it so
+            signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            self.active = False
+            if previous is not None and self.count == 0:
+                signal.signal(signal.SIGINT, previous)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1 and self._raises:
+            raise KeyboardInterrupt
+        if self.count > 1 and self._exits_on_repeat:
+            if self._raises:
+                os.write(2, b"interrupted again: stopped at once, without cleaning up\n")
+            os._exit(INTERRUPTED_EXIT)
+
+    def received(self) -> bool:
+        """Whether a Ctrl-C came. Calling this runs a handler still pending (so it may raise KeyboardInterrupt)."""
+        return self.count > 0
+
+
+_ctrl_c = _CtrlC()  # signal handlers belong to the process, and so does this
+
+
+def interrupted() -> bool:
+    """Whether this process got a Ctrl-C. For a job's `except BaseException`: an interrupted C call (torch.save,
+    a collective) may fail with another exception, its KeyboardInterrupt still pending; this runs it."""
+    try:
+        return _ctrl_c.received()
+    except KeyboardInterrupt:
+        return True
+
+
+def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...]) -> None:
+    rank = int(os.environ.get("RANK", 0))
+    with _ctrl_c.handling(rank, supervised=False):  # in a process from spawn(), its own handling goes on
+        try:
+            d = setup(use_cuda)
+            job(cfg, d)
+        except BaseException as e:
+            if interrupted():
+                if rank != 0:  # nothing to report or save; exit now, not after tearing down DALI and the group
+                    os._exit(INTERRUPTED_EXIT)
+                print(e if isinstance(e, Interrupted) else "interrupted", file=sys.stderr, flush=True)
+                raise SystemExit(INTERRUPTED_EXIT) from None  # no cleanup(): a peer may be gone mid-collective
+            cleanup()
+            if isinstance(e, user_errors):  # one line naming the file and the fix, not a traceback
+                raise SystemExit(f"error: {with_flag_hints(str(e))}") from None
+            raise
+        cleanup()
+
+
+def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
+           user_errors: tuple[type[Exception], ...] = ()) -> None:
+    """Run job(cfg, Dist) in every process of the group: here (one process, or under torchrun) or in
+    world_size processes spawned here. user_errors become a one-line "error: ..." exit instead of a traceback;
+    Ctrl-C prints one line (Interrupted's, when the job raises one) and exits with status 130."""
+    try:
+        if world_size == 1 or launched_by_torchrun():
+            _run_job(job, cfg, use_cuda, user_errors)
+        else:
+            spawn(_run_job, world_size, (job, cfg, use_cuda, user_errors))
+    except ProcessFailed as e:  # the failing process printed its error already
+        sys.exit(e.exit_code if e.exit_code > 0 else 1)
+    except KeyboardInterrupt:  # before _run_job or spawn() took over Ctrl-C
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT)
+
+
 def _spawned_entry(local_rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
     os.environ.update(
         RANK=str(local_rank),
@@ -116,43 +237,86 @@ def _spawned_entry(local_rank: int, world_size: int, port: int, fn: Callable, ar
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    fn(*args)
+    if sys.platform == "linux":  # like torch.multiprocessing: a Ctrl-C for us when the launcher dies
+        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    try:
+        with _ctrl_c.handling(local_rank, supervised=True):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C that came while starting: now
+            fn(*args)
+    except KeyboardInterrupt:  # one that fn did not handle (fn is not _run_job, or it came just before it)
+        if local_rank == 0:
+            print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     """Run fn(*args) in nprocs fresh local processes that form one group (like torchrun on a single node).
 
-    fn must be a module-level function (it is pickled by name). An exception in any process ends all of them
-    and is re-raised here.
+    fn must be a module-level function (it is pickled by name). When a process exits with an error, the others
+    are stopped and ProcessFailed is raised here. Ctrl-C (see _CtrlC): rank 0 reports and exits, then the
+    others (with nothing to save) get two seconds to notice and are stopped; a second Ctrl-C stops all at once.
     """
-    import torch.multiprocessing as mp
+    import multiprocessing
+    import multiprocessing.connection
+    from multiprocessing import resource_tracker
 
-    mp.spawn(_spawned_entry, args=(nprocs, _free_port(), fn, args), nprocs=nprocs, join=True)
-
-
-def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...]) -> None:
-    d = setup(use_cuda)
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA and with DALI's threads
+    port = _free_port()
+    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, port, fn, args), name=f"rank{r}")
+             for r in range(nprocs)]
+    started: list = []
+    resource_tracker.ensure_running()  # started later, it would unblock SIGINT in the middle of the next lines
+    # The processes inherit a blocked SIGINT, so that a Ctrl-C while they import gives no traceback: it waits
+    # until _spawned_entry has installed its handler. Here it arrives after the unblock, inside the try.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        job(cfg, d)
-    except user_errors as e:  # one line naming the file and the fix, not a traceback
-        raise SystemExit(f"error: {e}") from None
-    finally:
-        cleanup()
+        try:
+            for p in procs:
+                p.start()
+                started.append(p)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        running = {p.sentinel: (rank, p) for rank, p in enumerate(procs)}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                rank, p = running.pop(sentinel)
+                p.join()
+                if p.exitcode != 0:
+                    _stop(procs, grace_s=0)
+                    raise ProcessFailed(rank, p.exitcode)
+    except KeyboardInterrupt:
+        try:
+            for p in started:  # for a Ctrl-C that reached only this process; the ranks ignore a repeat
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGINT)
+            if started:
+                started[0].join()  # rank 0 reports where the job stands, and exits
+            _stop(started, grace_s=2)
+        except KeyboardInterrupt:
+            _stop(started, grace_s=0, kill=True)
+            print("interrupted again: stopped every process at once, without cleaning up", file=sys.stderr)
+            raise ProcessFailed(0, INTERRUPTED_EXIT) from None
+        if not started or started[0].exitcode != INTERRUPTED_EXIT:  # rank 0 did not report
+            print("interrupted", file=sys.stderr, flush=True)
+        raise ProcessFailed(0, INTERRUPTED_EXIT) from None
 
 
-def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
-           user_errors: tuple[type[Exception], ...] = ()) -> None:
-    """Run job(cfg, Dist) in every process of the group: here (one process, or under torchrun) or in
-    world_size processes spawned here. user_errors become a one-line "error: ..." exit instead of a traceback."""
-    if world_size == 1 or launched_by_torchrun():
-        _run_job(job, cfg, use_cuda, user_errors)
-        return
-    import torch.multiprocessing as mp
-
-    try:
-        spawn(_run_job, world_size, (job, cfg, use_cuda, user_errors))
-    except mp.ProcessExitedException as e:  # the failing process printed its error already
-        sys.exit(e.exit_code or 1)
+def _stop(procs: list, grace_s: float, kill: bool = False) -> None:
+    """Wait up to grace_s for procs to exit by themselves, then SIGTERM (or SIGKILL) the rest; wait for all."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            if kill:
+                p.kill()
+            else:
+                p.terminate()
+    for p in procs:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,16 @@
 """evaluate.py and engine/metrics.py: video averaging and top-k on hand-made scores (exact values), the output
 files (metrics.json keys, predictions.json in 3D-ResNets-PyTorch's format, per_class.csv), several processes
-counting every video once, and 3D-ResNets-PyTorch checkpoints."""
+counting every video once, 3D-ResNets-PyTorch checkpoints, model flags checked against our checkpoints, and
+one-line errors (every numeric flag, Ctrl-C)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -102,15 +106,15 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(root, {"val": [{"frames": n} for n in FRAMES]}, width=48, height=32)
 
 
-def our_checkpoint(path: Path, n_classes: int = 3) -> Path:
+def our_checkpoint(path: Path, n_classes: int = 3, mean: tuple = (110.0, 100.0, 90.0), **model_args) -> Path:
     """A train.py-format checkpoint of an untrained tiny model (only the keys evaluate.py reads)."""
     from model import build_model
 
     torch.manual_seed(0)
-    args = dict(arch="resnet-10", n_classes=n_classes, shortcut="A", widen_factor=0.125)
+    args = dict(arch="resnet-10", n_classes=n_classes, shortcut="A", widen_factor=0.125, **model_args)
     net = build_model(**args)
     torch.save({"model": net.state_dict(), "arch": "resnet-10", "model_args": args, "class_names": ["a", "b", "c"],
-                "normalisation": {"mean": [110.0, 100.0, 90.0], "sample_size": 32, "sample_duration": 16}}, path)
+                "normalisation": {"mean": list(mean), "sample_size": 32, "sample_duration": 16}}, path)
     return path
 
 
@@ -189,3 +193,135 @@ def test_garbage_checkpoint_is_one_line_error(data, tmp_path):
         evaluate.main(["--data", str(data), "--checkpoint", str(bad), "--out", str(tmp_path / "x")])
     message = str(e.value.code)
     assert message.startswith("error: ") and str(bad) in message and "\n" not in message
+
+
+# ---- model flags: describe a foreign checkpoint, agree with ours ---------------------------------------------
+
+def test_model_flags_that_contradict_our_checkpoint_are_an_error(data, tmp_path):
+    import evaluate
+    from engine.distributed import Dist
+
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    common = ["--data", str(data), "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([*common, "--arch", "resnet-18", "--num-threads", "1"])
+    message = str(e.value.code)
+    assert message.startswith(f"error: {ckpt}: the checkpoint describes itself: resnet-10 --shortcut A ")
+    assert message.endswith("; --arch resnet-18 contradicts it: drop --arch") and "\n" not in message
+    assert "--widen-factor 0.125 --conv1-t-size 7 --conv1-t-stride 1 --max-pool" in message
+
+    cpu = Dist(0, 1, 0, torch.device("cpu"))
+    for flags in (["--conv1-t-size", "3", "--no-max-pool"], ["--widen-factor", "0.25"], ["--n-classes", "4"]):
+        with pytest.raises(evaluate.CheckpointError, match="contradict"):
+            evaluate.load_model(evaluate.parse_args([*common, *flags]), ["a", "b", "c"], cpu)
+    agreeing = ["--arch", "resnet-10", "--shortcut", "A", "--widen-factor", "0.125", "--conv1-t-size", "7",
+                "--max-pool", "--n-classes", "3"]
+    model, _, name = evaluate.load_model(evaluate.parse_args([*common, *agreeing]), ["a", "b", "c"], cpu)
+    assert name == "resnet-10-A" and model.conv1.weight.shape[2] == 7
+
+
+def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
+    """A 3D-ResNets-PyTorch checkpoint trained with --conv1_t_size 3 --no_max_pool: described by the flags, it
+    gives exactly the predictions of the same weights in our format (which describes itself); without them, a
+    one-line error names the flag."""
+    import evaluate
+    from pipeline import ACTIVITYNET_MEAN
+
+    ours = our_checkpoint(tmp_path / "ours.pt", mean=ACTIVITYNET_MEAN, conv1_t_size=3, no_max_pool=True)
+    foreign = tmp_path / "save_200.pth"
+    weights = torch.load(ours, weights_only=True)["model"]
+    torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in weights.items()}},
+               foreign)
+    common = ["--data", str(data), "--batch-size", "8", "--num-threads", "1", "--sample-size", "32"]
+    described = ["--widen-factor", "0.125", "--conv1-t-size", "3", "--no-max-pool"]
+    m_ours = run_evaluate([*common, "--checkpoint", str(ours), "--out", str(tmp_path / "ours")])
+    m_foreign = run_evaluate([*common, "--checkpoint", str(foreign), "--out", str(tmp_path / "foreign"), *described])
+    for key in ("video_top1", "clip_top1", "n_clips"):
+        assert m_foreign[key] == m_ours[key], key
+    p_ours, p_foreign = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("ours", "foreign"))
+    assert p_foreign == p_ours
+
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([*common, "--checkpoint", str(foreign), "--out", str(tmp_path / "x"), "--widen-factor", "0.125"])
+    message = str(e.value.code)
+    assert message.startswith(f"error: {foreign}: its conv1 spans 3 frames, the model's 7; HINT: add --conv1-t-size 3")
+    assert "\n" not in message
+
+
+# ---- every bad argument is a usage error ---------------------------------------------------------------------
+
+BAD_VALUES = {  # flag: values outside its range (evaluate.RANGES)
+    "--batch-size": ["0"], "--num-threads": ["-1"], "--n-classes": ["0"], "--widen-factor": ["0", "nan"],
+    "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--sample-duration": ["0"], "--sample-size": ["0"],
+    "--gpus": ["0"], "--nproc": ["0"],
+}  # fmt: skip
+
+
+def test_every_numeric_flag_has_a_range_and_a_bad_value_here():
+    import evaluate
+    from engine.cli import numeric_flags
+
+    flags = numeric_flags(evaluate.build_parser())
+    assert set(flags) == set(evaluate.RANGES)
+    assert set(flags.values()) == set(BAD_VALUES)
+
+
+@pytest.mark.parametrize("flag,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])
+def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag, value):
+    import evaluate
+
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), f"{flag}={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert re.search(rf"error: {flag} \S+: must be (a finite number )?[><]", line), line
+    assert err.splitlines()[-1] == line
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT as in a terminal's Python (pytest may run with it ignored, as a background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_is_one_line_and_status_130(data, tmp_path, monkeypatch, capsys, sigint_raises):
+    """A real SIGINT to this process at the second step (the loader sends it): one line, nothing written."""
+    import evaluate
+
+    build_loader = evaluate.build_loader
+
+    def loader_that_presses_ctrl_c(*a, **kw):
+        loader = build_loader(*a, **kw)
+
+        class Interrupting:
+            videos = loader.videos
+
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for step, batch in enumerate(loader):
+                    if step == 1:
+                        os.kill(os.getpid(), signal.SIGINT)
+                    yield batch
+
+        return Interrupting()
+
+    monkeypatch.setattr(evaluate, "build_loader", loader_that_presses_ctrl_c)
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "2",
+                       "--num-threads", "1"])
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"interrupted after 1 of 6 steps; nothing was written \(the files come at the end\); "
+                        r"run the same command again\n", err), err
+    assert not out.exists()

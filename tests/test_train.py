@@ -1,13 +1,16 @@
 """train.py on a tiny generated dataset (CPU): the loss goes down, checkpoint contents, NaN handling, exact
-resume after a crash, DDP over gloo (disjoint data, identical weights), fine-tuning, and one-line errors.
+resume after a crash, DDP over gloo (disjoint data, identical weights), fine-tuning, one-line errors (every
+numeric flag, resume with other settings, incomplete checkpoints, bad videos) and Ctrl-C (one line, status 130).
 
-A tiny model (ResNet-10 at widen 0.125, 32x32 clips) on 12 training videos keeps the whole file near a minute.
+A tiny model (ResNet-10 at widen 0.125, 32x32 clips) on 12 training videos keeps each run to seconds.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,9 +113,11 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
     from model import build_model, load_weights
 
     state = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "arch", "model_args", "class_names",
-                "normalisation", "best_val_acc", "lr_reductions", "history"):
-        assert key in state, key
+    from engine.checkpoint import REQUIRED_KEYS
+
+    assert set(REQUIRED_KEYS) == {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "arch", "model_args",
+                                  "class_names", "normalisation", "best_val_acc", "lr_reductions", "history"}
+    assert set(state) == set(REQUIRED_KEYS)
     assert state["epoch"] == 3 and state["arch"] == "resnet-10" and state["class_names"] == list(CLASSES)
     assert state["normalisation"] == {"mean": list(train_mean()), "sample_size": 32, "sample_duration": 16}
     assert state["model_args"]["widen_factor"] == 0.125 and state["config"]["lr"] == 0.01
@@ -181,7 +186,7 @@ def test_existing_run_corrupt_and_incompatible_checkpoints_are_one_line_errors(d
     with pytest.raises(SystemExit) as e:
         train.main(args(data, run, "--epochs", "4", "--resume", "--arch", "resnet-18"))
     message = str(e.value.code)
-    assert message.startswith("error: ") and "incompatible" in message and "resnet-18" in message
+    assert message.startswith("error: ") and "--arch resnet-18 (checkpoint: resnet-10)" in message
     assert "\n" not in message
 
     last = run / "checkpoints" / "last.pt"
@@ -298,3 +303,190 @@ def test_train_speed_end_to_end_mode(data, tmp_path, monkeypatch):
     assert row["mode"] == "end-to-end" and row["backend"] == "dali"
     assert row["real_clips_per_s"] > 0 and row["synthetic_clips_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["real_clips_per_s"] / row["synthetic_clips_per_s"], rel=1e-2)
+
+
+# ---- every bad argument is a usage error ---------------------------------------------------------------------
+
+BAD_VALUES = {  # flag: values outside its range (train.RANGES)
+    "--num-threads": ["-1"], "--sample-duration": ["0"], "--sample-size": ["0"], "--widen-factor": ["0", "0.01"],
+    "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--epochs": ["0"], "--batch-size": ["0"],
+    "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
+    "--lr-reductions": ["0"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
+    "--inject-nan-step": ["-2"],
+}  # fmt: skip
+
+
+def test_every_numeric_flag_has_a_range_and_a_bad_value_here():
+    from engine.cli import numeric_flags
+
+    flags = numeric_flags(train.build_parser())
+    assert set(flags) == set(train.RANGES)
+    assert set(flags.values()) == set(BAD_VALUES)
+
+
+@pytest.mark.parametrize("flag,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])
+def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(data), "--out", str(tmp_path / "run"), f"{flag}={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert re.search(rf"error: {flag} \S+: must be (a finite number )?[><]", line), line
+    assert err.splitlines()[-1] == line  # argparse's usage, then this one line
+
+
+def test_num_threads_0_is_for_decord_only(data, tmp_path):
+    cfg = train.parse_args(args(data, tmp_path, "--num-threads", "0", "--backend", "decord"))
+    assert cfg.num_threads == 0
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args(data, tmp_path, "--num-threads", "0"))
+    assert e.value.code == 2
+
+
+def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path):
+    """pipeline/loader.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    with open(bad / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows[0].update(num_frames="500", end_frame="500")  # more frames than its file has
+    with open(bad / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(bad, tmp_path / "run", "--epochs", "1"))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "--skip-bad" in message and "skip_bad" not in message
+
+
+def test_every_translated_hint_is_still_in_the_library():
+    """engine.cli rewrites exact phrases of the loader's and load_weights' messages: they must still exist."""
+    from engine import cli
+
+    root = Path(train.__file__).resolve().parent
+    sources = (root / "pipeline" / "loader.py").read_text() + (root / "model" / "checkpoint.py").read_text()
+    for phrase in cli._API_HINTS_AS_FLAGS:
+        assert phrase in sources, phrase
+
+
+# ---- --resume: what may change and what may not (train.DEFINES_THE_RUN) -------------------------------------
+
+def test_every_setting_either_defines_the_run_or_may_change_on_resume():
+    from dataclasses import fields
+
+    names = [f.name for f in fields(train.TrainConfig)]
+    assert sorted(train.DEFINES_THE_RUN + train.MAY_CHANGE_ON_RESUME) == sorted(names)
+
+
+def test_resume_refuses_other_settings_that_define_the_run(data, reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = (run / "config.json").read_text()
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, run, "--resume", "--lr", "0.02", "--batch-size", "6", "--seed", "1"))
+    message = str(e.value.code)
+    assert message.startswith(f"error: {run / 'checkpoints' / 'last.pt'}: ") and "\n" not in message
+    for diff in ("--lr 0.02 (checkpoint: 0.01)", "--batch-size 6 (checkpoint: 4)", "--seed 1 (checkpoint: 0)"):
+        assert diff in message, message
+    assert "--num-threads" not in message and "--epochs" not in message
+    assert (run / "config.json").read_text() == before  # nothing recorded
+
+
+def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_path):
+    """One more epoch (--epochs 4), with other threads and log interval: run, recorded in config.json and in the
+    checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    train.main(args(data, run, "--resume", "--epochs", "4", "--num-threads", "2", "--log-every", "5"))
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2, 3, 4]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["epochs"], config["num_threads"], config["log_every"], config["resume"]) == (4, 2, 5, True)
+    assert config["lr"] == 0.01 and config["batch_size"] == 4
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["config"] == config
+
+
+# ---- --resume on an incomplete checkpoint --------------------------------------------------------------------
+
+def _without(src: Path, dst: Path, key: str) -> Path:
+    state = torch.load(src, weights_only=True)
+    del state[key]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+    return dst
+
+
+@pytest.mark.parametrize("key", ["model", "optimizer", "scheduler", "scaler", "epoch", "config", "arch", "model_args",
+                                 "class_names", "normalisation", "best_val_acc", "lr_reductions", "history"])
+def test_checkpoint_missing_a_key_is_a_one_line_error(reference_run, tmp_path, key):
+    from engine.checkpoint import CheckpointError, load_training_checkpoint
+
+    path = _without(reference_run / "checkpoints" / "last.pt", tmp_path / "last.pt", key)
+    with pytest.raises(CheckpointError) as e:
+        load_training_checkpoint(path)
+    assert f"missing {key}" in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_on_a_checkpoint_without_history_is_a_one_line_error(data, reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    _without(reference_run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt", "history")
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, run, "--resume", "--epochs", "4"))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "missing history" in message and "\n" not in message
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------------------
+
+INTERRUPTED = re.compile(r"interrupted (in|after) epoch (\d+); the last checkpoint is (\S+) \(epoch (\d+)\); "
+                         r"continue with the same command plus --resume")
+
+
+def ctrl_c_after_first_checkpoint(data: Path, out: Path, *extra: str) -> tuple[int, str, int]:
+    """Run train.py in its own process group, and once checkpoints/last.pt exists send SIGINT to the group, as a
+    terminal's Ctrl-C does: (exit status, stderr, epoch in last.pt)."""
+    root = Path(train.__file__).resolve().parent
+    last = out / "checkpoints" / "last.pt"
+
+    def as_from_a_terminal():  # pytest may run with SIGINT ignored (a background job), which children inherit
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), *args(data, out, "--epochs", "50", *extra)],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=as_from_a_terminal)
+    try:
+        deadline = time.monotonic() + 180
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert last.exists() and proc.poll() is None, "no checkpoint to interrupt after"
+        time.sleep(0.5)  # into the bookkeeping or epoch 2
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, err, torch.load(last, weights_only=True)["epoch"]
+
+
+def test_ctrl_c_prints_one_line_pointing_at_resume_and_exits_130(data, tmp_path):
+    out = tmp_path / "run"
+    status, err, saved = ctrl_c_after_first_checkpoint(data, out)
+    assert status == 130, err
+    m = INTERRUPTED.fullmatch(err.strip())
+    assert m, err
+    assert m[3] == str(out / "checkpoints" / "last.pt") and int(m[4]) == saved
+    assert int(m[2]) == saved + (m[1] == "in")
+    train.main(args(data, out, "--resume", "--epochs", str(saved + 1)))  # what the line says, one more epoch
+    assert [int(r["epoch"]) for r in read_metrics(out)] == list(range(1, saved + 2))
+
+
+def test_ctrl_c_with_two_processes_prints_one_line(data, tmp_path):
+    """--nproc 2: the terminal signals the launcher and both ranks; rank 0 alone reports."""
+    status, err, saved = ctrl_c_after_first_checkpoint(data, tmp_path / "ddp", "--nproc", "2")
+    assert status == 130, err
+    assert INTERRUPTED.fullmatch(err.strip()), err
