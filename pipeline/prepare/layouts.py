@@ -119,7 +119,12 @@ def _kinetics_csvs(src: Path) -> list[Path]:
     ann = src / "annotations"
     if not ann.is_dir():
         return []
-    return [p for p in sorted(ann.glob("*.csv")) if "youtube_id" in p.open(encoding="utf-8").readline()]
+    return [p for p in sorted(ann.glob("*.csv")) if "youtube_id" in _first_line(p)]
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.readline()
 
 
 def _split_of(name: str) -> str | None:
