@@ -73,23 +73,26 @@ def nv12_crop_to_rgb(y: torch.Tensor, uv: torch.Tensor, sizes: torch.Tensor, box
     n, t = len(idx), y.shape[1]
     sizes, boxes = sizes[idx], boxes[idx]
     iy, ix = _crop_grid(boxes, side)  # (n, side) each
-    ni = idx.view(n, 1, 1, 1)
-    ti = torch.arange(t, device=y.device).view(1, t, 1, 1)
+    ni, ti = idx.view(n, 1, 1), torch.arange(t, device=y.device).view(1, t, 1)
 
-    def at(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return plane[ni, ti, rows.view(n, 1, side, 1), cols.view(n, 1, 1, side)].float()  # (N, T, side, side)
+    def rows(plane: torch.Tensor, r: torch.Tensor) -> torch.Tensor:  # (n, T, side, Wp): whole rows, copied
+        return plane[ni, ti, r.view(n, 1, side)]
 
+    def cols(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (n, T, side, side): then the columns
+        return x.gather(3, c.view(n, 1, 1, side).expand(n, t, side, side))
+
+    # (Rows, then columns: on a CPU ~3x faster than one 4-D gather; the same bytes either way.)
     # Luma row r lies at chroma row r/2 - 1/4: between c = r // 2 and c - 1 (r even) or c + 1 (r odd), weights
-    # 3/4 and 1/4 (clamped at the edges); the same along columns. The sums are exact in float32.
+    # 3/4 and 1/4 (clamped at the edges); the same along columns. Summed as integers x16, then divided: exact.
     cy, cx = iy // 2, ix // 2
     ny = torch.minimum(torch.where(iy % 2 == 0, cy - 1, cy + 1).clamp(min=0), sizes[:, 0:1] // 2 - 1)
     nx = torch.minimum(torch.where(ix % 2 == 0, cx - 1, cx + 1).clamp(min=0), sizes[:, 1:2] // 2 - 1)
+    blend = rows(uv, cy).to(torch.int16) * 3 + rows(uv, ny)  # (n, T, side, Wp): 4 x the vertical blend
 
     def chroma(offset: int) -> torch.Tensor:  # offset 0: U (even bytes of a row), 1: V (odd bytes)
-        c, nb = 2 * cx + offset, 2 * nx + offset
-        return (at(uv, cy, c) * 9 + (at(uv, cy, nb) + at(uv, ny, c)) * 3 + at(uv, ny, nb)) / 16
+        return (cols(blend, 2 * cx + offset) * 3 + cols(blend, 2 * nx + offset)).float() / 16
 
-    luma, u, v = at(y, iy, ix) - 16, chroma(0) - 128, chroma(1) - 128  # (n, T, side, side) each
+    luma, u, v = cols(rows(y, iy), ix).float() - 16, chroma(0) - 128, chroma(1) - 128  # (n, T, side, side)
     rgb = [luma * ky + u * ku + v * kv for ky, ku, kv in YUV_TO_RGB]
     return torch.stack(rgb, dim=2).round_().clamp_(0, 255)  # (n, T, 3, side, side)
 
