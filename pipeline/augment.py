@@ -46,10 +46,10 @@ YUV_TO_RGB = (  # rows R, G, B; columns Y - 16, U - 128, V - 128
     (_YS, -_CS * 2 * (1 - _KB) * _KB / _KG, -_CS * 2 * (1 - _KR) * _KR / _KG),
     (_YS, _CS * 2 * (1 - _KB), 0.0),
 )
-CHUNK_BYTES = 256 * 2**20  # float intermediates per chunk of clips
+CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}  # float intermediates per chunk of clips, by device type
 
 
-def chunk_clips(frames: int, side: int, budget: int = CHUNK_BYTES) -> int:
+def chunk_clips(frames: int, side: int, budget: int) -> int:
     """Clips per chunk so that one chunk's float intermediates, ~6 planes of (T, side, side) float32 per clip
     (Y, U, V, and R, G, B), stay near `budget` bytes; at least 1."""
     return max(1, budget // (frames * side * side * 4 * 6))
@@ -128,7 +128,7 @@ def _grouped(crop_fn, n: int, t: int, boxes: np.ndarray, flips: np.ndarray, size
     flips_t = torch.from_numpy(np.ascontiguousarray(flips, dtype=bool)).to(device, non_blocking=True)
     for side in np.unique(boxes[:, 2]).tolist():
         group = np.flatnonzero(boxes[:, 2] == side)
-        step = chunk_clips(t, side)
+        step = chunk_clips(t, side, CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]))
         for a in range(0, len(group), step):
             idx = group[a:a + step]
             idx_t = torch.from_numpy(idx).to(device, non_blocking=True)

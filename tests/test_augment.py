@@ -66,9 +66,13 @@ def test_chunks_bound_memory_without_changing_the_result(monkeypatch):
     args = (torch.from_numpy(frames), np.tile([40, 50], (6, 1)), np.tile([3, 1, 37], (6, 1)), np.arange(6) % 2 == 1,
             S, MEAN)
     whole = augment_rgb(*args)
-    assert chunk_clips(16, 360) == 256 * 2**20 // (16 * 360 * 360 * 24) and chunk_clips(10**4, 10**4) == 1
-    monkeypatch.setattr(augment, "CHUNK_BYTES", 1)  # one clip per chunk
+    assert chunk_clips(16, 360, 2**30) == 2**30 // (16 * 360 * 360 * 24) and chunk_clips(16, 360, 1) == 1
+    calls = []
+    real = augment.resize_flip_normalize
+    monkeypatch.setattr(augment, "resize_flip_normalize", lambda crop, *a: calls.append(len(crop)) or real(crop, *a))
+    monkeypatch.setitem(augment.CHUNK_BYTES, "cpu", 1)  # one clip per chunk
     np.testing.assert_array_equal(augment_rgb(*args).numpy(), whole.numpy())
+    assert calls == [1] * 6
 
 
 def test_boxes_outside_the_frame_are_refused():
