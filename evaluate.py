@@ -217,7 +217,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
     model, norm, name = load_model(cfg, class_names, d)
-    loader = build_loader(Path(cfg.data), cfg.split, "eval", backend=cfg.backend,
+    loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval", backend=cfg.backend,
                           device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
                           rank=d.rank, world_size=d.world_size,
                           num_threads=cfg.num_threads, sample_duration=norm["sample_duration"],
@@ -241,6 +241,8 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
             raise
         raise Interrupted(f"interrupted after {done} of {len(loader)} steps; nothing was written (the files come "
                           "at the end); run the same command again") from None
+    finally:
+        loader.close()  # DALI threads / decord worker processes end here; loader.videos stays usable
     if not d.is_main:
         return None
 

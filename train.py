@@ -338,8 +338,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                        seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
                        sample_size=cfg.sample_size, mean=mean, skip_bad=cfg.skip_bad,
                        device_id=d.local_rank if on_gpu else None, progress=d.is_main)
-    train_loader = build_loader(Path(cfg.data), "train", "train", **loader_args)
-    val_loader = build_loader(Path(cfg.data), "val", "val", **loader_args)
+    train_loader = build_loader(Path(cfg.data), split="train", mode="train", **loader_args)
+    val_loader = build_loader(Path(cfg.data), split="val", mode="val", **loader_args)
     class_names = list(train_loader.class_names)
 
     raw, model_args, frozen = setup_model(cfg, len(class_names), d)
@@ -422,6 +422,9 @@ def train(cfg: TrainConfig, d: Dist) -> None:
         if not distributed.interrupted():
             raise
         raise Interrupted(interrupted_message(cfg, last_path, epoch, saved)) from None
+    finally:
+        train_loader.close()  # DALI threads / decord worker processes end here, also on errors and Ctrl-C
+        val_loader.close()
     why = f"lr reduced {reductions} times" if reductions >= cfg.lr_reductions else f"--epochs {cfg.epochs}"
     console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
                   f"checkpoints in {ckpt_dir}")

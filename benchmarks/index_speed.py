@@ -165,8 +165,8 @@ def measure(config: str, data: Path) -> dict:
         held = load_manifest(data, "train", 400)
         n = len(held)
     else:
-        held = build_loader(data, "train", "train", backend=config, device="cpu", batch_size=32, num_threads=2,
-                            progress=False)
+        held = build_loader(data, split="train", mode="train", backend=config, device="cpu", batch_size=32,
+                            num_threads=2, progress=False)
         n = len(held.videos)
     ready = time.perf_counter() - t0
     done.set()
@@ -177,6 +177,7 @@ def measure(config: str, data: Path) -> dict:
         t0 = time.perf_counter()
         len(held)
         plan_s = time.perf_counter() - t0
+        held.close()
     return {
         "config": config, "videos": n, "ready_s": ready, "plan_s": plan_s,
         "private_mb": after["RssAnon"] - before["RssAnon"],

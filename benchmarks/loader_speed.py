@@ -6,18 +6,20 @@
 Each configuration runs in its own subprocess (clean peak memory, no shared threads): build the loader, run
 --warmup-epochs untimed epochs, then --runs timed runs; the table gives the median run and the min-max.
 
-Timing rule (why prefetch buffers cannot inflate a rate). A timed run is a whole number of epochs, run back
-to back until at least --min-seconds have passed. The clock is read (after synchronising the GPU) before
+Timing rule (why prefetch buffers cannot inflate a rate). A timed run is a whole number of epochs, run back to
+back until at least --min-seconds have passed. The clock is read (after synchronising the GPU) before
 set_epoch() and iter(loader) of the run's first epoch, and again (after synchronising) once the last batch of
 its last epoch has arrived; rate = clips delivered / that wall time. So every window pays everything a
 training epoch pays: DataLoader worker start-up, DALI's prefetch fill, each epoch restart it crosses and the
 drain at each epoch's end. Both loaders start producing an epoch only when it is iterated (the DALI feed and
-the decord DataLoader are made in __iter__), so no batch of a window is made before the window opens. A loader
-that did prefetch across epochs could only move its buffer (decord: workers x prefetch_factor batches, DALI:
-prefetch_queue_depth) from one back-to-back window into the next, never add clips, and the printed window
-(seconds, epochs and clips per run) shows how small that buffer is next to a run. The old rule (6 batches
-after 2 warm-up batches, inside an endless stream) timed buffer draining: on a 16-core host decord "ran" at
-2532 and 4226 clips/s in two windows and 19.9 in the one that crossed an epoch restart.
+the decord workers get the epoch's batch plans in __iter__), so no batch of a window is made before the window
+opens. The decord workers are started once, in the first (warm-up) epoch, and kept (persistent_workers), as in
+training. A loader that did prefetch across epochs could only move its buffer (decord: workers x
+prefetch_factor batches, DALI: prefetch_queue_depth) from one back-to-back window into the next, never add
+clips, and the printed window (seconds, epochs and clips per run) shows how small that buffer is next to a
+run. The old rule (6 batches after 2 warm-up batches, inside an endless stream) timed buffer draining: on a
+16-core host decord "ran" at 2532 and 4226 clips/s in two windows and 19.9 in the one that crossed an epoch
+restart.
 
 CPU util = CPU seconds of the process and its children (decord's DataLoader workers) / wall seconds, so
 2.0 = two cores busy; clips/CPU-s = clips/s / CPU util, the cost per clip, steadier on a shared machine.
@@ -283,12 +285,12 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
     split = "train" if mode == "train" else "val"
     memory = PeakMemory().start()
     t0 = time.perf_counter()
-    loader = build_loader(data, split, mode, backend=backend, device=device, batch_size=cfg.batch_size,
-                          num_threads=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
-                          dali_input=dali_input, progress=False)
-    build_s = time.perf_counter() - t0
-    sync = _cuda_sync if device == "gpu" else (lambda: None)
-    runs = timed_runs(loader, cfg.runs, cfg.min_seconds, cfg.warmup_epochs, sync)
+    with build_loader(data, split=split, mode=mode, backend=backend, device=device, batch_size=cfg.batch_size,
+                      num_threads=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
+                      dali_input=dali_input, progress=False) as loader:
+        build_s = time.perf_counter() - t0
+        sync = _cuda_sync if device == "gpu" else (lambda: None)
+        runs = timed_runs(loader, cfg.runs, cfg.min_seconds, cfg.warmup_epochs, sync)
     memory.stop()
     rate = spread([r["clips_per_s"] for r in runs])
     batch_mb = cfg.batch_size * 3 * cfg.sample_duration * cfg.sample_size**2 * 4 / 2**20  # float32
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline import build_loader
 
     for split in ("train", "val"):  # index once here, so no child pays for it
-        build_loader(data, split, "eval", backend="decord", num_threads=0)
+        build_loader(data, split=split, mode="eval", backend="decord", num_threads=0).close()
     rows = []
     for mode in cfg.modes:
         for name in cfg.configs:

@@ -311,7 +311,7 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
 
     device = torch.device(cfg.device)
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
-    loader = build_loader(cfg.data, "train", "train", backend=cfg.backend, device="gpu" if device.type == "cuda" else "cpu",
+    loader = build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if device.type == "cuda" else "cpu",
                           batch_size=batch_size, num_threads=cfg.loader_threads, sample_duration=cfg.frames,
                           sample_size=cfg.size, device_id=(device.index or 0) if device.type == "cuda" else None)
     n_classes = len(loader.class_names)
@@ -330,6 +330,7 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
     for _ in range(cfg.repeats):  # interleaved, so a change in machine load hits both sides alike
         for name, batches in sources.items():
             phases[name].append(time_training_steps(run, optimizer, batches, cfg.iters, **kw))
+    loader.close()  # its DALI threads / decord workers, before the next case builds another loader
     real = statistics.median(r.clips / r.seconds for r in phases["real"])
     synthetic = statistics.median(r.clips / r.seconds for r in phases["synthetic"])
     wait = statistics.median(r.data_wait_s / r.seconds for r in phases["real"])

@@ -18,6 +18,10 @@ only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
 Why slice then resize rather than resize with roi_start/roi_end: a ROI resize with antialiasing also reads
 pixels outside the box (measured up to 24 levels apart from crop-then-resize at the box edges), whereas
 the reference implementation and the decord backend crop first.
+
+Lifecycle: the external source is a _Feed object holding the feed state, not a bound method of the loader,
+so the pipeline does not point back at the loader (no reference cycle): dropping the loader, or close(),
+frees the pipeline at once and DALI's threads are joined (tests/test_pipeline.py counts them).
 """
 
 from __future__ import annotations
@@ -28,29 +32,82 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
-from pipeline.packets import ivf_slice, read_span
+from pipeline.packets import IVF_FOURCC, PacketTable, ivf_slice, read_span
 from pipeline.sampling import Plan
+
+CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI 2.4's CPU decoder accepts (design.md 4); the GPU decodes all
+
+
+class _Feed:
+    """The external source: called by DALI ahead of consumption (prefetch), it returns the encoded inputs and
+    parameters of the next batch of the plan, and raises StopIteration at the epoch's end."""
+
+    def __init__(self, files: list[str], packets: PacketTable, gop: bool):
+        self.files, self.packets = files, packets
+        ivf_codec = np.array([c in IVF_FOURCC for c in packets.codecs], bool)
+        self.ivf = gop & ivf_codec[packets.codec] if len(packets.codecs) else np.zeros(len(packets), bool)
+        self.batches: Iterator[Plan] = iter(())
+        self.emitted: deque[Plan] = deque()  # batches handed to DALI, not yet returned (<= prefetch + 1)
+
+    def __call__(self) -> list[list[np.ndarray]]:
+        bp = next(self.batches)
+        self.emitted.append(bp)
+        enc, frames, anchor, shape, mirror = [], [], [], [], []
+        for row, fr, (x0, y0, side), flip in zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True):
+            path = self.files[row]
+            if self.ivf[row]:  # only the packets keyframe..clip end, re-wrapped as IVF (module docstring)
+                ix = self.packets.video(row)  # views into the memory-mapped packet table
+                first = ix.keyframe_at_or_before(int(fr.min()))
+                last = int(fr.max())
+                raw, base = read_span(path, ix, first, last)
+                enc.append(ivf_slice(raw, base, ix, first, last))
+                frames.append((fr - first).astype(np.int32))
+            else:
+                enc.append(np.fromfile(path, np.uint8))
+                frames.append(fr.astype(np.int32))
+            anchor.append(np.array([y0, x0], np.int32))
+            shape.append(np.array([side, side], np.int32))
+            mirror.append(np.array(int(flip), np.int32))
+        return [enc, frames, anchor, shape, mirror]
+
+
+def require_dali() -> None:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120==2.4.0, or use backend='decord'"
+        ) from None
 
 
 class DaliLoader(LoaderBase):
     def __init__(self, config: LoaderConfig):
+        require_dali()  # before indexing: a missing package fails at once
         super().__init__(config)
-        self._feed: Iterator[Plan] = iter(())
-        self._emitted: deque[Plan] = deque()  # batches handed to DALI, not yet returned (<= prefetch + 1)
+        self._feed = _Feed(self.videos["file"].tolist(), self.packets, config.dali_input == "gop")
         self._in_epoch = False
-        self._pipe = self._build_pipeline()
+        self._pipe = self._build_pipeline(self._feed)
 
-    def _build_pipeline(self):  # -> nvidia.dali.Pipeline
+    def decode_problems(self, packets: PacketTable) -> np.ndarray:
+        problems = np.full(len(packets), "", object)
+        if self.config.device == "cpu":
+            for k, name in enumerate(packets.codecs):
+                if name not in CPU_CODECS:
+                    problems[packets.codec == k] = (f"codec {name} cannot be decoded by DALI on CPU "
+                                                    "(VP8/VP9/MJPEG only); use backend='decord' or device='gpu'")
+        return problems
+
+    def _build_pipeline(self, feed: _Feed):  # -> nvidia.dali.Pipeline
         from nvidia.dali import fn, pipeline_def, types
 
         c = self.config
         decode_device = "mixed" if c.device == "gpu" else "cpu"
 
-        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self._torch_device.index,
+        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self.torch_device.index,
                       prefetch_queue_depth=c.prefetch, seed=c.seed)
-        def graph():
+        def graph():  # refers to feed and c, not to self: no cycle through the pipeline
             enc, frames, anchor, shape, mirror = fn.external_source(
-                source=self._next_inputs, num_outputs=5, batch=True,
+                source=feed, num_outputs=5, batch=True,
                 dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT32],
             )
             video = fn.decoders.video(enc, frames=frames, device=decode_device)  # (T, H, W, 3) uint8
@@ -65,64 +122,48 @@ class DaliLoader(LoaderBase):
         pipe.build()
         return pipe
 
-    def _next_inputs(self) -> list[list[np.ndarray]]:
-        """External-source callback: the encoded inputs and parameters of the next batch of the plan.
-
-        Called by DALI ahead of consumption (prefetch); StopIteration ends the epoch.
-        """
-        bp = next(self._feed)
-        self._emitted.append(bp)
-        enc, frames, anchor, shape, mirror = [], [], [], [], []
-        for row, fr, (x0, y0, side), flip in zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True):
-            path = self.videos["file"].iat[row]
-            if self.uses_ivf(row):
-                ix = self._packets.video(row)  # views into the memory-mapped packet table
-                first = ix.keyframe_at_or_before(int(fr.min()))
-                last = int(fr.max())
-                raw, base = read_span(path, ix, first, last)
-                enc.append(ivf_slice(raw, base, ix, first, last))
-                frames.append((fr - first).astype(np.int32))
-            else:
-                enc.append(np.fromfile(path, np.uint8))
-                frames.append(fr.astype(np.int32))
-            anchor.append(np.array([y0, x0], np.int32))
-            shape.append(np.array([side, side], np.int32))
-            mirror.append(np.array(int(flip), np.int32))
-        return [enc, frames, anchor, shape, mirror]
-
     def _finish_epoch(self) -> None:
         """End the pipeline's epoch: drain batches prefetched for an abandoned iteration, then reset."""
-        if not self._in_epoch:
+        if not self._in_epoch or self._pipe is None:
             return
-        self._feed = iter(())
+        self._feed.batches = iter(())
         while True:
             try:
                 self._pipe.run()
             except StopIteration:
                 break
         self._pipe.reset()
-        self._emitted.clear()
+        self._feed.emitted.clear()
         self._in_epoch = False
 
     def __iter__(self) -> Iterator[Batch]:
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
+        self.check_open()
         self._finish_epoch()
-        batches = self._batch_plans()
+        batches = self.batch_plans()
         if not batches:
             return
-        self._feed = iter(batches)
+        self._feed.batches = iter(batches)
         self._in_epoch = True
-        gpu = self._torch_device.type == "cuda"
+        gpu = self.torch_device.type == "cuda"
         for _ in range(len(batches)):
+            self.check_open()  # close() while this generator was suspended
             (out,) = self._pipe.run()
-            bp = self._emitted.popleft()
+            bp = self._feed.emitted.popleft()
             tensor = out.as_tensor()  # (N, 3, T, S, S) float32, DALI-owned until the next run()
-            clips = torch.empty(tensor.shape(), dtype=torch.float32, device=self._torch_device)
-            stream = torch.cuda.current_stream(self._torch_device) if gpu else None
+            clips = torch.empty(tensor.shape(), dtype=torch.float32, device=self.torch_device)
+            stream = torch.cuda.current_stream(self.torch_device) if gpu else None
             feed_ndarray(tensor, clips, cuda_stream=stream)  # copy out; on GPU ordered on the current stream
-            labels = torch.from_numpy(self._labels[bp.rows]).to(self._torch_device, non_blocking=True)
-            video_idx = torch.from_numpy(bp.rows.copy()).to(self._torch_device, non_blocking=True)
+            del out, tensor  # a suspended generator must hold no DALI object (close() frees the pipeline)
+            labels = torch.from_numpy(self.labels[bp.rows]).to(self.torch_device, non_blocking=True)
+            video_idx = torch.from_numpy(bp.rows.copy()).to(self.torch_device, non_blocking=True)
             yield Batch(clips, labels, video_idx)
         self._finish_epoch()
+
+    def close(self) -> None:
+        """Free the pipeline: this is its only reference, so DALI shuts it down and joins its threads here."""
+        self._pipe = None
+        self._in_epoch = False
+        super().close()

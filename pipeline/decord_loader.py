@@ -2,6 +2,17 @@
 the fallback where DALI is not installed). Same parameters as the DALI backend; decoding on CPU, for
 device="gpu" the finished batch is moved to cuda:device_id.
 
+Workers: started once per loader, on its first iteration, with the forkserver start method (a fresh process
+forks them: never a fork of this process, which may run DALI, CUDA or torch threads), and kept for every epoch
+(persistent_workers) until close(). They see each epoch's plan because the plan travels with the items: the
+DataLoader's sampler yields the epoch's batch plans (rows, frames, boxes, flips: ~1 KB a batch), and a
+worker's item is one batch plan, so no state is shared with the workers. Measured (RESULTS.md, "Persistent
+forkserver workers"): the first epoch waits 3-5 s for the forkserver and its workers (once per loader), later
+epochs ~0.1 s, where the old fork per epoch took 0.2-0.4 s every epoch; the process tree holds ~0.2-0.3 GB
+more (workers no longer share the parent's pages copy-on-write; the forkserver), and a loader's workers live
+between epochs (so do those of train.py's val loader). As with spawn, the workers import the main module: a
+script that iterates a decord loader with workers needs the `if __name__ == "__main__":` guard.
+
 Per clip: decord.VideoReader.get_batch(frames) -> (T, H, W, 3) uint8 -> crop the box -> bilinear resize
 with antialiasing (the same triangle filter as DALI's linear resize) -> rounded to 0..255 like DALI's
 uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32.
@@ -26,12 +37,13 @@ the copy into shared memory for the pipe: measured at N=64, a worker's peak priv
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.loader import Batch, LoaderBase
+from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.sampling import Plan
 
 
@@ -70,16 +82,14 @@ def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, si
 
 
 class _PlanDataset:
-    """Map-style dataset: item k = batch k of the plan as (clips, labels, video_idx) tensors."""
+    """Map-style dataset whose index is a batch plan: dataset[bp] = (clips, labels, video_idx) tensors of the
+    batch bp. Holds only what does not change between epochs (sent to each worker once)."""
 
-    def __init__(self, files: list[str], labels: np.ndarray, batches: list[Plan], size: int,
-                 mean: tuple[float, float, float], cache: int = 4):
-        self.files, self.labels, self.batches, self.size, self.mean = files, labels, batches, size, mean
+    def __init__(self, files: list[str], labels: np.ndarray, size: int, mean: tuple[float, float, float],
+                 cache: int = 4):
+        self.files, self.labels, self.size, self.mean = files, labels, size, mean
         self.cache_size = cache
         self._readers: OrderedDict[int, object] = OrderedDict()  # per worker: recently opened VideoReaders
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
     def _reader(self, row: int):
         decord = import_decord()
@@ -92,10 +102,9 @@ class _PlanDataset:
             self._readers.popitem(last=False)
         return vr
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, bp: Plan):
         import torch
 
-        bp = self.batches[k]
         t = bp.frames.shape[1]
         clips = torch.empty((len(bp.rows), 3, t, self.size, self.size), dtype=torch.float32)  # (N, 3, T, S, S)
         if torch.utils.data.get_worker_info() is not None:
@@ -104,6 +113,20 @@ class _PlanDataset:
             frames = self._reader(int(r)).get_batch(list(map(int, fr))).asnumpy()
             clips[i] = transform_clip(frames, box, bool(fl), self.size, self.mean)
         return clips, torch.from_numpy(self.labels[bp.rows]), torch.from_numpy(bp.rows.copy())
+
+
+class _EpochBatches:
+    """The DataLoader's sampler: yields the current epoch's batch plans (set before each iteration). The
+    DataLoader sends each to a worker as the item's index, so persistent workers need no other news of an epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[Plan] = []
+
+    def __iter__(self) -> Iterator[Plan]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 MAX_BATCHES_IN_FLIGHT = 16  # across all DataLoader workers; see the module docstring
@@ -132,21 +155,58 @@ def _worker_init(_: int) -> None:
 
 
 class DecordLoader(LoaderBase):
-    def __iter__(self) -> Iterator[Batch]:
+    def __init__(self, config: LoaderConfig):
+        try:  # before indexing: a missing package fails at once
+            import_decord()
+        except ImportError:
+            raise ImportError(
+                "backend='decord' needs decord: pip install decord==0.6.0, or use backend='dali'"
+            ) from None
+        super().__init__(config)
+        self._sampler = _EpochBatches()
+        self._dataloader = None  # made on the first iteration: its workers then live until close()
+
+    def _make_dataloader(self):  # -> torch.utils.data.DataLoader
         import torch
 
         c = self.config
-        ds = _PlanDataset(list(self.videos["file"]), self._labels, self._batch_plans(), c.sample_size, c.mean)
-        gpu = self._torch_device.type == "cuda"
-        # A fresh DataLoader per epoch: the workers must see this epoch's plan. batch_size=None: items are batches.
-        dl = torch.utils.data.DataLoader(
-            ds, batch_size=None, shuffle=False, num_workers=c.num_threads, pin_memory=gpu,
-            worker_init_fn=_worker_init if c.num_threads > 0 else None,
-            prefetch_factor=prefetch_factor(c.num_threads),  # memory bound: module docstring
+        ds = _PlanDataset(self.videos["file"].tolist(), self.labels, c.sample_size, c.mean)
+        workers = c.num_threads
+        if workers > 0:
+            # The forkserver (one per process, started by exec: it inherits no threads) forks the workers. What it
+            # imports first, each worker has without importing it (av before decord: import_decord): measured with
+            # 2 workers, the first epoch starts in 2.5 s instead of 4.5-6.4 s, and the tree's PSS is 220 MB above
+            # the fork-per-epoch loader's instead of 370 (RESULTS.md). A no-op once this process's forkserver runs.
+            multiprocessing.set_forkserver_preload(["__main__", "av", "decord", "torch", "pipeline.decord_loader"])
+        # batch_size=None: an item is a whole batch, its index the batch plan (_EpochBatches).
+        return torch.utils.data.DataLoader(
+            ds, batch_size=None, sampler=self._sampler, num_workers=workers,
+            pin_memory=self.torch_device.type == "cuda",
+            worker_init_fn=_worker_init if workers > 0 else None,
+            prefetch_factor=prefetch_factor(workers),  # memory bound: module docstring
+            persistent_workers=workers > 0,
+            multiprocessing_context="forkserver" if workers > 0 else None,
         )
-        for clips, labels, video_idx in dl:
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.check_open()
+        self._sampler.batches = self.batch_plans()  # before iter(): the workers are sent this epoch's plans
+        if self._dataloader is None:
+            self._dataloader = self._make_dataloader()
+        gpu = self.torch_device.type == "cuda"
+        # An abandoned epoch leaves batches in flight; the next iter() of a persistent DataLoader discards them.
+        for clips, labels, video_idx in self._dataloader:
             if gpu:
-                clips = clips.to(self._torch_device, non_blocking=True)
-                labels = labels.to(self._torch_device, non_blocking=True)
-                video_idx = video_idx.to(self._torch_device, non_blocking=True)
+                clips = clips.to(self.torch_device, non_blocking=True)
+                labels = labels.to(self.torch_device, non_blocking=True)
+                video_idx = video_idx.to(self.torch_device, non_blocking=True)
             yield Batch(clips, labels, video_idx)
+
+    def close(self) -> None:
+        """Stop the worker processes now (they would otherwise live until this loader is freed)."""
+        dl, self._dataloader = self._dataloader, None
+        workers = getattr(dl, "_iterator", None)  # torch keeps persistent workers here; it has no public close
+        if workers is not None:
+            dl._iterator = None
+            workers._shutdown_workers()
+        super().close()

@@ -1,8 +1,10 @@
-"""The one entry point: build_loader() and what both backends share (config, manifest checks, epoch plans)."""
+"""The one entry point, build_loader(), and what every backend shares: config, manifest and packet index,
+the bad-row policy, epoch plans, lifecycle (close / with)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -11,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
-from pipeline.packets import IVF_FOURCC, PacketTable, load_or_build
+from pipeline.packets import PacketTable, load_or_build
 from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 
 # Per-channel RGB means on the 0-255 scale (3D-ResNets-PyTorch); subtracted, no division by a std.
 KINETICS_MEAN = (110.63666788, 103.16065604, 96.29023126)
 ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
+BACKENDS = ("dali", "decord")  # build_loader's dispatch
 
 
 class Batch(NamedTuple):
@@ -28,6 +31,18 @@ class Batch(NamedTuple):
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """What a loader loads and how; checked when made (also by dataclasses.replace). Fields by name only.
+
+    data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval (sampling.py);
+    backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI, decoded);
+    batch_size per rank; rank, world_size: DDP sharding; seed: the epoch plans' seed; num_threads: DALI threads
+    (>= 1) or decord DataLoader workers (0 = in this process); sample_duration T frames, sample_size S pixels;
+    mean: RGB on the 0-255 scale; device_id: CUDA device (None: the current one); skip_bad: skip and count bad
+    rows instead of failing (at most MAX_BAD_FRACTION); progress: progress bar while indexing videos.
+    DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
+    (VP8/VP9; other codecs always get the whole file), "file" the whole file; prefetch: prefetch_queue_depth.
+    """
+
     data: Path
     split: str
     mode: str
@@ -43,15 +58,20 @@ class LoaderConfig:
     mean: tuple[float, float, float] = KINETICS_MEAN
     device_id: int | None = None
     skip_bad: bool = False
-    dali_input: str = "gop"  # "gop": IVF slice keyframe..clip end (VP8/VP9); "file": the whole file
-    prefetch: int = 2  # DALI prefetch_queue_depth
-    progress: bool = True  # progress bar while indexing videos
+    dali_input: str = "gop"
+    prefetch: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        self.validate()
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.backend not in ("dali", "decord"):
-            raise ValueError(f"backend must be 'dali' or 'decord', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
         if self.dali_input not in ("gop", "file"):
@@ -61,39 +81,52 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        if self.num_threads < 0 or (self.backend == "dali" and self.num_threads < 1):
+        if self.num_threads < 0 or (self.backend != "decord" and self.num_threads < 1):
             raise ValueError(f"num_threads must be >= 1 (decord: >= 0), got {self.num_threads}")
         if len(self.mean) != 3:
             raise ValueError(f"mean must have 3 values (RGB, 0-255 scale), got {self.mean}")
 
 
 class LoaderBase:
-    """Manifest, packet table, per-epoch plan and length; the backends add __iter__.
+    """Manifest, packet index, bad-row policy, per-epoch plan and length, lifecycle; backend-neutral.
 
-    Attributes: videos (DataFrame of the rows in use, index 0..V-1, plus an absolute `file` column),
-    class_names, num_clips, config; len() = steps per epoch for this rank.
+    Attributes: config; videos (DataFrame of the rows in use, index 0..V-1, plus an absolute `file` column);
+    packets (PacketTable, row i = videos row i); class_names; skipped (bad rows skipped with skip_bad=True);
+    torch_device (where batches are delivered); epoch; plan (this rank's clips of the epoch); num_clips;
+    len() = steps per epoch for this rank. Use as `with build_loader(...) as loader:` or call close().
+
+    A backend subclasses this and implements:
+      decode_problems(packets) -> (V,) object array of str, why this backend cannot decode each row ("" = it
+          can). Called from LoaderBase.__init__, before the rest of the backend's __init__: use self.config
+          only. Rows whose file is missing or broken are answered for already (their answer is ignored).
+          The base class applies the policy: fail with the first bad file named, or skip and count them.
+          Default: every row is decodable.
+      __iter__() -> Iterator[Batch]: the epoch's batches in plan order (self.batch_plans() cuts the plan into
+          batches); call self.check_open() first. Threads or worker processes may start on first use and be
+          kept between epochs; an iteration abandoned mid-epoch must not leak into the next one.
+      close(): free them (idempotent; call super().close()). videos, plan and len() stay usable.
     """
 
     def __init__(self, config: LoaderConfig):
         import torch  # lazy: `import pipeline` stays light for prepare_data's worker processes
 
-        config.validate()
         self.config = config
+        self.closed = False
         if config.device == "gpu":
             if not torch.cuda.is_available():
                 raise RuntimeError("device='gpu' needs CUDA, and torch sees no GPU; use device='cpu'")
-            self._torch_device = torch.device(
+            self.torch_device = torch.device(
                 "cuda", torch.cuda.current_device() if config.device_id is None else config.device_id
             )  # where batches are delivered; DALI's device_id is its index
         else:
-            self._torch_device = torch.device("cpu")
-        data = Path(config.data)
+            self.torch_device = torch.device("cpu")
+        data = config.data
         if not data.is_dir():
             raise DatasetError(f"{data}: dataset folder not found. {HINT}")
         self.class_names = load_classes(data)
         df = load_manifest(data, config.split, len(self.class_names), allow_unlabelled=config.mode == "eval")
         manifest = data / f"{config.split}.csv"
-        # Both backends use the packet index. DALI needs its packet offsets for the GOP slices. decord seeks by
+        # Every backend uses the packet index. DALI needs its packet offsets for the GOP slices. decord seeks by
         # itself, but building the index is also the check that finds missing, truncated and undecodable files
         # before the first step (it demuxes every packet and decodes the first frame), and it gives each row's
         # real frame count, width and height. The cache is memory-mapped, so a decord loader, which never reads
@@ -101,10 +134,10 @@ class LoaderBase:
         packets, bad_files = load_or_build(
             df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
-        self.videos, self._packets = self._drop_bad_rows(df, packets, bad_files, manifest)
-        self._widths = self._packets.width.astype(np.int64)
-        self._heights = self._packets.height.astype(np.int64)
-        self._labels = self.videos["label"].to_numpy(np.int64)
+        self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, manifest)
+        self._widths = self.packets.width.astype(np.int64)
+        self._heights = self.packets.height.astype(np.int64)
+        self.labels = self.videos["label"].to_numpy(np.int64)  # (V,) int64
         self.epoch = 0
         self._plan: Plan | None = None
         if config.mode == "train" and train_steps(len(self.videos), config.world_size, config.batch_size) == 0:
@@ -113,19 +146,23 @@ class LoaderBase:
                 f"with world_size {config.world_size}; lower batch_size or add videos"
             )
 
+    def decode_problems(self, packets: PacketTable) -> np.ndarray:
+        """(V,) object array: why this backend cannot decode row i ("" = it can). Backends override it."""
+        return np.full(len(packets), "", object)
+
     def _drop_bad_rows(
         self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], manifest: Path
-    ) -> tuple[pd.DataFrame, PacketTable]:
-        """Rows whose file is usable, and their packet table (row i = videos row i); the bad ones raise or are
-        skipped and counted. packets: one row per df row (empty for the files in bad_files)."""
+    ) -> tuple[pd.DataFrame, PacketTable, int]:
+        """The usable rows, their packet table (row i = videos row i) and how many were skipped; bad rows raise
+        (the first named) or, with skip_bad, are skipped and counted. packets: one row per df row (empty for
+        the files in bad_files). Reasons by precedence: bad file, truncated, the backend's decode_problems."""
         cfg = self.config
         end = df["end_frame"].to_numpy()
         bad_file = df["file"].isin(list(bad_files)).to_numpy()
         truncated = ~bad_file & (packets.count < end)
-        dali_cpu = cfg.backend == "dali" and cfg.device == "cpu"
-        decodable = [i for i, c in enumerate(packets.codecs) if c in ("vp8", "vp9", "mjpeg")]  # by DALI on CPU
-        no_codec = ~bad_file & dali_cpu & ~np.isin(packets.codec, decodable)
-        ok = ~(bad_file | truncated | no_codec)
+        problems = self.decode_problems(packets)
+        undecodable = ~bad_file & ~truncated & (problems != "")
+        ok = ~(bad_file | truncated | undecodable)
         bad = np.flatnonzero(~ok)
         if len(bad):
             i = int(bad[0])
@@ -134,19 +171,19 @@ class LoaderBase:
             elif truncated[i]:
                 reason = f"truncated: {packets.count[i]} frames in the file, the manifest needs {end[i]}"
             else:
-                reason = (f"codec {packets.codec_of(i)} cannot be decoded by DALI on CPU (VP8/VP9/MJPEG only); "
-                          "use backend='decord' or device='gpu'")
+                reason = problems[i]
             first = f"{df['file'][i]}: {reason} ({manifest.name} row {i + 2}, video {df['video_id'][i]!r})"
             if not cfg.skip_bad:
                 raise DatasetError(f"{first}; {len(bad)} bad row(s) in {manifest}. {HINT} or pass skip_bad=True")
             if len(bad) > max(MAX_BAD_FRACTION * len(df), 1):
                 raise DatasetError(f"{len(bad)} of {len(df)} rows of {manifest} are bad (more than "
                                    f"{MAX_BAD_FRACTION:.0%}), first: {first}. {HINT}")
-            print(f"skipping {len(bad)} bad row(s) of {len(df)} in {manifest}; first: {first}")
+            if cfg.rank == 0:  # every rank skips the same rows: say it once
+                print(f"skipping {len(bad)} bad row(s) of {len(df)} in {manifest}; first: {first}")
         keep = np.flatnonzero(ok)
         if not len(keep):
             raise DatasetError(f"{manifest}: no usable rows. {HINT}")
-        return df.iloc[keep].reset_index(drop=True), packets.take(keep)
+        return df.iloc[keep].reset_index(drop=True), packets.take(keep), len(bad)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: train mode reshuffles and redraws augmentation from (seed, epoch)."""
@@ -161,8 +198,8 @@ class LoaderBase:
             c = self.config
             self._plan = plan_epoch(
                 (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(), self._widths, self._heights,
-                c.mode, self.epoch, c.seed, c.rank, c.world_size, c.batch_size, c.sample_duration,
-                self.videos["start_frame"].to_numpy(),
+                mode=c.mode, epoch=self.epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
+                length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(),
             )
         return self._plan
 
@@ -173,62 +210,40 @@ class LoaderBase:
     def __len__(self) -> int:
         return math.ceil(self.num_clips / self.config.batch_size)
 
-    def _batch_plans(self) -> list[Plan]:
+    def batch_plans(self) -> list[Plan]:
+        """The epoch's plan cut into batches of batch_size (the last eval/val batch may be smaller)."""
         plan, b = self.plan, self.config.batch_size
         return [plan.take(slice(k, k + b)) for k in range(0, len(plan), b)]
 
-    def uses_ivf(self, row: int) -> bool:
-        return self.config.dali_input == "gop" and self._packets.codec_of(row) in IVF_FOURCC
+    def __iter__(self) -> Iterator[Batch]:
+        raise NotImplementedError("a backend implements __iter__")
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this loader was closed; build a new one with build_loader()")
+
+    def close(self) -> None:
+        """Free the backend's threads, processes or pipeline now. Idempotent."""
+        self.closed = True
+
+    def __enter__(self) -> LoaderBase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
-def build_loader(
-    data: Path,
-    split: str,
-    mode: str,
-    backend: str = "dali",
-    device: str = "cpu",
-    batch_size: int = 8,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    num_threads: int = 2,
-    sample_duration: int = 16,
-    sample_size: int = 112,
-    mean: tuple[float, float, float] = KINETICS_MEAN,
-    device_id: int | None = None,
-    skip_bad: bool = False,
-    *,
-    dali_input: str = "gop",
-    prefetch: int = 2,
-    progress: bool = True,
-) -> LoaderBase:
-    """Loader over a prepared dataset: iterate for Batch(clips, labels, video_idx); see CONTRACTS.md.
+def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> LoaderBase:
+    """Loader over a prepared dataset: iterate for Batch(clips, labels, video_idx); see README "Loading clips".
 
-    Extra keyword-only knobs (benchmarks): dali_input "gop" sends the decoder only the packets from the
-    keyframe before a clip to its end (VP8/VP9; other codecs always get the whole file), "file" the whole
-    file; prefetch is DALI's prefetch_queue_depth; progress shows the indexing progress bar.
+        with build_loader(data, split="train", mode="train", backend="dali", batch_size=32) as loader:
+
+    options: the other LoaderConfig fields, by name (an unknown name is a TypeError). The loader holds
+    threads (DALI) or worker processes (decord): leave the `with` block or call close() to free them.
     """
-    config = LoaderConfig(
-        Path(data), split, mode, backend, device, batch_size, rank, world_size, seed, num_threads,
-        sample_duration, sample_size, tuple(float(m) for m in mean), device_id, skip_bad, dali_input,
-        prefetch, progress,
-    )  # fmt: skip
-    config.validate()
-    if backend == "dali":
-        try:
-            import nvidia.dali  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                "backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120==2.4.0, or use backend='decord'"
-            ) from None
-        from pipeline.dali_loader import DaliLoader
-
-        return DaliLoader(config)
-    from pipeline.decord_loader import DecordLoader, import_decord
-
-    try:
-        import_decord()
-    except ImportError:
-        raise ImportError("backend='decord' needs decord: pip install decord==0.6.0, or use backend='dali'") from None
-
-    return DecordLoader(config)
+    config = LoaderConfig(data=Path(data), split=split, mode=mode, **options)
+    if config.backend == "dali":
+        from pipeline.dali_loader import DaliLoader as backend
+    else:  # "decord"; LoaderConfig checked the name against BACKENDS
+        from pipeline.decord_loader import DecordLoader as backend
+    return backend(config)

@@ -113,6 +113,7 @@ def plan_epoch(
     num_frames: np.ndarray,
     widths: np.ndarray,
     heights: np.ndarray,
+    *,
     mode: str,
     epoch: int,
     seed: int,
@@ -131,19 +132,23 @@ def plan_epoch(
       row's clip does not depend on world size, rank or order.
     val: one centre clip per row, centre crop at scale 1; eval: every window of eval_starts per row, in
       manifest order; rank r takes a contiguous share (union over ranks = everything exactly once).
+    Linear time, no Python loop over rows: the same values as center_start, eval_starts, clip_frames and
+    crop_box row by row (tests/test_sampling.py checks it), ~0.1 s for 240k rows in train mode.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world_size {world}")
     n = np.asarray(num_frames, dtype=np.int64)
     v = len(n)
+    if v and n.min() < 1:
+        raise ValueError(f"a row needs at least one frame, got n={n.min()} (row {int(n.argmin())})")
     offset = np.zeros(v, np.int64) if start_frames is None else np.asarray(start_frames, np.int64)
     widths = np.asarray(widths, np.int64)
     heights = np.asarray(heights, np.int64)
     if mode == "train":
         order = _rng(seed, epoch, 0).permutation(v)
         per_rank = train_steps(v, world, batch) * batch
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is outside world_size {world}")
         rows = order[rank * per_rank : (rank + 1) * per_rank]
         g = _rng(seed, epoch, 1)
         all_starts = g.integers(0, train_start_high(n, length))  # (V,) uniform, last start included
@@ -154,22 +159,51 @@ def plan_epoch(
     else:
         if mode == "val":
             all_rows = np.arange(v, dtype=np.int64)
-            all_starts = np.array([center_start(int(k), length) for k in n], dtype=np.int64)
+            all_starts = np.maximum((n - length) // 2, 0)  # center_start
         else:
-            per_row = [eval_starts(int(k), length) for k in n]
-            all_rows = np.repeat(np.arange(v, dtype=np.int64), [len(s) for s in per_row])
-            all_starts = np.concatenate(per_row) if per_row else np.zeros(0, np.int64)
+            all_rows, all_starts = _eval_windows(n, length)
         share = rank_share(len(all_rows), rank, world)
         rows, starts = all_rows[share], all_starts[share]
         pos = np.full(len(rows), CENTER, np.int64)
         scale = np.zeros(len(rows), np.int64)
         flips = np.zeros(len(rows), bool)
     rows = rows.astype(np.int64)
-    frames = np.stack(
-        [clip_frames(int(s), int(n[r]), length, int(offset[r])) for r, s in zip(rows, starts, strict=True)]
-    ) if len(rows) else np.zeros((0, length), np.int64)
-    boxes = np.array(
-        [crop_box(int(widths[r]), int(heights[r]), int(p), SCALES[int(s)]) for r, p, s in zip(rows, pos, scale, strict=True)],
-        dtype=np.int64,
-    ).reshape(-1, 3)
+    frames = clip_frames_of(starts, n[rows], length, offset[rows])
+    boxes = crop_boxes(widths[rows], heights[rows], pos, scale)
     return Plan(rows, frames, boxes, flips, pos.astype(np.int64), scale.astype(np.int64), starts.astype(np.int64))
+
+
+# ---- the scalar rules above, for many rows at once (plan_epoch) -------------------------------------------------
+
+_SCALES = np.array(SCALES)  # (5,) float64
+# Box origin per position in halves of the free space (W - side, H - side): 0 = flush left/top, 2 = flush
+# right/bottom, 1 = centred (crop_box's (W - side) // 2).
+_X_HALVES = np.array([1 if p == "c" else 2 * (p[1] == "r") for p in POSITIONS], np.int64)
+_Y_HALVES = np.array([1 if p == "c" else 2 * (p[0] == "b") for p in POSITIONS], np.int64)
+
+
+def _eval_windows(n: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """eval_starts of every row, concatenated in row order: (rows (K,) int64, starts (K,) int64)."""
+    count = np.where(n >= length, (n - length) // length + 1, 1)  # len(eval_starts(n, length))
+    rows = np.repeat(np.arange(len(n), dtype=np.int64), count)
+    first = np.cumsum(count) - count  # index of each row's first window
+    starts = (np.arange(len(rows), dtype=np.int64) - first[rows]) * length
+    return rows, starts
+
+
+def clip_frames_of(starts: np.ndarray, n: np.ndarray, length: int, offset: np.ndarray) -> np.ndarray:
+    """clip_frames for M clips: (M,) starts, row lengths n and offsets -> (M, length) int64."""
+    t = np.arange(length, dtype=np.int64)
+    return offset[:, None] + (np.asarray(starts, np.int64)[:, None] + t) % n[:, None]
+
+
+def crop_boxes(widths: np.ndarray, heights: np.ndarray, positions: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """crop_box for M clips: (M,) widths, heights, position and scale indices -> (M, 3) int64 (x0, y0, side).
+
+    The same float64 arithmetic as crop_box, so the sides are bit-identical.
+    """
+    short = np.minimum(widths, heights).astype(np.float64)
+    side = np.maximum(np.floor(short * _SCALES[scales] + 1e-9).astype(np.int64), 1)
+    x0 = (widths - side) * _X_HALVES[positions] // 2
+    y0 = (heights - side) * _Y_HALVES[positions] // 2
+    return np.stack([x0, y0, side], axis=1).reshape(-1, 3)

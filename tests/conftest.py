@@ -1,6 +1,5 @@
 """Shared pytest setup: GPU tests skip cleanly on machines without CUDA."""
 
-import gc
 import sys
 from pathlib import Path
 
@@ -27,15 +26,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _collect_finished_dali_pipelines():
-    """Free DALI pipelines whose loaders are gone, after every test.
-
-    A DaliLoader and its pipeline form a reference cycle (the external source is a bound method of the
-    loader), so only the cycle collector frees them, and with them DALI's worker threads. A later test that
-    forks decord DataLoader workers while such threads run risks a child that inherits a held lock.
-    """
-    yield
-    gc.collect()

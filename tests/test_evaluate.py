@@ -306,6 +306,9 @@ def test_ctrl_c_is_one_line_and_status_130(data, tmp_path, monkeypatch, capsys, 
             def __len__(self):
                 return len(loader)
 
+            def close(self):
+                loader.close()
+
             def __iter__(self):
                 for step, batch in enumerate(loader):
                     if step == 1:

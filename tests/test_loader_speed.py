@@ -1,6 +1,5 @@
 """benchmarks/loader_speed.py's timing rule and memory columns, and the decord loader's in-flight bound."""
 
-import gc
 import os
 import subprocess
 import sys
@@ -54,11 +53,13 @@ class RecordingDataLoader:
 def test_decord_loader_passes_the_bound_to_its_dataloader(data, monkeypatch, threads, prefetch, in_flight):
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingDataLoader)
     RecordingDataLoader.calls = []
-    loader = build_loader(data, "train", "train", backend="decord", batch_size=4, num_threads=threads,
-                          sample_size=24, progress=False)
-    assert list(loader) == []
-    (kw,) = RecordingDataLoader.calls
+    with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+                      sample_size=24, progress=False) as loader:
+        assert list(loader) == [] and list(loader) == []
+    (kw,) = RecordingDataLoader.calls  # one DataLoader for all epochs
     assert kw["num_workers"] == threads and kw["prefetch_factor"] == prefetch
+    assert kw["persistent_workers"] == (threads > 0)  # workers started once, not per epoch
+    assert kw["multiprocessing_context"] == ("forkserver" if threads else None)  # never a fork of this process
     assert threads * (kw["prefetch_factor"] or 0) == in_flight == bench.in_flight("decord", threads, 2)
 
 
@@ -66,11 +67,10 @@ def test_decord_workers_deliver_what_one_process_makes(data):
     """Batches filled in place in shared memory by a worker equal the in-process batches, bit for bit."""
 
     def epoch(threads):
-        gc.collect()  # free finished DALI pipelines of earlier tests before forking workers (conftest.py)
-        loader = build_loader(data, "train", "train", backend="decord", batch_size=4, num_threads=threads,
-                              sample_size=24, progress=False)
-        loader.set_epoch(3)
-        return [tuple(x.numpy() for x in b) for b in loader]
+        with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+                          sample_size=24, progress=False) as loader:
+            loader.set_epoch(3)
+            return [tuple(x.numpy() for x in b) for b in loader]
 
     one, workers = epoch(0), epoch(2)
     assert len(one) == len(workers) == 2
@@ -150,7 +150,6 @@ def test_tree_memory_counts_child_processes():
 def test_measure_row(data, name):
     cfg, _ = bench.parse_args(["--configs", name, "--modes", "train", "--batch-size", "4", "--sample-size", "24",
                                "--runs", "2", "--min-seconds", "0", "--warmup-epochs", "1"])
-    gc.collect()  # as above, before decord forks workers
     row = bench.measure(cfg, name, "train", Path(data))
     assert row["epochs_per_run"] == [1, 1] and row["clips_per_run"] == [8, 8] and row["clips_per_epoch"] == 8
     assert row["clips_per_s_min"] <= row["clips_per_s"] <= row["clips_per_s_max"]

@@ -1,8 +1,10 @@
 """The loaders end to end on CPU: decoded frame indices, crop boxes, flips, mean, layout, sharding,
-determinism, DALI vs decord agreement, and bad-input errors. Test videos: tests/videos.py. The packet index
-and its cache alone: tests/test_packets.py."""
+determinism, DALI vs decord agreement, lifecycle (close, threads, worker processes) and bad-input errors.
+Test videos: tests/videos.py. The packet index and its cache alone: tests/test_packets.py."""
 
+import dataclasses
 import gc
+import multiprocessing
 import os
 import shutil
 
@@ -31,12 +33,10 @@ def data(tmp_path_factory):
 
 
 def load(data, split="train", mode="train", backend="dali", **kw):
-    if backend == "decord":
-        gc.collect()  # free finished DALI loaders of this test before forking DataLoader workers (conftest.py)
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
     kw.setdefault("mean", ZERO)
-    return build_loader(data, split, mode, backend=backend, progress=False, **kw)
+    return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
 def epoch(loader):
@@ -139,8 +139,9 @@ def test_determinism_and_set_epoch(data, backend):
     np.testing.assert_array_equal(epoch(a)[0], ea[0])
 
 
-def test_dali_abandoned_epoch_then_full_epoch(data):
-    loader = load(data, batch_size=2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_abandoned_epoch_then_full_epoch(data, backend):
+    loader = load(data, backend=backend, batch_size=2)
     full = epoch(loader)
     for _ in loader:  # break after one step: the prefetched batches must not leak into the next epoch
         break
@@ -176,8 +177,39 @@ def test_missing_file_is_named_or_skipped(small, capsys):
         load(small)
     loader = load(small, batch_size=1, skip_bad=True)
     assert "skipping 1 bad row(s) of 4" in capsys.readouterr().out
-    assert len(loader.videos) == 3 and len(loader) == 3
+    assert loader.skipped == 1 and len(loader.videos) == 3 and len(loader) == 3
     assert epoch(loader)[0].shape == (3, 3, T, S, S)
+    other_rank = load(small, batch_size=1, skip_bad=True, rank=1, world_size=3)
+    assert other_rank.skipped == 1 and capsys.readouterr().out == ""  # said once, by rank 0
+
+
+def test_backend_decode_problems_follow_the_bad_row_policy(small):
+    """A backend says which rows it cannot decode and why; LoaderBase fails naming the file or skips them."""
+    from pipeline.decord_loader import DecordLoader
+    from pipeline.loader import LoaderConfig
+
+    class Picky(DecordLoader):
+        def decode_problems(self, packets):
+            problems = super().decode_problems(packets)
+            problems[packets.count > 25] = "too long for this backend"
+            return problems
+
+    cfg = LoaderConfig(data=small, split="train", mode="val", backend="decord", batch_size=1, sample_size=S,
+                       progress=False)
+    victim = small / pd.read_csv(small / "train.csv")["path"][1]  # the 30-frame file
+    with pytest.raises(DatasetError, match=f"{victim}: too long for this backend.*or pass skip_bad=True"):
+        Picky(cfg)
+    with Picky(dataclasses.replace(cfg, skip_bad=True)) as loader:
+        assert loader.skipped == 1 and list(loader.videos["num_frames"]) == [20, 18, 25]
+
+
+def test_arguments_by_name_only(small):
+    with pytest.raises(TypeError):
+        build_loader(small, "train", "train")  # split and mode look alike: by name only
+    with pytest.raises(TypeError, match="batchsize"):
+        build_loader(small, split="train", mode="train", batchsize=2)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_loader(small, split="train", mode="train", backend="opencv")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
@@ -256,3 +288,82 @@ def test_gpu_device_matches_cpu(data, backend):
     np.testing.assert_array_equal(cpu[2], gpu[2])
     for x, y in zip(cpu[0], gpu[0], strict=True):
         assert psnr(x, y) >= 40
+
+
+# ---- lifecycle: close(), with, threads and worker processes ------------------------------------------------
+
+
+def threads() -> int:
+    """Threads of this process, Python's and native ones (DALI's)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_dali_close_joins_its_threads(data):
+    epoch(load(data, "val", "val"))  # warm-up: thread pools that outlive a loader (torch's) start here
+    before = threads()
+    loader = load(data, "val", "val")
+    first = epoch(loader)
+    assert threads() > before  # the pipeline's worker threads
+    loader.close()
+    assert threads() == before and loader.closed
+    loader.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
+    assert len(loader) == 1 and len(loader.videos) == 4  # the plan and the manifest stay usable
+    with load(data, "val", "val") as loader:
+        np.testing.assert_array_equal(epoch(loader)[0], first[0])
+        assert threads() > before
+    assert threads() == before
+
+
+def test_close_in_the_middle_of_an_epoch(data):
+    epoch(load(data, "val", "val"))
+    before = threads()
+    loader = load(data, "val", "val", batch_size=1)
+    batches = iter(loader)
+    next(batches)  # the pipeline has prefetched more
+    loader.close()
+    assert threads() == before
+    with pytest.raises(RuntimeError, match="closed"):
+        next(batches)
+
+
+def test_dropped_loaders_free_threads_and_workers_without_gc(data):
+    """No reference cycle: the last reference going (no close(), no gc) frees DALI's threads and decord's workers,
+    also with an epoch abandoned half-way. So tests need no gc.collect() between them."""
+    epoch(load(data, "val", "val"))
+    before = threads()
+    gc.disable()
+    try:
+        for backend in BACKENDS:
+            loader = load(data, backend=backend, batch_size=2, num_threads=2)
+            for _ in loader:
+                break
+            assert threads() > before or multiprocessing.active_children()
+            del loader
+            assert multiprocessing.active_children() == [], backend
+            if backend == "dali":  # (decord's queue feeder threads end asynchronously after its workers)
+                assert threads() == before
+    finally:
+        gc.enable()
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_decord_workers_persist_across_epochs_and_see_each_plan(data):
+    with load(data, backend="decord", batch_size=2, num_threads=2) as loader:
+        first = epoch(loader)
+        workers = {p.pid for p in multiprocessing.active_children()}
+        assert len(workers) == 2
+        assert all(_parent_of(pid) != os.getpid() for pid in workers)  # forkserver's children: no fork of pytest
+        loader.set_epoch(1)
+        second = epoch(loader)
+        assert {p.pid for p in multiprocessing.active_children()} == workers  # the same workers
+        np.testing.assert_array_equal(second[2], loader.plan.rows)  # ... that got epoch 1's plan
+        assert not np.array_equal(first[2], second[2])
+        for k in range(len(second[0])):
+            check_clip_content(second[0][k], loader.plan.frames[k], loader.plan.boxes[k], loader.plan.flips[k])
+    assert multiprocessing.active_children() == []

@@ -62,8 +62,8 @@ def test_crop_box_all_positions_and_scales(width, height, sides):
 
 def _plan(n, mode, epoch=0, seed=0, rank=0, world=1, batch=1, starts=None):
     n = np.asarray(n)
-    return plan_epoch(n, np.full(len(n), 96), np.full(len(n), 64), mode, epoch, seed, rank, world, batch, T,
-                      starts)
+    return plan_epoch(n, np.full(len(n), 96), np.full(len(n), 64), mode=mode, epoch=epoch, seed=seed, rank=rank,
+                      world=world, batch=batch, length=T, start_frames=starts)
 
 
 def test_train_plan_frames_match_starts_and_boxes_match_draws():
@@ -152,3 +152,31 @@ def test_bad_arguments():
         _plan([20], "test")
     with pytest.raises(ValueError, match="rank"):
         _plan([20] * 4, "eval", rank=2, world=2)
+
+
+@pytest.mark.parametrize("mode", ["train", "val", "eval"])
+def test_vectorised_plan_equals_the_per_row_rules(mode):
+    """plan_epoch computes all rows at once; every clip equals the scalar rules (clip_frames, crop_box,
+    center_start, eval_starts) applied row by row, on random lengths (short ones included), sizes and offsets."""
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        v = int(rng.integers(1, 60))
+        n = rng.integers(1, 120, v)
+        widths, heights = rng.integers(1, 700, v), rng.integers(1, 500, v)
+        offsets = rng.integers(0, 50, v)
+        world = int(rng.integers(1, 4))
+        rank, batch = int(rng.integers(0, world)), int(rng.integers(1, 5))
+        p = plan_epoch(n, widths, heights, mode=mode, epoch=trial, seed=3, rank=rank, world=world, batch=batch,
+                       length=T, start_frames=offsets)
+        assert p.frames.shape == (len(p), T) and p.boxes.shape == (len(p), 3)
+        for k, r in enumerate(p.rows):
+            expected = clip_frames(int(p.starts[k]), int(n[r]), T, int(offsets[r]))
+            np.testing.assert_array_equal(p.frames[k], expected)
+            assert tuple(p.boxes[k]) == crop_box(int(widths[r]), int(heights[r]), int(p.positions[k]),
+                                                 SCALES[int(p.scales[k])])
+        if mode == "val":
+            assert [int(s) for s in p.starts] == [center_start(int(n[r]), T) for r in p.rows]
+        if mode == "eval":  # this rank's share of every (row, window) pair, in manifest order
+            pairs = [(r, int(s)) for r in range(v) for s in eval_starts(int(n[r]), T)]
+            share = pairs[rank * len(pairs) // world : (rank + 1) * len(pairs) // world]
+            assert list(zip(p.rows.tolist(), p.starts.tolist(), strict=True)) == share

@@ -238,8 +238,8 @@ def _ddp_worker(data: str, out: str) -> None:
     cfg = train.parse_args(args(Path(data), Path(out), "--nproc", "2"))  # batch 4 = 2 ranks x 2
     d = distributed.setup(use_cuda=False)
     try:
-        loader = build_loader(Path(data), "train", "train", batch_size=2, rank=d.rank, world_size=2, num_threads=1,
-                              sample_size=32, progress=False)
+        loader = build_loader(Path(data), split="train", mode="train", batch_size=2, rank=d.rank, world_size=2,
+                              num_threads=1, sample_size=32, progress=False)
         loader.set_epoch(1)
         seen: list[int] = []
 
@@ -367,7 +367,8 @@ def test_every_translated_hint_is_still_in_the_library():
     from engine import cli
 
     root = Path(train.__file__).resolve().parent
-    sources = (root / "pipeline" / "loader.py").read_text() + (root / "model" / "checkpoint.py").read_text()
+    sources = "".join((root / f).read_text() for f in ("pipeline/loader.py", "pipeline/dali_loader.py",
+                                                       "model/checkpoint.py"))
     for phrase in cli._API_HINTS_AS_FLAGS:
         assert phrase in sources, phrase
 
