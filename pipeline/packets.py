@@ -7,14 +7,18 @@ packets needs, per file: the byte offset and size of each packet's payload and i
 display order (VP8/VP9 in WebM carry one shown frame per packet and have no reordering).
 
 The index is built once with PyAV (demux only, plus decoding the first frame; `index_file`) and doubles as
-the check that finds missing, truncated or undecodable files before the first training step. `load_or_build`
+the check that finds missing, truncated or undecodable files before the first training step. It also keeps
+each video's codec extradata (for H.264/HEVC in MP4: the avcC/hvcC record with the parameter sets) and
+whether its frames are reordered (B-frames: packet k is then not frame k), for the NVDEC loader, which feeds
+the hardware decoder Annex-B packet slices (`annexb_packets`, pipeline/nvdec_loader.py). `load_or_build`
 returns it as a `PacketTable`: per-video columns (codec, size, fps, where its packets start, how many) that
 point into flat per-packet arrays shared by all videos. Nothing is built per video at start-up.
 
 Cache: DST/.cache/packets-<split>.idx, keyed by (path, size, mtime_ns). It is memory-mapped, not loaded:
 start-up copies the per-video columns (~50 bytes a video) and leaves the packet arrays (13 bytes a packet:
 offset int64, size int32, keyframe bool; ~0.9 GB for Kinetics-400's 240k x 300 packets) in the page cache,
-one copy per node for all DDP ranks, paged in only where a clip's packets are read. Layout (little-endian):
+one copy per node for all DDP ranks, paged in only where a clip's packets are read. Extradata (a few dozen
+bytes a video) is one flat byte array beside them. Layout (little-endian):
 8-byte magic, u64 length of a JSON header, the header {"version", "codecs", "files", "arrays": {name:
 [dtype, shape, offset]}}, then each array's bytes at data start + offset, 64-byte aligned. One file rather
 than a folder of .npy files because one file can be replaced atomically (temp file + os.replace) while
@@ -42,16 +46,18 @@ import numpy as np
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
-CACHE_VERSION = 2
-CACHE_MAGIC = b"PKTIDX\x00\x02"
+CACHE_VERSION = 3  # 3: extradata and the reordered flag per video
+CACHE_MAGIC = b"PKTIDX\x00\x03"
 _ALIGN = 64
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
 class VideoIndex:
-    """Packet table of one file, in display order.  offsets: (P,) int64 bytes; sizes: (P,) int32 bytes;
-    keyframes: (P,) bool. PacketTable.video() gives one as views into the shared arrays (no copy)."""
+    """Packet table of one file, in decode order (= display order unless `reordered`).  offsets: (P,) int64
+    bytes; sizes: (P,) int32 bytes; keyframes: (P,) bool; extradata: the codec's configuration record from
+    the container (b"" when none); reordered: presentation order differs from decode order (B-frames).
+    PacketTable.video() gives one as views into the shared arrays (no copy)."""
 
     codec: str
     width: int
@@ -60,6 +66,8 @@ class VideoIndex:
     offsets: np.ndarray
     sizes: np.ndarray
     keyframes: np.ndarray
+    extradata: bytes = b""
+    reordered: bool = False
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -74,16 +82,21 @@ class PacketTable:
     """Packet indexes of V videos: row r's packets are offsets/sizes/keyframes[first[r] : first[r] + count[r]].
 
     Per video: codec (V,) uint8 index into `codecs`; width, height (V,) int32 pixels; fps (V,) float64;
-    first, count (V,) int64 packets. Per packet, all videos end to end: offsets (P,) int64 payload byte
-    offsets in the file; sizes (P,) int32 payload bytes; keyframes (P,) bool. Read from the cache, the packet
-    arrays are read-only views of the memory-mapped file.
+    first, count (V,) int64 packets; extra_first (V,) int64, extra_size (V,) int32: the video's extradata
+    is extradata[extra_first : extra_first + extra_size]; reordered (V,) bool. Per packet, all videos end to
+    end: offsets (P,) int64 payload byte offsets in the file; sizes (P,) int32 payload bytes; keyframes (P,)
+    bool. extradata (E,) uint8, all videos end to end. Read from the cache, the packet arrays and extradata
+    are read-only views of the memory-mapped file. The extradata columns may be left out (None): no
+    extradata, nothing reordered.
     """
 
-    VIDEO_COLUMNS: ClassVar[tuple[str, ...]] = ("codec", "width", "height", "fps", "first", "count")
+    VIDEO_COLUMNS: ClassVar[tuple[str, ...]] = ("codec", "width", "height", "fps", "first", "count",
+                                                "extra_first", "extra_size", "reordered")
     PACKET_COLUMNS: ClassVar[tuple[str, ...]] = ("offsets", "sizes", "keyframes")
     DTYPES: ClassVar[dict[str, type]] = {
         "codec": np.uint8, "width": np.int32, "height": np.int32, "fps": np.float64, "first": np.int64,
-        "count": np.int64, "offsets": np.int64, "sizes": np.int32, "keyframes": np.bool_,
+        "count": np.int64, "extra_first": np.int64, "extra_size": np.int32, "reordered": np.bool_,
+        "offsets": np.int64, "sizes": np.int32, "keyframes": np.bool_, "extradata": np.uint8,
     }  # fmt: skip
 
     codecs: tuple[str, ...]
@@ -96,6 +109,18 @@ class PacketTable:
     offsets: np.ndarray
     sizes: np.ndarray
     keyframes: np.ndarray
+    extra_first: np.ndarray | None = None
+    extra_size: np.ndarray | None = None
+    reordered: np.ndarray | None = None
+    extradata: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        v = len(self.first)
+        for c in ("extra_first", "extra_size", "reordered"):
+            if getattr(self, c) is None:
+                object.__setattr__(self, c, np.zeros(v, self.DTYPES[c]))
+        if self.extradata is None:
+            object.__setattr__(self, "extradata", np.zeros(0, np.uint8))
 
     def __len__(self) -> int:
         return len(self.first)
@@ -107,8 +132,10 @@ class PacketTable:
         """Row `row` as a VideoIndex whose arrays are views into this table's (nothing copied)."""
         a = int(self.first[row])
         b = a + int(self.count[row])
+        e = int(self.extra_first[row])
         return VideoIndex(self.codec_of(row), int(self.width[row]), int(self.height[row]), float(self.fps[row]),
-                          self.offsets[a:b], self.sizes[a:b], self.keyframes[a:b])
+                          self.offsets[a:b], self.sizes[a:b], self.keyframes[a:b],
+                          self.extradata[e:e + int(self.extra_size[row])].tobytes(), bool(self.reordered[row]))
 
     def take(self, rows: np.ndarray) -> PacketTable:
         """The table of `rows` ((R,) int, -1 = an empty row: count 0, all other columns 0). The per-video
@@ -128,6 +155,7 @@ class PacketTable:
         """A table with one row per VideoIndex, in order (packet arrays concatenated)."""
         codecs = tuple(dict.fromkeys(v.codec for v in videos))
         count = np.array([len(v) for v in videos], np.int64)
+        extra_size = np.array([len(v.extradata) for v in videos], np.int32)
         return cls(
             codecs,
             codec=np.array([codecs.index(v.codec) for v in videos], np.uint8),
@@ -137,50 +165,70 @@ class PacketTable:
             first=np.cumsum(count) - count,
             count=count,
             **{c: _concat([getattr(v, c) for v in videos], cls.DTYPES[c]) for c in cls.PACKET_COLUMNS},
+            extra_first=np.cumsum(extra_size, dtype=np.int64) - extra_size,
+            extra_size=extra_size,
+            reordered=np.array([v.reordered for v in videos], bool),
+            extradata=np.frombuffer(b"".join(v.extradata for v in videos), np.uint8).copy(),
         )
 
     @classmethod
     def concat(cls, tables: list[PacketTable]) -> PacketTable:
         """One table with the rows of `tables` in order; the packets these rows use are copied, end to end."""
-        codecs, columns, runs = _concat_plan(tables)
+        codecs, columns, runs, extra_runs = _concat_plan(tables)
         for c in cls.PACKET_COLUMNS:
             columns[c] = _concat([getattr(t, c)[a:b] for t, a, b in runs], cls.DTYPES[c])
+        columns["extradata"] = _concat([t.extradata[a:b] for t, a, b in extra_runs], np.uint8)
         return cls(codecs, **columns)
 
     def check(self) -> None:
         """Raise ValueError unless the columns fit together (a damaged cache is rebuilt)."""
-        v, p = len(self.first), len(self.offsets)
+        v, p, e = len(self.first), len(self.offsets), len(self.extradata)
         for c, dtype in self.DTYPES.items():
             a = getattr(self, c)
-            if a.dtype != dtype or a.shape != ((v,) if c in self.VIDEO_COLUMNS else (p,)):
+            shape = (v,) if c in self.VIDEO_COLUMNS else (e,) if c == "extradata" else (p,)
+            if a.dtype != dtype or a.shape != shape:
                 raise ValueError(f"column {c}: {a.dtype}{a.shape} does not fit {v} videos, {p} packets")
         if v and (self.codec.max() >= len(self.codecs) or self.count.min() < 1 or self.first.min() < 0
                   or (self.first + self.count).max() > p):
             raise ValueError("packet ranges or codecs out of bounds")
+        if v and (self.extra_size.min() < 0 or self.extra_first.min() < 0
+                  or (self.extra_first + self.extra_size).max() > e):
+            raise ValueError("extradata ranges out of bounds")
 
 
-def _concat_plan(tables: list[PacketTable]) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[tuple]]:
+def _concat_plan(
+    tables: list[PacketTable],
+) -> tuple[tuple[str, ...], dict[str, np.ndarray], list[tuple], list[tuple]]:
     """What concatenating `tables` takes: the codec names, the per-video columns of all rows in order (`first`
-    placing their packets end to end), and the packet ranges to copy in order, as (table, start, stop). A
-    cache stores its rows back to back, so adjacent ranges are merged: keeping most rows of a cache copies a
-    few long slices, not one per video."""
+    and `extra_first` placing their packets and extradata end to end), and the packet and the extradata
+    ranges to copy in order, as (table, start, stop). A cache stores its rows back to back, so adjacent
+    ranges are merged: keeping most rows of a cache copies a few long slices, not one per video."""
     codecs = tuple(dict.fromkeys(c for t in tables for c in t.codecs))
     count = np.concatenate([t.count for t in tables])
+    extra_size = np.concatenate([t.extra_size for t in tables]).astype(np.int32)
     columns = {
         "codec": np.concatenate([np.array([codecs.index(c) for c in t.codecs], np.uint8)[t.codec]
                                  for t in tables]),
-        **{c: np.concatenate([getattr(t, c) for t in tables]) for c in ("width", "height", "fps")},
+        **{c: np.concatenate([getattr(t, c) for t in tables]) for c in ("width", "height", "fps", "reordered")},
         "first": np.cumsum(count) - count,
         "count": count,
+        "extra_first": np.cumsum(extra_size, dtype=np.int64) - extra_size,
+        "extra_size": extra_size,
     }
+    return codecs, columns, _runs(tables, "first", "count"), _runs(tables, "extra_first", "extra_size")
+
+
+def _runs(tables: list[PacketTable], first: str, count: str) -> list[tuple]:
+    """The ranges [first, first + count) of every row of `tables`, in order, adjacent ones merged."""
     runs = []
     for t in tables:
         if len(t):
-            end = t.first + t.count
-            cut = np.flatnonzero(t.first[1:] != end[:-1]) + 1
-            starts, stops = t.first[np.r_[0, cut]].tolist(), end[np.r_[cut - 1, len(t) - 1]].tolist()
-            runs += [(t, a, b) for a, b in zip(starts, stops, strict=True)]
-    return codecs, columns, runs
+            start = getattr(t, first).astype(np.int64)
+            end = start + getattr(t, count)
+            cut = np.flatnonzero(start[1:] != end[:-1]) + 1
+            starts, stops = start[np.r_[0, cut]].tolist(), end[np.r_[cut - 1, len(t) - 1]].tolist()
+            runs += [(t, a, b) for a, b in zip(starts, stops, strict=True) if b > a]
+    return runs
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -206,7 +254,8 @@ def index_file(path: str) -> VideoIndex:
             st = c.streams.video[0]
             codec = st.codec_context.name
             rate = st.average_rate or st.guessed_rate or 25
-            offsets, sizes, keys = [], [], []
+            extradata = bytes(st.codec_context.extradata or b"")
+            offsets, sizes, keys, pts = [], [], [], []
             first_decoded = 0
             for p in c.demux(st):
                 if p.size == 0:  # the flush packet
@@ -215,6 +264,7 @@ def index_file(path: str) -> VideoIndex:
                 offsets.append(_payload_offset(raw, payload, p.pos))
                 sizes.append(p.size)
                 keys.append(bool(p.is_keyframe))
+                pts.append(p.pts)
                 if len(sizes) == 1:  # decode the first frame: catches broken headers and codec parameters
                     first_decoded = len(st.codec_context.decode(p)) + len(st.codec_context.decode(None))
             width, height = st.codec_context.width, st.codec_context.height
@@ -232,8 +282,10 @@ def index_file(path: str) -> VideoIndex:
         raise BadVideo("packet payloads not found in the file (unsupported container layout)")
     if max(sizes) >= 2**31:
         raise BadVideo("a packet of 2 GiB or more")
+    known = np.array([t for t in pts if t is not None], np.int64)
+    reordered = bool(len(known) > 1 and (np.diff(known) <= 0).any())  # presentation order != decode order
     return VideoIndex(codec, int(width), int(height), float(rate), np.asarray(offsets, np.int64),
-                      np.asarray(sizes, np.int32), np.asarray(keys, bool))
+                      np.asarray(sizes, np.int32), np.asarray(keys, bool), extradata, reordered)
 
 
 def _payload_offset(raw: mmap.mmap, payload: bytes, pos: int | None) -> int:
@@ -261,6 +313,123 @@ def ivf_slice(raw: bytes | memoryview, base: int, index: VideoIndex, first: int,
         parts.append(struct.pack("<IQ", s, k))
         parts.append(raw[o : o + s])
     return np.frombuffer(b"".join(parts), np.uint8)
+
+
+ANNEXB_CODECS = ("h264", "hevc")  # NAL-unit codecs: length-prefixed (AVCC/HVCC) in MP4, start codes for NVDEC
+START_CODE = b"\x00\x00\x00\x01"
+
+
+def parameter_sets(codec: str, extradata: bytes) -> tuple[bytes, int]:
+    """The parameter sets of an H.264/HEVC stream as Annex-B, and the NAL length size of its packets.
+
+    extradata: the container's codec record. avcC (H.264 in MP4; version byte 1): SPS then PPS; hvcC (HEVC
+    in MP4; version byte 1): arrays of VPS, SPS, PPS, SEI. Returns (start code + NAL unit for each,
+    length size 1, 2 or 4). Extradata that is already Annex-B (or empty) comes back as it is with length
+    size 0: the packets carry start codes themselves. Raises ValueError on a malformed record.
+    """
+    if len(extradata) < 7 or extradata[0] != 1:  # not a configuration record: Annex-B (or nothing)
+        return bytes(extradata), 0
+    nals: list[bytes] = []
+
+    def take(pos: int) -> int:  # one u16-length-prefixed NAL unit at pos; returns the position after it
+        n = int.from_bytes(extradata[pos:pos + 2], "big")
+        if pos + 2 + n > len(extradata):
+            raise ValueError(f"{codec} extradata: NAL unit past the end of the record")
+        nals.append(START_CODE + extradata[pos + 2:pos + 2 + n])
+        return pos + 2 + n
+
+    if codec == "h264":  # ISO/IEC 14496-15 5.3.3.1
+        length_size = (extradata[4] & 3) + 1
+        pos = 6
+        for _ in range(extradata[5] & 0x1F):  # SPS
+            pos = take(pos)
+        if pos >= len(extradata):
+            raise ValueError("h264 extradata: no PPS count")
+        count, pos = extradata[pos], pos + 1
+        for _ in range(count):  # PPS
+            pos = take(pos)
+    elif codec == "hevc":  # ISO/IEC 14496-15 8.3.3.1: 22 fixed bytes, then arrays of NAL units by type
+        if len(extradata) < 23:
+            raise ValueError("hevc extradata: record shorter than its fixed part")
+        length_size = (extradata[21] & 3) + 1
+        pos = 23
+        for _ in range(extradata[22]):
+            count, pos = int.from_bytes(extradata[pos + 1:pos + 3], "big"), pos + 3
+            for _ in range(count):
+                pos = take(pos)
+    else:
+        raise ValueError(f"{codec}: no Annex-B form")
+    if length_size == 3:
+        raise ValueError(f"{codec} extradata: NAL length size 3 is not allowed")
+    return b"".join(nals), length_size
+
+
+def to_annexb(payload: bytes | memoryview, length_size: int) -> bytes:
+    """One MP4 packet (NAL units, each after a big-endian length of length_size bytes) with start codes instead.
+
+    length_size 0: the payload already has start codes (returned as it is). Raises ValueError when the
+    lengths do not add up to the payload (a damaged packet, or the wrong length size)."""
+    if length_size == 0:
+        return bytes(payload)
+    n = len(payload)
+    if length_size == 4:  # the usual case: same size, overwrite the prefixes in place
+        out = bytearray(payload)
+        pos = 0
+        while pos < n:
+            size = int.from_bytes(out[pos:pos + 4], "big")
+            if size == 0 or pos + 4 + size > n:
+                raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
+            out[pos:pos + 4] = START_CODE
+            pos += 4 + size
+        return bytes(out)
+    parts, pos = [], 0
+    while pos < n:
+        size = int.from_bytes(payload[pos:pos + length_size], "big")
+        if size == 0 or pos + length_size + size > n:
+            raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
+        parts += [START_CODE, payload[pos + length_size:pos + length_size + size]]
+        pos += length_size + size
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class PacketSlice:
+    """Packets first..last of one video, ready for a decoder (NVDEC, or PyAV's decoder for the CPU twin).
+
+    Packet k = data[offsets[k] : offsets[k] + sizes[k]] holds frame first + k (decode order = display order:
+    the caller checks the video is not `reordered`). H.264/HEVC packets are Annex-B, the parameter sets
+    from the extradata in front of packet 0 (a keyframe); other codecs' packets are the file's payloads
+    (VP9 superframes included). offsets, sizes: (P,) int64.
+    """
+
+    codec: str
+    width: int
+    height: int
+    first: int
+    data: bytes
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def packet_slice(path: str, index: VideoIndex, first: int, last: int) -> PacketSlice:
+    """Packets first..last (inclusive; first should be a keyframe) of `path` as a PacketSlice: one read."""
+    raw, base = read_span(path, index, first, last)
+    offsets = index.offsets[first:last + 1] - base
+    sizes = index.sizes[first:last + 1].astype(np.int64)
+    if index.codec not in ANNEXB_CODECS:
+        return PacketSlice(index.codec, index.width, index.height, first, raw, offsets, sizes)
+    head, length_size = parameter_sets(index.codec, index.extradata)
+    parts = [head]
+    view = memoryview(raw)
+    for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True):
+        parts.append(to_annexb(view[o:o + s], length_size))
+    new_sizes = np.array([len(p) for p in parts[1:]], np.int64)
+    new_sizes[0] += len(head)  # the parameter sets travel with the keyframe
+    new_offsets = np.cumsum(new_sizes) - new_sizes
+    return PacketSlice(index.codec, index.width, index.height, first, b"".join(parts), new_offsets, new_sizes)
 
 
 def read_span(path: str, index: VideoIndex, first: int, last: int) -> tuple[bytes, int]:
@@ -467,7 +636,7 @@ def _write_cache(cache: Path, tables: list[PacketTable], files: list[str], keys:
     (layout: module docstring). Packets are streamed from where they are (the old cache's mapping, the newly
     indexed videos), not concatenated in memory first. Atomic: a temp file, then os.replace; processes that
     mapped the old file keep reading it, new readers get the new one."""
-    codecs, columns, runs = _concat_plan(tables)
+    codecs, columns, runs, extra_runs = _concat_plan(tables)
     video = {
         # paths as one UTF-8 blob, NUL-separated (NUL cannot occur in a path)
         "files": np.frombuffer("\0".join(files).encode("utf-8", "surrogateescape"), np.uint8),
@@ -476,6 +645,7 @@ def _write_cache(cache: Path, tables: list[PacketTable], files: list[str], keys:
     packets = int(columns["count"].sum())
     shapes = {name: (a.dtype, a.shape) for name, a in video.items()}
     shapes.update({c: (np.dtype(PacketTable.DTYPES[c]), (packets,)) for c in PacketTable.PACKET_COLUMNS})
+    shapes["extradata"] = (np.dtype(np.uint8), (int(columns["extra_size"].sum()),))
     layout, end = {}, 0
     for name, (dtype, shape) in shapes.items():
         layout[name] = [dtype.str, list(shape), end]
@@ -492,7 +662,7 @@ def _write_cache(cache: Path, tables: list[PacketTable], files: list[str], keys:
                 if name in video:
                     f.write(np.ascontiguousarray(video[name]).data)
                     continue
-                for t, a, b in runs:
+                for t, a, b in extra_runs if name == "extradata" else runs:
                     f.write(np.ascontiguousarray(getattr(t, name)[a:b], PacketTable.DTYPES[name]).data)
         os.replace(tmp, cache)
     except BaseException:
