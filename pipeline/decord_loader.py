@@ -15,7 +15,7 @@ script that iterates a decord loader with workers needs the `if __name__ == "__m
 
 Per clip: decord.VideoReader.get_batch(frames) -> (T, H, W, 3) uint8 -> crop the box -> bilinear resize
 with antialiasing (the same triangle filter as DALI's linear resize) -> rounded to 0..255 like DALI's
-uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32.
+uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32 (pipeline/augment.py: augment_rgb).
 
 Known decord 0.6.0 limit: get_batch fails ("Check failed: from_size == to_size") on frames 16, 24, 48 or 72 px
 wide (checked every even width 16-258 at 32 px high, plus 202, 270, 426, 480, 640: only those four fail);
@@ -65,20 +65,15 @@ def import_decord():  # -> the decord module
 
 def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, size: int,
                    mean: tuple[float, float, float]):  # -> torch.Tensor
-    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box (x0, y0, side), resize, flip, -mean."""
+    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box (x0, y0, side), resize, flip, -mean,
+    by pipeline/augment.py (the pixel operations written once, shared with the NVDEC backend)."""
     import torch
-    import torch.nn.functional as F
 
-    x0, y0, side = (int(v) for v in box)
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + side, x0:x0 + side]))  # (T, s, s, 3) uint8
-    x = x.permute(0, 3, 1, 2).float()  # (T, 3, s, s)
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)  # DALI resizes to uint8
-    if flip:
-        x = x.flip(-1)
-    x = x - torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+    from pipeline.augment import augment_rgb
+
+    _, h, w, _ = frames.shape
+    x = torch.from_numpy(np.ascontiguousarray(frames))[None]  # (1, T, H, W, 3)
+    return augment_rgb(x, [[h, w]], [box], [flip], size, mean)[0]  # (3, T, S, S)
 
 
 class _PlanDataset:

@@ -20,7 +20,7 @@ from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 KINETICS_MEAN = (110.63666788, 103.16065604, 96.29023126)
 ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
-BACKENDS = ("dali", "decord")  # build_loader's dispatch
+BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch
 
 
 class Batch(NamedTuple):
@@ -244,6 +244,8 @@ def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> 
     config = LoaderConfig(data=Path(data), split=split, mode=mode, **options)
     if config.backend == "dali":
         from pipeline.dali_loader import DaliLoader as backend
+    elif config.backend == "nvdec":  # NVDEC decoders; on device="cpu" their CPU twin
+        from pipeline.nvdec_loader import NvdecLoader as backend
     else:  # "decord"; LoaderConfig checked the name against BACKENDS
         from pipeline.decord_loader import DecordLoader as backend
     return backend(config)

@@ -34,11 +34,20 @@ Annex-B, the (address, size, pts) submissions) for an epoch and reports CPU time
 
 from __future__ import annotations
 
+import itertools
+import queue
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from pipeline.packets import PacketSlice, PacketTable
+from pipeline.augment import augment_nv12
+from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.packets import PacketSlice, PacketTable, packet_slice
+from pipeline.sampling import Plan
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"
 
@@ -329,3 +338,161 @@ def _cuda_context(device) -> int:
         if libcuda.cuCtxGetCurrent(ctypes.byref(ctx)) != 0:
             return 0
     return ctx.value or 0
+
+
+# ---- the loader ---------------------------------------------------------------------------------------------------
+
+
+class NvdecLoader(LoaderBase):
+    """Backend "nvdec". decoder: "nvdec" (GPU decoders; the default for device="gpu"), or "pyav" (the CPU
+    twin; the default for device="cpu"); latency: NvdecDecoder's ("native" | "low"). Worker threads: config.num_threads (for NVDEC rounded up to a
+    multiple of the engine count), started on the first iteration and kept until close(); the decoders are
+    made when the loader is built. Batches decoded ahead of the consumer: config.prefetch."""
+
+    def __init__(self, config: LoaderConfig, decoder: str | None = None, latency: str = "native"):
+        self.decoder_kind = decoder or ("nvdec" if config.device == "gpu" else "pyav")
+        self.latency = latency  # NvdecDecoder's
+        if self.decoder_kind not in ("nvdec", "pyav"):
+            raise ValueError(f"decoder must be 'nvdec' or 'pyav', got {self.decoder_kind!r}")
+        if self.decoder_kind == "nvdec" and config.device != "gpu":
+            raise ValueError("decoder='nvdec' needs device='gpu'")
+        if self.decoder_kind == "nvdec":
+            import_nvc()  # before indexing: a missing package fails at once
+        self.limits: dict[str, Limits] = {}
+        self.engines = ENGINES_CPU
+        super().__init__(config)
+        self._files = self.videos["file"].tolist()
+        self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
+        self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # idle decoders, one per worker thread
+        for _ in range(self.num_threads):
+            self._decoders.put(self._new_decoder())
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- rows ---------------------------------------------------------------------------------------------------
+    def decode_problems(self, packets: PacketTable) -> np.ndarray:
+        """LoaderBase hook: (V,) why this decoder cannot decode each row ("" = it can); see row_problems."""
+        if self.decoder_kind == "nvdec":
+            device = self.config.device_id if self.config.device_id is not None else _current_device()
+            self.limits, self.engines = nvdec_limits(sorted(set(packets.codecs)), device)
+        else:
+            self.limits = STATIC_LIMITS
+        out = np.full(len(packets), "", object)
+        for r, why in row_problems(packets, self.limits).items():
+            out[r] = why
+        return out
+
+    def _new_decoder(self) -> Decoder:
+        if self.decoder_kind == "pyav":
+            return PyAVDecoder()
+        sizes = {name: (int(self._widths[rows].max()), int(self._heights[rows].max()))  # the largest frame
+                 for k, name in enumerate(self.packets.codecs) if len(rows := np.flatnonzero(self.packets.codec == k))}
+        return NvdecDecoder(sizes, self.torch_device, self.latency)
+
+    # -- per clip -------------------------------------------------------------------------------------------------
+    def cut(self, row: int, frames: np.ndarray) -> tuple[PacketSlice, np.ndarray]:
+        """Clip (row, frames (T,) file frame indices) -> its packet slice (keyframe at or before the first
+        frame .. the last frame) and the frames as (T,) int64 indices into the slice."""
+        ix = self.packets.video(row)  # views into the memory-mapped table
+        first = ix.keyframe_at_or_before(int(frames.min()))
+        return packet_slice(self._files[row], ix, first, int(frames.max())), frames - first
+
+    def _decode(self, row: int, frames: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
+        clip, wanted = self.cut(row, frames)
+        decoder = self._decoders.get()
+        try:
+            return decoder.decode_clip(clip, wanted)
+        except DecodeError as e:
+            raise DecodeError(f"{self._files[row]}: frames {clip.first}..{clip.first + len(clip) - 1}: {e}") from None
+        finally:
+            self._decoders.put(decoder)
+
+    # -- per batch ------------------------------------------------------------------------------------------------
+    def _assemble(self, bp: Plan, clips: list) -> Batch:
+        import torch
+
+        c, dev = self.config, self.torch_device
+        hs, ws = self._heights[bp.rows], self._widths[bp.rows]
+        if dev.type == "cuda" and clips[0].is_cuda:
+            stream = torch.cuda.current_stream(dev)
+            for x in clips:  # decoded on the workers' streams (already synchronised); used on this one
+                x.record_stream(stream)
+        n, t = len(clips), clips[0].shape[0]
+        if len(set(hs.tolist())) == 1 and len(set(ws.tolist())) == 1:
+            x = torch.stack(clips)  # (N, T, H*3/2, W)
+            h = int(hs[0])
+            y, uv = x[:, :, :h], x[:, :, h:]
+        else:  # frames of different sizes: each clip in the top-left of padded planes
+            hp, wp = int(hs.max()), int(ws.max())
+            y = torch.empty((n, t, hp, wp), dtype=torch.uint8, device=clips[0].device)
+            uv = torch.empty((n, t, hp // 2, wp), dtype=torch.uint8, device=clips[0].device)
+            for i, (x, h, w) in enumerate(zip(clips, hs.tolist(), ws.tolist(), strict=True)):
+                y[i, :, :h, :w] = x[:, :h]
+                uv[i, :, :h // 2, :w] = x[:, h:]
+        if y.device != dev:  # the twin with device="gpu": decoded on the CPU, augmented on the GPU
+            y, uv = y.pin_memory().to(dev, non_blocking=True), uv.pin_memory().to(dev, non_blocking=True)
+        sizes = np.stack([hs, ws], axis=1)
+        out = augment_nv12(y, uv, sizes, bp.boxes, bp.flips, c.sample_size, c.mean)  # (N, 3, T, S, S)
+        labels = torch.from_numpy(self.labels[bp.rows]).to(dev, non_blocking=True)
+        video_idx = torch.from_numpy(bp.rows.copy()).to(dev, non_blocking=True)
+        return Batch(out, labels, video_idx)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.check_open()
+        batches = self.batch_plans()
+        if not batches:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="nvdec")
+        pool, todo = self._executor, iter(batches)
+        pending: deque[tuple[Plan, list[Future]]] = deque()
+
+        def submit(bp: Plan) -> None:
+            pending.append((bp, [pool.submit(self._decode, int(r), fr)
+                                 for r, fr in zip(bp.rows, bp.frames, strict=True)]))
+
+        try:
+            for bp in itertools.islice(todo, self.config.prefetch + 1):  # this batch + prefetch ahead
+                submit(bp)
+            while pending:
+                bp, futures = pending.popleft()
+                clips = [f.result() for f in futures]
+                nxt = next(todo, None)
+                if nxt is not None:
+                    submit(nxt)
+                yield self._assemble(bp, clips)
+        finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running
+            started = [f for _, futures in pending for f in futures if not f.cancel()]
+            wait(started)
+
+    def close(self) -> None:
+        """Stop the worker threads and free the decoders (NVDEC sessions). Idempotent."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        while not self._decoders.empty():
+            self._decoders.get()
+        super().close()
+
+    # -- host cost ------------------------------------------------------------------------------------------------
+    def host_pass(self, max_clips: int | None = None) -> dict:
+        """Everything the host does per clip before the decoder call, for this epoch's plan, in this thread:
+        the plan, packet slice (file read, Annex-B) and submissions. Returns clips, cpu_s and wall_s in
+        total, and per clip in ms (process CPU time: run it with nothing else busy in this process)."""
+        c0, w0 = time.process_time(), time.perf_counter()
+        self._plan = None  # the plan's cost counts
+        plan = self.plan
+        n = len(plan) if max_clips is None else min(len(plan), max_clips)
+        packets = 0
+        for r, fr in zip(plan.rows[:n].tolist(), plan.frames[:n], strict=True):
+            clip, wanted = self.cut(r, fr)
+            packets += len(submissions(clip, np.frombuffer(clip.data, np.uint8)))
+            _slots(wanted)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        return {"clips": n, "packets": packets, "cpu_s": cpu, "wall_s": wall,
+                "cpu_ms_per_clip": 1e3 * cpu / max(n, 1), "wall_ms_per_clip": 1e3 * wall / max(n, 1)}
+
+
+def _current_device() -> int:
+    import torch
+
+    return torch.cuda.current_device()

@@ -2,14 +2,26 @@
 the decoder limits, and the loader end to end against the epoch plan, decord and DALI; marked gpu: NVDEC
 itself against the twin. Test videos: tests/videos.py (pixels carry the frame index, the crop box and flip)."""
 
+import gc
+import threading
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from videos import decode_code, frame_rgb, write_video
+from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_video
 
-from pipeline import KINETICS_MEAN
+from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
-from pipeline.nvdec_loader import STATIC_LIMITS, DecodeError, PyAVDecoder, needed_height, row_problems
+from pipeline.nvdec_loader import (
+    STATIC_LIMITS,
+    DecodeError,
+    NvdecLoader,
+    PyAVDecoder,
+    import_nvc,
+    needed_height,
+    row_problems,
+)
 from pipeline.packets import (
     PacketTable,
     VideoIndex,
@@ -19,6 +31,7 @@ from pipeline.packets import (
     parameter_sets,
     to_annexb,
 )
+from pipeline.sampling import eval_starts
 
 T, S = 16, 24
 W, H = 192, 144  # at or above NVDEC's smallest frame for every codec (HEVC: 144x144)
@@ -229,3 +242,184 @@ def test_gpu_augment_matches_cpu():
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1
+
+
+# ---- the loader on CPU (the twin) --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train: 12 VP9 files (lengths incl. < T, == T, mid-GOP ends); val: segments of a file + a short file."""
+    root = tmp_path_factory.mktemp("prepared_nvdec")
+    lengths = [40, 10, 100, 33, 17, 64, 50, 16, 81, 23, 70, 29]
+    return make_dataset(root, {
+        "train": [{"frames": n} for n in lengths],
+        "val": [{"frames": 90, "segments": [(0, 20), (20, 57), (57, 90)], "label": 1}, {"frames": 7, "label": 2}],
+    }, width=W, height=H)  # fmt: skip
+
+
+def load(data, split="train", mode="train", backend="nvdec", **kw):
+    if backend == "decord":
+        gc.collect()  # free finished DALI loaders before forking DataLoader workers (conftest.py)
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("sample_size", S)
+    kw.setdefault("mean", ZERO)
+    return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
+
+
+def epoch(loader):
+    with loader:
+        out = [tuple(x.cpu().numpy() for x in b) for b in loader]
+    return tuple(np.concatenate(z) for z in zip(*out, strict=True))
+
+
+def check_clip_content(clip, frames, box, flip, width=W, height=H):
+    """clip: (3, T, S, S) float32 with mean 0: frame indices, crop box centre and flip (tests/videos.py)."""
+    r, g, b = clip
+    np.testing.assert_array_equal(decode_code(b.mean(axis=(1, 2))), frames % 32)
+    x0, y0, side = box
+    assert abs(r.mean() - 255 * (x0 + side / 2 - 0.5) / (width - 1)) < 3
+    assert abs(g.mean() - 255 * (y0 + side / 2 - 0.5) / (height - 1)) < 3
+    slope = (r[:, :, -1] - r[:, :, 0]).mean()
+    assert (slope < 0) == bool(flip) and abs(slope) > 10
+
+
+def test_train_epoch_is_exactly_the_plan(data):
+    loader = load(data)
+    assert loader.decoder_kind == "pyav" and len(loader) == 3 and loader.num_clips == 12
+    plan = loader.plan
+    clips, labels, vidx = epoch(loader)
+    assert clips.shape == (12, 3, T, S, S) and clips.dtype == np.float32
+    assert labels.dtype == vidx.dtype == np.int64
+    np.testing.assert_array_equal(vidx, plan.rows)
+    np.testing.assert_array_equal(labels, loader.videos["label"].to_numpy()[plan.rows])
+    for k in range(len(clips)):
+        check_clip_content(clips[k], plan.frames[k], plan.boxes[k], plan.flips[k])
+
+
+def test_eval_windows_segments_and_short_videos(data):
+    clips, labels, vidx = epoch(load(data, "val", "eval", batch_size=3))
+    n, start = [20, 37, 33, 7], [0, 20, 57, 0]
+    expected = [(r, s) for r in range(4) for s in eval_starts(n[r], T)]
+    np.testing.assert_array_equal(vidx, [r for r, _ in expected])
+    np.testing.assert_array_equal(labels, [1, 1, 1, 1, 1, 2])
+    for k, (r, s) in enumerate(expected):
+        check_clip_content(clips[k], start[r] + (s + np.arange(T)) % n[r], ((W - H) // 2, 0, H), False)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_same_clips_as_decord_and_dali(data, mode):
+    """Same seed and epoch: the same rows, frames, boxes and flips as the other backends; pixels within
+    40 dB of decord (whose colour conversion uses nearest chroma) and of DALI on CPU (measured ~70 dB)."""
+    split = "train" if mode == "train" else "val"
+    kw = dict(mean=KINETICS_MEAN, sample_size=112, seed=3)
+    ours = epoch(load(data, split, mode, **kw))
+    for backend in ("decord", "dali"):
+        other = epoch(load(data, split, mode, backend=backend, **kw))
+        np.testing.assert_array_equal(ours[1], other[1])
+        np.testing.assert_array_equal(ours[2], other[2])
+        for x, y in zip(ours[0], other[0], strict=True):
+            assert psnr(x, y) >= (40 if backend == "decord" else 60)
+
+
+def mp4_dataset(root, rows: list[tuple[str, int, int, int]]):
+    """A prepared-layout dataset whose rows are (codec, frames, width, height) files in any codec."""
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"index": [0, 1], "name": ["a", "b"]}).to_csv(root / "classes.csv", index=False)
+    out = []
+    for i, (codec, n, w, h) in enumerate(rows):
+        rel = f"videos/train/a/v{i}{EXT[codec]}"
+        write_pattern(root / rel, n, codec, gop=8, width=w, height=h)
+        out.append([f"v{i}", rel, i % 2, "ab"[i % 2], "train", n, 25.0, w, h, 0, n])
+    pd.DataFrame(out, columns=COLUMNS).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def test_h264_hevc_and_mixed_frame_sizes(tmp_path):
+    """H.264 and HEVC rows (Annex-B slices) beside VP9, frames of two sizes in one batch (padded planes)."""
+    rows = [("h264", 30, W, H), ("hevc", 30, W, H), ("vp9", 20, 160, 128), ("h264", 12, 160, 128),
+            ("hevc", 25, 256, 144), ("vp9", 30, W, H)]
+    root = mp4_dataset(tmp_path / "ds", rows)
+    loader = load(root, mode="val", batch_size=6)
+    clips, _, vidx = epoch(loader)
+    np.testing.assert_array_equal(vidx, np.arange(6))
+    for k, (_, n, w, h) in enumerate(rows):
+        check_clip_content(clips[k], (max((n - T) // 2, 0) + np.arange(T)) % n, ((w - h) // 2, 0, h), False, w, h)
+    train = load(root, batch_size=3, seed=1)
+    clips, _, vidx = epoch(train)
+    for k, r in enumerate(vidx):
+        _, _, w, h = rows[r]
+        check_clip_content(clips[k], train.plan.frames[k], train.plan.boxes[k], train.plan.flips[k], w, h)
+
+
+def test_videos_too_small_for_nvdec_are_refused_or_skipped(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}, {"frames": 20, "width": 96, "height": 64},
+                                                    {"frames": 24}, {"frames": 18}]}, width=W, height=H)
+    small = root / pd.read_csv(root / "train.csv")["path"][1]
+    with pytest.raises(DatasetError, match=f"{small}: 96x64 is below 128x128.*prepare_data.py --height 128"):
+        load(root)
+    loader = load(root, batch_size=1, skip_bad=True)
+    assert "skipping 1 bad row(s) of 4" in capsys.readouterr().out
+    assert len(loader.videos) == 3 and loader.skipped == 1
+    assert epoch(loader)[0].shape == (3, 3, T, S, S)
+
+
+def test_abandoned_epoch_then_full_epoch_and_close(data):
+    loader = load(data, batch_size=2, num_threads=3, prefetch=1)
+    assert loader.num_threads == 3
+    with loader:
+        full = [tuple(x.numpy() for x in b) for b in loader]
+        for _ in loader:  # break after one step: nothing of it may leak into the next epoch
+            break
+        again = [tuple(x.numpy() for x in b) for b in loader]
+    for x, y in zip(full, again, strict=True):
+        for a, b in zip(x, y, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert not [t for t in threading.enumerate() if t.name.startswith("nvdec")]
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
+
+
+def test_host_pass_reports_cost_per_clip(data):
+    with load(data, "val", "eval", batch_size=3) as loader:
+        r = loader.host_pass()
+    assert r["clips"] == loader.num_clips == 6 and r["packets"] >= 6 * T
+    assert 0 < r["cpu_ms_per_clip"] < 1000
+    print(f"host cost: {r['cpu_ms_per_clip']:.3f} ms CPU per clip")
+
+
+def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
+    try:
+        import_nvc()
+    except ImportError as e:
+        assert "pip install pynvvideocodec==2.2.4" in str(e)
+    root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}]}, width=W, height=H)
+    config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", progress=False)
+    with pytest.raises(ValueError, match="needs device='gpu'"):
+        NvdecLoader(config, decoder="nvdec")
+
+
+# ---- the loader on the GPU -------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gpu_loader_matches_the_twin(data, mode):
+    split = "train" if mode == "train" else "val"
+    twin = epoch(load(data, split, mode, mean=KINETICS_MEAN))
+    with load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0) as loader:
+        assert loader.decoder_kind == "nvdec" and loader.num_threads % loader.engines == 0
+        assert loader.limits["vp9"].min_width >= 128
+        first = next(iter(loader))
+        assert first.clips.is_cuda and first.clips.shape == (4, 3, T, S, S)
+    gpu = epoch(load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0))
+    np.testing.assert_array_equal(twin[2], gpu[2])
+    for x, y in zip(twin[0], gpu[0], strict=True):
+        assert psnr(x, y) >= 40
+
+
+@pytest.mark.gpu
+def test_gpu_refuses_videos_nvdec_cannot_decode(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20, "width": 96, "height": 64}]})
+    with pytest.raises(DatasetError, match="96x64 is below .*prepare_data.py --height"):
+        load(root, device="gpu", batch_size=1)
