@@ -37,7 +37,7 @@ Memory, over the configuration's whole life (build, warm-up, runs):
   Neither sum includes decord batches that a worker has finished into shared memory and the consumer has not
     mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/decord_loader.py).
 Configurations: dali-cpu (GOP slices), dali-cpu-file (whole file to the decoder), decord-cpu, and with CUDA
-also dali-gpu, dali-gpu-file, decord-gpu. frames/s (JSON) = clips/s x T.
+also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/nvdec_loader.py). frames/s (JSON) = clips/s x T.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ CONFIGS = {  # name: (backend, device, dali_input)
     "dali-gpu": ("dali", "gpu", "gop"),
     "dali-gpu-file": ("dali", "gpu", "file"),
     "decord-gpu": ("decord", "gpu", "gop"),
+    "nvdec-gpu": ("nvdec", "gpu", "gop"),
 }
 
 

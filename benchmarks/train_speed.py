@@ -122,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     g.add_argument("--json", type=Path, default=None, help="also write the rows here")
     g = p.add_argument_group("end-to-end mode: real loader vs synthetic tensors")
     g.add_argument("--data", type=Path, default=None, help="prepared dataset (prepare_data.py --out); enables the mode")
-    g.add_argument("--backend", choices=("dali", "decord"), default="dali")
+    g.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
     g.add_argument("--loader-threads", type=int, default=4, help="DALI threads / decord workers")
     a = p.parse_args(argv)
     if a.data is not None and not (a.data / "train.csv").is_file():

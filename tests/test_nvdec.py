@@ -423,3 +423,29 @@ def test_gpu_refuses_videos_nvdec_cannot_decode(tmp_path):
     root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20, "width": 96, "height": 64}]})
     with pytest.raises(DatasetError, match="96x64 is below .*prepare_data.py --height"):
         load(root, device="gpu", batch_size=1)
+
+
+# ---- benchmarks/decode_speed.py ------------------------------------------------------------------------------
+
+
+def test_decode_speed_benchmark_runs_on_cpu(tmp_path):
+    """The decode matrix on a machine without GPU: what can run runs (~1 s a row), the rest says why not."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import decode_speed
+
+    out = tmp_path / "decode.json"
+    decode_speed.main(["--root", str(tmp_path / "data"), "--formats", "vp9-g8,h264-g8,hevc-g8", "--height", "144",
+                       "--source-videos", "4", "--source-seconds", "1.2", "--videos", "4", "--batch-size", "2",
+                       "--seconds", "1", "--warmup", "0", "--strategies", "dali,twin,host", "--json", str(out)])
+    rows = {(r["strategy"], r["format"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 9
+    assert rows[("dali", "h264-g8")]["skipped"].startswith("DALI's CPU decoder reads VP8/VP9")
+    for key, r in rows.items():
+        if key[0] == "twin" or key[0] == "host" or key == ("dali", "vp9-g8"):
+            assert "error" not in r, r
+            assert r["clips"] > 0 and r["clips_per_s"] > 0 and r["host_cpu_ms_per_clip"] > 0, r
+            assert 1 <= r["frames_per_clip"] <= 16 + 7

@@ -1,0 +1,516 @@
+"""Decode strategies x storage formats in one run: train-mode clips/s, host CPU per clip, NVDEC use, GPU memory.
+
+    .venv/bin/python benchmarks/decode_speed.py                        # what this machine can run
+    python benchmarks/decode_speed.py --seconds 6 --json decode.json   # the GPU matrix (benchmarks/gpu_check.sh)
+
+Formats (--formats): CODEC-gGOP for CODEC in vp9, h264, hevc and a keyframe every GOP frames, at --height
+(360; 240 as an option). Made once under --root: --source-videos distinct synthetic 640x360 sources (a panning
+texture and a moving block, --source-seconds long, 3/4 train, 1/4 val) prepared by prepare_data.py --codec
+--gop --height, then hard-linked into --videos train rows (and --videos / 8 val rows) per format.
+
+Strategies (--strategies; default: all that this machine can run):
+  dali          the DALI backend as build_loader makes it (VP9: IVF slices from the keyframe before a clip;
+                H.264/HEVC: whole files), device gpu; on a machine without GPU, device cpu, VP9 only
+  dali-noindex  the same graph with fn.decoders.video(build_index=False) (the slices start at keyframes)
+  dali-kK       K DALI loaders (rank k of world K: disjoint shares of each epoch) driven from K threads of one
+                process, each with --threads / K threads (separate pipelines and CUDA streams, one context)
+  nvdec         the NVDEC backend: a pool of persistent PyNvVideoCodec decoders in threads, display latency
+                NATIVE with an end-of-stream packet per clip; nvdec-low: latency LOW, no end of stream
+  twin          the NVDEC backend's CPU twin: PyAV decodes the same packet slices, augmentation on the CPU
+  host          the NVDEC backend's host work only (NvdecLoader.host_pass: plan, packet slices, Annex-B,
+                decoder submissions); clips/s is then 1 / host time per clip
+  augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
+Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
+epoch whenever one ends), synchronising the GPU before reading the clocks. clips/s = clips / wall time;
+host CPU ms/clip = this process's CPU time (all threads) / clips; frames/clip = packets decoded per clip
+(keyframe before the clip's first frame to its last; DALI with whole files decodes more). NVDEC % = mean and
+max of nvmlDeviceGetDecoderUtilization sampled every 0.2 s (nvidia-ml-py); GPU MB = peak device memory in
+use (NVML) and torch's peak allocation. Rows are written to --json as they finish (a crash keeps the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STRATEGIES = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "twin", "host", "augment")
+FORMATS = ("vp9-g8", "vp9-g16", "h264-g8", "h264-g16", "hevc-g8", "hevc-g16")
+EXT = {"vp9": ".webm", "h264": ".mp4", "hevc": ".mp4"}
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str
+    formats: tuple[str, ...]
+    strategies: tuple[str, ...]
+    height: int
+    source_videos: int
+    source_seconds: float
+    videos: int
+    seconds: float
+    warmup: float
+    batch_size: int
+    threads: int
+    sample_size: int
+    json: str | None
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+
+def write_sources(raw: Path, count: int, seconds: float, width: int = 640, height: int = 360, fps: int = 25) -> None:
+    """raw/<split>/<class>/s<i>.mp4: x264 crf 16 sources of a panning texture and a moving block."""
+    import av
+    import numpy as np
+
+    n = max(1, round(seconds * fps))
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        split = "val" if i % 4 == 3 else "train"
+        path = raw / split / f"class{i % 2}" / f"s{i:03d}.mp4"
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
+        tex = np.repeat(np.repeat(tex, 8, 0), 8, 1)
+        tmp = path.with_suffix(".tmp.mp4")
+        with av.open(str(tmp), "w") as c:
+            s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "16"})
+            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+            for f in range(n):
+                img = tex[:height, 2 * f:2 * f + width].copy()
+                y, x = (3 * f) % (height - 60), (5 * f + 40 * i) % (width - 80)
+                img[y:y + 60, x:x + 80] = (255 - 60 * (i % 4), 40 * (i % 5), 128)
+                for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        tmp.rename(path)
+
+
+def prepare_format(cfg: Config, fmt: str) -> Path:
+    """The dataset of one format: prepared once, replicated into cfg.videos train rows by hard links."""
+    import pandas as pd
+
+    codec, gop = fmt.split("-g")
+    root = Path(cfg.root)
+    data = root / f"{fmt}-{cfg.height}p-{cfg.videos}"
+    if (data / "train.csv").is_file():
+        return data
+    raw = root / f"raw-{cfg.source_videos}x{cfg.source_seconds:g}s"
+    write_sources(raw, cfg.source_videos, cfg.source_seconds)
+    prepared = root / f"prepared-{fmt}-{cfg.height}p-{cfg.source_videos}x{cfg.source_seconds:g}s"
+    cmd = [sys.executable, str(ROOT / "prepare_data.py"), str(raw), "--out", str(prepared), "--codec", codec,
+           "--gop", gop, "--height", str(cfg.height)]
+    print("$ " + " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if not (prepared / "train.csv").is_file():
+        raise RuntimeError(f"prepare_data.py --codec {codec} failed ({r.returncode}): {r.stderr[-2000:]}")
+    tmp = data.with_name(data.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(prepared / "classes.csv", tmp / "classes.csv")
+    for split, rows in (("train", cfg.videos), ("val", max(1, cfg.videos // 8))):
+        src = pd.read_csv(prepared / f"{split}.csv")
+        out = []
+        for k in range(rows):
+            row = src.iloc[k % len(src)].copy()
+            rel = Path(row["path"])
+            new = rel.with_name(f"{rel.stem}_r{k:05d}{rel.suffix}")
+            (tmp / new).parent.mkdir(parents=True, exist_ok=True)
+            os.link(prepared / rel, tmp / new)
+            row["video_id"], row["path"] = f"{row['video_id']}_r{k:05d}", new.as_posix()
+            out.append(row)
+        pd.DataFrame(out).to_csv(tmp / f"{split}.csv", index=False)
+    tmp.rename(data)
+    return data
+
+
+# ---- loaders per strategy -------------------------------------------------------------------------------------
+
+
+def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, rank: int = 0, world: int = 1,
+                threads: int | None = None):
+    """The DALI backend's loader; build_index=False builds the same graph with decoders.video(build_index=False)."""
+    from pipeline.dali_loader import DaliLoader
+    from pipeline.loader import LoaderConfig
+
+    config = LoaderConfig(data=data, split="train", mode="train", backend="dali", device=device,
+                          batch_size=cfg.batch_size, num_threads=threads or cfg.threads, rank=rank,
+                          world_size=world, sample_size=cfg.sample_size, progress=False)
+    if build_index:
+        return DaliLoader(config)
+
+    class NoIndexDaliLoader(DaliLoader):
+        def _build_pipeline(self, feed):  # the backend's own graph, with decoders.video(build_index=False)
+            from nvidia.dali import fn
+
+            real = fn.decoders.video
+            fn.decoders.video = functools.partial(real, build_index=False)
+            try:
+                return super()._build_pipeline(feed)
+            finally:
+                fn.decoders.video = real
+
+    return NoIndexDaliLoader(config)
+
+
+def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str | None = None, latency: str = "native"):
+    from pipeline.loader import LoaderConfig
+    from pipeline.nvdec_loader import NvdecLoader
+
+    config = LoaderConfig(data=data, split="train", mode="train", backend="nvdec", device=device,
+                          batch_size=cfg.batch_size, num_threads=cfg.threads, sample_size=cfg.sample_size,
+                          progress=False)
+    return NvdecLoader(config, decoder=decoder, latency=latency)
+
+
+def skip_reason(strategy: str, codec: str, gpu: bool) -> str:
+    """Why a (strategy, codec) row cannot run on this machine, or ""."""
+    if strategy.startswith("dali"):
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "DALI not installed"
+        if not gpu and codec != "vp9":
+            return "DALI's CPU decoder reads VP8/VP9/MJPEG only"
+        if not gpu and strategy != "dali":
+            return "GPU variant"
+    if strategy.startswith("nvdec") or strategy == "augment":
+        if not gpu:
+            return "needs a GPU"
+        if strategy != "augment":
+            try:
+                from pipeline.nvdec_loader import import_nvc
+
+                import_nvc()
+            except ImportError as e:
+                return str(e).split(";")[0]
+    return ""
+
+
+# ---- measuring ------------------------------------------------------------------------------------------------
+
+
+class Nvml:
+    """Samples NVDEC utilisation (%) and device memory in use (bytes) every `every` s on a thread, if NVML
+    (nvidia-ml-py) is importable and a GPU is there; otherwise records nothing."""
+
+    def __init__(self, every: float = 0.2):
+        self.util: list[int] = []
+        self.memory = 0
+        self.every = every
+        self._done = threading.Event()
+        self._handle = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no package, no driver: the columns stay empty
+            self._handle = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.util.append(int(self._nvml.nvmlDeviceGetDecoderUtilization(self._handle)[0]))
+            self.memory = max(self.memory, int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+
+    def __enter__(self) -> Nvml:
+        if self._handle is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._handle is not None:
+            self._thread.join()
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (DALI's, the decoders')
+    return r.ru_utime + r.ru_stime
+
+
+def slice_frames(loader) -> float:
+    """Mean packets decoded per clip of the loader's current plan (keyframe at or before the first frame .. last)."""
+    import numpy as np
+
+    plan, total = loader.plan, 0
+    for r, fr in zip(plan.rows.tolist(), plan.frames, strict=True):
+        total += int(fr.max()) - loader.packets.video(r).keyframe_at_or_before(int(fr.min())) + 1
+    return total / max(len(plan), 1) if len(plan) else float(np.nan)
+
+
+def run_loaders(loaders: list, seconds: float, warmup: float, sync) -> tuple[int, float, float]:
+    """Iterate each loader on its own thread, epochs back to back, for `warmup` seconds (not counted), then
+    for `seconds`; returns (clips, wall seconds, CPU seconds of this process) of the timed part. A batch
+    counts when it arrives inside the window."""
+    clips = [0] * len(loaders)
+    stop, counting = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def drive(k: int, loader) -> None:
+        epoch = 0
+        try:
+            while not stop.is_set():
+                loader.set_epoch(epoch)
+                epoch += 1
+                for batch in loader:
+                    if counting.is_set():
+                        clips[k] += len(batch.labels)
+                    if stop.is_set():
+                        break
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=drive, args=(k, ld), daemon=True) for k, ld in enumerate(loaders)]
+    for t in threads:
+        t.start()
+    stop.wait(warmup)
+    sync()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    counting.set()
+    stop.wait(seconds)
+    counting.clear()
+    sync()  # the counted batches' GPU work is done before the clock is read
+    cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
+    stop.set()  # then the threads abandon their epochs (draining prefetched batches is not timed)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(clips), wall, cpu
+
+
+def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) -> dict:
+    import torch
+
+    device = "gpu" if gpu else "cpu"
+    row = {"strategy": strategy, "format": fmt, "device": device, "threads": cfg.threads,
+           "batch_size": cfg.batch_size}
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if strategy == "host":
+        loader = nvdec_loader(data, cfg, "cpu", decoder="pyav")
+        row["build_s"] = time.perf_counter() - t0
+        c0, w0, clips, epoch = cpu_seconds(), time.perf_counter(), 0, 0
+        while time.perf_counter() - w0 < cfg.seconds:
+            loader.set_epoch(epoch)
+            epoch += 1
+            clips += loader.host_pass()["clips"]
+        cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
+        row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
+                   frames_per_clip=slice_frames(loader))
+        loader.close()
+        return row
+    if strategy == "augment":
+        return measure_augment(row, cfg)
+    if strategy.startswith("dali-k"):
+        k = int(strategy[len("dali-k"):])
+        loaders = [dali_loader(data, cfg, device, rank=r, world=k, threads=max(1, cfg.threads // k))
+                   for r in range(k)]
+    elif strategy.startswith("dali"):
+        loaders = [dali_loader(data, cfg, device, build_index=strategy == "dali")]
+    elif strategy.startswith("nvdec"):
+        loaders = [nvdec_loader(data, cfg, device, decoder="nvdec", latency="low" if strategy == "nvdec-low"
+                                else "native")]
+        row["threads"] = loaders[0].num_threads
+    else:  # twin
+        loaders = [nvdec_loader(data, cfg, device, decoder="pyav")]
+    row["build_s"] = time.perf_counter() - t0
+    row["frames_per_clip"] = slice_frames(loaders[0])
+    with Nvml() as nvml:
+        clips, wall, cpu = run_loaders(loaders, cfg.seconds, cfg.warmup, sync)
+    for ld in loaders:
+        ld.close()
+    row.update(clips=clips, wall_s=wall, clips_per_s=clips / wall, host_cpu_ms_per_clip=1e3 * cpu / max(clips, 1),
+               nvdec_util_mean=sum(nvml.util) / len(nvml.util) if nvml.util else None,
+               nvdec_util_max=max(nvml.util) if nvml.util else None,
+               gpu_mem_mb=nvml.memory / 2**20 if nvml.util else None,
+               torch_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if gpu else None)
+    return row
+
+
+def measure_augment(row: dict, cfg: Config) -> dict:
+    """augment_nv12 on a fixed batch of 640x360 NV12 frames, the plan's crop scales drawn per clip."""
+    import numpy as np
+    import torch
+
+    from pipeline.augment import augment_nv12
+    from pipeline.sampling import POSITIONS, SCALES, crop_box
+
+    n, t, h, w = cfg.batch_size, 16, 360, 640
+    rng = np.random.default_rng(0)
+    y = torch.randint(0, 256, (n, t, h, w), dtype=torch.uint8, device="cuda")
+    uv = torch.randint(0, 256, (n, t, h // 2, w), dtype=torch.uint8, device="cuda")
+    boxes = np.array([crop_box(w, h, int(rng.integers(len(POSITIONS))), SCALES[int(rng.integers(len(SCALES)))])
+                      for _ in range(n)])
+    args = (np.tile([h, w], (n, 1)), boxes, rng.integers(0, 2, n).astype(bool), cfg.sample_size, (110.0, 103.0, 96.0))
+    augment_nv12(y, uv, *args)
+    torch.cuda.synchronize()
+    c0, t0, clips = cpu_seconds(), time.perf_counter(), 0
+    while time.perf_counter() - t0 < cfg.seconds:
+        augment_nv12(y, uv, *args)
+        clips += n
+        if clips % (8 * n) == 0:
+            torch.cuda.synchronize()  # bound the queue of launched work
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    row.update(format="640x360", clips=clips, wall_s=wall, clips_per_s=clips / wall, gpu_ms_per_batch=1e3 * wall * n / clips,
+               host_cpu_ms_per_clip=1e3 * (cpu_seconds() - c0) / clips, torch_peak_mb=torch.cuda.max_memory_allocated() / 2**20)
+    return row
+
+
+# ---- orchestration --------------------------------------------------------------------------------------------
+
+
+def versions(nvdec: bool = False) -> dict:
+    """Versions of what the numbers depend on; nvdec: also NVDEC's limits and engine count (GetDecoderCaps)."""
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpus": os.cpu_count()}
+    for name, module in (("dali", "nvidia.dali"), ("pynvvideocodec", "PyNvVideoCodec"), ("av", "av"),
+                         ("decord", "decord"), ("nvidia-ml-py", "pynvml"), ("pytest", "pytest")):
+        try:
+            out[name] = getattr(__import__(module, fromlist=["_"]), "__version__", "installed")
+        except Exception as e:  # reported, not raised
+            out[name] = f"unavailable ({type(e).__name__})"
+    if nvdec:
+        try:
+            from pipeline.nvdec_loader import nvdec_limits
+
+            limits, engines = nvdec_limits(["vp9", "h264", "hevc"], 0)
+            out["nvdec"] = {"engines": engines, **{c: list(v) for c, v in limits.items()}}
+        except Exception as e:  # reported, not raised
+            out["nvdec"] = f"unavailable ({type(e).__name__}: {e})"
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default=str(ROOT / "scratch" / "decode_speed"), help="datasets are made here")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {','.join(FORMATS)}")
+    p.add_argument("--strategies", default=None, help=f"comma list of {','.join(STRATEGIES)} (default: all "
+                   "that can run here: no GPU -> dali (VP9), twin, host)")
+    p.add_argument("--height", type=int, default=360, help="prepared height (360; 240 as an option)")
+    p.add_argument("--source-videos", type=int, default=8, help="distinct synthetic sources")
+    p.add_argument("--source-seconds", type=float, default=10.0)
+    p.add_argument("--videos", type=int, default=512, help="train rows per format (hard links to the prepared files)")
+    p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per row")
+    p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds per row before the timing")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 with a GPU, 8 without")
+    p.add_argument("--threads", type=int, default=None, help="decoder threads (DALI threads; NVDEC rounds up to "
+                   "a multiple of the engine count); default: 8 with a GPU, 2 without")
+    p.add_argument("--sample-size", type=int, default=112)
+    p.add_argument("--json", default=None, help="write the rows (and versions) here, row by row")
+    p.add_argument("--versions", action="store_true", help="print the versions and NVDEC's limits, then exit")
+    a = p.parse_args(argv)
+    if a.versions:
+        print(json.dumps(versions(nvdec=True), indent=1))
+        sys.exit(0)
+    gpu = has_cuda()
+    formats = tuple(f for f in a.formats.split(",") if f)
+    if bad := [f for f in formats if f.split("-g")[0] not in EXT or not f.split("-g")[-1].isdigit()]:
+        p.error(f"--formats: unknown {bad}; use CODEC-gGOP with CODEC in vp9, h264, hevc")
+    default = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "host", "augment") if gpu else ("dali", "twin", "host")
+    strategies = tuple(s for s in (a.strategies or ",".join(default)).split(",") if s)
+    if bad := [s for s in strategies if s not in STRATEGIES and not (s.startswith("dali-k") and s[6:].isdigit())]:
+        p.error(f"--strategies: unknown {bad}; choose from {','.join(STRATEGIES)} (dali-kK for any K)")
+    if a.seconds <= 0 or a.warmup < 0 or a.videos < 1 or a.source_videos < 1:
+        p.error("--seconds must be > 0, --warmup >= 0, --videos and --source-videos >= 1")
+    return Config(a.root, formats, strategies, a.height, a.source_videos, a.source_seconds, a.videos, a.seconds,
+                  a.warmup, a.batch_size or (64 if gpu else 8), a.threads or (8 if gpu else 2), a.sample_size, a.json)
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="decode strategies x formats (train mode, one timed window per row)")
+    cols = ["strategy", "format", "clips/s", "host CPU ms/clip", "frames/clip", "NVDEC % mean/max", "GPU MB", "threads",
+            "note"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("strategy", "format", "note") else "right")
+
+    def f(x, fmt="{:.1f}"):
+        return "" if x is None else fmt.format(x)
+
+    for r in rows:
+        util = "" if r.get("nvdec_util_mean") is None else f"{r['nvdec_util_mean']:.0f}/{r['nvdec_util_max']}"
+        table.add_row(r["strategy"], r["format"], f(r.get("clips_per_s")), f(r.get("host_cpu_ms_per_clip"), "{:.3f}"),
+                      f(r.get("frames_per_clip")), util, f(r.get("gpu_mem_mb"), "{:.0f}"), str(r.get("threads", "")),
+                      r.get("skipped") or r.get("error", ""))
+    Console(width=180).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    gpu = has_cuda()
+    meta = {"config": asdict(cfg), "versions": versions(), "load_avg": os.getloadavg()}
+    print(json.dumps(meta), flush=True)
+    rows: list[dict] = []
+
+    def save() -> None:
+        if cfg.json:
+            Path(cfg.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+    if "augment" in cfg.strategies and gpu:
+        rows.append(measure("augment", "", None, cfg, gpu))
+        save()
+    for fmt in cfg.formats:
+        codec = fmt.split("-g")[0]
+        todo = [s for s in cfg.strategies if s != "augment"]
+        runnable = [s for s in todo if not skip_reason(s, codec, gpu)]
+        data = prepare_format(cfg, fmt) if runnable else None
+        for strategy in todo:
+            why = skip_reason(strategy, codec, gpu)
+            if why:
+                rows.append({"strategy": strategy, "format": fmt, "skipped": why})
+                continue
+            try:
+                rows.append(measure(strategy, fmt, data, cfg, gpu))
+            except Exception as e:  # one failing row must not lose the matrix
+                rows.append({"strategy": strategy, "format": fmt, "error": f"{type(e).__name__}: {e}"[:300]})
+            gc.collect()
+            if gpu:
+                import torch
+
+                torch.cuda.empty_cache()
+            r = rows[-1]
+            print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
+                  f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error', '')}", flush=True)
+            save()
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
