@@ -1,4 +1,5 @@
-"""Train a 3D ResNet (Hara et al., CVPR 2018) on a prepare_data.py output folder, with the paper's recipe.
+"""Train a 3D ResNet (Hara, Kataoka, Satoh, ICCV 2017 workshops) on a prepare_data.py output folder, with the
+paper's recipe.
 
   python train.py --data DST --out runs/r34 --arch resnet-34           # one GPU (or the CPU if none)
   python train.py --data DST --out runs/r34 --arch resnet-34 --gpus 4  # 4 GPUs on this node, DDP over NCCL

@@ -26,24 +26,9 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return torch.stack([hit_cum[:, min(k, n_classes) - 1].sum() for k in ks])
 
 
-def video_sums(
-    probs: torch.Tensor, video_idx: torch.Tensor, n_videos: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-video sums of clip probabilities and clip counts.
-
-    probs: (N, K) float clip probabilities; video_idx: (N,) int64 in [0, n_videos).
-    Returns sums (n_videos, K) float64 and counts (n_videos,) int64; sums / counts is the paper's video score
-    (the mean of its clips' class probabilities). Sums from several ranks or batches simply add up.
-    """
-    sums = torch.zeros(n_videos, probs.shape[1], dtype=torch.float64, device=probs.device)
-    sums.index_add_(0, video_idx, probs.double())
-    counts = torch.zeros(n_videos, dtype=torch.int64, device=probs.device)
-    counts.index_add_(0, video_idx, torch.ones_like(video_idx))
-    return sums, counts
-
-
 def video_probabilities(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(V, K) float64 mean clip probability per video from video_sums' output; every count must be > 0."""
+    """(V, K) float64 mean clip probability per video from per-video sums (V, K) of clip probabilities and
+    clip counts (V,) (VideoAccumulator's); every count must be > 0."""
     assert bool((counts > 0).all()), "a video without clips"
     return sums / counts[:, None].double()
 

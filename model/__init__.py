@@ -1,4 +1,4 @@
-"""3D ResNets (Hara et al., CVPR 2018) and checkpoint loading.
+"""3D ResNets (Hara, Kataoka, Satoh, ICCV 2017 workshops) and checkpoint loading.
 
 Usage: `net = build_model("resnet-18", n_classes=400)` gives the paper's Table 1 network (type-A
 shortcuts); `report = load_weights(net, path)` loads our checkpoints or 3D-ResNets-PyTorch's.

@@ -1,4 +1,6 @@
-"""3D ResNets of Hara et al. (CVPR 2018), Table 1, in torchvision's video-ResNet vocabulary.
+"""3D ResNets of Hara, Kataoka, Satoh, "Learning Spatio-Temporal Features with 3D Residual Networks for Action
+Recognition" (ICCV 2017 workshops), in torchvision's video-ResNet vocabulary. ResNet-18 and -34 are the paper's
+Table 1; 10, 50, 101, 152 and 200 layers follow the authors' later code (3D-ResNets-PyTorch).
 
 The module tree (and so every `state_dict()` key and shape) matches 3D-ResNets-PyTorch's
 `models/resnet.py` (`generate_model`) for the same settings, so its published checkpoints load
@@ -80,7 +82,6 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3x3(planes, planes)
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -106,7 +107,6 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
