@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -105,12 +104,6 @@ def share_cpu_threads(d: Dist) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- launching, and Ctrl-C ----------------------------------------------------------------------------------
@@ -236,6 +229,9 @@ def _spawned_entry(local_rank: int, world_size: int, port: int, fn: Callable, ar
         LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
+        # init_process_group's env:// rendezvous then connects every rank, rank 0 too, to the store that spawn()
+        # hosts on that port (torchrun's agent does the same), instead of rank 0 binding the port itself
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     if sys.platform == "linux":  # like torch.multiprocessing: a Ctrl-C for us when the launcher dies
         ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
@@ -261,8 +257,10 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     from multiprocessing import resource_tracker
 
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA and with DALI's threads
-    port = _free_port()
-    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, port, fn, args), name=f"rank{r}")
+    # The rendezvous store, on a port the OS picks and this process holds until the job ends: a port found free
+    # and released for rank 0 to bind later could be taken by another program in between.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, store.port, fn, args), name=f"rank{r}")
              for r in range(nprocs)]
     started: list = []
     resource_tracker.ensure_running()  # started later, it would unblock SIGINT in the middle of the next lines
@@ -341,8 +339,3 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if dist.is_available() and dist.is_initialized():
         for b in module.buffers():
             dist.broadcast(b, src)
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

@@ -8,11 +8,13 @@ A tiny model (ResNet-10 at widen 0.125, 32x32 clips) on 12 training videos keeps
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -283,6 +285,32 @@ def test_nproc_2_end_to_end(data, tmp_path):
     assert len(rows) == 1 and 0 <= float(rows[0]["val_acc"]) <= 1
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["nproc"] == 2 and state["epoch"] == 1
+
+
+def _port_worker(out: str) -> None:
+    """One rank of the test below: is the port it was given taken before it joins the group? Then a sum."""
+    from engine import distributed
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
+            taken = False
+        except OSError as e:
+            taken = e.errno == errno.EADDRINUSE
+    d = distributed.setup(use_cuda=False)
+    total = distributed.all_reduce_sum(torch.tensor([d.rank + 1.0]))
+    distributed.cleanup()
+    (Path(out) / f"rank{d.rank}").write_text(f"taken {taken}, sum {total.item()}")
+
+
+def test_spawn_holds_the_rendezvous_port_until_the_ranks_join(tmp_path):
+    """spawn() hosts the rendezvous store on the port it gives the ranks, from the start: no other program can
+    take the port between its choice and the group's start (a free port found, closed and bound later by rank
+    0 could be), and both ranks join one group through it."""
+    from engine.distributed import spawn
+
+    spawn(_port_worker, 2, (str(tmp_path),))
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["taken True, sum 3.0"] * 2
 
 
 def test_batch_size_must_split_evenly(data, tmp_path):
