@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,14 +24,27 @@ import torch
 from rich.table import Table
 
 from engine import distributed
-from engine.cli import Range, check_numeric_flags, with_flag_hints
+from engine.checkpoint import MODEL_DEFAULTS, RunRecord
+from engine.cli import (
+    DEVICE_RANGES,
+    LOADER_RANGES,
+    Range,
+    add_device_flags,
+    add_loader_flags,
+    as_flag,
+    check_numeric_flags,
+    resolve_device_flags,
+    with_flag_hints,
+)
 from engine.distributed import Dist, Interrupted
 from engine.metrics import VideoAccumulator, confusion_matrix, per_class_rows, reference_predictions
 from engine.plots import plot_confusion
 from engine.progress import StepBar, make_console
+from engine.step import forward, memory_format, to_device
 from model import ARCHS, CheckpointError, build_model, load_weights, read_checkpoint
-from pipeline import ACTIVITYNET_MEAN, KINETICS_MEAN, DatasetError, build_loader
+from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
+from pipeline.normalisation import MEANS, Normalisation
 from pipeline.sampling import eval_starts
 
 
@@ -45,7 +58,7 @@ class EvalConfig:
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
     skip_bad: bool = False
-    # the model, for checkpoints without our metadata (3D-ResNets-PyTorch's); ours describe themselves, and
+    # the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours describe themselves, and
     # these must agree with them
     arch: str | None = None
     shortcut: str | None = None
@@ -70,15 +83,15 @@ class EvalConfig:
 
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {
+    **LOADER_RANGES, **DEVICE_RANGES,
     **{name: Range(min=1) for name in ("batch_size", "n_classes", "conv1_t_size", "conv1_t_stride", "sample_duration",
-                                       "sample_size", "gpus", "nproc")},
-    "num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1"),
+                                       "sample_size")},
     "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
 }
 # The model flags, as build_model's keyword arguments; the defaults are build_model's.
 MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
-MODEL_DEFAULTS = {k: v.default for k, v in inspect.signature(build_model).parameters.items()
-                  if v.default is not inspect.Parameter.empty}
+# A checkpoint without a run record (3D-ResNets-PyTorch's) is evaluated on that code's default clips.
+REFERENCE_CLIPS = dict(normalisation=Normalisation.named("activitynet"), sample_size=112, sample_duration=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,12 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="train.py's best.pt/last.pt, or a 3D-ResNets-PyTorch one")
     p.add_argument("--split", default="val", help="manifest to evaluate: train, val or test")
     p.add_argument("--out", default="", help="output folder (default: RUN_DIR/eval-<checkpoint>-<split>)")
-    p.add_argument("--backend", choices=("dali", "decord"), default="dali")
     p.add_argument("--batch-size", type=int, default=64, help="clips per step, split evenly across processes")
-    p.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
-    p.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
-                   help="skip (and count) unreadable videos instead of stopping")
-    g = p.add_argument_group("the model, for checkpoints without our metadata (3D-ResNets-PyTorch's); ours "
+    add_loader_flags(p)
+    g = p.add_argument_group("the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours "
                              "describe themselves, and these flags must agree with them")
     g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
     g.add_argument("--shortcut", choices=("A", "B"), help="default A")
@@ -105,13 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("clips (override the checkpoint's)")
     g.add_argument("--sample-duration", type=int, help="default: the checkpoint's, else 16")
     g.add_argument("--sample-size", type=int, help="default: the checkpoint's, else 112")
-    g.add_argument("--mean", choices=("kinetics", "activitynet"),
-                   help="default: the checkpoint's, else activitynet (3D-ResNets-PyTorch's default)")
-    g = p.add_argument_group("run")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each")
-    g.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    g.add_argument("--mean", choices=tuple(MEANS), help="RGB mean subtracted, 0-255; default: the checkpoint's, "
+                                                          "else activitynet (3D-ResNets-PyTorch's default)")
+    add_device_flags(p.add_argument_group("run"))
     return p
 
 
@@ -119,33 +125,30 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p = build_parser()
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
-    if a.num_threads == 0 and a.backend == "dali":
-        p.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
-    try:
-        device = distributed.resolve_device(a.device, a.gpus, a.nproc)
-    except ValueError as e:
-        p.error(str(e))
+    device, amp = resolve_device_flags(p, a)
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out = a.out or str(run_dir / f"eval-{ckpt.stem}-{a.split}")
     fields = {k: v for k, v in vars(a).items() if k not in ("device", "amp", "out")}
-    cfg = EvalConfig(**fields, out=out, device=device, amp=a.amp if a.amp is not None else device == "cuda")
+    cfg = EvalConfig(**fields, out=out, device=device, amp=amp)
     if cfg.batch_size % cfg.world_size():
         p.error(f"--batch-size {cfg.batch_size} is not divisible by {cfg.world_size()} processes")
     return cfg
 
 
-def model_spec(cfg: EvalConfig, class_names: list[str]) -> tuple[dict, dict]:
-    """(build_model keyword arguments, normalisation) for the checkpoint, or CheckpointError. Our checkpoints
-    describe themselves (model flags that contradict them are an error); for others the model comes from the
-    flags, the file's 'arch' entry and its layers' shapes."""
+def run_record(cfg: EvalConfig, class_names: list[str]) -> RunRecord:
+    """The model and clips to evaluate, or CheckpointError. Our checkpoints carry their run record (model flags
+    that contradict it are an error); for others the model comes from the flags, the file's 'arch' entry and its
+    layers' shapes, and the clips are 3D-ResNets-PyTorch's defaults. --sample-duration, --sample-size and --mean
+    override the clips of either."""
     path = Path(cfg.checkpoint)
     state_dict, meta = read_checkpoint(path)
     given = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
-    if "model_args" in meta:  # train.py's checkpoint
-        model_args = {**MODEL_DEFAULTS, **meta["model_args"]}
+    record = RunRecord.from_metadata(meta, path)
+    if record is not None:  # train.py's checkpoint
+        model_args = record.model_args
         contradicting = [k for k, v in given.items() if v != model_args[k]]
         if contradicting:
             itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
@@ -153,11 +156,10 @@ def model_spec(cfg: EvalConfig, class_names: list[str]) -> tuple[dict, dict]:
             verb = "contradicts" if len(flags) == 1 else "contradict"
             raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(flags)} {verb} "
                                   f"it: drop {' '.join(f.split()[0] for f in flags)}")
-        saved_classes = list(meta.get("class_names", []))
+        saved_classes = list(record.class_names)
         if saved_classes != class_names:
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
                                   f"{cfg.data} has {len(class_names)} {class_names[:4]}...; use the same classes")
-        norm = dict(meta["normalisation"])
     else:
         fc = state_dict.get("fc.weight")
         arch = cfg.arch or meta.get("arch")
@@ -173,33 +175,20 @@ def model_spec(cfg: EvalConfig, class_names: list[str]) -> tuple[dict, dict]:
             raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
                                   f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
                                   "--conv1-t-stride, --no-max-pool if it was trained with them)")
-        norm = dict(mean="activitynet", sample_duration=16, sample_size=112)  # 3D-ResNets-PyTorch's defaults
-    overrides = dict(mean=cfg.mean, sample_duration=cfg.sample_duration, sample_size=cfg.sample_size)
-    norm.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(norm["mean"], str):
-        norm["mean"] = list(KINETICS_MEAN if norm["mean"] == "kinetics" else ACTIVITYNET_MEAN)
-    return model_args, norm
+        record = RunRecord(model_args=model_args, class_names=tuple(class_names), **REFERENCE_CLIPS)
+    overrides = dict(normalisation=None if cfg.mean is None else Normalisation.named(cfg.mean),
+                     sample_duration=cfg.sample_duration, sample_size=cfg.sample_size)
+    return dataclasses.replace(record, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, dict, str]:
-    """(model in eval mode on d.device, normalisation, description); see model_spec."""
+def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, RunRecord, str]:
+    """(model in eval mode on d.device, the run record it is evaluated with, description); see run_record."""
     path = Path(cfg.checkpoint)
-    model_args, norm = model_spec(cfg, class_names)
-    model = build_model(**model_args)
+    record = run_record(cfg, class_names)
+    model = build_model(**record.model_args)
     load_weights(model, path, strict_head=True, verbose=d.is_main)
-    model = model.to(d.device, memory_format=memory_format(d))
-    return model.eval(), norm, f"{model_args['arch']}-{model_args.get('shortcut', 'A')}"
-
-
-def as_flag(name: str, value: object) -> str:
-    """build_model's keyword argument as evaluate.py's flag: ("widen_factor", 0.5) -> "--widen-factor 0.5"."""
-    if name == "no_max_pool":
-        return "--no-max-pool" if value else "--max-pool"
-    return f"--{name.replace('_', '-')} {value}"
-
-
-def memory_format(d: Dist) -> torch.memory_format:
-    return torch.channels_last_3d if d.device.type == "cuda" else torch.contiguous_format
+    model = model.to(d.device, memory_format=memory_format(d.device.type == "cuda"))
+    return model.eval(), record, f"{record.model_args['arch']}-{record.model_args['shortcut']}"
 
 
 def expected_clips(videos, sample_duration: int) -> torch.Tensor:
@@ -216,23 +205,21 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     on_gpu = d.device.type == "cuda"
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
-    model, norm, name = load_model(cfg, class_names, d)
+    model, record, name = load_model(cfg, class_names, d)
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval", backend=cfg.backend,
                           device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
-                          rank=d.rank, world_size=d.world_size,
-                          num_threads=cfg.num_threads, sample_duration=norm["sample_duration"],
-                          sample_size=norm["sample_size"], mean=tuple(norm["mean"]),
-                          device_id=d.local_rank if on_gpu else None, skip_bad=cfg.skip_bad, progress=d.is_main)
+                          rank=d.rank, world_size=d.world_size, num_threads=cfg.num_threads,
+                          sample_duration=record.sample_duration, sample_size=record.sample_size,
+                          mean=record.normalisation.loader_mean(), device_id=d.local_rank if on_gpu else None,
+                          skip_bad=cfg.skip_bad, progress=d.is_main)
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
     done = 0  # steps
     try:
         with StepBar(console, "eval", len(loader)) as bar:
             for step, (clips, labels, video_idx) in enumerate(loader):  # (N, 3, T, S, S) float32, (N,), (N,) int64
-                clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(d))
-                with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    logits = model(clips)  # (N, K)
-                acc.add(logits.float(), labels.to(d.device), video_idx.to(d.device))
+                clips, labels = to_device(clips, labels, d.device, channels_last=on_gpu)
+                acc.add(forward(model, clips, cfg.amp), labels, video_idx.to(d.device))  # logits (N, K)
                 done = step + 1
                 bar.update(done)
         states = distributed.all_gather_objects(acc.state())  # the one CPU-GPU sync of the run
@@ -247,17 +234,17 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
         return None
 
     total = VideoAccumulator.merge(states, n_videos, n_classes)
-    expected = expected_clips(loader.videos, norm["sample_duration"])
+    expected = expected_clips(loader.videos, record.sample_duration)
     wrong = (total.counts != expected).nonzero().flatten().tolist()
-    if wrong:
+    if wrong:  # a loader or sharding bug: every window of every video must reach the sums exactly once
         v = wrong[0]
         vid, got, want = loader.videos["video_id"][v], int(total.counts[v]), int(expected[v])
-        raise RuntimeError(f"{len(wrong)} videos were not counted exactly once, e.g. {vid!r}: "
+        raise RuntimeError(f"{len(wrong)} of {n_videos} videos not counted exactly once, e.g. {vid!r}: "
                            f"{got} clips, expected {want}")
     video_labels = torch.tensor(loader.videos["label"].to_numpy(), dtype=torch.int64)
     metrics = total.summary(video_labels)
     metrics.update(split=cfg.split, checkpoint=cfg.checkpoint, model=name, n_classes=n_classes,
-                   world_size=d.world_size, normalisation=norm)
+                   world_size=d.world_size, normalisation=record.to_dict()["normalisation"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +276,7 @@ def print_summary(console, m: dict, data_name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     try:  # here too, before any process is spawned: a refusal is one line, not one per process
-        model_spec(cfg, load_classes(Path(cfg.data)))
+        run_record(cfg, load_classes(Path(cfg.data)))
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {with_flag_hints(str(e))}") from None
     distributed.launch(evaluate, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",

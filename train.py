@@ -9,8 +9,9 @@ paper's recipe.
   python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
-RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). --resume refuses settings that
-would make another run (DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130).
+RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). The learning rate follows
+the paper's plateau rule (engine/schedule.py). --resume refuses settings that would make another run
+(DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130).
 """
 
 from __future__ import annotations
@@ -31,18 +32,31 @@ from torch import nn
 
 from engine import distributed
 from engine.checkpoint import (
+    PARAMETER_FREE_ARGS,
     CheckpointError,
+    RunRecord,
     TrainingState,
     check_compatible,
     load_training_checkpoint,
     save_atomic,
 )
-from engine.cli import Range, check_numeric_flags
+from engine.cli import (
+    DEVICE_RANGES,
+    LOADER_RANGES,
+    Range,
+    add_device_flags,
+    add_loader_flags,
+    check_numeric_flags,
+    resolve_device_flags,
+)
 from engine.distributed import Dist, Interrupted, all_reduce_sum
 from engine.plots import plot_curves
 from engine.progress import StepBar, make_console
-from model import ARCHS, build_model, load_weights
-from pipeline import ACTIVITYNET_MEAN, KINETICS_MEAN, DatasetError, LoaderBase, build_loader
+from engine.schedule import PlateauSchedule
+from engine.step import forward, memory_format, to_device, train_step
+from model import ARCHS, build_model, load_weights, read_checkpoint
+from pipeline import DatasetError, LoaderBase, build_loader
+from pipeline.normalisation import MEANS, Normalisation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip
@@ -73,7 +87,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3
     lr_patience: int = 10
-    lr_reductions: int = 3  # stop once the plateau schedule has divided the lr by 10 this many times
+    lr_reductions: int = 3  # divisions by 10 before training stops at the next plateau (PlateauSchedule)
     pretrained: str | None = None
     ft_begin: str | None = None
     # run
@@ -120,14 +134,15 @@ def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
 
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {
+    **LOADER_RANGES, **DEVICE_RANGES,
     **{name: Range(min=1) for name in ("sample_duration", "sample_size", "conv1_t_size", "conv1_t_stride", "epochs",
-                                       "batch_size", "lr_reductions", "gpus", "nproc", "log_every")},
-    "num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1"),
+                                       "batch_size", "log_every")},
     "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
     "lr": Range(above=0),
     "momentum": Range(min=0, below=1),
     "weight_decay": Range(min=0),
     "lr_patience": Range(min=0),
+    "lr_reductions": Range(min=0),
     "seed": Range(min=0, below=2**63, why="DALI's seed is an int64"),
     "inject_nan_step": Range(min=-1),
 }
@@ -138,20 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="a prepare_data.py output folder (train.csv, val.csv, ...)")
     g.add_argument("--out", required=True, help="run folder for checkpoints, metrics and plots")
-    g.add_argument("--backend", choices=("dali", "decord"), default="dali")
-    g.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
+    add_loader_flags(g)
     g.add_argument("--sample-duration", type=int, default=16, help="frames per clip")
     g.add_argument("--sample-size", type=int, default=112, help="clip height and width in pixels")
-    g.add_argument("--mean", choices=("kinetics", "activitynet"), default="kinetics", help="RGB mean, 0-255")
-    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
-                   help="skip (and count) unreadable videos instead of stopping")
+    g.add_argument("--mean", choices=tuple(MEANS), default="kinetics", help="RGB mean subtracted, 0-255")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, default="resnet-18")
     g.add_argument("--shortcut", choices=("A", "B"), default="A", help="A: zero-padding (the paper's), B: conv")
     g.add_argument("--widen-factor", type=float, default=1.0, help="channel multiplier (small CPU models)")
     g.add_argument("--conv1-t-size", type=int, default=7)
     g.add_argument("--conv1-t-stride", type=int, default=1)
-    g.add_argument("--no-max-pool", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--no-max-pool", action="store_true", default=False, help="no max pool after conv1")
+    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", help="(the default)")
     g.add_argument("--pretrained", help="initial weights: our checkpoint or a 3D-ResNets-PyTorch one")
     g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the ones before")
     g = p.add_argument_group("optimisation")
@@ -160,16 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=0.1)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=1e-3)
-    g.add_argument("--lr-patience", type=int, default=10, help="epochs of flat val loss before lr /= 10")
-    g.add_argument("--lr-reductions", type=int, default=3, help="stop training after this many lr reductions")
+    g.add_argument("--lr-patience", type=int, default=10, help="lr /= 10 after more epochs than this without a new best val loss")
+    g.add_argument("--lr-reductions", type=int, default=3,
+                   help="divide the lr by 10 this many times, then stop when the val loss saturates again")
     g = p.add_argument_group("run")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from OUT/checkpoints/last.pt (epoch, weights, optimiser, lr schedule)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each (DDP, NCCL)")
-    g.add_argument("--nproc", type=int, default=1, help="CPU processes (DDP over gloo) on a machine without GPU")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    add_device_flags(g)
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(GPU: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile")
     g.add_argument("--log-every", type=int, default=10, help="steps between log points on the GPU")
@@ -181,16 +192,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = build_parser()
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
-    if a.num_threads == 0 and a.backend == "dali":
-        p.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
-    try:
-        device = distributed.resolve_device(a.device, a.gpus, a.nproc)
-    except ValueError as e:
-        p.error(str(e))
-    on_gpu = device == "cuda"
+    device, amp = resolve_device_flags(p, a)
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("device", "amp", "channels_last")},
-                      device=device, amp=on_gpu if a.amp is None else a.amp,
-                      channels_last=on_gpu if a.channels_last is None else a.channels_last)
+                      device=device, amp=amp,
+                      channels_last=device == "cuda" if a.channels_last is None else a.channels_last)
     world, data = cfg.world_size(), Path(cfg.data)
     checks = [
         (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
@@ -212,6 +217,7 @@ def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, d
     torch.manual_seed(cfg.seed)
     raw = build_model(**model_args)
     if cfg.pretrained:
+        check_pretrained(cfg)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
@@ -223,7 +229,16 @@ def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, d
                 break
             child.requires_grad_(False)
             frozen.append(child)
-    return raw.to(d.device, memory_format=memory_format(cfg)), model_args, frozen
+    return raw.to(d.device, memory_format=memory_format(cfg.channels_last)), model_args, frozen
+
+
+def check_pretrained(cfg: TrainConfig) -> None:
+    """CheckpointError when --pretrained is our checkpoint and its run record says that its weights, loaded into
+    this run's model, would compute something else (a model argument without parameters differs)."""
+    _, meta = read_checkpoint(cfg.pretrained)
+    record = RunRecord.from_metadata(meta, cfg.pretrained)
+    if record is not None:
+        record.check_same_function({k: getattr(cfg, k) for k in PARAMETER_FREE_ARGS}, cfg.pretrained)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -246,17 +261,10 @@ def train_one_epoch(cfg: TrainConfig, d: Dist, net: nn.Module, frozen: list[nn.M
         t = time.perf_counter()
         clips, labels, _ = next(batches)  # (N, 3, T, S, S) float32, (N,) int64
         wait += time.perf_counter() - t
-        clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(cfg))
-        labels = labels.to(d.device, non_blocking=True)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = net(clips)  # (N, K)
-        loss = F.cross_entropy(logits.float(), labels)
-        if step0 + step == cfg.inject_nan_step:
-            loss = loss * math.inf
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+        clips, labels = to_device(clips, labels, d.device, cfg.channels_last)
+        loss, logits = train_step(net, optimizer, clips, labels, cfg.amp,
+                                  inject_nan=step0 + step == cfg.inject_nan_step)
+        sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
         n_clips += len(labels)
         if (step + 1) % check_every == 0 or step + 1 == n_steps:  # the last step always checks
             # CPU-GPU sync: log point. A non-finite step leaves the running sum non-finite, so nothing slips by.
@@ -280,10 +288,8 @@ def validate(cfg: TrainConfig, d: Dist, net: nn.Module, loader: LoaderBase, epoc
     sums = torch.zeros(2, dtype=torch.float64, device=d.device)  # sum of losses, correct clips (this rank)
     n_clips = 0
     for clips, labels, _ in loader:
-        clips = clips.to(d.device, non_blocking=True, memory_format=memory_format(cfg))
-        labels = labels.to(d.device, non_blocking=True)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = net(clips).float()  # (N, K)
+        clips, labels = to_device(clips, labels, d.device, cfg.channels_last)
+        logits = forward(net, clips, cfg.amp)  # (N, K)
         sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
                              (logits.argmax(1) == labels).sum().double()])
         n_clips += len(labels)
@@ -291,10 +297,6 @@ def validate(cfg: TrainConfig, d: Dist, net: nn.Module, loader: LoaderBase, epoc
     if not math.isfinite(loss_sum):
         raise NonFiniteLoss(f"validation loss became {loss_sum} in epoch {epoch}")
     return dict(val_loss=loss_sum / n, val_acc=correct / n)
-
-
-def memory_format(cfg: TrainConfig) -> torch.memory_format:
-    return torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
 
 
 def write_metrics_csv(history: list[dict], path: Path) -> None:
@@ -333,35 +335,33 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
     distributed.share_cpu_threads(d)
-    mean = KINETICS_MEAN if cfg.mean == "kinetics" else ACTIVITYNET_MEAN
+    normalisation = Normalisation.named(cfg.mean)
     loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
                        batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
                        seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
-                       sample_size=cfg.sample_size, mean=mean, skip_bad=cfg.skip_bad,
+                       sample_size=cfg.sample_size, mean=normalisation.loader_mean(), skip_bad=cfg.skip_bad,
                        device_id=d.local_rank if on_gpu else None, progress=d.is_main)
     train_loader = build_loader(Path(cfg.data), split="train", mode="train", **loader_args)
     val_loader = build_loader(Path(cfg.data), split="val", mode="val", **loader_args)
-    class_names = list(train_loader.class_names)
+    class_names = tuple(train_loader.class_names)
 
     raw, model_args, frozen = setup_model(cfg, len(class_names), d)
+    record = RunRecord(model_args=model_args, class_names=class_names, normalisation=normalisation,
+                       sample_size=cfg.sample_size, sample_duration=cfg.sample_duration)
     params = [p for p in raw.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=0.0,
                                 weight_decay=cfg.weight_decay)  # dampening 0: the reference's 0.9 is a bug
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.1, patience=cfg.lr_patience)
-    normalisation = dict(mean=list(mean), sample_size=cfg.sample_size, sample_duration=cfg.sample_duration)
-    epoch, history, best_acc, reductions = 0, [], -1.0, 0
+    schedule = PlateauSchedule(cfg.lr, cfg.lr_patience, cfg.lr_reductions)
+    epoch, history = 0, []
     if resumed is not None:
-        now = dict(model_args=model_args, class_names=class_names, normalisation=normalisation)
-        check_compatible(last_path, resumed.to_dict(), now, tuple(now))
+        check_compatible(last_path, resumed.record, record)
         try:
             raw.load_state_dict(resumed.model)
             optimizer.load_state_dict(resumed.optimizer)
-            scheduler.load_state_dict(resumed.scheduler)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{last_path}: does not fit this run ({str(e).splitlines()[0][:200]})") from None
         epoch, history = resumed.epoch, resumed.history
-        best_acc, reductions = resumed.best_val_acc, resumed.lr_reductions
-        console.print(f"resumed from {last_path}: {epoch} epochs done, lr {optimizer.param_groups[0]['lr']:.3g}")
+        console.print(f"resumed from {last_path}: {epoch} epochs done")
     elif cfg.resume:
         console.print(f"[yellow]--resume: no {last_path} yet, starting from scratch")
 
@@ -380,11 +380,16 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
                   f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
 
+    best_acc = max((row["val_acc"] for row in history), default=-1.0)
     saved = epoch  # the epoch that last.pt holds (0: none yet)
     try:
-        while epoch < cfg.epochs and reductions < cfg.lr_reductions:
+        while epoch < cfg.epochs:
+            lr, _, stop = schedule.after([row["val_loss"] for row in history])
+            if stop:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             epoch += 1
-            lr = optimizer.param_groups[0]["lr"]
             train_loader.set_epoch(epoch)
             with StepBar(console, f"epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
                 try:
@@ -396,9 +401,6 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                     good = last_path if last_path.exists() else "none (first epoch)"
                     raise SystemExit(f"error: {e} (lr {lr:.3g}); training stopped. The last good checkpoint is "
                                      f"{good}; HINT: lower --lr") from None
-            scheduler.step(row["val_loss"])
-            if optimizer.param_groups[0]["lr"] < lr:
-                reductions += 1
             history.append(row)
             is_best = row["val_acc"] > best_acc
             best_acc = max(best_acc, row["val_acc"])
@@ -408,11 +410,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                           f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
                           f"data wait {row['data_wait_share']:.0%}")
             if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
-                state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(),
-                                      scheduler=scheduler.state_dict(), scaler=None, epoch=epoch,
-                                      config=asdict(cfg), arch=cfg.arch, model_args=model_args,
-                                      class_names=class_names, normalisation=normalisation,
-                                      best_val_acc=best_acc, lr_reductions=reductions, history=history)
+                state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
+                                      epoch=epoch, config=asdict(cfg), record=record, history=history)
                 save_atomic(state, last_path)
                 saved = epoch
                 if is_best:
@@ -426,7 +425,9 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     finally:
         train_loader.close()  # DALI threads / decord worker processes end here, also on errors and Ctrl-C
         val_loader.close()
-    why = f"lr reduced {reductions} times" if reductions >= cfg.lr_reductions else f"--epochs {cfg.epochs}"
+    final = schedule.after([row["val_loss"] for row in history])
+    why = (f"the val loss saturated at lr {final.lr:.3g}, after {final.divisions} divisions by 10" if final.stop
+           else f"--epochs {cfg.epochs}")
     console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
                   f"checkpoints in {ckpt_dir}")
 
@@ -442,8 +443,10 @@ def interrupted_message(cfg: TrainConfig, last_path: Path, epoch: int, saved: in
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    try:
-        resume_from(cfg)  # here too, before any process is spawned: a refusal is one line, not one per process
+    try:  # here too, before any process is spawned: a refusal is one line, not one per process
+        resume_from(cfg)
+        if cfg.pretrained:
+            check_pretrained(cfg)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",

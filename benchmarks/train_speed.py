@@ -1,4 +1,5 @@
-"""Training throughput of the 3D ResNets: forward + backward + SGD step, in clips/s, and peak memory.
+"""Training throughput of the 3D ResNets: train.py's training step (engine.step: host-to-device copy, forward,
+backward, SGD step), in clips/s, and peak memory.
 
 Synthetic mode (this file): one pre-generated batch of (N, 3, 16, 112, 112) float32 clips is reused
 every step, so the number is the model's ceiling with a free loader. `time_training_steps` takes any
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from engine.step import memory_format, to_device, train_step  # noqa: E402
 from model import ARCHS, build_model  # noqa: E402
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity), matched against the
@@ -188,22 +189,6 @@ def synthetic_batches(
     return itertools.repeat((clips, labels))
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    clips: torch.Tensor,
-    labels: torch.Tensor,
-    amp_dtype: torch.dtype | None,
-) -> torch.Tensor:
-    """One SGD step on clips (N, 3, T, H, W), labels (N,). Returns the loss tensor (no host sync)."""
-    with torch.autocast(clips.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        loss = F.cross_entropy(model(clips), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # CPU-GPU sync: the clock must see finished kernels
@@ -216,12 +201,11 @@ def time_training_steps(
     steps: int,
     *,
     device: torch.device,
-    amp_dtype: torch.dtype | None = None,
+    amp: bool = False,
     channels_last: bool = False,
 ) -> StepTimes:
-    """Run `steps` training steps on batches drawn from `batches` (each (clips, labels, ...); clips
+    """Run `steps` of train.py's training steps on batches drawn from `batches` (each (clips, labels, ...); clips
     (N, 3, T, H, W) float on any device, labels (N,) int64) and time them end to end."""
-    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     n_clips, data_wait = 0, 0.0
     _sync(device)
     start = time.perf_counter()
@@ -229,9 +213,8 @@ def time_training_steps(
         t0 = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t0
-        clips = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        labels = batch[1].to(device, non_blocking=True)
-        train_step(model, optimizer, clips, labels, amp_dtype)
+        clips, labels = to_device(batch[0], batch[1], device, channels_last)
+        train_step(model, optimizer, clips, labels, amp)
         n_clips += clips.shape[0]
     _sync(device)
     return StepTimes(time.perf_counter() - start, steps, n_clips, data_wait)
@@ -250,12 +233,21 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux: KiB
 
 
+def build_for_training(cfg: Config, arch: str, n_classes: int, device: torch.device) -> tuple[nn.Module, Any]:
+    """(the model to run, possibly compiled; its SGD optimiser), laid out as cfg says."""
+    torch.manual_seed(0)
+    model = build_model(arch, n_classes, shortcut=cfg.shortcut, widen_factor=cfg.widen_factor)
+    model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    # The paper's optimiser settings; lr 0.01 rather than 0.1 so random labels do not blow up the weights.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
+    return (torch.compile(model) if cfg.compile else model), optimizer
+
+
 def bench_case(
     cfg: Config, arch: str, batch_size: int, precision: str, macs: float, peak: float | None
 ) -> dict:
     """Build the model, warm up, time `repeats` runs; one table row."""
     device = torch.device(cfg.device)
-    amp_dtype = torch.bfloat16 if precision == "bf16" else None
     row: dict[str, Any] = {
         "arch": arch,
         "batch_size": batch_size,
@@ -265,15 +257,9 @@ def bench_case(
         "device": cfg.device,
         "fwd_gmacs_per_clip": round(macs / 1e9, 3),
     }
-    torch.manual_seed(0)
-    model = build_model(arch, cfg.n_classes, shortcut=cfg.shortcut, widen_factor=cfg.widen_factor).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    # The paper's optimiser settings; lr 0.01 rather than 0.1 so random labels do not blow up the weights.
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
-    run = torch.compile(model) if cfg.compile else model
+    run, optimizer = build_for_training(cfg, arch, cfg.n_classes, device)
     batches = synthetic_batches(batch_size, cfg.n_classes, cfg.frames, cfg.size, device)
-    kw = {"device": device, "amp_dtype": amp_dtype, "channels_last": cfg.channels_last}
+    kw = {"device": device, "amp": precision == "bf16", "channels_last": cfg.channels_last}
     _reset_peak_memory(device)
     try:
         warm = time_training_steps(run, optimizer, batches, cfg.warmup, **kw)
@@ -310,18 +296,13 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
     from pipeline import build_loader  # only this mode needs the pipeline (DALI / decord)
 
     device = torch.device(cfg.device)
-    amp_dtype = torch.bfloat16 if precision == "bf16" else None
-    loader = build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if device.type == "cuda" else "cpu",
+    on_gpu = device.type == "cuda"
+    loader = build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if on_gpu else "cpu",
                           batch_size=batch_size, num_threads=cfg.loader_threads, sample_duration=cfg.frames,
-                          sample_size=cfg.size, device_id=(device.index or 0) if device.type == "cuda" else None)
+                          sample_size=cfg.size, device_id=(device.index or 0) if on_gpu else None)
     n_classes = len(loader.class_names)
-    torch.manual_seed(0)
-    model = build_model(arch, n_classes, shortcut=cfg.shortcut, widen_factor=cfg.widen_factor).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
-    run = torch.compile(model) if cfg.compile else model
-    kw = {"device": device, "amp_dtype": amp_dtype, "channels_last": cfg.channels_last}
+    run, optimizer = build_for_training(cfg, arch, n_classes, device)
+    kw = {"device": device, "amp": precision == "bf16", "channels_last": cfg.channels_last}
     sources = {"real": loader_batches(loader),
                "synthetic": synthetic_batches(batch_size, n_classes, cfg.frames, cfg.size, device)}
     for batches in sources.values():

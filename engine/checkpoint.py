@@ -1,23 +1,89 @@
-"""Atomic checkpoint writing and validated reading.
+"""The run record and the training checkpoint: what they hold, written and read here only.
 
 A checkpoint is TrainingState as a dict of plain types and tensors (loadable with torch.load(weights_only=True)),
-so that 3D-ResNets-PyTorch-style tools and model.load_weights read it without this module.
-No RNG state: the only randomness after initialisation is the loader's, drawn from (seed, epoch).
+so that 3D-ResNets-PyTorch-style tools and model.load_weights read it without this module. Its entries:
+  model, optimizer, scaler, epoch, config, history         TrainingState (what --resume needs)
+  arch, model_args, class_names, normalisation              RunRecord (what a user of the model needs)
+No RNG state: the only randomness after initialisation is the loader's, drawn from (seed, epoch). No scheduler
+state either: the learning rate follows from the validation losses in `history` (train.PlateauSchedule).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from engine.cli import as_flag
+from model import build_model
 from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
+from pipeline.normalisation import Normalisation
 
-__all__ = ["REQUIRED_KEYS", "CheckpointError", "TrainingState", "check_compatible", "load_training_checkpoint",
-           "save_atomic"]  # fmt: skip
+__all__ = ["PARAMETER_FREE_ARGS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
+           "check_compatible", "load_training_checkpoint", "save_atomic"]  # fmt: skip
+
+# build_model's keyword arguments, with their defaults where it has them.
+MODEL_ARGS = tuple(inspect.signature(build_model).parameters)
+MODEL_DEFAULTS = {k: v.default for k, v in inspect.signature(build_model).parameters.items()
+                  if v.default is not inspect.Parameter.empty}
+# build_model arguments that change what the model computes but not the shape of any weight: weights trained
+# with another value load without an error and give a wrong model, so only the run record can tell.
+PARAMETER_FREE_ARGS = ("conv1_t_stride", "no_max_pool")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a trained model needs to be rebuilt and fed the clips it learned from. train.py stores it in every
+    checkpoint; evaluate.py and train.py --pretrained read it back with from_metadata."""
+
+    model_args: dict[str, Any]  # every model.build_model keyword argument: arch, n_classes, shortcut, ...
+    class_names: tuple[str, ...]  # index = label
+    normalisation: Normalisation
+    sample_size: int  # clip height and width in pixels
+    sample_duration: int  # frames per clip
+
+    KEYS: ClassVar[tuple[str, ...]] = ("arch", "model_args", "class_names", "normalisation")  # in a checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint entries. `arch` repeats model_args["arch"] where 3D-ResNets-PyTorch's checkpoints have
+        it; the clip size sits in the `normalisation` entry, where checkpoints have always had it."""
+        return {"arch": self.model_args["arch"], "model_args": dict(self.model_args),
+                "class_names": list(self.class_names),
+                "normalisation": {**self.normalisation.to_dict(), "sample_size": self.sample_size,
+                                  "sample_duration": self.sample_duration}}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], path: str | Path) -> RunRecord | None:
+        """The record among a checkpoint's entries (model.read_checkpoint's metadata, or the whole dict); None
+        for a checkpoint without one (3D-ResNets-PyTorch's, a raw state dict); CheckpointError when broken."""
+        if "model_args" not in meta:
+            return None
+        try:
+            model_args = {**MODEL_DEFAULTS, **meta["model_args"]}
+            if set(model_args) != set(MODEL_ARGS):
+                raise ValueError(f"model_args {sorted(model_args)} are not build_model's {sorted(MODEL_ARGS)}")
+            norm = meta["normalisation"]
+            return cls(model_args=model_args, class_names=tuple(str(c) for c in meta["class_names"]),
+                       normalisation=Normalisation.from_dict(norm), sample_size=int(norm["sample_size"]),
+                       sample_duration=int(norm["sample_duration"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its run record is broken ({type(e).__name__}: {e}); HINT: use the "
+                                  "checkpoint as a 3D-ResNets-PyTorch one (describe the model with flags)") from None
+
+    def check_same_function(self, model_args: Mapping[str, Any], path: str | Path) -> None:
+        """CheckpointError unless model_args agree with this record on PARAMETER_FREE_ARGS, i.e. unless the
+        weights, loaded into a model built with model_args, compute what they were trained to compute."""
+        differ = [k for k in PARAMETER_FREE_ARGS if model_args[k] != self.model_args[k]]
+        if differ:
+            theirs = " ".join(as_flag(k, self.model_args[k]) for k in differ)
+            ours = " ".join(as_flag(k, model_args[k]) for k in differ)
+            raise CheckpointError(f"{path}: its model was built with {theirs}, this one with {ours}: the weights "
+                                  f"would load but compute something else; HINT: add {theirs}")
 
 
 @dataclass(frozen=True)
@@ -27,23 +93,19 @@ class TrainingState:
 
     model: dict  # state_dict of the unwrapped, uncompiled model (keys as in 3D-ResNets-PyTorch's resnet.py)
     optimizer: dict
-    scheduler: dict
     scaler: Any  # None when unused (bf16 autocast needs no loss scaling)
     epoch: int  # number of finished epochs (metrics.csv numbers epochs from 1); --resume runs epoch + 1 next
     config: dict  # the run's TrainConfig as a dict
-    arch: str  # "resnet-18" etc. (as in 3D-ResNets-PyTorch's checkpoints; model.LoadReport.arch reads it)
-    model_args: dict  # model.build_model keyword arguments: {"arch", "n_classes", "shortcut", ...}
-    class_names: list  # list[str], index = label
-    normalisation: dict  # {"mean": [r, g, b] on the 0-255 scale, "sample_size": 112, "sample_duration": 16}
-    best_val_acc: float  # -1.0 before the first validation
-    lr_reductions: int  # how often the plateau schedule has divided the lr by 10
-    history: list  # one dict per finished epoch: the rows of metrics.csv
+    record: RunRecord
+    history: list  # one dict per finished epoch, the rows of metrics.csv: the lr schedule's state (val_loss)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict would copy every tensor
+        # shallow: asdict would copy every tensor
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "record"}
+        return state | self.record.to_dict()
 
 
-REQUIRED_KEYS = tuple(f.name for f in fields(TrainingState))
+REQUIRED_KEYS = tuple(f.name for f in fields(TrainingState) if f.name != "record") + RunRecord.KEYS
 
 
 def save_atomic(state: TrainingState | dict, path: Path) -> None:
@@ -68,12 +130,15 @@ def load_training_checkpoint(path: Path) -> TrainingState:
             f"{path}: not a complete train.py checkpoint (missing {', '.join(missing)}); "
             "use --pretrained to start a new run from its weights"
         )
-    return TrainingState(**{k: state[k] for k in REQUIRED_KEYS})
+    record = RunRecord.from_metadata(state, path)
+    return TrainingState(**{f.name: state[f.name] for f in fields(TrainingState) if f.name != "record"},
+                         record=record)
 
 
-def check_compatible(path: Path, saved: dict, current: dict, keys: tuple[str, ...]) -> None:
-    """Raise a one-line CheckpointError if saved[k] != current[k] for any k in keys."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
-             for k in keys if saved.get(k) != current.get(k)]
+def check_compatible(path: Path, saved: RunRecord, now: RunRecord) -> None:
+    """A one-line CheckpointError when the run record of this run differs from the checkpoint's."""
+    saved_entries, now_entries = saved.to_dict(), now.to_dict()
+    diffs = [f"{k}: checkpoint {saved_entries[k]!r} vs now {now_entries[k]!r}"
+             for k in RunRecord.KEYS if saved_entries[k] != now_entries[k]]
     if diffs:
         raise CheckpointError(f"{path}: incompatible with this run ({'; '.join(diffs)})")

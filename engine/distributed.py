@@ -44,21 +44,6 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(device: str, gpus: int, nproc: int) -> str:
-    """"cuda" or "cpu" for the --device/--gpus/--nproc flags of train.py and evaluate.py; ValueError with a hint
-    when they contradict each other or the machine."""
-    resolved = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if resolved == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no GPU")
-    if resolved == "cpu" and gpus > 1:
-        raise ValueError(f"--gpus {gpus} but no GPU is used; HINT: --nproc {gpus} runs CPU processes")
-    if resolved == "cuda" and nproc > 1:
-        raise ValueError("--nproc is for CPU processes; HINT: use --gpus N on a GPU machine")
-    if resolved == "cuda" and gpus > torch.cuda.device_count():
-        raise ValueError(f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible")
-    return resolved
-
-
 def world_size(device: str, gpus: int, nproc: int) -> int:
     """Processes in the group: torchrun's WORLD_SIZE when launched by it, else --gpus on CUDA, --nproc on CPU."""
     if launched_by_torchrun():

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
+from pipeline.normalisation import MEANS
 from pipeline.packets import PacketTable, load_or_build
 from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 
-# Per-channel RGB means on the 0-255 scale (3D-ResNets-PyTorch); subtracted, no division by a std.
-KINETICS_MEAN = (110.63666788, 103.16065604, 96.29023126)
-ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)
+# Per-channel RGB means on the 0-255 scale, subtracted: pipeline/normalisation.py's, under their older names.
+KINETICS_MEAN = MEANS["kinetics"]
+ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
 BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch
 

@@ -1,13 +1,13 @@
 """evaluate.py and engine/metrics.py: video averaging and top-k on hand-made scores (exact values), the output
-files (metrics.json keys, predictions.json in 3D-ResNets-PyTorch's format, per_class.csv), several processes
-counting every video once, 3D-ResNets-PyTorch checkpoints, model flags checked against our checkpoints, and
-one-line errors (every numeric flag, Ctrl-C)."""
+files of a model with known outputs (exact metrics.json, predictions.json in 3D-ResNets-PyTorch's format,
+per_class.csv), several processes counting every video once and a miscount refused, 3D-ResNets-PyTorch
+checkpoints, model flags checked against our checkpoints' run record, and one-line errors (every numeric flag,
+Ctrl-C)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import signal
@@ -96,6 +96,7 @@ def test_per_class_rows_and_reference_predictions():
 # ---- evaluate.py end to end on a tiny prepared dataset -------------------------------------------------------
 
 FRAMES = [40, 10, 48, 16, 33, 20, 31]  # eval windows of 16: 2, 1 (looped), 3, 1, 2, 1, 1 -> 11 clips
+CLASSES = ("a", "b", "c", "d", "e", "f")  # video i has label i % 6: a, b, c, d, e, f, a
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +104,27 @@ def data(tmp_path_factory) -> Path:
     from videos import make_dataset  # the pipeline tests' helper: VP9 test-pattern videos, prepared layout
 
     root = tmp_path_factory.mktemp("eval_data")
-    return make_dataset(root, {"val": [{"frames": n} for n in FRAMES]}, width=48, height=32)
+    return make_dataset(root, {"val": [{"frames": n} for n in FRAMES]}, classes=CLASSES, width=48, height=32)
 
 
-def our_checkpoint(path: Path, n_classes: int = 3, mean: tuple = (110.0, 100.0, 90.0), **model_args) -> Path:
-    """A train.py-format checkpoint of an untrained tiny model (only the keys evaluate.py reads)."""
+def our_checkpoint(path: Path, mean: tuple = (110.0, 100.0, 90.0), fc_bias: list[float] | None = None,
+                   **model_args) -> Path:
+    """A train.py checkpoint's weights and run record (the entries evaluate.py reads) for an untrained tiny model;
+    fc_bias: a zero fc.weight and this bias, so that every clip gets the logits fc_bias."""
+    from engine.checkpoint import RunRecord
     from model import build_model
+    from pipeline.normalisation import Normalisation
 
     torch.manual_seed(0)
-    args = dict(arch="resnet-10", n_classes=n_classes, shortcut="A", widen_factor=0.125, **model_args)
+    args = dict(arch="resnet-10", n_classes=len(CLASSES), shortcut="A", conv1_t_size=7, conv1_t_stride=1,
+                no_max_pool=False, widen_factor=0.125) | model_args
     net = build_model(**args)
-    torch.save({"model": net.state_dict(), "arch": "resnet-10", "model_args": args, "class_names": ["a", "b", "c"],
-                "normalisation": {"mean": list(mean), "sample_size": 32, "sample_duration": 16}}, path)
+    if fc_bias is not None:
+        with torch.no_grad():
+            net.fc.weight.zero_()
+            net.fc.bias.copy_(torch.tensor(fc_bias))
+    record = RunRecord(args, CLASSES, Normalisation(mean), sample_size=32, sample_duration=16)
+    torch.save({"model": net.state_dict(), **record.to_dict()}, path)
     return path
 
 
@@ -126,33 +136,78 @@ def run_evaluate(args: list[str]) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_evaluate_writes_reference_format_outputs(data, tmp_path):
-    ckpt = our_checkpoint(tmp_path / "best.pt")
+def test_evaluate_writes_exact_metrics_and_reference_format_outputs(data, tmp_path):
+    """A model whose every clip gets the same scores, class f first and a last: only the f video (1 clip) is right
+    at top-1, and only the two a videos (2 + 1 clips) miss the top 5. Hence video top-1 1/7, top-5 5/7, clip top-1
+    1/11, top-5 8/11, and every video's predictions are those scores."""
+    bias = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    ckpt = our_checkpoint(tmp_path / "best.pt", fc_bias=bias)
     out = tmp_path / "eval"
     m = run_evaluate(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
                       "--num-threads", "1"])
-    for key in ("video_top1", "video_top5", "video_avg", "clip_top1", "clip_top5"):
-        assert 0.0 <= m[key] <= 1.0, key
-    assert (m["n_videos"], m["n_clips"]) == (7, 11)
-    assert m["video_avg"] == pytest.approx((m["video_top1"] + m["video_top5"]) / 2)
-    assert m["video_top5"] == 1.0  # 3 classes: the top 5 holds all of them
+    assert (m["video_top1"], m["video_top5"], m["clip_top1"], m["clip_top5"]) == (1 / 7, 5 / 7, 1 / 11, 8 / 11)
+    assert m["video_avg"] == pytest.approx(3 / 7, abs=1e-15)
+    assert (m["n_videos"], m["n_labelled_videos"], m["n_clips"], m["n_classes"]) == (7, 7, 11, 6)
+    assert m["normalisation"] == {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0],
+                                  "sample_size": 32, "sample_duration": 16}
 
+    scores = torch.tensor(bias).softmax(0).tolist()[::-1][:5]  # f, e, d, c, b
     pred = json.loads((out / "predictions.json").read_text())
-    assert sorted(pred["results"]) == sorted(f"val{i:03d}" for i in range(7))
-    labels = {f"val{i:03d}": "abc"[i % 3] for i in range(7)}
+    assert list(pred["results"]) == [f"val{i:03d}" for i in range(7)]
     for vid, top in pred["results"].items():
-        assert [set(t) for t in top] == [{"label", "score"}] * 3
-        scores = [t["score"] for t in top]
-        assert scores == sorted(scores, reverse=True) and math.isclose(sum(scores), 1.0, rel_tol=1e-6), vid
-    top1 = sum(top[0]["label"] == labels[vid] for vid, top in pred["results"].items()) / 7
-    assert m["video_top1"] == pytest.approx(top1)
+        assert [t["label"] for t in top] == ["f", "e", "d", "c", "b"], vid
+        assert [t["score"] for t in top] == pytest.approx(scores, abs=1e-7), vid
 
     with open(out / "per_class.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["class"], int(r["n"])) for r in rows] == [("a", 3), ("b", 2), ("c", 2)]
-    correct = sum(int(r["n"]) * float(r["top1"]) for r in rows)
-    assert correct / 7 == pytest.approx(m["video_top1"])
+        rows = [(r["class"], int(r["n"]), float(r["top1"]), float(r["top5"])) for r in csv.DictReader(f)]
+    assert rows == [("a", 2, 0.0, 0.0), ("b", 1, 0.0, 1.0), ("c", 1, 0.0, 1.0), ("d", 1, 0.0, 1.0), ("e", 1, 0.0, 1.0),
+                    ("f", 1, 1.0, 1.0)]
     assert (out / "confusion.png").stat().st_size > 0
+
+
+def feed_evaluate(monkeypatch, batches) -> None:
+    """Make evaluate.py's loaders deliver batches(their own batches), a generator function, instead."""
+    import evaluate
+
+    build_loader = evaluate.build_loader
+
+    def fed_loader(*a, **kw):
+        loader = build_loader(*a, **kw)
+
+        class Fed:
+            videos = loader.videos
+
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                return batches(iter(loader))
+
+            def close(self):
+                loader.close()
+
+        return Fed()
+
+    monkeypatch.setattr(evaluate, "build_loader", fed_loader)
+
+
+def test_a_clip_counted_twice_is_an_error(data, tmp_path, monkeypatch):
+    """The loader delivers its first batch twice: evaluate.py refuses to report numbers from miscounted videos."""
+    import evaluate
+
+    def first_batch_twice(batches):
+        first = next(batches)
+        yield first
+        yield first
+        yield from batches
+
+    feed_evaluate(monkeypatch, first_batch_twice)
+    out = tmp_path / "eval"
+    with pytest.raises(RuntimeError) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "best.pt")), "--out",
+                       str(out), "--batch-size", "2", "--num-threads", "1"])
+    assert str(e.value) == "1 of 7 videos not counted exactly once, e.g. 'val000': 4 clips, expected 2"
+    assert not out.exists()
 
 
 def test_two_processes_count_every_video_once(data, tmp_path):
@@ -175,7 +230,7 @@ def test_reference_checkpoint_with_module_prefix(data, tmp_path):
     """A 3D-ResNets-PyTorch checkpoint ({"state_dict": module.-prefixed, "arch": ...}) evaluates with flags."""
     from model import build_model
 
-    net = build_model("resnet-10", n_classes=3, widen_factor=0.125)
+    net = build_model("resnet-10", n_classes=len(CLASSES), widen_factor=0.125)
     path = tmp_path / "save_200.pth"
     torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
                 "optimizer": {}}, path)
@@ -211,13 +266,30 @@ def test_model_flags_that_contradict_our_checkpoint_are_an_error(data, tmp_path)
     assert "--widen-factor 0.125 --conv1-t-size 7 --conv1-t-stride 1 --max-pool" in message
 
     cpu = Dist(0, 1, 0, torch.device("cpu"))
-    for flags in (["--conv1-t-size", "3", "--no-max-pool"], ["--widen-factor", "0.25"], ["--n-classes", "4"]):
+    for flags in (["--conv1-t-size", "3", "--no-max-pool"], ["--widen-factor", "0.25"], ["--n-classes", "4"],
+                  ["--conv1-t-stride", "2"], ["--no-max-pool"]):  # the last two: no weight would show them
         with pytest.raises(evaluate.CheckpointError, match="contradict"):
-            evaluate.load_model(evaluate.parse_args([*common, *flags]), ["a", "b", "c"], cpu)
+            evaluate.load_model(evaluate.parse_args([*common, *flags]), list(CLASSES), cpu)
     agreeing = ["--arch", "resnet-10", "--shortcut", "A", "--widen-factor", "0.125", "--conv1-t-size", "7",
-                "--max-pool", "--n-classes", "3"]
-    model, _, name = evaluate.load_model(evaluate.parse_args([*common, *agreeing]), ["a", "b", "c"], cpu)
-    assert name == "resnet-10-A" and model.conv1.weight.shape[2] == 7
+                "--conv1-t-stride", "1", "--max-pool", "--n-classes", "6"]
+    model, record, name = evaluate.load_model(evaluate.parse_args([*common, *agreeing]), list(CLASSES), cpu)
+    assert name == "resnet-10-A" and model.conv1.weight.shape[2] == 7 and record.model_args["n_classes"] == 6
+
+
+def test_our_checkpoint_is_built_from_its_run_record(data, tmp_path):
+    """conv1's temporal stride and the max pool own no weights: only the run record can say a model had them, and
+    the model evaluated is built with them, without flags."""
+    import evaluate
+    from engine.distributed import Dist
+
+    ckpt = our_checkpoint(tmp_path / "best.pt", conv1_t_stride=2, no_max_pool=True)
+    cfg = evaluate.parse_args(["--data", str(data), "--checkpoint", str(ckpt)])
+    model, record, _ = evaluate.load_model(cfg, list(CLASSES), Dist(0, 1, 0, torch.device("cpu")))
+    assert model.conv1.stride == (2, 2, 2) and model.no_max_pool and record.sample_size == 32
+    with pytest.raises(evaluate.CheckpointError) as e:
+        evaluate.run_record(evaluate.parse_args(["--data", str(data), "--checkpoint", str(ckpt), "--max-pool"]),
+                            list(CLASSES))
+    assert str(e.value).endswith("--conv1-t-stride 2 --no-max-pool; --max-pool contradicts it: drop --max-pool")
 
 
 def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
@@ -225,9 +297,9 @@ def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
     gives exactly the predictions of the same weights in our format (which describes itself); without them, a
     one-line error names the flag."""
     import evaluate
-    from pipeline import ACTIVITYNET_MEAN
+    from pipeline.normalisation import MEANS
 
-    ours = our_checkpoint(tmp_path / "ours.pt", mean=ACTIVITYNET_MEAN, conv1_t_size=3, no_max_pool=True)
+    ours = our_checkpoint(tmp_path / "ours.pt", mean=MEANS["activitynet"], conv1_t_size=3, no_max_pool=True)
     foreign = tmp_path / "save_200.pth"
     weights = torch.load(ours, weights_only=True)["model"]
     torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in weights.items()}},
@@ -295,29 +367,13 @@ def test_ctrl_c_is_one_line_and_status_130(data, tmp_path, monkeypatch, capsys, 
     """A real SIGINT to this process at the second step (the loader sends it): one line, nothing written."""
     import evaluate
 
-    build_loader = evaluate.build_loader
+    def pressing_ctrl_c_at_step_1(batches):
+        for step, batch in enumerate(batches):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
 
-    def loader_that_presses_ctrl_c(*a, **kw):
-        loader = build_loader(*a, **kw)
-
-        class Interrupting:
-            videos = loader.videos
-
-            def __len__(self):
-                return len(loader)
-
-            def close(self):
-                loader.close()
-
-            def __iter__(self):
-                for step, batch in enumerate(loader):
-                    if step == 1:
-                        os.kill(os.getpid(), signal.SIGINT)
-                    yield batch
-
-        return Interrupting()
-
-    monkeypatch.setattr(evaluate, "build_loader", loader_that_presses_ctrl_c)
+    feed_evaluate(monkeypatch, pressing_ctrl_c_at_step_1)
     ckpt = our_checkpoint(tmp_path / "best.pt")
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as e:
