@@ -1,4 +1,4 @@
-"""Prepare a raw video dataset for training: short-GOP 360p VP9 WebM files plus manifests.
+"""Prepare a raw video dataset for training: short-GOP 360p VP9 WebM (or H.264/HEVC MP4) files plus manifests.
 
     python prepare_data.py SRC --out DST               # Kinetics, class folders or ActivityNet (auto-detected)
     python prepare_data.py --make-sample RAW [--seed 0]  # write the built-in synthetic raw dataset
@@ -6,7 +6,8 @@
 Output (relied on by pipeline/ and train.py; see design.md 3):
     DST/videos/<split>/<label>/<video_id>.webm   VP9 yuv420p, keyframe every --gop frames, CFR, height --height
     DST/{train,val,test}.csv                     video_id,path,label,label_name,split,num_frames,fps,width,height,
-                                                 start_frame,end_frame  (num_frames counted by decoding the output)
+                                                 start_frame,end_frame  (num_frames: frames the encoder wrote, one
+                                                 packet each; --verify also decodes every output to check)
     DST/classes.csv (index,name)   DST/rejected.csv (source,reason)   DST/prepare_report.json
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
 Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.prepare import layouts, run
-from pipeline.prepare.transcode import DEFAULT_CRF, EncodeSettings, video_notes
+from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
 
 console = Console()
 
@@ -40,16 +41,18 @@ class PrepareConfig:
     src: Path
     out: Path
     layout: str  # auto | kinetics | folders | activitynet
-    codec: str  # vp9 | h264
+    codec: str  # vp9 | h264 | hevc
     height: int
     gop: int
     crf: int
     workers: int
     threads: int  # codec threads per worker
     timeout_s: int  # per video; 0 = none
+    verify: bool  # decode every new output again to check its frame count
 
     def encode_settings(self) -> EncodeSettings:
-        return EncodeSettings(codec=self.codec, height=self.height, gop=self.gop, crf=self.crf, threads=self.threads)
+        return EncodeSettings(codec=self.codec, height=self.height, gop=self.gop, crf=self.crf, threads=self.threads,
+                              verify=self.verify)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,16 +62,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--out", type=Path, help="output folder (default: <SRC>_prepared next to SRC)")
     g.add_argument("--format", default="auto", choices=("auto", *layouts.LAYOUTS), help="force the input layout")
     g = p.add_argument_group("encoding")
-    g.add_argument("--codec", default="vp9", choices=("vp9", "h264"),
-                   help="vp9 (WebM; decodable by DALI on CPU and GPU) or h264 (MP4; DALI decodes it on GPU only)")
+    g.add_argument("--codec", default="vp9", choices=("vp9", "h264", "hevc"),
+                   help="vp9 (WebM; decodable by DALI on CPU and GPU), h264 or hevc (MP4; DALI decodes them on GPU "
+                   "only; HEVC decodes fastest on NVDEC, but x265 makes preparation ~2x slower than vp9)")
     g.add_argument("--height", type=int, default=360, help="output height in pixels (even); aspect ratio kept")
     g.add_argument("--gop", type=int, default=16, help="keyframe every GOP frames (random clip reads need short)")
-    g.add_argument("--crf", type=int, help="constant quality, lower = better and bigger "
-                   f"(default: vp9 {DEFAULT_CRF['vp9']}, h264 {DEFAULT_CRF['h264']})")
+    g.add_argument("--crf", type=int, help="constant quality, lower = better and bigger (default: "
+                   + ", ".join(f"{codec} {crf}" for codec, crf in DEFAULT_CRF.items()) + ")")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     g.add_argument("--threads", type=int, default=1, help="codec threads per worker")
     g.add_argument("--timeout", type=int, default=1800, help="seconds per video before it is rejected (0: none)")
+    g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
+                   help="decode every new output again and check its frame count and size (~10%% slower; the "
+                   "count written without it is the encoder's, exact for every --codec)")
     g = p.add_argument_group("built-in sample dataset (design.md 6)")
     g.add_argument("--make-sample", type=Path, metavar="RAW_DIR", help="write the synthetic raw dataset and exit")
     g.add_argument("--seed", type=int, default=0, help="sample dataset seed")
@@ -92,7 +99,7 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
     if out == src or src in out.parents:
         fail(f"--out {out} is inside SRC {src}; its videos would be read as input. HINT: put DST elsewhere")
     crf = DEFAULT_CRF[args.codec] if args.crf is None else args.crf
-    max_crf = 63 if args.codec == "vp9" else 51
+    max_crf = MAX_CRF[args.codec]
     if args.height < 16 or args.height % 2:
         fail(f"--height {args.height}: must be even and >= 16 (yuv420p needs even sizes)")
     if args.gop < 1:
@@ -108,7 +115,8 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
         except layouts.LayoutError as e:
             fail(str(e))
     return PrepareConfig(src=src, out=out, layout=layout, codec=args.codec, height=args.height, gop=args.gop,
-                         crf=crf, workers=args.workers, threads=args.threads, timeout_s=args.timeout)
+                         crf=crf, workers=args.workers, threads=args.threads, timeout_s=args.timeout,
+                         verify=args.verify)
 
 
 def make_sample(args: argparse.Namespace) -> int:

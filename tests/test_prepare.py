@@ -20,7 +20,7 @@ import prepare_data
 from pipeline.prepare import run
 from pipeline.prepare.layouts import Listing, Source
 from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import EncodeSettings, keyframe_indices, output_size
+from pipeline.prepare.transcode import CODECS, EncodeSettings, keyframe_indices, output_size
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
@@ -106,6 +106,55 @@ def test_h264_codec_option_gives_mp4_with_same_keyframes(tmp_path):
     out = tmp_path / "dst/videos/train/x/v.mp4"
     assert keyframe_indices(out) == [0, 8, 16, 24, 32]
     assert read_manifest(tmp_path / "dst", "train")["path"].tolist() == ["videos/train/x/v.mp4"]
+
+
+def test_hevc_codec_option_gives_mp4_hvc1_with_same_keyframes(tmp_path):
+    make_video(tmp_path / "src" / "train" / "x" / "v.avi", 35)
+    # --height 64: 86 px wide (x265 is not used below 64 px wide: transcode.HEVC_MIN_WIDTH)
+    assert prepare(tmp_path / "src", tmp_path / "dst", "--codec", "hevc", "--gop", "8", "--height", "64") == 0
+    out = tmp_path / "dst/videos/train/x/v.mp4"
+    assert keyframe_indices(out) == [0, 8, 16, 24, 32]
+    df = read_manifest(tmp_path / "dst", "train")
+    assert df["path"].tolist() == ["videos/train/x/v.mp4"] and df["num_frames"].tolist() == [35]
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        assert (vs.codec_context.name, vs.codec_tag, len(c.streams)) == ("hevc", "hvc1", 1)
+        assert "mp4" in c.format.name and vs.average_rate == 25
+        assert vs.codec_context.profile == "Main" and vs.codec_context.pix_fmt == "yuv420p"
+        assert len(list(c.decode(vs))) == 35
+    r = report(tmp_path / "dst")
+    assert r["config"]["codec"] == "hevc" and r["config"]["crf"] == 28
+    assert r["notes"]["small"]["count"] == 1  # 86x64 is below HEVC's NVDEC minimum
+
+
+def test_outputs_are_the_same_bytes_in_another_process_for_every_codec(tmp_path):
+    # Transcodes in two fresh processes whose heaps start differently (glibc fills freed and new blocks with
+    # MALLOC_PERTURB_'s byte): an encoder reading uninitialised memory or depending on thread timing would make
+    # the bytes differ, as x264's MB-tree did for the sample generator.
+    src = make_video(tmp_path / "src.avi", 40, width=96, height=64)
+    code = ("import sys; from pathlib import Path; from pipeline.prepare.transcode import EncodeSettings, transcode\n"
+            "for codec in sys.argv[2:]:\n"
+            "    s = EncodeSettings(codec=codec, height=48, gop=8)\n"
+            "    transcode(Path(sys.argv[1]), Path(sys.argv[1]).with_name(codec + s.extension), s)")
+    outputs = {}
+    for name, perturb in (("a", "165"), ("b", "77")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "src.avi").write_bytes(src.read_bytes())
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name / "src.avi"), *CODECS], cwd=ROOT,
+                       check=True, capture_output=True, env={**os.environ, "MALLOC_PERTURB_": perturb})
+        outputs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir() if p.stem in CODECS}
+    assert sorted(outputs["a"]) == ["h264.mp4", "hevc.mp4", "vp9.webm"]
+    assert outputs["a"] == outputs["b"]
+
+
+def test_verify_flag_decodes_every_output_and_changes_nothing(folders_run, tmp_path):
+    src, dst = folders_run
+    assert prepare(src, tmp_path / "verified", "--verify") == 0
+    for split in ("train", "val"):
+        assert rows(read_manifest(tmp_path / "verified", split)) == rows(read_manifest(dst, split))
+    assert report(tmp_path / "verified")["config"]["verify"] is True
+    for p in (dst / "videos").rglob("*.webm"):
+        assert (tmp_path / "verified" / p.relative_to(dst)).read_bytes() == p.read_bytes()
 
 
 def test_outputs_decode_with_decord_and_dali_cpu_to_the_manifest_frame_count(folders_run):
@@ -280,7 +329,7 @@ def test_nothing_usable_exits_1_and_usage_errors_exit_2(tmp_path):
     (tmp_path / "src/train/k/empty.mp4").write_bytes(b"")
     assert prepare(tmp_path / "src", tmp_path / "dst") == 1
     assert len(pd.read_csv(tmp_path / "dst/rejected.csv")) == 1
-    for bad in (["--height", "33"], ["--gop", "0"], ["--crf", "99"]):
+    for bad in (["--height", "33"], ["--gop", "0"], ["--crf", "99"], ["--codec", "hevc", "--crf", "52"]):
         with pytest.raises(SystemExit) as e:
             prepare_data.main([str(tmp_path / "src"), "--out", str(tmp_path / "d2"), *bad])
         assert e.value.code == 2

@@ -20,10 +20,13 @@ from videos import decode_code, frame_rgb
 
 import prepare_data
 from pipeline.prepare import run
+from pipeline.prepare import transcode as transcode_module
 from pipeline.prepare.transcode import (
+    CODECS,
     MAX_GAP_S,
     Clock,
     EncodeSettings,
+    Rejected,
     display_matrix,
     display_transform,
     frame_slot,
@@ -323,3 +326,111 @@ def test_records_of_the_previous_revision_are_redone_not_crashed_on(tmp_path):
     records[1].write_text(json.dumps(current))
     assert prepare_data.main(args) == 0
     assert report(dst)["videos"] == {"listed": 2, "prepared": 1, "reused": 1, "rejected": 0}
+
+
+# ---------------------------------------------------------------- frame count without a second decode
+
+
+def frames_per_packet(path: Path) -> list[int]:
+    """Frames a fresh one-thread decoder gives for each packet of path, in order, then at the flush (last entry)."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        decoder = av.CodecContext.create(vs.codec_context.name, "r")
+        decoder.extradata = vs.codec_context.extradata  # MP4: the parameter sets live in the header (avcC, hvcC)
+        decoder.thread_count = 1
+        counts = [len(decoder.decode(p)) for p in c.demux(vs) if p.size]
+    return counts + [len(decoder.decode(None))]
+
+
+def timing_sources(folder: Path) -> dict[str, tuple[Path, int]]:
+    """Sources whose outputs are plain, retimed (frames duplicated and dropped) and rotated: (path, frames out)."""
+    vfr = [i * 10 for i in range(30)] + [300 + 30 * i for i in range(10)] + [600 + 5 * i for i in range(20)]
+    return {
+        "cfr": (write_timed(folder / "cfr.mkv", list(range(20)), Fraction(1, 25), rate=25), 20),
+        # 1 s at 30 fps, 1 s at 10 fps (each frame 3 times), 1/3 s at 60 fps (every other frame dropped)
+        "retimed": (write_timed(folder / "vfr.mkv", vfr, Fraction(1, 300)), 71),
+        "rotated": (write_timed(folder / "phone.mp4", list(range(12)), Fraction(1, 25), "libx264", rate=25,
+                                size=(96, 64), rotation=(-90, False, False)), 12),
+    }
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_frame_count_without_decode_is_exact_for_every_codec(tmp_path, codec):
+    """num_frames comes from the encoder's packets; a full decode of the output must give the same number.
+
+    Also the property the count rests on: every packet is one shown frame, given at once (no hidden frames, no
+    reordering delay), and nothing comes out at the flush.
+    """
+    for kind, (src, expected) in timing_sources(tmp_path).items():
+        s = EncodeSettings(codec=codec, height=96, gop=8, crf=20)  # >= 64 px wide: HEVC_MIN_WIDTH
+        out = tmp_path / f"{kind}{s.extension}"
+        info = transcode(src, out, s)
+        assert info.num_frames == expected, kind
+        assert_cfr_output(out, info)  # decodes every frame: len == info.num_frames
+        assert frames_per_packet(out) == [1] * expected + [0], kind
+        if kind == "retimed":
+            assert (info.duplicated, info.dropped) == (20, 9)
+        if kind == "rotated":
+            assert (info.width, info.height, info.orientation) == (64, 96, "rotated 90° clockwise")
+
+
+def test_hevc_outputs_too_narrow_for_x265_are_rejected(tmp_path):
+    src = write_timed(tmp_path / "src.mkv", list(range(4)), Fraction(1, 25), rate=25)  # 96x64
+    with pytest.raises(Rejected, match=r"too narrow for HEVC: 42x28 output"):
+        transcode(src, tmp_path / "out.mp4", EncodeSettings(codec="hevc", height=28))
+    assert not list(tmp_path.glob("*.mp4*")) and not list(tmp_path.glob(".out.mp4*"))
+    assert transcode(src, tmp_path / "out.mp4", EncodeSettings(codec="hevc", height=44)).width == 66
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_each_gop_decodes_alone(tmp_path, codec):
+    """Closed GOPs: the packets from a keyframe to the next decode, with a fresh decoder, to the same frames as a
+    decode of the whole file (what GOP-slice readers rely on), and in presentation order (no B-frames)."""
+    src = write_timed(tmp_path / "src.mkv", list(range(20)), Fraction(1, 25), rate=25)
+    s = EncodeSettings(codec=codec, height=64, gop=8, crf=20)
+    out = tmp_path / f"out{s.extension}"
+    transcode(src, out, s)
+    with av.open(str(out)) as c:
+        whole = [f.to_ndarray() for f in c.decode(video=0)]
+        c.seek(0)
+        vs = c.streams.video[0]
+        packets = [p for p in c.demux(vs) if p.size]
+        extradata, name = vs.codec_context.extradata, vs.codec_context.name
+    assert len(packets) == len(whole) == 20
+    assert [p.pts for p in packets] == sorted(p.pts for p in packets)
+    assert all(p.pts == p.dts for p in packets)
+    for k in keyframe_indices(out):
+        decoder = av.CodecContext.create(name, "r")
+        decoder.extradata = extradata
+        gop = [f.to_ndarray() for p in [*packets[k:k + 8], None] for f in decoder.decode(p)]
+        want = whole[k:k + 8]
+        assert len(gop) == len(want) and all(np.array_equal(a, b) for a, b in zip(gop, want, strict=True))
+
+
+def test_verify_decodes_the_output_and_catches_a_wrong_count(tmp_path, monkeypatch):
+    src = write_timed(tmp_path / "src.mkv", list(range(10)), Fraction(1, 25), rate=25)
+    plain = transcode(src, tmp_path / "a.webm", SETTINGS)
+    verified = transcode(src, tmp_path / "b.webm", EncodeSettings(height=64, crf=4, gop=8, verify=True))
+    assert verified == plain  # same info, same bytes: verify only checks
+    assert (tmp_path / "a.webm").read_bytes() == (tmp_path / "b.webm").read_bytes()
+    assert SETTINGS.identity() == EncodeSettings(height=64, crf=4, gop=8, verify=True).identity()  # outputs reused
+    monkeypatch.setattr(transcode_module, "count_frames", lambda path: (9, 96, 64))
+    with pytest.raises(Rejected, match=r"output check failed: wrote 10 frames 96x64, decoded 9 frames 96x64"):
+        transcode(src, tmp_path / "c.webm", EncodeSettings(height=64, crf=4, gop=8, verify=True))
+    assert not (tmp_path / "c.webm").exists()
+
+
+def test_an_encoder_that_loses_a_frame_is_caught_without_decoding(tmp_path, monkeypatch):
+    """The packet count is checked against the frames sent: a lost packet rejects the output (no decode needed)."""
+    src = write_timed(tmp_path / "src.mkv", list(range(10)), Fraction(1, 25), rate=25)
+    mux, lost = transcode_module._Output._mux, []
+
+    def lose_the_first(self, packets):
+        if packets and not lost:
+            lost.append(packets.pop(0))
+        mux(self, packets)
+
+    monkeypatch.setattr(transcode_module._Output, "_mux", lose_the_first)
+    with pytest.raises(Rejected, match=r"output check failed: sent 10 frames to the encoder, it wrote 9 packets"):
+        transcode(src, tmp_path / "out.webm", SETTINGS)
+    assert not list(tmp_path.glob("out.webm*")) and not list(tmp_path.glob(".out.webm*"))

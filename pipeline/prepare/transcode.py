@@ -2,7 +2,14 @@
 
 The output is what the loaders rely on (design.md 3-4): video stream only, yuv420p, height `EncodeSettings.height`
 with the display aspect ratio kept and an even width, a keyframe at exactly every `gop`-th frame (0, gop, ...),
-and `num_frames` counted by decoding the written file (atomic write: temp name, then rename).
+no reordering (no B-frames, closed GOPs), atomic write (temp name, then rename).
+
+Frame count: `num_frames` is the number of packets the encoder gave and the muxer wrote, checked equal to the
+frames sent to the encoder. That is the number of frames a decoder shows because every codec offered writes one
+shown frame per packet: VP9 with lag-in-frames 0 has no hidden (alt-ref) frames, x264/x265 without B-frames
+emit one access unit per frame, and none of them drops frames in constant-quality mode. tests/test_prepare.py
+decodes outputs of every codec (plain, retimed, rotated) to check it; `EncodeSettings.verify` (--verify) decodes
+every output again as the old code did (~10% of the time).
 
 Geometry: the source's display matrix (phones store portrait video as landscape pixels plus "rotate 90") is
 applied to the pixels, so the output is upright and its height is the display height; flips too.
@@ -27,12 +34,17 @@ from pathlib import Path
 import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
+from av.video.reformatter import VideoReformatter
 
-CODECS = {"vp9": ("libvpx-vp9", "webm", ".webm"), "h264": ("libx264", "mp4", ".mp4")}
+# codec: (encoder, container, extension). HEVC in MP4 tagged hvc1 (parameter sets in the header only), the
+# standard tag, read by PyAV/FFmpeg and by DALI's GPU decoder (which turns it into Annex B for NVDEC).
+CODECS = {"vp9": ("libvpx-vp9", "webm", ".webm"), "h264": ("libx264", "mp4", ".mp4"),
+          "hevc": ("libx265", "mp4", ".mp4")}
 # Quality (constant-quality mode). VP9: Google's VOD guide suggests crf 36 at 360p for two-pass "good" encoding;
 # realtime mode (cpu-used 8) and a keyframe every 16 frames lose quality at a given crf, so we go 4 steps finer.
-# H.264: x264's own default. Both are overridable with --crf.
-DEFAULT_CRF = {"vp9": 32, "h264": 23}
+# H.264 and HEVC: x264's and x265's own defaults. All are overridable with --crf.
+DEFAULT_CRF = {"vp9": 32, "h264": 23, "hevc": 28}
+MAX_CRF = {"vp9": 63, "h264": 51, "hevc": 51}
 FALLBACK_FPS = Fraction(30)
 MAX_DECODE_ERRORS = 50  # a source with this many decode errors and no frame yet is given up on
 # Bump when a change here changes the outputs or VideoInfo's fields: records of another revision are redone.
@@ -43,8 +55,13 @@ REVISION = 2  # 2: retimed by presentation time, display matrix applied, structu
 SLACK = Fraction(1, 4)
 MAX_GAP_S = 60  # a forward jump in presentation time longer than this is a broken timestamp, not a pause
 # Smallest frame NVDEC (the GPU decoder DALI uses) decodes: VP9 128x128 (seen on an H100, design.md 4); H.264
-# 48x16 (NVIDIA's documented minimum, not measured here). Smaller outputs are noted in the report.
-GPU_MIN_SIZE = {"vp9": (128, 128), "h264": (48, 16)}
+# 48x16 and HEVC 144x144 (NVIDIA's NVDEC application note, not measured here; design.md 4 says 128x128 for
+# HEVC too: the larger is kept until measured). Smaller outputs are noted in the report.
+GPU_MIN_SIZE = {"vp9": (128, 128), "h264": (48, 16), "hevc": (144, 144)}
+# x265 4.2 (PyAV 18.1's wheel) corrupts the heap when the frame is 34 to 48 px wide (measured: glibc aborts with
+# "free(): invalid next size", any height; 16-32 and 50-200 px were fine). Such outputs are rejected rather than
+# risk a crashed worker or a bad file; NVDEC needs HEVC at least 144 px wide anyway.
+HEVC_MIN_WIDTH = 64
 
 
 class Rejected(Exception):
@@ -55,26 +72,33 @@ class Rejected(Exception):
 class EncodeSettings:
     """How every output is encoded. Part of each output's record: a change means the output is redone."""
 
-    codec: str = "vp9"  # vp9 (WebM) | h264 (MP4, for GPU-only users: DALI's CPU decoder cannot read it)
+    codec: str = "vp9"  # vp9 (WebM) | h264 | hevc (MP4, for GPU-only users: DALI's CPU decoder reads neither)
     height: int = 360  # output height in pixels (even); width follows the display aspect ratio, rounded to even
     gop: int = 16  # a keyframe at exactly every gop-th frame, no B-frames, closed GOP
     crf: int = 32  # constant-quality level (lower = better and bigger)
-    threads: int = 1  # codec threads per worker process
+    threads: int = 1  # codec (and scaler) threads per worker process
+    verify: bool = False  # decode each new output again and compare its frame count and size (~10% slower)
 
     @property
     def extension(self) -> str:
         return CODECS[self.codec][2]
 
     def identity(self) -> dict:
-        """The settings that change the output bytes (threads do not), and the code's revision."""
+        """The settings that decide what an output is, and the code's revision: a change means it is redone.
+
+        threads and verify are left out. verify only checks; threads do change the bytes (each codec splits its
+        work by thread count) but not the output's frames, size or GOPs, so an output is reused across them.
+        Byte-identical outputs across runs and processes are tested with one thread (tests/test_prepare.py).
+        """
         d = asdict(self)
         d.pop("threads")
+        d.pop("verify")
         return {**d, "revision": REVISION}
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What one transcode produced. fps is the output's constant rate; num_frames counted by decoding it.
+    """What one transcode produced. fps is the output's constant rate; num_frames: packets written (see above).
 
     Stored as a dict in DST/.prepare records: rename or remove a field only together with a REVISION bump.
     """
@@ -124,13 +148,22 @@ def video_notes(info: VideoInfo, codec: str) -> dict[str, str]:
 
 
 def encoder_options(s: EncodeSettings) -> dict[str, str]:
-    """libvpx-vp9 / libx264 options giving a keyframe at exactly every s.gop frames and no reordering."""
+    """libvpx-vp9 / libx264 / libx265 options giving a keyframe at exactly every s.gop frames and no reordering."""
     gop = {"g": str(s.gop), "keyint_min": str(s.gop)}
     if s.codec == "vp9":
         # realtime + cpu-used 8 + row-mt: ~as fast as x264 veryfast (design.md 4). lag 0: no hidden alt-ref
         # frames, so packet i is frame i. keyint_min = g: libvpx places no extra (scene-cut) keyframes.
         return {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "lag-in-frames": "0",
                 "crf": str(s.crf), "b:v": "0", **gop}
+    if s.codec == "hevc":
+        # x265 takes its GOP from x265-params: IDR every gop frames, no scene cuts, no B-frames, closed GOPs.
+        # ultrafast: the encoder still takes ~3.5x VP9 realtime's time per frame, a whole transcode ~1.9x
+        # (benchmarks/RESULTS.md). One frame thread: frame-parallel encoding can change the bytes; pools=none:
+        # no thread pool at all for one thread. log-level error: x265 prints to stderr itself, not via FFmpeg.
+        pools = "none" if s.threads == 1 else str(s.threads)
+        params = (f"keyint={s.gop}:min-keyint={s.gop}:scenecut=0:bframes=0:open-gop=0:frame-threads=1:"
+                  f"pools={pools}:log-level=error")
+        return {"preset": "ultrafast", "crf": str(s.crf), "x265-params": params}
     # sc_threshold 0: no scene-cut keyframes; bf 0: no B-frames; x264 GOPs are closed by default.
     return {"preset": "veryfast", "crf": str(s.crf), "sc_threshold": "0", "bf": "0", **gop}
 
@@ -304,10 +337,11 @@ def transcode(src: Path, dst: Path, s: EncodeSettings) -> VideoInfo:
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     try:
         info = _encode(src, tmp, s, bytes_in)
-        n, w, h = count_frames(tmp)
-        if (n, w, h) != (info.num_frames, info.width, info.height):
-            raise Rejected(f"output check failed: wrote {info.num_frames} frames {info.width}x{info.height}, "
-                           f"decoded {n} frames {w}x{h}")
+        if s.verify:
+            n, w, h = count_frames(tmp)
+            if (n, w, h) != (info.num_frames, info.width, info.height):
+                raise Rejected(f"output check failed: wrote {info.num_frames} frames {info.width}x{info.height}, "
+                               f"decoded {n} frames {w}x{h}")
         os.replace(tmp, dst)
         return info
     except av.FFmpegError as e:
@@ -377,15 +411,26 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
 
 
 class _Output:
-    """The output file, set up from the first source frame (size, orientation); frames written in order."""
+    """The output file, set up from the first source frame (size, orientation); frames written in order.
+
+    n counts the frames sent to the encoder, packets what it gave back (each muxed); close() checks they agree.
+    """
 
     def __init__(self, tmp: Path, s: EncodeSettings, rate: Fraction, first: av.VideoFrame, sar: Fraction | None):
         self.transform, self.orientation = display_transform(display_matrix(first))
         transpose = self.transform[0]
         self.width, self.height = output_size(first.width, first.height, sar, s.height, transpose)
+        if s.codec == "hevc" and self.width < HEVC_MIN_WIDTH:
+            raise Rejected(f"too narrow for HEVC: {self.width}x{self.height} output (x265 corrupts memory below "
+                           f"{HEVC_MIN_WIDTH} px wide; NVDEC needs {GPU_MIN_SIZE['hevc'][0]}): raise --height")
         display = (first.width * (sar if sar and sar > 0 else 1), first.height)
         self.source_size = display[::-1] if transpose else display
-        self.n = self.shown = 0  # output frames written; distinct source frames among them
+        self.n = self.shown = self.packets = 0  # frames sent to the encoder; distinct source frames; packets muxed
+        self.threads = s.threads
+        # One scaler for the whole video. VideoFrame.reformat keeps its scaler on the source frame, so with new
+        # frames from the decoder it set swscale up again for every frame (and, at PyAV's default threads=0, a
+        # thread pool): 1.1 ms of CPU per 768x576 frame instead of 0.4 (benchmarks/RESULTS.md, issue 12).
+        self.scaler = VideoReformatter()
         codec, fmt, _ = CODECS[s.codec]
         # bitexact: no random container UIDs or version strings, so the same input and settings give the same bytes.
         self.container = av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"})
@@ -393,22 +438,33 @@ class _Output:
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
         self.stream.codec_context.time_base = Fraction(rate.denominator, rate.numerator)
         self.stream.codec_context.thread_count = s.threads
+        if s.codec == "hevc":
+            self.stream.codec_context.codec_tag = "hvc1"  # FFmpeg's MP4 default is hev1 (in-band parameter sets)
 
     def write(self, frame: av.VideoFrame, count: int) -> None:
         """Write frame as the next `count` output frames (0: the frame is dropped)."""
         if count <= 0:
             return
         w, h = (self.height, self.width) if self.transform[0] else (self.width, self.height)
-        f = orient(frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC"), self.transform)
+        f = self.scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="BICUBIC",
+                                 threads=self.threads)
+        f = orient(f, self.transform)
         f.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force keys
         for _ in range(count):
             f.pts, f.time_base = self.n, self.stream.codec_context.time_base
-            for p in self.stream.encode(f):
-                self.container.mux(p)
+            self._mux(self.stream.encode(f))
             self.n += 1
         self.shown += 1
 
-    def close(self) -> None:
-        for p in self.stream.encode():
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for p in packets:
             self.container.mux(p)
+        self.packets += len(packets)
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file; Rejected if a frame went missing (see the module docstring)."""
+        self._mux(self.stream.encode())
         self.container.close()
+        if self.packets != self.n:
+            raise Rejected(f"output check failed: sent {self.n} frames to the encoder, it wrote {self.packets} "
+                           "packets (each should be one shown frame)")
