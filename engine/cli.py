@@ -59,7 +59,7 @@ DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
     """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord"), default="dali")
+    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
     group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                        help="skip (and count) unreadable videos instead of stopping")
