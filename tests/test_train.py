@@ -140,8 +140,17 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
     load_weights(net, path, strict_head=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in net.state_dict().items())
     best = torch.load(reference_run / "checkpoints" / "best.pt", weights_only=True)
-    accs = [float(r["val_acc"]) for r in read_metrics(reference_run)]
-    assert best["epoch"] == 1 + accs.index(max(accs))  # the first epoch with the best accuracy
+    rows = [(float(r["val_acc"]), -float(r["val_loss"])) for r in read_metrics(reference_run)]
+    assert best["epoch"] == 1 + rows.index(max(rows))  # the best accuracy; among equal ones the lowest loss
+
+
+def test_best_checkpoint_breaks_accuracy_ties_by_the_lower_validation_loss():
+    history = [{"val_acc": 0.5, "val_loss": 1.0}, {"val_acc": 0.9, "val_loss": 0.4},  # epoch 2: a lucky spike
+               {"val_acc": 0.8, "val_loss": 0.3}, {"val_acc": 0.9, "val_loss": 0.2},  # epoch 4: same acc, lower loss
+               {"val_acc": 0.9, "val_loss": 0.25}]
+    keys = [train.selection_key(row) for row in history]
+    assert keys.index(max(keys)) == 3
+    assert train.selection_key({"val_acc": 0.91, "val_loss": 9.0}) > max(keys)  # accuracy first
 
 
 def test_older_checkpoints_subtracted_the_mean_from_0_255_pixels(reference_run, tmp_path):
