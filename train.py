@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -56,6 +55,7 @@ from engine.schedule import PlateauSchedule
 from engine.step import forward, memory_format, to_device, train_step
 from model import ARCHS, build_model, load_weights, read_checkpoint
 from pipeline import DatasetError, LoaderBase, build_loader
+from pipeline.atomic import atomic_write
 from pipeline.normalisation import MEANS, Normalisation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
@@ -304,9 +304,8 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def resume_from(cfg: TrainConfig) -> TrainingState | None:

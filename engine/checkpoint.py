@@ -11,7 +11,6 @@ state either: the learning rate follows from the validation losses in `history` 
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from engine.cli import as_flag
 from model import build_model
 from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
+from pipeline.atomic import atomic_write
 from pipeline.normalisation import Normalisation
 
 __all__ = ["PARAMETER_FREE_ARGS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
@@ -111,12 +111,8 @@ REQUIRED_KEYS = tuple(f.name for f in fields(TrainingState) if f.name != "record
 def save_atomic(state: TrainingState | dict, path: Path) -> None:
     """Write state to path so that a crash at any moment leaves either the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state.to_dict() if isinstance(state, TrainingState) else state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX within one file system
+    with atomic_write(path, fsync=True) as tmp:  # fsync: a power cut must not leave last.pt empty either
+        torch.save(state.to_dict() if isinstance(state, TrainingState) else state, tmp)
 
 
 def load_training_checkpoint(path: Path) -> TrainingState:

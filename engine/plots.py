@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -70,6 +72,5 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:  # tmp keeps path's suffix: savefig picks the format by it
+        fig.savefig(tmp, dpi=100)

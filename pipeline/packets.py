@@ -44,6 +44,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from pipeline.atomic import atomic_write
+
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
 CACHE_VERSION = 3  # 3: extradata and the reordered flag per video
@@ -653,18 +655,14 @@ def _write_cache(cache: Path, tables: list[PacketTable], files: list[str], keys:
     head = json.dumps({"version": CACHE_VERSION, "codecs": list(codecs), "files": len(files),
                        "arrays": layout}).encode()
     start = _align(16 + len(head))
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # several ranks may write at once (no flock)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(CACHE_MAGIC + struct.pack("<Q", len(head)) + head)
-            for name in layout:
-                f.write(b"\0" * (start + layout[name][2] - f.tell()))
-                if name in video:
-                    f.write(np.ascontiguousarray(video[name]).data)
-                    continue
-                for t, a, b in extra_runs if name == "extradata" else runs:
-                    f.write(np.ascontiguousarray(getattr(t, name)[a:b], PacketTable.DTYPES[name]).data)
-        os.replace(tmp, cache)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Several ranks, on several nodes, may write at once (no flock): each to its own temp name (host, pid and a
+    # random part in it); the last rename wins.
+    with atomic_write(cache) as tmp, open(tmp, "wb") as f:
+        f.write(CACHE_MAGIC + struct.pack("<Q", len(head)) + head)
+        for name in layout:
+            f.write(b"\0" * (start + layout[name][2] - f.tell()))
+            if name in video:
+                f.write(np.ascontiguousarray(video[name]).data)
+                continue
+            for t, a, b in extra_runs if name == "extradata" else runs:
+                f.write(np.ascontiguousarray(getattr(t, name)[a:b], PacketTable.DTYPES[name]).data)

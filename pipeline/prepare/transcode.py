@@ -36,6 +36,8 @@ import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import VideoReformatter
 
+from pipeline.atomic import atomic_write
+
 # codec: (encoder, container, extension). HEVC in MP4 tagged hvc1 (parameter sets in the header only), the
 # standard tag, read by PyAV/FFmpeg and by DALI's GPU decoder (which turns it into Annex B for NVDEC).
 CODECS = {"vp9": ("libvpx-vp9", "webm", ".webm"), "h264": ("libx264", "mp4", ".mp4"),
@@ -334,20 +336,17 @@ def transcode(src: Path, dst: Path, s: EncodeSettings) -> VideoInfo:
     """Re-encode src to dst (written to a temp name in dst's folder, then renamed). Raise Rejected on bad input."""
     bytes_in = check_readable(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     try:
-        info = _encode(src, tmp, s, bytes_in)
-        if s.verify:
-            n, w, h = count_frames(tmp)
-            if (n, w, h) != (info.num_frames, info.width, info.height):
-                raise Rejected(f"output check failed: wrote {info.num_frames} frames {info.width}x{info.height}, "
-                               f"decoded {n} frames {w}x{h}")
-        os.replace(tmp, dst)
+        with atomic_write(dst) as tmp:  # a rejected, timed-out or failed encode leaves no file
+            info = _encode(src, tmp, s, bytes_in)
+            if s.verify:
+                n, w, h = count_frames(tmp)
+                if (n, w, h) != (info.num_frames, info.width, info.height):
+                    raise Rejected(f"output check failed: wrote {info.num_frames} frames {info.width}x{info.height}, "
+                                   f"decoded {n} frames {w}x{h}")
         return info
     except av.FFmpegError as e:
         raise Rejected(f"error: {_ffmpeg_message(e)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _ffmpeg_message(e: Exception) -> str:
