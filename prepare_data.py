@@ -19,21 +19,30 @@ run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from rich import progress as rp
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from pipeline.prepare import layouts, run
 from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@functools.cache
+def console() -> Console:
+    """The terminal, made on first use. rich is imported here, not at the top, because every worker process
+    imports this file again (multiprocessing's spawn re-runs the main script as __mp_main__) and needs only
+    what transcoding needs: tests/test_prepare.py checks that it loads no rich, pandas or torch."""
+    from rich.console import Console
+
+    return Console()
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> PrepareConfig:
     """Check the arguments up front; exit with status 2 and a hint on bad ones."""
     def fail(msg: str) -> None:
-        console.print(f"[red]error:[/] {msg}")
+        console().print(f"[red]error:[/] {msg}")
         sys.exit(2)
 
     if args.src is None:
@@ -123,11 +132,11 @@ def make_sample(args: argparse.Namespace) -> int:
     from pipeline.prepare.sample import make_sample_dataset
 
     root = args.make_sample.resolve()
-    console.print(f"Writing the synthetic sample dataset to {root} (seed {args.seed}) ...")
+    console().print(f"Writing the synthetic sample dataset to {root} (seed {args.seed}) ...")
     summary = make_sample_dataset(root, seed=args.seed, train_per_class=args.sample_train,
                                   val_per_class=args.sample_val, workers=args.workers)
     n = sum(sum(c.values()) for c in summary["videos"].values())
-    console.print(f"{n} videos ({summary['frames']} frames, {summary['bytes'] / 1e6:.1f} MB) in "
+    console().print(f"{n} videos ({summary['frames']} frames, {summary['bytes'] / 1e6:.1f} MB) in "
                   f"{len(summary['classes'])} classes + {len(summary['broken'])} broken files, "
                   f"{summary['seconds']:.1f} s.\nNext: python prepare_data.py {args.make_sample} --out DST "
                   "--height 128")
@@ -140,16 +149,16 @@ def prepare(cfg: PrepareConfig) -> int:
     try:
         lock, locked = run.lock_dst(cfg.out)  # before anything in DST is removed or rewritten
     except run.Busy as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        console().print(f"[red]error:[/] {e}", soft_wrap=True)
         return 2
     if not locked:
-        console.print(f"[yellow]warning:[/] {cfg.out}: its file system has no locks; never run two "
+        console().print(f"[yellow]warning:[/] {cfg.out}: its file system has no locks; never run two "
                       "prepare_data.py on it at once", soft_wrap=True)
     with lock, run.StopSignals() as stop:
         try:
             return prepare_locked(cfg, stop)
         except run.Interrupted as e:  # while listing and checking: nothing started, DST unchanged
-            console.print("interrupted before any video was started; run the same command again", soft_wrap=True)
+            console().print("interrupted before any video was started; run the same command again", soft_wrap=True)
             return 128 + e.signum
 
 
@@ -159,23 +168,25 @@ def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
     try:
         listing = layouts.list_sources(cfg.src, cfg.layout)
     except (layouts.LayoutError, ValueError, KeyError) as e:
-        console.print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
+        console().print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
         return 2
     stale = run.remove_partials(cfg.out)
     jobs = run.plan_jobs(listing, settings)
     reused = [o for o in (run.load_reusable(cfg.out, j, settings) for j in jobs) if o is not None]
     done_jobs = {o.job for o in reused}
     todo = [j for j in jobs if j not in done_jobs]
-    console.print(f"{cfg.layout}: {len(jobs)} videos, {len(listing.classes)} classes, "
+    console().print(f"{cfg.layout}: {len(jobs)} videos, {len(listing.classes)} classes, "
                   f"{len(listing.rejected)} listed but unusable; {len(reused)} already prepared, {len(todo)} to do"
                   + (f"; removed {stale} partial files of an interrupted run" if stale else ""))
     stop.raising = False  # from here a signal stops run_jobs at a safe point, and the outputs are written whole
+
+    from rich import progress as rp
 
     columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                rp.TextColumn("{task.fields[fps]:.0f} frames/s"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn())
     frames = [0]
     t_work = time.perf_counter()
-    with rp.Progress(*columns, console=console) as progress:
+    with rp.Progress(*columns, console=console()) as progress:
         task = progress.add_task("videos", total=len(todo), fps=0.0)
 
         def on_done(o: run.Outcome) -> None:
@@ -193,11 +204,11 @@ def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
     run.write_json(report, cfg.out / "prepare_report.json")
     print_summary(report)
     if stop.signum:
-        console.print(f"interrupted: {len(outcomes)} of {len(jobs)} done; run the same command again to finish",
+        console().print(f"interrupted: {len(outcomes)} of {len(jobs)} done; run the same command again to finish",
                       soft_wrap=True)
         return 128 + stop.signum
     if not rows:
-        console.print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
+        console().print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
         return 1
     return 0
 
@@ -249,6 +260,8 @@ def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run
 
 
 def print_summary(r: dict) -> None:
+    from rich.table import Table
+
     table = Table(title=f"prepare_data.py: {r['layout']} -> {r['dst']}", show_header=False)
     v = r["videos"]
     for name, value in [
@@ -266,12 +279,12 @@ def print_summary(r: dict) -> None:
             extra = (f" ({entry['frames_duplicated']} frames duplicated, {entry['frames_dropped']} dropped)"
                      if kind == "retimed" else "")
             table.add_row(NOTE_KINDS[kind], f"{entry['count']}{extra}")
-    console.print(table)
+    console().print(table)
     for kind, entry in r["notes"].items():
         for source, text in list(entry["files"].items())[:3]:
-            console.print(f"note: {source}: {text}")
+            console().print(f"note: {source}: {text}")
         if entry["count"] > 3:
-            console.print(f"note: ... {entry['count'] - 3} more {kind} in prepare_report.json")
+            console().print(f"note: ... {entry['count'] - 3} more {kind} in prepare_report.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.make_sample is not None:
         return make_sample(args)
     cfg = make_config(args)
-    console.print(cfg)
+    console().print(cfg)
     return prepare(cfg)
 
 

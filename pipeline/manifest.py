@@ -1,12 +1,20 @@
-"""Reading and checking a prepared dataset's manifests (DST/<split>.csv) and class list (DST/classes.csv)."""
+"""Reading and checking a prepared dataset's manifests (DST/<split>.csv) and class list (DST/classes.csv).
+
+COLUMNS is the manifest's one definition: prepare_data.py writes it, the loaders read it, tests and benchmarks
+build datasets with it. pandas is imported where a manifest is read, not with this module: prepare_data.py's
+worker processes import COLUMNS (through pipeline.prepare.run) and nothing else from here.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = (
     "video_id", "path", "label", "label_name", "split", "num_frames",
@@ -22,6 +30,8 @@ class DatasetError(ValueError):
 
 def load_classes(data: Path) -> list[str]:
     """Class names from DST/classes.csv (columns index,name; index 0..K-1)."""
+    import pandas as pd
+
     path = Path(data) / "classes.csv"
     if not path.is_file():
         raise DatasetError(f"{path}: class list not found. {HINT}")
@@ -44,6 +54,8 @@ def load_manifest(data: Path, split: str, num_classes: int, allow_unlabelled: bo
     allow_unlabelled: accept label -1 (evaluation of unlabelled test videos); otherwise every label must
     be in [0, num_classes).
     """
+    import pandas as pd
+
     path = Path(data) / f"{split}.csv"
     if not path.is_file():
         raise DatasetError(f"{path}: manifest not found (split {split!r} has no videos?). {HINT}")

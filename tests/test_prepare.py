@@ -17,14 +17,13 @@ import pandas as pd
 import pytest
 
 import prepare_data
+from pipeline.manifest import COLUMNS
 from pipeline.prepare import run
 from pipeline.prepare.layouts import Listing, Source
 from pipeline.prepare.sample import write_video
 from pipeline.prepare.transcode import CODECS, EncodeSettings, keyframe_indices, output_size
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
-           "start_frame", "end_frame"]
 CODEC = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4", ".mkv": "libvpx-vp9"}
 
 
@@ -43,7 +42,7 @@ def prepare(src: Path, dst: Path, *extra: str) -> int:
 
 def read_manifest(dst: Path, split: str) -> pd.DataFrame:
     df = pd.read_csv(dst / f"{split}.csv", keep_default_na=False, dtype={"video_id": str, "label_name": str})
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == list(COLUMNS)  # the columns the loaders read
     return df
 
 
@@ -419,3 +418,19 @@ def test_output_size_keeps_aspect_and_even_width():
     assert output_size(1920, 1080, None, 360) == (640, 360)
     assert output_size(101, 50, None, 360) == (728, 360)
     assert output_size(720, 480, Fraction(32, 27), 360) == (640, 360)  # anamorphic 16:9 DVD
+
+
+# ---------------------------------------------------------------- worker start-up
+
+
+def test_a_worker_process_loads_no_pandas_torch_or_rich():
+    """What a spawned worker imports: prepare_data.py again (multiprocessing runs the main script as
+    __mp_main__, as runpy.run_path does here) and pipeline.prepare.run, the module of the job function. pandas
+    and rich there cost ~0.35 CPU-s per worker process (issue 12); transcoding needs neither, nor torch."""
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+            "runpy.run_path(sys.argv[1] + '/prepare_data.py', run_name='__mp_main__'); "
+            "import pipeline.prepare.run; "
+            "print(sorted(m for m in ('pandas', 'torch', 'rich', 'matplotlib', 'av') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["['av']"]  # av: the transcoder itself (this check is not vacuous)

@@ -273,7 +273,8 @@ def report(dst: Path) -> dict:
 
 
 def test_report_notes_upscaled_single_frame_small_rotated_retimed(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(prepare_data, "console", Console(width=400))  # summary lines unwrapped
+    wide = Console(width=400)  # summary lines unwrapped
+    monkeypatch.setattr(prepare_data, "console", lambda: wide)
     d = tmp_path / "src" / "train" / "k"
     big = write_timed(d / "big.mkv", list(range(20)), Fraction(1, 25), rate=25, size=(256, 160))
     low = write_timed(d / "low.mkv", list(range(20)), Fraction(1, 25), rate=25, size=(96, 64))

@@ -20,8 +20,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ogv",
                     ".wmv"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -137,6 +135,8 @@ def _list_kinetics(src: Path) -> Listing:
     if not csvs:
         raise LayoutError(f"{src}/annotations: no CSV with a youtube_id column. HINT: check --format")
     files = _video_files(src, skip=src / "annotations")
+    import pandas as pd  # here, not at the top: prepare_data.py's worker processes import this module
+
     sources, rejected, listed = [], [], set()
     for csv in csvs:
         df = pd.read_csv(csv, dtype={"youtube_id": str, "label": str}, keep_default_na=False)
@@ -161,6 +161,8 @@ def _list_kinetics(src: Path) -> Listing:
 
 
 def _labels_in(csvs: list[Path]) -> set[str]:
+    import pandas as pd
+
     labels: set[str] = set()
     for csv in csvs:
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)

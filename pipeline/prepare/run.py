@@ -30,15 +30,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import pandas as pd
-
+from pipeline.atomic import atomic_write
+from pipeline.manifest import COLUMNS
 from pipeline.prepare.layouts import Listing, Source, safe_name
 from pipeline.prepare.transcode import EncodeSettings, Rejected, VideoInfo, transcode
 
-COLUMNS = ("video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
-           "start_frame", "end_frame")
+if TYPE_CHECKING:
+    import pandas as pd
+
 RECORDS = ".prepare"
 RETRIED = {"timeout", "crashed", "error"}  # rejections tried again on the next run (others are remembered)
 LOCK = "lock"  # DST/.prepare/lock: held (flock) by the main process of the run writing DST
@@ -170,9 +171,8 @@ def _write_record(dst: Path, outcome: Outcome, settings: EncodeSettings) -> None
     rec = {"source": str(outcome.job.source.path), "source_fingerprint": _fingerprint(outcome.job.source.path),
            "settings": settings.identity(), "info": asdict(outcome.info) if outcome.info else None,
            "reason": outcome.reason, "seconds": round(outcome.seconds, 3)}
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(rec, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(rec, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def _on_alarm(signum, frame):
@@ -378,6 +378,8 @@ def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dic
 
 def write_outputs(dst: Path, listing: Listing, rows: list[dict], rejected: list[tuple[str, str]]) -> dict[str, int]:
     """Write {split}.csv (sorted by video_id), classes.csv and rejected.csv; return rows per split."""
+    import pandas as pd  # here, not at the top: the worker processes import this module and never need it
+
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     counts = {}
     for split in sorted({s.split for s in listing.sources}):
@@ -390,12 +392,10 @@ def write_outputs(dst: Path, listing: Listing, rows: list[dict], rejected: list[
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
