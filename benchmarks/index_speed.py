@@ -53,26 +53,23 @@ class BenchConfig:
 
 
 def write_source(path: Path, frames: int, width: int = 128, height: int = 72, gop: int = 16) -> None:
-    """A small real VP9 WebM: a gradient with a moving bar, keyframe every `gop` frames."""
-    import av
+    """A small real VP9 WebM in prepare_data.py's structure: a gradient with a moving bar, keyframe every `gop`
+    frames. Written whole or not at all (make_dataset reuses what it finds)."""
     import numpy as np
 
+    from pipeline.atomic import atomic_write
+    from pipeline.prepare.sample import write_video
+
+    base = np.broadcast_to(np.linspace(0, 255, width, dtype=np.uint8)[None, :, None], (height, width, 3))
+
+    def frame(i: int) -> np.ndarray:
+        img = base.copy()
+        img[:, (3 * i) % width] = (255, 0, 0)
+        return img
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.webm")
-    with av.open(str(tmp), "w") as c:
-        s = c.add_stream("libvpx-vp9", rate=25)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8",
-                     "lag-in-frames": "0", "auto-alt-ref": "0", "crf": "32", "b:v": "0"}
-        base = np.broadcast_to(np.linspace(0, 255, width, dtype=np.uint8)[None, :, None], (height, width, 3))
-        for i in range(frames):
-            img = base.copy()
-            img[:, (3 * i) % width] = (255, 0, 0)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        write_video(tmp, (frame(i) for i in range(frames)), 25, "libvpx-vp9", gop=gop)
 
 
 def make_dataset(root: Path, videos: int, packets: int) -> Path:
@@ -80,7 +77,7 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
     import numpy as np
     import pandas as pd
 
-    from pipeline.manifest import load_manifest
+    from pipeline.manifest import COLUMNS, load_manifest
     from pipeline.packets import PacketTable, _stat_keys, _write_cache, index_file
 
     data = root / f"{videos}x{packets}"
@@ -105,9 +102,7 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
             os.link(sources[i // LINKS_PER_FILE], data / rel)
         rows.append((f"v{i:06d}", rel, label, classes[label], "train", packets, ix.fps, ix.width, ix.height,
                      0, packets))
-    cols = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
-            "start_frame", "end_frame"]  # fmt: skip
-    pd.DataFrame(rows, columns=cols).to_csv(data / "train.csv", index=False)
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(data / "train.csv", index=False)
     pd.DataFrame({"index": range(len(classes)), "name": classes}).to_csv(data / "classes.csv", index=False)
     files = list(load_manifest(data, "train", len(classes))["file"])  # the exact strings the loader looks up
     table = PacketTable(

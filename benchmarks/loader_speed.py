@@ -92,26 +92,19 @@ class BenchConfig:
 
 
 def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: int) -> Path:
-    """VP9 WebM videos written directly with PyAV (prepare_data.py's encoder settings) + manifests, cached."""
+    """VP9 WebM videos in prepare_data.py's structure and quality (pipeline.prepare.sample.write_video with gop)
+    + manifests, cached."""
     import numpy as np
     import pandas as pd
 
-    from pipeline.sampling import MODES  # noqa: F401  (fails early if the project is not importable)
+    from pipeline.manifest import COLUMNS
+    from pipeline.prepare.sample import write_video
 
     width = (height * 16 // 9) // 2 * 2
     n = int(round(seconds * fps))
     root = ROOT / "scratch" / f"loader_speed_{videos}x{n}_{width}x{height}_g{gop}"
     if (root / "val.csv").is_file():
         return root
-    import av
-
-    try:
-        from pipeline.prepare.transcode import EncodeSettings, encoder_options
-
-        options = encoder_options(EncodeSettings(gop=gop))
-    except ImportError:
-        options = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "lag-in-frames": "0", "crf": "32",
-                   "b:v": "0", "g": str(gop), "keyint_min": str(gop)}
     classes = ["class0", "class1", "class2", "class3"]
     rows = []
     rng = np.random.default_rng(0)
@@ -119,30 +112,26 @@ def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: i
         split = "val" if i % 4 == 3 else "train"
         label = i % len(classes)
         rel = Path("videos") / split / classes[label] / f"v{i:04d}.webm"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         print(f"writing {root / rel} ({n} frames {width}x{height})", flush=True)
-        # A smooth random texture panning, plus a moving block: content a VP9 encoder has to work for.
         tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
         tex = np.repeat(np.repeat(tex, 8, 0), 8, 1)
-        with av.open(str(root / rel), "w") as c:
-            s = c.add_stream("libvpx-vp9", rate=fps)
-            s.width, s.height, s.pix_fmt, s.options = width, height, "yuv420p", options
-            for f in range(n):
-                img = tex[:height, 2 * f : 2 * f + width].copy()
-                y, x = (f * 3) % (height - 60), (f * 5 + 40 * i) % (width - 80)
-                img[y : y + 60, x : x + 80] = (255 - 20 * label, 40 * label, 128)
-                for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
+        write_video(root / rel, _panning(tex, n, width, height, i, label), fps, "libvpx-vp9", gop=gop)
         rows.append([f"v{i:04d}", rel.as_posix(), label, classes[label], split, n, float(fps), width, height, 0, n])
-    cols = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
-            "start_frame", "end_frame"]  # fmt: skip
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
     for split in ("train", "val"):
         df[df["split"] == split].to_csv(root / f"{split}.csv", index=False)
     pd.DataFrame({"index": range(len(classes)), "name": classes}).to_csv(root / "classes.csv", index=False)
     return root
+
+
+def _panning(tex, n: int, width: int, height: int, i: int, label: int):
+    """n frames (height, width, 3) uint8 of video i: a smooth random texture panning 2 px a frame, plus a block
+    in the label's colour moving over it: content a VP9 encoder has to work for."""
+    for f in range(n):
+        img = tex[:height, 2 * f : 2 * f + width].copy()
+        y, x = (f * 3) % (height - 60), (f * 5 + 40 * i) % (width - 80)
+        img[y : y + 60, x : x + 80] = (255 - 20 * label, 40 * label, 128)
+        yield img
 
 
 # ---- measuring one configuration (child process) ---------------------------------------------------------------

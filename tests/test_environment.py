@@ -21,33 +21,26 @@ _ENCODE_AFTER = """
 import sys
 sys.path.insert(0, {root!r})
 {imports}
-import io, av, numpy as np
-buf = io.BytesIO()
-with av.open(buf, "w", format="webm") as c:
-    s = c.add_stream("libvpx-vp9", rate=25)
-    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-    for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
-        c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-print(len(buf.getvalue()))
+import numpy as np
+from pipeline.prepare.sample import write_video  # imports av, after the imports above
+print(write_video({path!r}, np.zeros((1, 48, 64, 3), np.uint8), 25, "libvpx-vp9", gop=16).stat().st_size)
 """
 
 
-def _encode_after(imports: str) -> subprocess.CompletedProcess:
-    code = _ENCODE_AFTER.format(root=str(ROOT), imports=imports)
+def _encode_after(imports: str, path: Path) -> subprocess.CompletedProcess:
+    code = _ENCODE_AFTER.format(root=str(ROOT), imports=imports, path=str(path))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-def test_import_decord_keeps_pyav_vp9_encoder_working():
-    done = _encode_after("from pipeline.decord_loader import import_decord; import_decord()")
+def test_import_decord_keeps_pyav_vp9_encoder_working(tmp_path):
+    done = _encode_after("from pipeline.decord_loader import import_decord; import_decord()", tmp_path / "a.webm")
     assert done.returncode == 0, done.stderr[-500:]
-    assert int(done.stdout.split()[-1]) > 0
+    assert int(done.stdout.split()[-1]) == (tmp_path / "a.webm").stat().st_size > 0
 
 
-def test_plain_decord_import_first_breaks_pyav_vp9_encoder():
+def test_plain_decord_import_first_breaks_pyav_vp9_encoder(tmp_path):
     # The hazard import_decord() exists for; if a decord or PyAV upgrade fixes it, this test says so.
-    done = _encode_after("import decord")
+    done = _encode_after("import decord", tmp_path / "a.webm")
     assert done.returncode != 0 and "avcodec_open2" in done.stderr
 
 

@@ -29,6 +29,8 @@ import pytest
 import torch
 
 import train
+from pipeline.manifest import COLUMNS
+from pipeline.prepare.sample import write_video
 
 CLASSES = ("blue", "green", "red")
 TINY = ["--arch", "resnet-10", "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "4",
@@ -36,27 +38,10 @@ TINY = ["--arch", "resnet-10", "--widen-factor", "0.125", "--sample-size", "32",
 STEPS_PER_EPOCH = 3  # 12 training videos / batch 4
 
 
-def write_webm(path: Path, frames: np.ndarray, gop: int = 16) -> None:
-    """frames (T, H, W, 3) uint8 RGB -> VP9 WebM with a keyframe every `gop` frames (prepare_data.py's format)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libvpx-vp9", rate=25)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        s.options = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8",
-                     "lag-in-frames": "0", "auto-alt-ref": "0", "crf": "20", "b:v": "0"}
-        for f in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        c.mux(s.encode())
-
-
 def make_colour_dataset(root: Path, per_class: dict[str, int], width: int = 48, height: int = 32) -> Path:
     """A prepared-layout dataset whose class is the dominant colour of noisy frames (learnable in a few steps);
-    12 to 39 frames per video, so some are shorter than a clip and loop."""
-    from videos import COLUMNS
-
+    12 to 39 frames per video, so some are shorter than a clip and loop. VP9 at crf 20 in prepare_data.py's
+    structure (a keyframe every 16 frames)."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     (root / "classes.csv").write_text("index,name\n" + "".join(f"{i},{c}\n" for i, c in enumerate(CLASSES)))
@@ -68,7 +53,7 @@ def make_colour_dataset(root: Path, per_class: dict[str, int], width: int = 48, 
                 frames = rng.integers(0, 90, (n, height, width, 3), dtype=np.uint8)
                 frames[..., 2 - label] += 140  # blue, green, red
                 rel = f"videos/{split}/{name}/{split}_{name}_{j}.webm"
-                write_webm(root / rel, frames)
+                write_video(root / rel, frames, 25, "libvpx-vp9", gop=16, crf=20)
                 rows.append([f"{split}_{name}_{j}", rel, label, name, split, n, 25.0, width, height, 0, n])
         with open(root / f"{split}.csv", "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([COLUMNS, *rows])

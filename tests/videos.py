@@ -5,7 +5,8 @@ Frame content (RGB): R = round(255 * x / (W - 1))  (horizontal position; reverse
                      B = 4 + 8 * (i % 32)          (frame index i, constant over the frame).
 So after any crop, resize and flip: mean(B) gives the frame index (mod 32), mean(R) and mean(G) the centre
 of the crop box, and the sign of R's horizontal slope the flip. VP9 lossless in WebM, keyframe every `gop`
-frames (closed GOP), like prepare_data.py's output.
+frames (closed GOP), like prepare_data.py's output, written by the project's one writer
+(pipeline.prepare.sample.write_video).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ["video_id", "path", "label", "label_name", "split", "num_frames", "fps", "width", "height",
-           "start_frame", "end_frame"]  # fmt: skip
+from pipeline.manifest import COLUMNS
+from pipeline.prepare import sample
 
 
 def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
@@ -39,26 +40,10 @@ def decode_code(blue_mean: np.ndarray) -> np.ndarray:
 
 def write_video(path: Path, num_frames: int, width: int = 96, height: int = 64, gop: int = 16, fps: int = 25,
                 lossless: bool = True, codec: str = "libvpx-vp9") -> Path:
-    """Write the test pattern as a VP9 WebM (or another PyAV codec, e.g. libx264 into .mp4)."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        if codec == "libvpx-vp9":
-            s.options = {"g": str(gop), "keyint_min": str(gop), "deadline": "realtime", "cpu-used": "8",
-                         "lag-in-frames": "0", "auto-alt-ref": "0",
-                         **({"lossless": "1"} if lossless else {"crf": "4", "b:v": "0"})}
-        else:
-            s.options = {"g": str(gop), "crf": "0" if lossless else "10", "bf": "0"}
-        for i in range(num_frames):
-            for p in s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, width, height), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    """Write the test pattern in prepare_data.py's structure (a keyframe every `gop` frames, packet i = frame i)
+    as a VP9 WebM, or with another encoder, e.g. libx264 into .mp4; lossless unless told otherwise."""
+    frames = (frame_rgb(i, width, height) for i in range(num_frames))
+    return sample.write_video(path, frames, fps, codec, gop=gop, lossless=lossless)
 
 
 def make_dataset(root: Path, splits: dict[str, list[dict]], classes: list[str] = ("a", "b", "c"),
@@ -84,5 +69,5 @@ def make_dataset(root: Path, splits: dict[str, list[dict]], classes: list[str] =
             write_video(root / rel, n, w, h, gop)
             for a, b in r.get("segments", [(0, n)]):
                 out.append([vid, rel.as_posix(), label, classes[label], split, n, 25.0, w, h, a, b])
-        pd.DataFrame(out, columns=COLUMNS).to_csv(root / f"{split}.csv", index=False)
+        pd.DataFrame(out, columns=list(COLUMNS)).to_csv(root / f"{split}.csv", index=False)
     return root

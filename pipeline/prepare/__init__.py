@@ -1,8 +1,10 @@
 """Dataset preparation for prepare_data.py: raw videos -> short-GOP VP9 WebM files + manifests.
 
-Modules, one concern each (none imports torch or DALI, so the package is cheap to import):
+Modules, one concern each. None imports torch, DALI, pandas or rich at import time: prepare_data.py's worker
+processes import run.py and transcode.py and should pay only for PyAV and numpy (tests/test_prepare.py checks):
     transcode.py  decode -> resize -> encode one video with PyAV, atomic write, frame count of the output
     layouts.py    find the source videos: Kinetics CSVs + flat dirs, class folders, ActivityNet JSON
     run.py        plan jobs, reuse valid outputs, run them in worker processes, write manifests and the report
-    sample.py     the built-in synthetic raw dataset (design.md section 6)
+    sample.py     the built-in synthetic raw dataset (design.md section 6); its write_video is also the one
+                  video writer of the tests and benchmarks
 """

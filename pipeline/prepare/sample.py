@@ -12,22 +12,26 @@ Files vary like real downloads: H.264 .mp4, MPEG-4 .avi or VP9 .webm; 160x120 to
 12-48 frames (about 1 in 10 shorter than 16); one name with a space and non-ASCII letters; and, in train, three
 broken files (empty, truncated, not a video) that prepare_data.py must reject. Everything follows from the seed:
 the same seed gives the same bytes (encoders run single-threaded with bitexact flags; x264 without its
-macroblock tree, see write_video).
+macroblock tree, see _encoder_options).
 
     RAW/{train,val}/<class>/<class>_<i>.<ext>
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from pipeline.prepare.transcode import CODECS, DEFAULT_CRF, EncodeSettings, encoder_options
 
 CLASSES = ("grow", "move_down", "move_up", "oscillate_horizontal", "oscillate_vertical", "shrink")
 FORMATS = (("mp4", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9"))
@@ -41,26 +45,67 @@ BROKEN = {  # train/<class>/<name>: how it is broken (all must land in rejected.
 }
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int | Fraction, codec: str) -> None:
-    """Encode frames (T, H, W, 3) uint8 RGB to path; the container follows the extension. Deterministic bytes."""
-    # mbtree=0: with B-frames and x264's macroblock tree, its output depends on uninitialised heap memory (the
-    # bytes changed with MALLOC_PERTURB_); without the tree it is byte-identical. B-frames stay: real downloads
-    # have them, and preparation must handle their reordering.
-    options = {"libx264": {"preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"},
-               "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b:v": "0"},
-               "mpeg4": {}}.get(codec, {})
+def write_video(path: Path, frames: Iterable[np.ndarray | av.VideoFrame], fps: int | Fraction = 25,
+                codec: str = "libvpx-vp9", *, gop: int | None = None, crf: int | None = None,
+                lossless: bool = False) -> Path:
+    """Encode frames to path (container from the extension); the same frames and options give the same bytes.
+
+    The one video writer of the project's tests and benchmarks. frames: (H, W, 3) uint8 RGB arrays (a
+    (T, H, W, 3) array is such an iterable) or av.VideoFrames (e.g. yuv420p with its planes set), one size.
+    codec: the PyAV encoder (libvpx-vp9, libx264, libx265, mpeg4).
+    gop None: encoded like a download (this dataset's sources; x264 with B-frames). gop N: encoded like
+    prepare_data.py's outputs (transcode.encoder_options: a keyframe at exactly every N frames, no B-frames,
+    no hidden frames, so packet i is frame i), at quality crf (default: DEFAULT_CRF) or lossless (VP9
+    lossless, x264 crf 0: for tests whose pixels carry values that must come back exactly).
+    """
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", options={"fflags": "+bitexact"}) as out:
+        options = _encoder_options(codec, gop, crf, lossless)
         stream = out.add_stream(codec, rate=fps, options={**options, "flags": "+bitexact"})
-        stream.height, stream.width = frames.shape[1:3]
+        frame = _as_frame(first)
+        stream.height, stream.width = frame.height, frame.width
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1  # single-threaded: identical bytes on every machine and run
         if codec == "mpeg4":
             stream.codec_context.bit_rate = 400_000  # ~2 kB per frame at 25 fps
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        for i, img in enumerate(itertools.chain([frame], frames)):
+            frame = _as_frame(img)
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
+    return path
+
+
+def _as_frame(img: np.ndarray | av.VideoFrame) -> av.VideoFrame:
+    return img if isinstance(img, av.VideoFrame) else av.VideoFrame.from_ndarray(img, format="rgb24")
+
+
+def _encoder_options(codec: str, gop: int | None, crf: int | None, lossless: bool) -> dict[str, str]:
+    if gop is None:
+        # mbtree=0: with B-frames and x264's macroblock tree, its output depends on uninitialised heap memory
+        # (the bytes changed with MALLOC_PERTURB_); without the tree it is byte-identical. B-frames stay: real
+        # downloads have them, and preparation must handle their reordering.
+        options = {"libx264": {"preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"},
+                   "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b:v": "0"}}.get(codec, {})
+    else:
+        name = {encoder: name for name, (encoder, _, _) in CODECS.items()}.get(codec)
+        if name is None:
+            raise ValueError(f"gop={gop}: prepare_data.py's structure exists for {sorted(CODECS)}, not {codec}")
+        options = encoder_options(EncodeSettings(codec=name, gop=gop, crf=DEFAULT_CRF[name]))
+    if crf is not None:
+        options = {**options, "crf": str(crf)}
+    if lossless:
+        if codec not in ("libvpx-vp9", "libx264"):
+            raise ValueError(f"lossless: only libvpx-vp9 and libx264, not {codec}")
+        if codec == "libx264":
+            return {**options, "crf": "0"}
+        return {**{k: v for k, v in options.items() if k != "crf"}, "lossless": "1"}  # libvpx refuses both
+    return options
 
 
 def render_clip(label: str, rng: np.random.Generator, width: int, height: int, n: int) -> np.ndarray:
