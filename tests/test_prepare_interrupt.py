@@ -53,6 +53,17 @@ def src(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def long_src(src, tmp_path_factory) -> Path:
+    """src's three videos as 300 sources (hard links): a run that no machine finishes in the second or so a test
+    waits (src's 13 jobs take about that long on 2 cores)."""
+    folder = tmp_path_factory.mktemp("long_src") / "train" / "k"
+    folder.mkdir(parents=True)
+    for i in range(300):
+        os.link(src / f"{LENGTHS[i % len(LENGTHS)]}.webm", folder / f"v{i:03d}.webm")
+    return folder.parent.parent
+
+
 def expected_frames(video_id: str) -> int:
     return LENGTHS[int(video_id[1:]) % len(LENGTHS)]
 
@@ -186,9 +197,9 @@ def test_sigterm_stops_like_ctrl_c(src, tmp_path, whole_group):
     check_manifests_list_the_finished(dst, n)
 
 
-def test_ctrl_c_is_left_to_the_main_process_even_while_the_workers_start_up(src, tmp_path):
+def test_ctrl_c_is_left_to_the_main_process_even_while_the_workers_start_up(long_src, tmp_path):
     dst = tmp_path / "dst"
-    proc = start(src, dst)
+    proc = start(long_src, dst)  # long: with src the run could end, and its workers with it, before the check
     deadline = time.monotonic() + 60
     while not (starting := [pid for pid, cmd in children(proc.pid).items() if "spawn_main" in cmd]):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
