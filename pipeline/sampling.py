@@ -19,7 +19,7 @@ SCALES: tuple[float, ...] = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
 # Crop positions: the 4 corners and the centre.
 POSITIONS: tuple[str, ...] = ("tl", "tr", "bl", "br", "c")
 CENTER = POSITIONS.index("c")
-MODES = ("train", "val", "eval")
+MODES = ("train", "val", "eval", "views")
 
 
 def clip_frames(start: int, n: int, length: int, offset: int = 0) -> np.ndarray:
@@ -49,6 +49,33 @@ def eval_starts(n: int, length: int) -> np.ndarray:
     return np.arange(0, n - length + 1, length, dtype=np.int64)
 
 
+def view_starts(n: int, length: int, clips: int) -> np.ndarray:
+    """Starts of the K clips of multi-view testing ("K clips x C crops", PySlowFast's test protocol), spaced
+    uniformly over the row: with d = max(n - length, 0), start_k = floor(k * d / (K - 1)) for k = 0..K-1 when
+    K > 1 (the first clip starts at frame 0, the last ends at the last frame), and d // 2 when K = 1 (the centre
+    clip, center_start). Rows shorter than the clip: every start is 0 (looped by clip_frames). (K,) int64.
+    E.g. n=100, T=16, K=3 -> [0, 42, 84]; K=10 -> [0, 9, 18, 28, 37, 46, 56, 65, 74, 84]."""
+    d = max(n - length, 0)
+    if clips == 1:
+        return np.array([d // 2], dtype=np.int64)
+    return np.arange(clips, dtype=np.int64) * d // (clips - 1)
+
+
+def view_boxes(width: int, height: int, crops: int) -> np.ndarray:
+    """The C square crop boxes of multi-view testing, at the maximum scale: side = the short side, spaced along
+    the long side at offset_j = floor(j * (long - side) / (C - 1)) for j = 0..C-1 when C > 1 (C = 3: both ends
+    and the centre (long - side) // 2), (long - side) // 2 when C = 1 (crop_box's centre box at scale 1); the
+    short side is covered whole. Landscape: offsets along x; portrait: along y; square: C equal boxes.
+    (C, 3) int64 (x0, y0, side). E.g. 640x360, C=3 -> x0 = 0, 140, 280 at y0 = 0, side 360."""
+    side = max(min(width, height), 1)
+    free = max(width, height) - side
+    j = np.arange(crops, dtype=np.int64)
+    offsets = j * free // (crops - 1) if crops > 1 else np.full(1, free // 2, np.int64)
+    zeros = np.zeros(crops, np.int64)
+    x0, y0 = (offsets, zeros) if width >= height else (zeros, offsets)
+    return np.stack([x0, y0, np.full(crops, side, np.int64)], axis=1)
+
+
 def crop_box(width: int, height: int, position: int, scale: float) -> tuple[int, int, int]:
     """Square crop box (x0, y0, side) in pixels for a position index into POSITIONS and a scale.
 
@@ -73,7 +100,7 @@ class Plan:
     frames:    (M, T) int64 frame indices into the row's file (start_frame already added)
     boxes:     (M, 3) int64 crop box (x0, y0, side) in pixels of the stored video
     flips:     (M,) bool    horizontal flip
-    positions: (M,) int64   index into POSITIONS (for tests and statistics)
+    positions: (M,) int64   index into POSITIONS (for tests and statistics); views mode: the crop's index j
     scales:    (M,) int64   index into SCALES
     starts:    (M,) int64   clip start relative to the row (before the modulo)
     """
@@ -122,6 +149,8 @@ def plan_epoch(
     batch: int = 1,
     length: int = 16,
     start_frames: np.ndarray | None = None,
+    clips: int = 1,
+    crops: int = 1,
 ) -> Plan:
     """The clips rank `rank` of `world` loads in epoch `epoch`.
 
@@ -130,15 +159,19 @@ def plan_epoch(
       contiguous block of (V // world) // batch * batch rows (equal steps, partial batch dropped); each row's
       start, position, scale and flip come from arrays drawn once for all V rows from (seed, epoch), so a
       row's clip does not depend on world size, rank or order.
-    val: one centre clip per row, centre crop at scale 1; eval: every window of eval_starts per row, in
-      manifest order; rank r takes a contiguous share (union over ranks = everything exactly once).
-    Linear time, no Python loop over rows: the same values as center_start, eval_starts, clip_frames and
-    crop_box row by row (tests/test_sampling.py checks it), ~0.1 s for 240k rows in train mode.
+    val: one centre clip per row, centre crop at scale 1; eval: every window of eval_starts per row (the
+      paper's protocol); views: clips x crops views per row, view_starts x view_boxes, clip-major (each clip's
+      crops together); val, eval and views go in manifest order and rank r takes a contiguous share (union
+      over ranks = everything exactly once).
+    Linear time, no Python loop over rows: the same values as center_start, eval_starts, view_starts,
+    view_boxes, clip_frames and crop_box row by row (tests/test_sampling.py checks it), ~0.1 s for 240k rows in train mode.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world_size {world}")
+    if clips < 1 or crops < 1:
+        raise ValueError(f"clips and crops must be >= 1, got {clips} and {crops}")
     n = np.asarray(num_frames, dtype=np.int64)
     v = len(n)
     if v and n.min() < 1:
@@ -156,6 +189,15 @@ def plan_epoch(
         all_scale = g.integers(0, len(SCALES), size=v)
         all_flip = g.integers(0, 2, size=v).astype(bool)
         starts, pos, scale, flips = all_starts[rows], all_pos[rows], all_scale[rows], all_flip[rows]
+    elif mode == "views":
+        all_rows, all_starts, all_crops = _views(n, length, clips, crops)
+        share = rank_share(len(all_rows), rank, world)
+        rows, starts, pos = all_rows[share], all_starts[share], all_crops[share]
+        scale = np.zeros(len(rows), np.int64)
+        flips = np.zeros(len(rows), bool)
+        frames = clip_frames_of(starts, n[rows], length, offset[rows])
+        boxes = _view_boxes_of(widths[rows], heights[rows], pos, crops)
+        return Plan(rows, frames, boxes, flips, pos, scale, starts)
     else:
         if mode == "val":
             all_rows = np.arange(v, dtype=np.int64)
@@ -189,6 +231,27 @@ def _eval_windows(n: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     first = np.cumsum(count) - count  # index of each row's first window
     starts = (np.arange(len(rows), dtype=np.int64) - first[rows]) * length
     return rows, starts
+
+
+def _views(n: np.ndarray, length: int, clips: int, crops: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """view_starts x crop indices of every row, clip-major: (rows, starts, crop indices), each (V * K * C,)."""
+    d = np.maximum(n - length, 0)[:, None]  # (V, 1)
+    k = np.arange(clips, dtype=np.int64)[None, :]
+    starts = k * d // (clips - 1) if clips > 1 else d // 2  # (V, K)
+    shape = (len(n), clips, crops)
+    rows = np.broadcast_to(np.arange(len(n), dtype=np.int64)[:, None, None], shape).ravel()
+    crop = np.broadcast_to(np.arange(crops, dtype=np.int64)[None, None, :], shape).ravel()
+    return rows, np.broadcast_to(starts[:, :, None], shape).ravel(), crop
+
+
+def _view_boxes_of(widths: np.ndarray, heights: np.ndarray, j: np.ndarray, crops: int) -> np.ndarray:
+    """view_boxes(w, h, crops)[j] for M views: (M,) widths, heights, crop indices -> (M, 3) int64."""
+    side = np.maximum(np.minimum(widths, heights), 1)
+    free = np.maximum(widths, heights) - side
+    offset = j * free // (crops - 1) if crops > 1 else free // 2
+    landscape = widths >= heights
+    x0, y0 = np.where(landscape, offset, 0), np.where(landscape, 0, offset)
+    return np.stack([x0, y0, side], axis=1).reshape(-1, 3).astype(np.int64)
 
 
 def clip_frames_of(starts: np.ndarray, n: np.ndarray, length: int, offset: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Exact checks of the sampling and augmentation parameters (pipeline.sampling), no video decoding."""
+"""Exact checks of the sampling and augmentation parameters (pipeline.sampling), no video decoding: the paper's
+training draws, its eval windows, and multi-view testing (K clips x C crops)."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from pipeline.sampling import (
     eval_starts,
     plan_epoch,
     train_steps,
+    view_boxes,
+    view_starts,
 )
 
 T = 16
@@ -180,3 +183,74 @@ def test_vectorised_plan_equals_the_per_row_rules(mode):
             pairs = [(r, int(s)) for r in range(v) for s in eval_starts(int(n[r]), T)]
             share = pairs[rank * len(pairs) // world : (rank + 1) * len(pairs) // world]
             assert list(zip(p.rows.tolist(), p.starts.tolist(), strict=True)) == share
+
+
+# ---- multi-view testing: K clips x C crops ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "clips", "starts"), [
+    (100, 1, [42]),  # the centre clip: (100 - 16) // 2, as center_start
+    (100, 2, [0, 84]),  # the first starts at 0, the last ends at the last frame
+    (100, 3, [0, 42, 84]),  # an odd K's middle clip is the centre clip
+    (100, 10, [0, 9, 18, 28, 37, 46, 56, 65, 74, 84]),  # floor(k * 84 / 9)
+    (40, 4, [0, 8, 16, 24]),
+    (33, 3, [0, 8, 17]),  # floor(17 / 2) = 8
+    (18, 5, [0, 0, 1, 1, 2]),  # fewer distinct starts than clips: some repeat, still K clips
+    (16, 3, [0, 0, 0]),
+    (10, 3, [0, 0, 0]),  # shorter than a clip: looped from frame 0 (clip_frames), K times
+])
+def test_view_starts_exact(n, clips, starts):
+    assert view_starts(n, T, clips).tolist() == starts
+    assert view_starts(n, T, 1).tolist() == [center_start(n, T)]
+
+
+@pytest.mark.parametrize(("width", "height", "crops", "boxes"), [
+    (640, 360, 1, [(140, 0, 360)]),  # landscape, centre = crop_box's centre at scale 1
+    (640, 360, 3, [(0, 0, 360), (140, 0, 360), (280, 0, 360)]),  # left end, centre, right end
+    (641, 360, 3, [(0, 0, 360), (140, 0, 360), (281, 0, 360)]),  # centre floor((641 - 360) / 2)
+    (640, 360, 2, [(0, 0, 360), (280, 0, 360)]),
+    (360, 640, 3, [(0, 0, 360), (0, 140, 360), (0, 280, 360)]),  # portrait: along y, top to bottom
+    (360, 640, 1, [(0, 140, 360)]),
+    (48, 32, 3, [(0, 0, 32), (8, 0, 32), (16, 0, 32)]),
+    (64, 64, 3, [(0, 0, 64)] * 3),  # square: C equal boxes
+])
+def test_view_boxes_exact(width, height, crops, boxes):
+    assert [tuple(b) for b in view_boxes(width, height, crops).tolist()] == boxes
+    assert tuple(view_boxes(width, height, 1)[0]) == crop_box(width, height, POSITIONS.index("c"), 1.0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_views_plan_is_every_view_of_every_row_once_clip_major(world):
+    """mode="views": K x C views per row in manifest order, clip-major (a clip's C crops together), frames and
+    boxes by view_starts and view_boxes, no flips; ranks take contiguous shares whose union is everything."""
+    n = np.array([100, 10, 33, 16])
+    widths, heights = np.array([640, 48, 360, 64]), np.array([360, 32, 640, 64])
+    offsets = np.array([0, 5, 0, 3])
+    clips, crops = 3, 3
+    expected = [(r, int(s), j) for r in range(4) for s in view_starts(int(n[r]), T, clips) for j in range(crops)]
+    got = []
+    for rank in range(world):
+        p = plan_epoch(n, widths, heights, mode="views", epoch=0, seed=0, rank=rank, world=world, batch=2,
+                       length=T, start_frames=offsets, clips=clips, crops=crops)
+        got += list(zip(p.rows.tolist(), p.starts.tolist(), p.positions.tolist(), strict=True))
+        assert not p.flips.any() and (p.scales == 0).all()
+        for k, r in enumerate(p.rows):
+            np.testing.assert_array_equal(p.frames[k], offsets[r] + (p.starts[k] + np.arange(T)) % n[r])
+            assert tuple(p.boxes[k]) == tuple(view_boxes(int(widths[r]), int(heights[r]), crops)[p.positions[k]])
+    assert got == expected and len(got) == 4 * clips * crops
+
+
+def test_views_vectorised_equals_the_per_row_rules():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        v = int(rng.integers(1, 40))
+        n, widths, heights = rng.integers(1, 120, v), rng.integers(1, 700, v), rng.integers(1, 500, v)
+        clips, crops = int(rng.integers(1, 11)), int(rng.integers(1, 4))
+        p = plan_epoch(n, widths, heights, mode="views", epoch=trial, seed=0, length=T, clips=clips, crops=crops)
+        assert len(p) == v * clips * crops
+        starts = np.concatenate([np.repeat(view_starts(int(x), T, clips), crops) for x in n])
+        boxes = np.concatenate([np.tile(view_boxes(int(w), int(h), crops), (clips, 1))
+                                for w, h in zip(widths, heights, strict=True)])
+        np.testing.assert_array_equal(p.starts, starts)
+        np.testing.assert_array_equal(p.boxes, boxes)
+    with pytest.raises(ValueError, match="clips and crops"):
+        plan_epoch([20], [96], [64], mode="views", epoch=0, seed=0, clips=0)
