@@ -1,14 +1,18 @@
 """Video-level recognition accuracy of a trained 3D ResNet, as in the paper's Table 2.
 
 Every video is split into non-overlapping 16-frame clips (a shorter video gives one looped clip), each clip is
-centre-cropped at the maximum scale, and the clips' class probabilities are averaged per video.
+centre-cropped at the maximum scale, and the clips' class probabilities are averaged per video. --views K,C
+evaluates the "K clips x C crops" protocol of PySlowFast and MMAction2 instead (pipeline/sampling.py:
+view_starts, view_boxes).
 
   python evaluate.py --data DST --checkpoint runs/r34/checkpoints/best.pt   # -> runs/r34/eval-best-val/
-  python evaluate.py --data DST --checkpoint resnet-34-kinetics.pth --arch resnet-34 --mean activitynet
+  python evaluate.py --data DST --checkpoint CKPT --views 10,3              # 10 clips x 3 crops per video
+  python evaluate.py --data DST --checkpoint resnet-34-kinetics.pth --arch resnet-34 --norm activitynet
+  python evaluate.py --data DST --checkpoint r3d18_K_200ep.pth --arch resnet-18 --shortcut B --norm kinetics-0-1
   python evaluate.py --data DST --checkpoint CKPT --gpus 4    (or --nproc 2 on CPU, or under torchrun)
 
-Writes OUT/metrics.json, OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per video), OUT/per_class.csv
-and OUT/confusion.png, and prints a Table-2-style summary.
+Writes OUT/metrics.json (with the protocol used), OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per
+video), OUT/per_class.csv and OUT/confusion.png, and prints a Table-2-style summary.
 """
 
 from __future__ import annotations
@@ -26,14 +30,20 @@ from rich.table import Table
 from engine import distributed
 from engine.checkpoint import MODEL_DEFAULTS, RunRecord
 from engine.cli import (
+    CLIP_RANGES,
     DEVICE_RANGES,
     LOADER_RANGES,
+    MODEL_FLAGS,
+    MODEL_RANGES,
     Range,
+    add_clip_flags,
     add_device_flags,
     add_loader_flags,
+    add_model_flags,
     as_flag,
     check_numeric_flags,
     resolve_device_flags,
+    resolve_normalisation,
     with_flag_hints,
 )
 from engine.distributed import Dist, Interrupted
@@ -44,7 +54,7 @@ from engine.step import forward, memory_format, to_device
 from model import ARCHS, CheckpointError, build_model, load_weights, read_checkpoint
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
-from pipeline.normalisation import MEANS, Normalisation
+from pipeline.normalisation import Normalisation
 from pipeline.sampling import eval_starts
 
 
@@ -54,6 +64,8 @@ class EvalConfig:
     checkpoint: str
     split: str = "val"
     out: str = ""  # resolved: default RUN_DIR/eval-<checkpoint stem>-<split>
+    clips: int | None = None  # --views K,C: K clips x C crops per video; None: the paper's windows
+    crops: int | None = None
     backend: str = "dali"
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
@@ -70,7 +82,7 @@ class EvalConfig:
     # the clips: the checkpoint's (ours), else 3D-ResNets-PyTorch's defaults; these override either
     sample_duration: int | None = None
     sample_size: int | None = None
-    mean: str | None = None
+    normalisation: Normalisation | None = None
     # run
     device: str = "cpu"
     gpus: int = 1
@@ -80,18 +92,31 @@ class EvalConfig:
     def world_size(self) -> int:
         return distributed.world_size(self.device, self.gpus, self.nproc)
 
+    def protocol(self, sample_duration: int) -> dict:
+        """How the videos are cut into clips, for metrics.json and the summary."""
+        if self.clips is None:
+            return {"name": "windows", "clips": "all", "crops": 1,
+                    "description": f"every non-overlapping {sample_duration}-frame window x 1 centre crop"}
+        return {"name": "views", "clips": self.clips, "crops": self.crops,
+                "description": f"{self.clips} clips x {self.crops} crops"}
+
 
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
-RANGES = {
-    **LOADER_RANGES, **DEVICE_RANGES,
-    **{name: Range(min=1) for name in ("batch_size", "n_classes", "conv1_t_size", "conv1_t_stride", "sample_duration",
-                                       "sample_size")},
-    "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
-}
-# The model flags, as build_model's keyword arguments; the defaults are build_model's.
-MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+RANGES = {**LOADER_RANGES, **DEVICE_RANGES, **MODEL_RANGES, **CLIP_RANGES,
+          **{name: Range(min=1) for name in ("batch_size", "clips", "crops")}}
 # A checkpoint without a run record (3D-ResNets-PyTorch's) is evaluated on that code's default clips.
 REFERENCE_CLIPS = dict(normalisation=Normalisation.named("activitynet"), sample_size=112, sample_duration=16)
+
+
+def views_flag(text: str) -> tuple[int, int]:
+    """--views K,C -> (K, C), both >= 1."""
+    try:
+        k, c = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K,C (clips,crops), e.g. 10,3") from None
+    if k < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: K and C must be >= 1")
+    return k, c
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,22 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="manifest to evaluate: train, val or test")
     p.add_argument("--out", default="", help="output folder (default: RUN_DIR/eval-<checkpoint>-<split>)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per step, split evenly across processes")
+    g = p.add_argument_group("protocol (default: the paper's, every non-overlapping window, centre crop)")
+    g.add_argument("--views", type=views_flag, metavar="K,C",
+                   help="K clips with uniformly spaced starts x C square crops along the long side (1: centre, "
+                        "3: both ends and centre), e.g. 10,3")
+    g.add_argument("--clips", type=int, help="K of --views (--crops defaults to 1)")
+    g.add_argument("--crops", type=int, help="C of --views (needs --clips)")
     add_loader_flags(p)
-    g = p.add_argument_group("the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours "
-                             "describe themselves, and these flags must agree with them")
-    g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
-    g.add_argument("--shortcut", choices=("A", "B"), help="default A")
-    g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")
-    g.add_argument("--widen-factor", type=float, help="default 1")
-    g.add_argument("--conv1-t-size", type=int, help="conv1's temporal kernel size, default 7")
-    g.add_argument("--conv1-t-stride", type=int, help="conv1's temporal stride, default 1")
-    g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
-    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
-    g = p.add_argument_group("clips (override the checkpoint's)")
-    g.add_argument("--sample-duration", type=int, help="default: the checkpoint's, else 16")
-    g.add_argument("--sample-size", type=int, help="default: the checkpoint's, else 112")
-    g.add_argument("--mean", choices=tuple(MEANS), help="RGB mean subtracted, 0-255; default: the checkpoint's, "
-                                                          "else activitynet (3D-ResNets-PyTorch's default)")
+    add_model_flags(p)
+    add_clip_flags(p)
     add_device_flags(p.add_argument_group("run"))
     return p
 
@@ -126,23 +144,34 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
     device, amp = resolve_device_flags(p, a)
+    normalisation = resolve_normalisation(p, a)
+    if a.views is not None and (a.clips is not None or a.crops is not None):
+        p.error("--views K,C and --clips/--crops say the same thing: give one")
+    if a.crops is not None and a.clips is None:
+        p.error(f"--crops {a.crops} needs --clips K (or use --views K,{a.crops})")
+    clips, crops = a.views if a.views else (a.clips, None if a.clips is None else (a.crops or 1))
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     out = a.out or str(run_dir / f"eval-{ckpt.stem}-{a.split}")
-    fields = {k: v for k, v in vars(a).items() if k not in ("device", "amp", "out")}
-    cfg = EvalConfig(**fields, out=out, device=device, amp=amp)
+    skip = ("device", "amp", "out", "views", "clips", "crops", "norm", "value_scale", "mean_values", "std_values")
+    fields = {k: v for k, v in vars(a).items() if k not in skip}
+    cfg = EvalConfig(**fields, out=out, device=device, amp=amp, clips=clips, crops=crops,
+                     normalisation=normalisation)
     if cfg.batch_size % cfg.world_size():
         p.error(f"--batch-size {cfg.batch_size} is not divisible by {cfg.world_size()} processes")
     return cfg
 
 
-def run_record(cfg: EvalConfig, class_names: list[str]) -> RunRecord:
-    """The model and clips to evaluate, or CheckpointError. Our checkpoints carry their run record (model flags
-    that contradict it are an error); for others the model comes from the flags, the file's 'arch' entry and its
-    layers' shapes, and the clips are 3D-ResNets-PyTorch's defaults. --sample-duration, --sample-size and --mean
-    override the clips of either."""
+def run_record(cfg, class_names: list[str] | None) -> RunRecord:
+    """The model and clips to evaluate, or CheckpointError. cfg: an EvalConfig, or any config with its checkpoint,
+    model and clip fields (infer.py's). Our checkpoints carry their run record (model flags that contradict it
+    are an error); for others the model comes from the flags, the file's 'arch' entry and its layers' shapes,
+    and the clips are 3D-ResNets-PyTorch's defaults. --sample-duration, --sample-size and the normalisation flags
+    (and infer.py's --height) override the clips of either. class_names: the dataset's, which ours must have
+    been trained on and a foreign checkpoint's head must count; None (infer.py): ours name their classes, a
+    foreign checkpoint's are numbered '0', '1', ... (the caller may rename them)."""
     path = Path(cfg.checkpoint)
     state_dict, meta = read_checkpoint(path)
     given = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
@@ -157,7 +186,7 @@ def run_record(cfg: EvalConfig, class_names: list[str]) -> RunRecord:
             raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(flags)} {verb} "
                                   f"it: drop {' '.join(f.split()[0] for f in flags)}")
         saved_classes = list(record.class_names)
-        if saved_classes != class_names:
+        if class_names is not None and saved_classes != class_names:
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
                                   f"{cfg.data} has {len(class_names)} {class_names[:4]}...; use the same classes")
     else:
@@ -166,18 +195,21 @@ def run_record(cfg: EvalConfig, class_names: list[str]) -> RunRecord:
         if arch not in ARCHS:
             raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
                                   f"(one of {', '.join(ARCHS)})")
-        n_classes = cfg.n_classes or (fc.shape[0] if fc is not None else len(class_names))
-        if n_classes != len(class_names):
+        n_classes = cfg.n_classes or (fc.shape[0] if fc is not None else len(class_names or ()))
+        if class_names is not None and n_classes != len(class_names):
             raise CheckpointError(f"{path}: has {n_classes} classes, {cfg.data} has {len(class_names)}")
+        if not n_classes:
+            raise CheckpointError(f"{path}: no fc layer to count the classes; HINT: add --n-classes")
         model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
         conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
         if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
             raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
                                   f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
                                   "--conv1-t-stride, --no-max-pool if it was trained with them)")
-        record = RunRecord(model_args=model_args, class_names=tuple(class_names), **REFERENCE_CLIPS)
-    overrides = dict(normalisation=None if cfg.mean is None else Normalisation.named(cfg.mean),
-                     sample_duration=cfg.sample_duration, sample_size=cfg.sample_size)
+        names = class_names if class_names is not None else [str(k) for k in range(n_classes)]
+        record = RunRecord(model_args=model_args, class_names=tuple(names), **REFERENCE_CLIPS)
+    overrides = dict(normalisation=cfg.normalisation, sample_duration=cfg.sample_duration,
+                     sample_size=cfg.sample_size, video_height=getattr(cfg, "height", None))
     return dataclasses.replace(record, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -191,8 +223,11 @@ def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.
     return model.eval(), record, f"{record.model_args['arch']}-{record.model_args['shortcut']}"
 
 
-def expected_clips(videos, sample_duration: int) -> torch.Tensor:
-    """(V,) int64: windows per video in eval mode (the pipeline's rule), to check every clip came once."""
+def expected_clips(videos, sample_duration: int, views: int | None = None) -> torch.Tensor:
+    """(V,) int64: clips per video, to check every clip came once: the windows of eval mode (the pipeline's
+    rule), or `views` (K x C) each."""
+    if views is not None:
+        return torch.full((len(videos),), views, dtype=torch.int64)
     lengths = (videos["end_frame"] - videos["start_frame"]).tolist()
     return torch.tensor([len(eval_starts(n, sample_duration)) for n in lengths], dtype=torch.int64)
 
@@ -206,12 +241,16 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
     model, record, name = load_model(cfg, class_names, d)
-    loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval", backend=cfg.backend,
+    views = None if cfg.clips is None else cfg.clips * cfg.crops
+    loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
+                          clips=cfg.clips or 1, crops=cfg.crops or 1, backend=cfg.backend,
                           device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
                           rank=d.rank, world_size=d.world_size, num_threads=cfg.num_threads,
                           sample_duration=record.sample_duration, sample_size=record.sample_size,
-                          mean=record.normalisation.loader_mean(), device_id=d.local_rank if on_gpu else None,
+                          normalisation=record.normalisation, device_id=d.local_rank if on_gpu else None,
                           skip_bad=cfg.skip_bad, progress=d.is_main)
+    console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
+                  f"{record.normalisation.describe()}")
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
     done = 0  # steps
@@ -234,7 +273,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
         return None
 
     total = VideoAccumulator.merge(states, n_videos, n_classes)
-    expected = expected_clips(loader.videos, record.sample_duration)
+    expected = expected_clips(loader.videos, record.sample_duration, views)
     wrong = (total.counts != expected).nonzero().flatten().tolist()
     if wrong:  # a loader or sharding bug: every window of every video must reach the sums exactly once
         v = wrong[0]
@@ -244,7 +283,8 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     video_labels = torch.tensor(loader.videos["label"].to_numpy(), dtype=torch.int64)
     metrics = total.summary(video_labels)
     metrics.update(split=cfg.split, checkpoint=cfg.checkpoint, model=name, n_classes=n_classes,
-                   world_size=d.world_size, normalisation=record.to_dict()["normalisation"])
+                   world_size=d.world_size, protocol=cfg.protocol(record.sample_duration),
+                   normalisation=record.to_dict()["normalisation"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +304,10 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
 
 
 def print_summary(console, m: dict, data_name: str) -> None:
-    """The paper's Table 2 columns (video top-1, top-5, their average) plus clip accuracy, in percent."""
-    table = Table(title=f"{data_name} {m['split']}: {m['n_videos']} videos, {m['n_clips']} clips")
+    """The paper's Table 2 columns (video top-1, top-5, their average) plus clip accuracy, in percent, under a
+    title that names the protocol."""
+    table = Table(title=f"{data_name} {m['split']}: {m['n_videos']} videos, {m['n_clips']} clips "
+                        f"({m['protocol']['description']})")
     for col in ("Method", "Top-1", "Top-5", "Average", "Clip top-1", "Clip top-5"):
         table.add_column(col, justify="left" if col == "Method" else "right")
     pct = [m[k] for k in ("video_top1", "video_top5", "video_avg", "clip_top1", "clip_top5")]

@@ -42,11 +42,14 @@ from engine.checkpoint import (
 from engine.cli import (
     DEVICE_RANGES,
     LOADER_RANGES,
+    NORM_RANGES,
     Range,
     add_device_flags,
     add_loader_flags,
+    add_normalisation_flags,
     check_numeric_flags,
     resolve_device_flags,
+    resolve_normalisation,
 )
 from engine.distributed import Dist, Interrupted, all_reduce_sum
 from engine.plots import plot_curves
@@ -56,7 +59,7 @@ from engine.step import forward, memory_format, to_device, train_step
 from model import ARCHS, build_model, load_weights, read_checkpoint
 from pipeline import DatasetError, LoaderBase, build_loader
 from pipeline.atomic import atomic_write
-from pipeline.normalisation import MEANS, Normalisation
+from pipeline.normalisation import PRESETS, Normalisation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip
@@ -76,7 +79,7 @@ class TrainConfig:
     # input (the loader's sampling; stored with every checkpoint)
     sample_duration: int = 16
     sample_size: int = 112
-    mean: str = "kinetics"
+    normalisation: Normalisation = PRESETS["kinetics"]  # --norm, or --value-scale/--mean-values/--std-values
     backend: str = "dali"
     num_threads: int = 4
     skip_bad: bool = False
@@ -112,8 +115,8 @@ class TrainConfig:
 # backend, processes and devices (the global batch stays), precision, logging, and --epochs / --lr-reductions
 # to extend or shorten it.
 DEFINES_THE_RUN = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
-                   "sample_duration", "sample_size", "mean", "batch_size", "lr", "momentum", "weight_decay",
-                   "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
+                   "sample_duration", "sample_size", "normalisation", "batch_size", "lr", "momentum",
+                   "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
 MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
                         "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
                         "inject_nan_step")  # fmt: skip
@@ -121,20 +124,26 @@ MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "ep
 
 def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
     """'--lr 0.02 (checkpoint: 0.01)' for each setting in DEFINES_THE_RUN that cfg changes. A setting missing
-    from an older checkpoint's config had its default then."""
+    from an older checkpoint's config had its default then; the normalisation was --mean NAME."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults["normalisation"] = PRESETS.get(saved_config.get("mean", "kinetics"))
     diffs = []
     for name in DEFINES_THE_RUN:
         was, now = saved_config.get(name, defaults[name]), getattr(cfg, name)
+        was = Normalisation(**was) if isinstance(was, dict) else was  # the normalisation, stored as a dict
         if was != now:
-            diffs.append(f"--{name.replace('_', '-')} {'none' if now is None else now} "
-                         f"(checkpoint: {'none' if was is None else was})")
+            flag = "--norm" if name == "normalisation" else f"--{name.replace('_', '-')}"
+            diffs.append(f"{flag} {_shown(now)} (checkpoint: {_shown(was)})")
     return diffs
+
+
+def _shown(value) -> str:
+    return "none" if value is None else value.describe() if isinstance(value, Normalisation) else str(value)
 
 
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {
-    **LOADER_RANGES, **DEVICE_RANGES,
+    **LOADER_RANGES, **DEVICE_RANGES, **NORM_RANGES,
     **{name: Range(min=1) for name in ("sample_duration", "sample_size", "conv1_t_size", "conv1_t_stride", "epochs",
                                        "batch_size", "log_every")},
     "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
@@ -156,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loader_flags(g)
     g.add_argument("--sample-duration", type=int, default=16, help="frames per clip")
     g.add_argument("--sample-size", type=int, default=112, help="clip height and width in pixels")
-    g.add_argument("--mean", choices=tuple(MEANS), default="kinetics", help="RGB mean subtracted, 0-255")
+    add_normalisation_flags(g, "kinetics (minus the Kinetics mean, 0-255 scale)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, default="resnet-18")
     g.add_argument("--shortcut", choices=("A", "B"), default="A", help="A: zero-padding (the paper's), B: conv")
@@ -193,8 +202,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
     device, amp = resolve_device_flags(p, a)
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in ("device", "amp", "channels_last")},
-                      device=device, amp=amp,
+    skip = ("device", "amp", "channels_last", "norm", "value_scale", "mean_values", "std_values")
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in skip},
+                      normalisation=resolve_normalisation(p, a) or PRESETS["kinetics"], device=device, amp=amp,
                       channels_last=device == "cuda" if a.channels_last is None else a.channels_last)
     world, data = cfg.world_size(), Path(cfg.data)
     checks = [
@@ -334,19 +344,19 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
     distributed.share_cpu_threads(d)
-    normalisation = Normalisation.named(cfg.mean)
     loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
                        batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
                        seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
-                       sample_size=cfg.sample_size, mean=normalisation.loader_mean(), skip_bad=cfg.skip_bad,
+                       sample_size=cfg.sample_size, normalisation=cfg.normalisation, skip_bad=cfg.skip_bad,
                        device_id=d.local_rank if on_gpu else None, progress=d.is_main)
     train_loader = build_loader(Path(cfg.data), split="train", mode="train", **loader_args)
     val_loader = build_loader(Path(cfg.data), split="val", mode="val", **loader_args)
     class_names = tuple(train_loader.class_names)
 
     raw, model_args, frozen = setup_model(cfg, len(class_names), d)
-    record = RunRecord(model_args=model_args, class_names=class_names, normalisation=normalisation,
-                       sample_size=cfg.sample_size, sample_duration=cfg.sample_duration)
+    record = RunRecord(model_args=model_args, class_names=class_names, normalisation=cfg.normalisation,
+                       sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
+                       video_height=int(train_loader.videos["height"].mode().iloc[0]))  # for infer.py
     params = [p for p in raw.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, dampening=0.0,
                                 weight_decay=cfg.weight_decay)  # dampening 0: the reference's 0.9 is a bug
@@ -364,6 +374,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     elif cfg.resume:
         console.print(f"[yellow]--resume: no {last_path} yet, starting from scratch")
 
+    config = json.loads(json.dumps(asdict(cfg)))  # plain: the checkpoint's config is config.json's
     net = torch.compile(raw) if cfg.compile else raw  # validation uses net: no DDP collectives there
     train_net = net
     if d.is_distributed:
@@ -371,7 +382,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
 
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
     console.print(f"config: {json.dumps(asdict(cfg))}")
     console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
@@ -410,7 +421,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                           f"data wait {row['data_wait_share']:.0%}")
             if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
                 state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
-                                      epoch=epoch, config=asdict(cfg), record=record, history=history)
+                                      epoch=epoch, config=config, record=record, history=history)
                 save_atomic(state, last_path)
                 saved = epoch
                 if is_best:

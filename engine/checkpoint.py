@@ -10,6 +10,7 @@ state either: the learning rate follows from the validation losses in `history` 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -46,16 +47,20 @@ class RunRecord:
     normalisation: Normalisation
     sample_size: int  # clip height and width in pixels
     sample_duration: int  # frames per clip
+    # Height in pixels of the videos the clips were cut from (prepare_data.py --height; train.py records the
+    # training videos' most common height); infer.py resizes raw videos to it. Older checkpoints: 360.
+    video_height: int = 360
 
     KEYS: ClassVar[tuple[str, ...]] = ("arch", "model_args", "class_names", "normalisation")  # in a checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint entries. `arch` repeats model_args["arch"] where 3D-ResNets-PyTorch's checkpoints have
-        it; the clip size sits in the `normalisation` entry, where checkpoints have always had it."""
+        it; the clip size and the video height sit in the `normalisation` entry, where checkpoints have always
+        had the clip size."""
         return {"arch": self.model_args["arch"], "model_args": dict(self.model_args),
                 "class_names": list(self.class_names),
                 "normalisation": {**self.normalisation.to_dict(), "sample_size": self.sample_size,
-                                  "sample_duration": self.sample_duration}}
+                                  "sample_duration": self.sample_duration, "video_height": self.video_height}}
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], path: str | Path) -> RunRecord | None:
@@ -70,7 +75,8 @@ class RunRecord:
             norm = meta["normalisation"]
             return cls(model_args=model_args, class_names=tuple(str(c) for c in meta["class_names"]),
                        normalisation=Normalisation.from_dict(norm), sample_size=int(norm["sample_size"]),
-                       sample_duration=int(norm["sample_duration"]))
+                       sample_duration=int(norm["sample_duration"]),
+                       video_height=int(norm.get("video_height", 360)))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its run record is broken ({type(e).__name__}: {e}); HINT: use the "
                                   "checkpoint as a 3D-ResNets-PyTorch one (describe the model with flags)") from None
@@ -132,8 +138,10 @@ def load_training_checkpoint(path: Path) -> TrainingState:
 
 
 def check_compatible(path: Path, saved: RunRecord, now: RunRecord) -> None:
-    """A one-line CheckpointError when the run record of this run differs from the checkpoint's."""
-    saved_entries, now_entries = saved.to_dict(), now.to_dict()
+    """A one-line CheckpointError when the run record of this run differs from the checkpoint's. The video
+    height is left out: it says how the data was prepared, and a run may go on with data prepared again (the
+    next checkpoint records the new height; checkpoints from before it was recorded say 360)."""
+    saved_entries, now_entries = (dataclasses.replace(r, video_height=0).to_dict() for r in (saved, now))
     diffs = [f"{k}: checkpoint {saved_entries[k]!r} vs now {now_entries[k]!r}"
              for k in RunRecord.KEYS if saved_entries[k] != now_entries[k]]
     if diffs:

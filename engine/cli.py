@@ -1,6 +1,6 @@
-"""What train.py and evaluate.py share about their command lines: the loader and device flags, the allowed range
-of every numeric flag, and error messages that name flags (--skip-bad) where the library they come from names
-its keyword arguments."""
+"""What train.py, evaluate.py and infer.py share about their command lines: the loader, device, model-description,
+clip and normalisation flags, the allowed range of every numeric flag, and error messages that name flags
+(--skip-bad) where the library they come from names its keyword arguments."""
 
 from __future__ import annotations
 
@@ -40,15 +40,17 @@ def numeric_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
                         ranges: dict[str, Range]) -> None:
-    """parser.error (exit status 2, one line naming the flag and its range) for the first value out of range.
-    Flags left at None (optional, not given) are not checked."""
+    """parser.error (exit status 2, one line naming the flag and its range) for the first value out of range
+    (of a flag with several values, e.g. --std-values R G B: the first such value). Flags left at None
+    (optional, not given) are not checked."""
     flags = numeric_flags(parser)
     assert set(flags) == set(ranges), f"numeric flags without a range: {set(flags) ^ set(ranges)}"
     for dest, flag in flags.items():
-        value = getattr(args, dest)
-        if value is not None and value not in ranges[dest]:
-            finite = "" if math.isfinite(value) else "a finite number "
-            parser.error(f"{flag} {_number(value)}: must be {finite}{ranges[dest]}")
+        values = getattr(args, dest)
+        for value in values if isinstance(values, list | tuple) else [values]:
+            if value is not None and value not in ranges[dest]:
+                finite = "" if math.isfinite(value) else "a finite number "
+                parser.error(f"{flag} {_number(value)}: must be {finite}{ranges[dest]}".rstrip())
 
 
 # ---- the flags both entry points have ------------------------------------------------------------------------
@@ -78,21 +80,97 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     parser.error (one line with a hint) when they contradict each other or the machine."""
     import torch
 
-    if args.num_threads == 0 and args.backend == "dali":
+    if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "") == "dali":
         parser.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # (infer.py: one process, no such flags)
     problem = None
     if device == "cuda" and not torch.cuda.is_available():
         problem = "--device cuda but torch sees no GPU"
-    elif device == "cpu" and args.gpus > 1:
-        problem = f"--gpus {args.gpus} but no GPU is used; HINT: --nproc {args.gpus} runs CPU processes"
-    elif device == "cuda" and args.nproc > 1:
+    elif device == "cpu" and gpus > 1:
+        problem = f"--gpus {gpus} but no GPU is used; HINT: --nproc {gpus} runs CPU processes"
+    elif device == "cuda" and nproc > 1:
         problem = "--nproc is for CPU processes; HINT: use --gpus N on a GPU machine"
-    elif device == "cuda" and args.gpus > torch.cuda.device_count():
-        problem = f"--gpus {args.gpus} but only {torch.cuda.device_count()} GPUs are visible"
+    elif device == "cuda" and gpus > torch.cuda.device_count():
+        problem = f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible"
     if problem:
         parser.error(problem)
     return device, device == "cuda" if args.amp is None else args.amp
+
+
+# ---- describing a model and its clips (evaluate.py, infer.py; train.py has its own defaults) -----------------
+
+# The model flags, as model.build_model's keyword arguments: they describe a checkpoint without a run record
+# (3D-ResNets-PyTorch's); ours describe themselves, and the flags must agree with them.
+MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+MODEL_RANGES = {
+    **{name: Range(min=1) for name in ("n_classes", "conv1_t_size", "conv1_t_stride")},
+    "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
+}
+NORM_RANGES = {"value_scale": Range(above=0), "mean_values": Range(), "std_values": Range(above=0)}
+CLIP_RANGES = {"sample_duration": Range(min=1), "sample_size": Range(min=1), **NORM_RANGES}
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--arch, --shortcut, --n-classes, --widen-factor, --conv1-t-size, --conv1-t-stride, --[no-]max-pool, all
+    default None (= the checkpoint's, else build_model's defaults), in their own group."""
+    from model import ARCHS
+
+    g = parser.add_argument_group("the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours "
+                                  "describe themselves, and these flags must agree with them")
+    g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
+    g.add_argument("--shortcut", choices=("A", "B"), help="default A (3D-ResNets-PyTorch's later checkpoints: B)")
+    g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")
+    g.add_argument("--widen-factor", type=float, help="default 1")
+    g.add_argument("--conv1-t-size", type=int, help="conv1's temporal kernel size, default 7")
+    g.add_argument("--conv1-t-stride", type=int, help="conv1's temporal stride, default 1")
+    g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
+    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
+
+
+def add_clip_flags(parser: argparse.ArgumentParser) -> None:
+    """--sample-duration, --sample-size and the normalisation flags, default None (= the checkpoint's, else
+    3D-ResNets-PyTorch's defaults), in a group "clips"."""
+    g = parser.add_argument_group("clips (override the checkpoint's)")
+    g.add_argument("--sample-duration", type=int, help="default: the checkpoint's, else 16")
+    g.add_argument("--sample-size", type=int, help="default: the checkpoint's, else 112")
+    add_normalisation_flags(g, "the checkpoint's, else activitynet (3D-ResNets-PyTorch's 2017 default)")
+
+
+def add_normalisation_flags(group: argparse._ActionsContainer, default: str) -> None:
+    """--norm PRESET (older spelling --mean), or a custom --value-scale X --mean-values R G B [--std-values R G
+    B]; resolve_normalisation turns them into a Normalisation. default: what the help says when none is given."""
+    from pipeline.normalisation import PRESETS
+
+    group.add_argument("--norm", "--mean", choices=tuple(PRESETS), default=None,
+                       help=f"pixel normalisation preset (pipeline/normalisation.py); default: {default}")
+    group.add_argument("--value-scale", type=float, help="custom normalisation: what a 255 pixel is worth (1 or 255)")
+    group.add_argument("--mean-values", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="custom normalisation: the mean subtracted, on the value scale")
+    group.add_argument("--std-values", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="custom normalisation: the std divided by, on the value scale (default 1 1 1)")
+
+
+def resolve_normalisation(parser: argparse.ArgumentParser, args: argparse.Namespace):  # -> Normalisation | None
+    """The Normalisation the flags of add_normalisation_flags give, None when none was given; parser.error
+    (one line) when a preset and custom values are both given, or custom values are incomplete."""
+    from pipeline.normalisation import Normalisation
+
+    custom = {k: getattr(args, k) for k in ("value_scale", "mean_values", "std_values")
+              if getattr(args, k) is not None}
+    if args.norm is not None:
+        if custom:
+            parser.error(f"--norm {args.norm} and {as_flag(next(iter(custom)), '').strip()}: give a preset or "
+                         "custom values, not both")
+        return Normalisation.named(args.norm)
+    if not custom:
+        return None
+    if args.value_scale is None or args.mean_values is None:
+        parser.error("a custom normalisation needs --value-scale and --mean-values (--std-values defaults to "
+                     "1 1 1); HINT: --value-scale 1 --mean-values 0.4345 0.4051 0.3775 --std-values 0.2768 "
+                     "0.2713 0.2737 is --norm kinetics-0-1")
+    return Normalisation(mean=tuple(args.mean_values), std=tuple(args.std_values or (1.0, 1.0, 1.0)),
+                         value_scale=args.value_scale)
 
 
 def as_flag(name: str, value: object) -> str:

@@ -1,7 +1,7 @@
 """The clip pixel operations, written once as batched torch functions (CPU or GPU, the same code).
 
-    clips = augment_nv12(y, uv, sizes, boxes, flips, size=112, mean=KINETICS_MEAN)   # decoder output (NVDEC)
-    clips = augment_rgb(rgb, sizes, boxes, flips, size=112, mean=KINETICS_MEAN)      # RGB frames (decord)
+    clips = augment_nv12(y, uv, sizes, boxes, flips, size=112, norm=PRESETS["kinetics"])   # decoder output (NVDEC)
+    clips = augment_rgb(rgb, sizes, boxes, flips, size=112, norm=PRESETS["kinetics"])      # RGB frames (decord)
     # (N, 3, T, S, S) float32, on the frames' device
 
 Per clip, with the parameters of the epoch plan (pipeline/sampling.py), in the order the DALI graph runs them:
@@ -10,7 +10,9 @@ Per clip, with the parameters of the epoch plan (pipeline/sampling.py), in the o
  3. resize side x side -> S x S with antialiasing: torch's interpolate(mode="bilinear", antialias=True,
     align_corners=False), the triangle filter of DALI's linear resize, rounded to 0..255 as DALI's uint8
     resize output is;
- 4. horizontal flip;  5. minus the per-channel mean (0-255 scale), no division by a std.
+ 4. horizontal flip;  5. the normalisation (pipeline/normalisation.py) as (x - mean) / std with its
+    0-255-scale numbers (Normalisation.on_pixels), as DALI's crop_mirror_normalize is given them: for the
+    default (value scale 255, std 1) the mean subtracted and nothing else.
 
 Colour: BT.601 limited range (Y 16-235, Cb/Cr 16-240), the matrix FFmpeg, PyAV and DALI apply to these
 untagged yuv420p videos, with exact (floating-point) coefficients and centre-sited bilinear chroma upsampling
@@ -32,9 +34,13 @@ itself (tests check the grouping, cropping and flips against it clip by clip).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.normalisation import Normalisation, as_normalisation
 
 # BT.601: R = Y' + 2(1-Kr) Cr, B = Y' + 2(1-Kb) Cb, G = Y' - (2 Kb (1-Kb) Cb + 2 Kr (1-Kr) Cr) / Kg, with
 # Y' = (Y - 16) * 255/219 and Cb, Cr = (U - 128), (V - 128) * 255/224 (limited range -> full range).
@@ -106,9 +112,10 @@ def rgb_crop(rgb: torch.Tensor, boxes: np.ndarray, idx: np.ndarray) -> torch.Ten
 
 
 def resize_flip_normalize(crop: torch.Tensor, flips: torch.Tensor, size: int,
-                          mean: tuple[float, float, float]) -> torch.Tensor:
+                          norm: Normalisation | Sequence[float]) -> torch.Tensor:
     """(N, T, 3, s, s) float32 crops with integer values -> (N, 3, T, S, S) float32: antialiased bilinear
-    resize to S (skipped when s == S), rounded to 0..255, flipped where flips (N,) bool, minus mean."""
+    resize to S (skipped when s == S), rounded to 0..255, flipped where flips (N,) bool, normalised (norm: a
+    Normalisation, or 3 numbers: a mean subtracted from 0-255 pixels)."""
     n, t, _, s, _ = crop.shape
     x = crop.reshape(n * t, 3, s, s)
     if s != size:
@@ -116,12 +123,15 @@ def resize_flip_normalize(crop: torch.Tensor, flips: torch.Tensor, size: int,
         x = x.round_().clamp_(0, 255)  # DALI resizes to uint8
     x = x.view(n, t, 3, size, size)
     x = torch.where(flips.view(n, 1, 1, 1, 1), x.flip(-1), x)
+    mean, std = as_normalisation(norm).on_pixels()
     x = x - torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 1, 3, 1, 1)
+    if std != (1.0, 1.0, 1.0):  # (the default divides by nothing: bit-identical to the mean alone)
+        x = x / torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 1, 3, 1, 1)
     return x.permute(0, 2, 1, 3, 4)  # (N, 3, T, S, S)
 
 
 def _grouped(crop_fn, n: int, t: int, boxes: np.ndarray, flips: np.ndarray, size: int,
-             mean: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+             norm: Normalisation | Sequence[float], device: torch.device) -> torch.Tensor:
     """Run crop_fn(clips (n_g,) int64 host array, the same on the device, side) -> (n_g, T, 3, side, side)
     over the clips in groups of equal side and chunks, then resize_flip_normalize; returns (N, 3, T, S, S)."""
     out = torch.empty((n, 3, t, size, size), dtype=torch.float32, device=device)
@@ -132,7 +142,7 @@ def _grouped(crop_fn, n: int, t: int, boxes: np.ndarray, flips: np.ndarray, size
         for a in range(0, len(group), step):
             idx = group[a:a + step]
             idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
-            out[idx_t] = resize_flip_normalize(crop_fn(idx, idx_t, side), flips_t[idx_t], size, mean)
+            out[idx_t] = resize_flip_normalize(crop_fn(idx, idx_t, side), flips_t[idx_t], size, norm)
     return out
 
 
@@ -148,13 +158,13 @@ def _host_params(sizes, boxes, flips, n: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def augment_nv12(y: torch.Tensor, uv: torch.Tensor, sizes, boxes, flips, size: int,
-                 mean: tuple[float, float, float]) -> torch.Tensor:
-    """NV12 decoder output -> clips: colour conversion, crop, resize, flip, mean (module docstring).
+                 norm: Normalisation | Sequence[float]) -> torch.Tensor:
+    """NV12 decoder output -> clips: colour conversion, crop, resize, flip, normalisation (module docstring).
 
     y: (N, T, Hp, Wp) uint8; uv: (N, T, Hp/2, Wp) uint8 (U, V interleaved). Host arrays (the plan's; read
     without a device synchronisation): sizes (N, 2) (H_n, W_n) of each clip's frames, in the top-left of its
-    planes, even; boxes (N, 3) (x0, y0, side) in pixels; flips (N,) bool. Returns (N, 3, T, size, size)
-    float32 on y's device.
+    planes, even; boxes (N, 3) (x0, y0, side) in pixels; flips (N,) bool. norm: a Normalisation, or 3
+    numbers (a mean subtracted from 0-255 pixels). Returns (N, 3, T, size, size) float32 on y's device.
     """
     n, t = y.shape[:2]
     sizes, boxes, flips = _host_params(sizes, boxes, flips, n)
@@ -164,15 +174,16 @@ def augment_nv12(y: torch.Tensor, uv: torch.Tensor, sizes, boxes, flips, size: i
     def crop(idx: np.ndarray, idx_t: torch.Tensor, side: int) -> torch.Tensor:
         return nv12_crop_to_rgb(y, uv, sizes_t, boxes_t, side, idx_t)
 
-    return _grouped(crop, n, t, boxes, flips, size, mean, y.device)
+    return _grouped(crop, n, t, boxes, flips, size, norm, y.device)
 
 
-def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int, mean: tuple[float, float, float]) -> torch.Tensor:
-    """RGB frames -> clips: crop, resize, flip, mean (module docstring).
+def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int,
+                norm: Normalisation | Sequence[float]) -> torch.Tensor:
+    """RGB frames -> clips: crop, resize, flip, normalisation (module docstring).
 
     rgb: (N, T, Hp, Wp, 3) uint8. Host arrays: sizes (N, 2) (H_n, W_n) of each clip's frames (top-left of
-    its planes); boxes (N, 3) (x0, y0, side); flips (N,) bool. Returns (N, 3, T, size, size) float32 on
-    rgb's device.
+    its planes); boxes (N, 3) (x0, y0, side); flips (N,) bool; norm as augment_nv12's. Returns
+    (N, 3, T, size, size) float32 on rgb's device.
     """
     n, t = rgb.shape[:2]
     sizes, boxes, flips = _host_params(sizes, boxes, flips, n)
@@ -180,4 +191,4 @@ def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int, mean: tuple[f
     def crop(idx: np.ndarray, idx_t: torch.Tensor, side: int) -> torch.Tensor:
         return rgb_crop(rgb, boxes, idx)
 
-    return _grouped(crop, n, t, boxes, flips, size, mean, rgb.device)
+    return _grouped(crop, n, t, boxes, flips, size, norm, rgb.device)

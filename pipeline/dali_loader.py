@@ -1,5 +1,5 @@
 """DALI backend: the host sends each clip's compressed packets and parameters; DALI decodes, crops, resizes,
-flips and subtracts the mean, on CPU (device="cpu") or with the GPU's decoders (device="gpu", "mixed").
+flips and normalises, on CPU (device="cpu") or with the GPU's decoders (device="gpu", "mixed").
 
 Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used):
     external_source -> enc (bytes) uint8, frames (T,) int32, anchor (y0, x0) int32, shape (side, side) int32,
@@ -7,7 +7,10 @@ Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used
     fn.decoders.video(enc, frames)         -> (T, H, W, 3) uint8
     fn.slice(anchor, shape, axes H, W)     -> (T, side, side, 3) uint8   the exact integer crop box
     fn.resize(size=S) linear + antialias   -> (T, S, S, 3) uint8
-    fn.crop_mirror_normalize(mirror, mean, std=1, FLOAT, "CFHW") -> (3, T, S, S) float32
+    fn.crop_mirror_normalize(mirror, mean, std, FLOAT, "CFHW") -> (3, T, S, S) float32
+        out = (x - mean) / std on the uint8 input x: the normalisation's 0-255-scale numbers
+        (Normalisation.on_pixels: mean x 255 / value_scale, std x 255 / value_scale; scale left at 1), which
+        is (x / 255 * value_scale - mean) / std in the normalisation's own terms
 
 Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no
 seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (design.md 4). The host cuts the
@@ -102,6 +105,7 @@ class DaliLoader(LoaderBase):
 
         c = self.config
         decode_device = "mixed" if c.device == "gpu" else "cpu"
+        mean, std = c.normalisation.on_pixels()  # 0-255 scale (module docstring)
 
         @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self.torch_device.index,
                       prefetch_queue_depth=c.prefetch, seed=c.seed)
@@ -114,8 +118,7 @@ class DaliLoader(LoaderBase):
             video = fn.slice(video, anchor, shape, axis_names="HW")  # (T, side, side, 3)
             video = fn.resize(video, size=[c.sample_size, c.sample_size])  # (T, S, S, 3) uint8
             return fn.crop_mirror_normalize(
-                video, mirror=mirror, mean=list(c.mean), std=[1.0, 1.0, 1.0], dtype=types.FLOAT,
-                output_layout="CFHW",
+                video, mirror=mirror, mean=list(mean), std=list(std), dtype=types.FLOAT, output_layout="CFHW",
             )  # (3, T, S, S) float32
 
         pipe = graph()

@@ -15,7 +15,7 @@ script that iterates a decord loader with workers needs the `if __name__ == "__m
 
 Per clip: decord.VideoReader.get_batch(frames) -> (T, H, W, 3) uint8 -> crop the box -> bilinear resize
 with antialiasing (the same triangle filter as DALI's linear resize) -> rounded to 0..255 like DALI's
-uint8 resize output -> flip -> minus mean -> (3, T, S, S) float32 (pipeline/augment.py: augment_rgb).
+uint8 resize output -> flip -> normalisation -> (3, T, S, S) float32 (pipeline/augment.py: augment_rgb).
 
 Known decord 0.6.0 limit: get_batch fails ("Check failed: from_size == to_size") on frames 16, 24, 48 or 72 px
 wide (checked every even width 16-258 at 32 px high, plus 202, 270, 426, 480, 640: only those four fail);
@@ -44,6 +44,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.normalisation import Normalisation
 from pipeline.sampling import Plan
 
 
@@ -64,25 +65,24 @@ def import_decord():  # -> the decord module
 
 
 def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, size: int,
-                   mean: tuple[float, float, float]):  # -> torch.Tensor
-    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box (x0, y0, side), resize, flip, -mean,
-    by pipeline/augment.py (the pixel operations written once, shared with the NVDEC backend)."""
+                   norm: Normalisation):  # -> torch.Tensor
+    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box (x0, y0, side), resize, flip,
+    normalisation, by pipeline/augment.py (the pixel operations written once, shared with the NVDEC backend)."""
     import torch
 
     from pipeline.augment import augment_rgb
 
     _, h, w, _ = frames.shape
     x = torch.from_numpy(np.ascontiguousarray(frames))[None]  # (1, T, H, W, 3)
-    return augment_rgb(x, [[h, w]], [box], [flip], size, mean)[0]  # (3, T, S, S)
+    return augment_rgb(x, [[h, w]], [box], [flip], size, norm)[0]  # (3, T, S, S)
 
 
 class _PlanDataset:
     """Map-style dataset whose index is a batch plan: dataset[bp] = (clips, labels, video_idx) tensors of the
     batch bp. Holds only what does not change between epochs (sent to each worker once)."""
 
-    def __init__(self, files: list[str], labels: np.ndarray, size: int, mean: tuple[float, float, float],
-                 cache: int = 4):
-        self.files, self.labels, self.size, self.mean = files, labels, size, mean
+    def __init__(self, files: list[str], labels: np.ndarray, size: int, norm: Normalisation, cache: int = 4):
+        self.files, self.labels, self.size, self.norm = files, labels, size, norm
         self.cache_size = cache
         self._readers: OrderedDict[int, object] = OrderedDict()  # per worker: recently opened VideoReaders
 
@@ -106,7 +106,7 @@ class _PlanDataset:
             clips.share_memory_()  # filled in place and sent to the consumer without another copy
         for i, (r, fr, box, fl) in enumerate(zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True)):
             frames = self._reader(int(r)).get_batch(list(map(int, fr))).asnumpy()
-            clips[i] = transform_clip(frames, box, bool(fl), self.size, self.mean)
+            clips[i] = transform_clip(frames, box, bool(fl), self.size, self.norm)
         return clips, torch.from_numpy(self.labels[bp.rows]), torch.from_numpy(bp.rows.copy())
 
 
@@ -165,7 +165,7 @@ class DecordLoader(LoaderBase):
         import torch
 
         c = self.config
-        ds = _PlanDataset(self.videos["file"].tolist(), self.labels, c.sample_size, c.mean)
+        ds = _PlanDataset(self.videos["file"].tolist(), self.labels, c.sample_size, c.normalisation)
         workers = c.num_threads
         if workers > 0:
             # The forkserver (one per process, started by exec: it inherits no threads) forks the workers. What it

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
-from pipeline.normalisation import MEANS
+from pipeline.normalisation import MEANS, PRESETS, Normalisation
 from pipeline.packets import PacketTable, load_or_build
 from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 
-# Per-channel RGB means on the 0-255 scale, subtracted: pipeline/normalisation.py's, under their older names.
+# Per-channel RGB means on the 0-255 scale: pipeline/normalisation.py's, under their older names (mean=).
 KINETICS_MEAN = MEANS["kinetics"]
 ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
@@ -38,8 +38,11 @@ class LoaderConfig:
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI, decoded);
     batch_size per rank; rank, world_size: DDP sharding; seed: the epoch plans' seed; num_threads: DALI threads
     (>= 1) or decord DataLoader workers (0 = in this process); sample_duration T frames, sample_size S pixels;
-    mean: RGB on the 0-255 scale; device_id: CUDA device (None: the current one); skip_bad: skip and count bad
-    rows instead of failing (at most MAX_BAD_FRACTION); progress: progress bar while indexing videos.
+    clips, crops: views mode's K clips x C crops per video (sampling.plan_epoch); normalisation: what the
+    pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale); mean: the
+    older spelling, 3 numbers = Normalisation(mean) (replaces normalisation; then stored as None);
+    device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
+    most MAX_BAD_FRACTION); progress: progress bar while indexing videos.
     DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
     (VP8/VP9; other codecs always get the whole file), "file" the whole file; prefetch: prefetch_queue_depth.
     """
@@ -56,7 +59,10 @@ class LoaderConfig:
     num_threads: int = 2
     sample_duration: int = 16
     sample_size: int = 112
-    mean: tuple[float, float, float] = KINETICS_MEAN
+    clips: int = 1
+    crops: int = 1
+    normalisation: Normalisation = PRESETS["kinetics"]
+    mean: tuple[float, float, float] | None = None
     device_id: int | None = None
     skip_bad: bool = False
     dali_input: str = "gop"
@@ -65,7 +71,13 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        if self.mean is not None:
+            if self.normalisation != PRESETS["kinetics"]:
+                raise ValueError("give normalisation or mean (its older spelling), not both")
+            if len(self.mean) != 3:
+                raise ValueError(f"mean must have 3 values (RGB, 0-255 scale), got {self.mean}")
+            object.__setattr__(self, "normalisation", Normalisation(mean=tuple(self.mean)))
+            object.__setattr__(self, "mean", None)
         self.validate()
 
     def validate(self) -> None:
@@ -77,15 +89,15 @@ class LoaderConfig:
             raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
         if self.dali_input not in ("gop", "file"):
             raise ValueError(f"dali_input must be 'gop' or 'file', got {self.dali_input!r}")
-        for name in ("batch_size", "world_size", "sample_duration", "sample_size", "prefetch"):
+        for name in ("batch_size", "world_size", "sample_duration", "sample_size", "prefetch", "clips", "crops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         if self.num_threads < 0 or (self.backend != "decord" and self.num_threads < 1):
             raise ValueError(f"num_threads must be >= 1 (decord: >= 0), got {self.num_threads}")
-        if len(self.mean) != 3:
-            raise ValueError(f"mean must have 3 values (RGB, 0-255 scale), got {self.mean}")
+        if not isinstance(self.normalisation, Normalisation):
+            raise ValueError(f"normalisation must be a pipeline.normalisation.Normalisation, got {self.normalisation!r}")
 
 
 class LoaderBase:
@@ -200,7 +212,8 @@ class LoaderBase:
             self._plan = plan_epoch(
                 (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(), self._widths, self._heights,
                 mode=c.mode, epoch=self.epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
-                length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(),
+                length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
+                crops=c.crops,
             )
         return self._plan
 

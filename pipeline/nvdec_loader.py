@@ -431,7 +431,7 @@ class NvdecLoader(LoaderBase):
         if y.device != dev:  # the twin with device="gpu": decoded on the CPU, augmented on the GPU
             y, uv = y.pin_memory().to(dev, non_blocking=True), uv.pin_memory().to(dev, non_blocking=True)
         sizes = np.stack([hs, ws], axis=1)
-        out = augment_nv12(y, uv, sizes, bp.boxes, bp.flips, c.sample_size, c.mean)  # (N, 3, T, S, S)
+        out = augment_nv12(y, uv, sizes, bp.boxes, bp.flips, c.sample_size, c.normalisation)  # (N, 3, T, S, S)
         labels = torch.from_numpy(self.labels[bp.rows]).to(dev, non_blocking=True)
         video_idx = torch.from_numpy(bp.rows.copy()).to(dev, non_blocking=True)
         return Batch(out, labels, video_idx)

@@ -176,3 +176,27 @@ def test_mean_is_subtracted_per_channel():
     out = augment_rgb(frames, [[8, 8]], [[0, 0, 8]], [False], 4, MEAN)
     for c in range(3):
         assert torch.all(out[0, c] == 200 - MEAN[c])
+
+
+@pytest.mark.parametrize("name", ["kinetics", "activitynet", "kinetics-0-1", "activitynet-0-1"])
+def test_every_preset_normalisation_is_its_formula(name):
+    """(p * value_scale / 255 - mean) / std on the uint8 pixel p after crop, resize and flip, for both inputs:
+    the same pixels normalised with each preset equal the formula applied to the un-normalised clip."""
+    from pipeline.normalisation import PRESETS, Normalisation
+
+    norm = PRESETS[name]
+    rng = np.random.default_rng(9)
+    frames = torch.from_numpy(random_frames(rng, 2, 2, 40, 60))
+    args = ([[40, 60]] * 2, [[3, 0, 40], [20, 5, 35]], [False, True], S)
+    raw = augment_rgb(frames, *args, Normalisation((0.0, 0.0, 0.0))).numpy().astype(np.float64)  # (N, 3, T, S, S)
+    mean = np.array(norm.mean).reshape(1, 3, 1, 1, 1)
+    std = np.array(norm.std).reshape(1, 3, 1, 1, 1)
+    want = (raw * norm.value_scale / 255 - mean) / std
+    np.testing.assert_allclose(augment_rgb(frames, *args, norm).numpy(), want, rtol=0, atol=2e-5)
+    y = torch.from_numpy(rng.integers(0, 256, (2, 2, 40, 60), dtype=np.uint8))
+    uv = torch.from_numpy(rng.integers(0, 256, (2, 2, 20, 60), dtype=np.uint8))
+    raw = augment_nv12(y, uv, *args, Normalisation((0.0, 0.0, 0.0))).numpy().astype(np.float64)
+    np.testing.assert_allclose(augment_nv12(y, uv, *args, norm).numpy(), (raw * norm.value_scale / 255 - mean) / std,
+                               rtol=0, atol=2e-5)
+    if norm.value_scale == 255 and norm.std == (1.0, 1.0, 1.0):  # 3 numbers still mean a 0-255 mean, bit for bit
+        assert torch.equal(augment_rgb(frames, *args, norm.mean), augment_rgb(frames, *args, norm))

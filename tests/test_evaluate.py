@@ -1,8 +1,10 @@
 """evaluate.py and engine/metrics.py: video averaging and top-k on hand-made scores (exact values), the output
 files of a model with known outputs (exact metrics.json, predictions.json in 3D-ResNets-PyTorch's format,
-per_class.csv), several processes counting every video once and a miscount refused, 3D-ResNets-PyTorch
-checkpoints, model flags checked against our checkpoints' run record, and one-line errors (every numeric flag,
-Ctrl-C)."""
+per_class.csv), several processes counting every video once and a miscount refused, multi-view testing (--views
+K,C: a model that reads each view's start and crop from its pixels gives exactly the expected averages),
+3D-ResNets-PyTorch checkpoints (with each published normalisation: only the documented one gives the direct
+model call's outputs), model flags checked against our checkpoints' run record, and one-line errors (every
+numeric flag, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import re
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,7 +152,9 @@ def test_evaluate_writes_exact_metrics_and_reference_format_outputs(data, tmp_pa
     assert m["video_avg"] == pytest.approx(3 / 7, abs=1e-15)
     assert (m["n_videos"], m["n_labelled_videos"], m["n_clips"], m["n_classes"]) == (7, 7, 11, 6)
     assert m["normalisation"] == {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0],
-                                  "sample_size": 32, "sample_duration": 16}
+                                  "sample_size": 32, "sample_duration": 16, "video_height": 360}
+    assert m["protocol"] == {"name": "windows", "clips": "all", "crops": 1,
+                             "description": "every non-overlapping 16-frame window x 1 centre crop"}
 
     scores = torch.tensor(bias).softmax(0).tolist()[::-1][:5]  # f, e, d, c, b
     pred = json.loads((out / "predictions.json").read_text())
@@ -250,6 +255,126 @@ def test_garbage_checkpoint_is_one_line_error(data, tmp_path):
     assert message.startswith("error: ") and str(bad) in message and "\n" not in message
 
 
+# ---- multi-view testing ---------------------------------------------------------------------------------------
+
+class ViewReader(torch.nn.Module):
+    """A model with known outputs: it reads the view from the clip's pixels (tests/videos.py's pattern, 0-255, the
+    data's 48x32 frames cropped to 32x32 and not resized): the first frame's index from its blue level, the crop's
+    offset from the red level (x0 = 0, 8 or 16 -> crop index 0, 1, 2). Class (frame + crop) % 6 gets logit 5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, T, 32, 32) -> (N, 6)
+        frame = torch.round((x[:, 2, 0].mean((1, 2)) - 4) / 8).long() % 32
+        crop = torch.round((x[:, 0, 0].mean((1, 2)) * 47 / 255 - 15.5) / 8).long()
+        return torch.zeros(len(x), len(CLASSES)).scatter_(1, ((frame + crop) % 6)[:, None], 5.0)
+
+
+def expected_video_probs(views: list[tuple[int, int]]) -> list[float]:
+    """The mean over views (start frame, crop index) of ViewReader's softmax."""
+    hit, miss = np.exp(5) / (np.exp(5) + 5), 1 / (np.exp(5) + 5)
+    probs = np.zeros(len(CLASSES))
+    for start, crop in views:
+        p = np.full(len(CLASSES), miss)
+        p[(start % 32 + crop) % 6] = hit
+        probs += p
+    return (probs / len(views)).tolist()
+
+
+@pytest.mark.parametrize("flags,clips,crops", [([], None, 1), (["--views", "3,3"], 3, 3),
+                                               (["--clips", "4", "--crops", "2"], 4, 2), (["--clips", "2"], 2, 1)])
+def test_views_average_exactly_the_expected_views(data, tmp_path, monkeypatch, flags, clips, crops):
+    """Each video's probabilities are the mean over exactly its views: the paper's windows (centre crop, x0 = 8)
+    by default, else K starts floor(k (n - 16) / (K - 1)) x C crops at x0 = floor(j 16 / (C - 1)) (C = 1: the
+    centre); metrics.json and the summary name the protocol; every video counted K x C times."""
+    import evaluate
+    from pipeline.sampling import eval_starts
+
+    monkeypatch.setattr(evaluate, "load_model", lambda cfg, names, d: (ViewReader(), evaluate.run_record(cfg, names),
+                                                                        "view-reader"))
+    ckpt = our_checkpoint(tmp_path / "best.pt", mean=(0.0, 0.0, 0.0))
+    out = tmp_path / "eval"
+    m = run_evaluate(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "5",
+                      "--num-threads", "1", *flags])
+    pred = json.loads((out / "predictions.json").read_text())["results"]
+    for v, n in enumerate(FRAMES):
+        if clips is None:
+            views = [(int(s), 1) for s in eval_starts(n, 16)]
+        else:
+            d = max(n - 16, 0)
+            starts = [k * d // (clips - 1) for k in range(clips)] if clips > 1 else [d // 2]
+            views = [(s, j * 2 // (crops - 1) if crops > 1 else 1) for s in starts for j in range(crops)]
+        want = expected_video_probs(views)
+        got = {t["label"]: t["score"] for t in pred[f"val{v:03d}"]}
+        assert sorted(got.values(), reverse=True) == pytest.approx(sorted(want, reverse=True)[:5], abs=1e-6)
+        for label, score in got.items():
+            assert score == pytest.approx(want[CLASSES.index(label)], abs=1e-6), (v, label)
+    if clips is None:
+        assert m["n_clips"] == 11 and m["protocol"]["name"] == "windows"
+    else:
+        assert m["n_clips"] == len(FRAMES) * clips * crops
+        assert m["protocol"] == {"name": "views", "clips": clips, "crops": crops,
+                                 "description": f"{clips} clips x {crops} crops"}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--views", "10"], "argument --views: '10': expected K,C (clips,crops), e.g. 10,3"),
+    (["--views", "0,3"], "argument --views: '0,3': K and C must be >= 1"),
+    (["--views", "10,3", "--clips", "10"], "--views K,C and --clips/--crops say the same thing: give one"),
+    (["--crops", "3"], "--crops 3 needs --clips K (or use --views K,3)"),
+])
+def test_views_flags_are_checked(data, tmp_path, capsys, flags, message):
+    import evaluate
+
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "best.pt")), *flags])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+# ---- 3D-ResNets-PyTorch's later checkpoints: 0-1 pixels, mean and std ------------------------------------------
+
+def test_authors_checkpoint_gives_the_direct_model_call_only_with_its_normalisation(data, tmp_path):
+    """A checkpoint in the authors' layout ({"epoch", "arch", "state_dict" with module. prefixes, "optimizer",
+    "scheduler"}, type-B shortcuts) evaluated with --norm kinetics-0-1 gives exactly what the model gives on
+    clips normalised as their code does (ToTensor: /255, ScaleValue(1), Normalize(mean, std)), computed here
+    from raw 0-255 clips; the same numbers on the 0-255 scale as custom flags agree; the 2017 normalisation
+    (0-255 minus the ActivityNet mean) gives other outputs."""
+    from model import build_model
+    from pipeline import build_loader
+    from pipeline.normalisation import PRESETS, Normalisation
+
+    torch.manual_seed(3)
+    net = build_model("resnet-10", n_classes=len(CLASSES), shortcut="B", widen_factor=0.125).eval()
+    path = tmp_path / "r3d10_K_200ep.pth"
+    torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+                "optimizer": {}, "scheduler": {}}, path)
+
+    norm = PRESETS["kinetics-0-1"]
+    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, num_threads=1,
+                      normalisation=Normalisation((0.0, 0.0, 0.0)), progress=False) as loader:
+        sums, counts = torch.zeros(len(FRAMES), len(CLASSES), dtype=torch.float64), torch.zeros(len(FRAMES))
+        for raw, _, video_idx in loader:  # (N, 3, T, 32, 32) 0-255
+            x = (raw.double() / 255 - torch.tensor(norm.mean, dtype=torch.float64).view(1, 3, 1, 1, 1)) / torch.tensor(
+                norm.std, dtype=torch.float64).view(1, 3, 1, 1, 1)
+            with torch.no_grad():
+                sums.index_add_(0, video_idx, net(x.float()).softmax(1).double())
+            counts.index_add_(0, video_idx, torch.ones(len(video_idx)))
+    want = sums / counts[:, None]  # (V, K)
+
+    common = ["--data", str(data), "--checkpoint", str(path), "--shortcut", "B", "--widen-factor", "0.125",
+              "--sample-size", "32", "--batch-size", "4", "--num-threads", "1"]
+    custom_0_255 = ["--value-scale", "255", "--mean-values", *(str(m * 255) for m in norm.mean), "--std-values",
+                    *(str(s * 255) for s in norm.std)]
+    runs = {"kinetics-0-1": ["--norm", "kinetics-0-1"], "custom": custom_0_255, "activitynet": ["--norm", "activitynet"]}
+    errors = {}
+    for name, flags in runs.items():
+        m = run_evaluate([*common, *flags, "--out", str(tmp_path / name)])
+        pred = json.loads((tmp_path / name / "predictions.json").read_text())["results"]
+        errors[name] = max(abs(t["score"] - float(want[v, CLASSES.index(t["label"])]))
+                           for v in range(len(FRAMES)) for t in pred[f"val{v:03d}"])
+        assert m["normalisation"]["value_scale"] == (1.0 if name == "kinetics-0-1" else 255.0)
+    assert errors["kinetics-0-1"] < 1e-5 and errors["custom"] < 1e-5, errors
+    assert errors["activitynet"] > 1e-3, errors  # the wrong normalisation: other outputs, no error message
+
+
 # ---- model flags: describe a foreign checkpoint, agree with ours ---------------------------------------------
 
 def test_model_flags_that_contradict_our_checkpoint_are_an_error(data, tmp_path):
@@ -325,7 +450,8 @@ def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
 BAD_VALUES = {  # flag: values outside its range (evaluate.RANGES)
     "--batch-size": ["0"], "--num-threads": ["-1"], "--n-classes": ["0"], "--widen-factor": ["0", "nan"],
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--sample-duration": ["0"], "--sample-size": ["0"],
-    "--gpus": ["0"], "--nproc": ["0"],
+    "--gpus": ["0"], "--nproc": ["0"], "--clips": ["0"], "--crops": ["0"], "--value-scale": ["0", "-1"],
+    "--mean-values": ["1 inf 1"], "--std-values": ["1 0 1"],
 }  # fmt: skip
 
 
@@ -344,12 +470,13 @@ def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag
 
     ckpt = our_checkpoint(tmp_path / "best.pt")
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), f"{flag}={value}"])
+        values = [flag, *value.split()] if " " in value else [f"{flag}={value}"]  # R G B: 3 arguments
+        evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), *values])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]
-    assert re.search(rf"error: {flag} \S+: must be (a finite number )?[><]", line), line
+    assert re.search(rf"error: {flag} \S+: must be (a finite number$|(a finite number )?[><])", line), line
     assert err.splitlines()[-1] == line
 
 

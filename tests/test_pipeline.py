@@ -1,5 +1,6 @@
-"""The loaders end to end on CPU: decoded frame indices, crop boxes, flips, mean, layout, sharding,
-determinism, DALI vs decord agreement, lifecycle (close, threads, worker processes) and bad-input errors.
+"""The loaders end to end on CPU: decoded frame indices, crop boxes, flips, normalisation (every backend, every
+preset), multi-view mode, layout, sharding, determinism, DALI vs decord agreement, lifecycle (close, threads,
+worker processes) and bad-input errors.
 Test videos: tests/videos.py. The packet index and its cache alone: tests/test_packets.py."""
 
 import dataclasses
@@ -14,6 +15,7 @@ import pytest
 from videos import decode_code, make_dataset, write_video
 
 from pipeline import KINETICS_MEAN, DatasetError, build_loader
+from pipeline.normalisation import Normalisation
 from pipeline.sampling import eval_starts
 
 T, S, W, H = 16, 24, 96, 64
@@ -35,7 +37,8 @@ def data(tmp_path_factory):
 def load(data, split="train", mode="train", backend="dali", **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
-    kw.setdefault("mean", ZERO)
+    if "mean" not in kw:  # (the older spelling, 3 numbers: test_mean_subtraction)
+        kw.setdefault("normalisation", Normalisation(ZERO))
     return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
@@ -99,10 +102,49 @@ def test_val_mode_centre_clip(data):
 
 
 def test_mean_subtraction(data):
+    """mean=: the older spelling of a normalisation that subtracts 3 numbers from 0-255 pixels."""
     a = epoch(load(data, "val", "val", mean=ZERO))[0]
     b = epoch(load(data, "val", "val", mean=KINETICS_MEAN))[0]
+    with pytest.raises(ValueError, match="not both"):
+        load(data, "val", "val", mean=ZERO, normalisation=Normalisation((1.0, 2.0, 3.0)))
     np.testing.assert_allclose(a - b, np.broadcast_to(np.array(KINETICS_MEAN, np.float32).reshape(1, 3, 1, 1, 1),
                                                       a.shape), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def data128(tmp_path_factory):
+    """128x128 frames: the smallest VP9 frame NVDEC (and so the nvdec backend's CPU twin) accepts."""
+    return make_dataset(tmp_path_factory.mktemp("prepared128"), {"val": [{"frames": 20}, {"frames": 7}]},
+                        width=128, height=128)
+
+
+@pytest.mark.parametrize("backend", ["dali", "decord", "nvdec"])
+@pytest.mark.parametrize("name", ["kinetics-0-1", "activitynet"])
+def test_every_backend_applies_the_normalisation(data128, backend, name):
+    """(p * value_scale / 255 - mean) / std of the pixels each backend delivers without normalisation (DALI's
+    crop_mirror_normalize, augment.py for decord and nvdec)."""
+    from pipeline.normalisation import PRESETS
+
+    norm = PRESETS[name]
+    raw = epoch(load(data128, "val", "eval", backend=backend, normalisation=Normalisation(ZERO)))[0]
+    got = epoch(load(data128, "val", "eval", backend=backend, normalisation=norm))[0]
+    mean, std = (np.array(v).reshape(1, 3, 1, 1, 1) for v in (norm.mean, norm.std))
+    np.testing.assert_allclose(got, (raw.astype(np.float64) * norm.value_scale / 255 - mean) / std, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_views_mode_delivers_every_view(data, backend):
+    """mode="views", clips=3, crops=3: 3 starts x 3 crops (96x64: x0 = 0, 16, 32) per row, clip-major."""
+    from pipeline.sampling import view_starts
+
+    loader = load(data, "val", "views", backend=backend, batch_size=4, clips=3, crops=3)
+    clips, _, vidx = epoch(loader)
+    n, offset = [20, 37, 33, 7], [0, 20, 57, 0]
+    assert len(clips) == len(loader.plan) == 4 * 9 and len(loader) == 9
+    np.testing.assert_array_equal(vidx, np.repeat(np.arange(4), 9))
+    for k in range(len(clips)):
+        r, s, j = k // 9, view_starts(n[k // 9], T, 3)[k % 9 // 3], k % 3
+        check_clip_content(clips[k], offset[r] + (s + np.arange(T)) % n[r], (16 * j, 0, 64), False)
 
 
 def psnr(a, b):
@@ -295,6 +337,22 @@ def test_gpu_device_matches_cpu(gpu_data, backend):
     gpu = epoch(loader)
     np.testing.assert_array_equal(cpu[2], gpu[2])
     for x, y in zip(cpu[0], gpu[0], strict=True):
+        assert psnr(x, y) >= 40
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_device_applies_the_normalisation(gpu_data, backend):
+    """The GPU graph (DALI's crop_mirror_normalize on the GPU; decord's batch moved there) normalises as the CPU
+    does: with the authors' 0-1 mean and std, mapped back to pixels, the same clips (>= 40 dB, the decoders')."""
+    from pipeline.normalisation import PRESETS
+
+    mean, std = (np.array(v).reshape(1, 3, 1, 1, 1) for v in PRESETS["kinetics-0-1"].on_pixels())
+    kw = dict(backend=backend, normalisation=PRESETS["kinetics-0-1"])
+    cpu = epoch(load(gpu_data, "train", "val", **kw))[0] * std + mean
+    gpu = epoch(load(gpu_data, "train", "val", device="gpu", device_id=0, **kw))[0] * std + mean
+    assert -1 < cpu.min() and cpu.max() < 256
+    for x, y in zip(cpu, gpu, strict=True):
         assert psnr(x, y) >= 40
 
 

@@ -115,9 +115,9 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
     assert (state["epoch"], state["arch"], state["model_args"]) == (3, "resnet-10", model_args)
     assert state["class_names"] == list(CLASSES)
     assert state["normalisation"] == {"value_scale": 255.0, "mean": list(MEANS["kinetics"]), "std": [1.0, 1.0, 1.0],
-                                      "sample_size": 32, "sample_duration": 16}
+                                      "sample_size": 32, "sample_duration": 16, "video_height": 32}
     assert RunRecord.from_metadata(state, path) == RunRecord(model_args, CLASSES, Normalisation(MEANS["kinetics"]),
-                                                             sample_size=32, sample_duration=16)
+                                                             sample_size=32, sample_duration=16, video_height=32)
     assert state["config"]["lr"] == 0.01 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
     assert state["optimizer"]["param_groups"][0]["dampening"] == 0.0
@@ -152,6 +152,7 @@ def test_older_checkpoints_subtracted_the_mean_from_0_255_pixels(reference_run, 
     record = load_training_checkpoint(tmp_path / "old.pt").record
     assert record.normalisation == Normalisation(MEANS["kinetics"], std=(1.0, 1.0, 1.0), value_scale=255.0)
     assert (record.sample_size, record.sample_duration, record.class_names) == (32, 16, CLASSES)
+    assert record.video_height == 360  # not recorded then: prepare_data.py's default
     state["model_args"]["depth"] = 10
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match=r"broken\.pt: its run record is broken \(ValueError: model_args"):
@@ -159,15 +160,19 @@ def test_older_checkpoints_subtracted_the_mean_from_0_255_pixels(reference_run, 
 
 
 def test_normalisation_record():
-    from pipeline.normalisation import MEANS, Normalisation
+    from pipeline.normalisation import MEANS, PRESETS, Normalisation
 
     kinetics = Normalisation.named("kinetics")
-    assert kinetics.loader_mean() == MEANS["kinetics"] == (110.63666788, 103.16065604, 96.29023126)
+    assert kinetics.on_pixels() == (MEANS["kinetics"], (1.0, 1.0, 1.0))  # exactly: the mean, and no division
+    assert MEANS["kinetics"] == (110.63666788, 103.16065604, 96.29023126)
     assert Normalisation.from_dict(kinetics.to_dict()) == kinetics
     later = Normalisation(mean=(0.4345, 0.4051, 0.3775), std=(0.2768, 0.2713, 0.2737), value_scale=1.0)
+    assert later == PRESETS["kinetics-0-1"] and later.name() == "kinetics-0-1"
     assert Normalisation.from_dict(later.to_dict()) == later
-    with pytest.raises(ValueError, match="only subtract a mean from 0-255 pixels"):
-        later.loader_mean()  # the authors' later checkpoints: not applied by the loaders yet
+    mean, std = later.on_pixels()  # the 0-255-scale numbers DALI's crop_mirror_normalize is given
+    assert mean == pytest.approx((0.4345 * 255, 0.4051 * 255, 0.3775 * 255), rel=1e-12)
+    assert std == pytest.approx((0.2768 * 255, 0.2713 * 255, 0.2737 * 255), rel=1e-12)
+    assert Normalisation(mean=(1.0, 2.0, 3.0)).name() == "custom"
     for bad in (dict(mean=(1.0, 2.0)), dict(mean=(1.0, 2.0, 3.0), std=(1.0, 0.0, 1.0)),
                 dict(mean=(1.0, 2.0, float("nan")))):
         with pytest.raises(ValueError):
@@ -506,7 +511,7 @@ BAD_VALUES = {  # flag: values outside its range (train.RANGES)
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--epochs": ["0"], "--batch-size": ["0"],
     "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
     "--lr-reductions": ["-1"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
-    "--inject-nan-step": ["-2"],
+    "--inject-nan-step": ["-2"], "--value-scale": ["0"], "--mean-values": ["0 nan 0"], "--std-values": ["1 0 1"],
 }  # fmt: skip
 
 
@@ -521,12 +526,13 @@ def test_every_numeric_flag_has_a_range_and_a_bad_value_here():
 @pytest.mark.parametrize("flag,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])
 def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
-        train.main(["--data", str(data), "--out", str(tmp_path / "run"), f"{flag}={value}"])
+        values = value.split() if " " in value else [f"{flag}={value}"]  # --mean-values R G B: 3 arguments
+        train.main(["--data", str(data), "--out", str(tmp_path / "run"), *([flag] if " " in value else []), *values])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]
-    assert re.search(rf"error: {flag} \S+: must be (a finite number )?[><]", line), line
+    assert re.search(rf"error: {flag} \S+: must be (a finite number$|(a finite number )?[><])", line), line
     assert err.splitlines()[-1] == line  # argparse's usage, then this one line
 
 
@@ -588,6 +594,23 @@ def test_resume_refuses_other_settings_that_define_the_run(data, reference_run, 
         assert diff in message, message
     assert "--num-threads" not in message and "--epochs" not in message
     assert (run / "config.json").read_text() == before  # nothing recorded
+
+
+def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(data, tmp_path):
+    """The normalisation defines the run; a checkpoint's config from before it was stored says --mean NAME."""
+    from dataclasses import asdict
+
+    from pipeline.normalisation import PRESETS
+
+    cfg = train.parse_args(args(data, tmp_path / "run", "--norm", "kinetics-0-1"))
+    saved = json.loads(json.dumps(asdict(cfg)))  # as train.py stores it
+    assert train.resume_differences(saved, cfg) == []
+    older = {k: v for k, v in saved.items() if k != "normalisation"} | {"mean": "activitynet"}
+    assert train.resume_differences(older, cfg) == [
+        f"--norm {PRESETS['kinetics-0-1'].describe()} (checkpoint: {PRESETS['activitynet'].describe()})"]
+    custom = train.parse_args(args(data, tmp_path / "run", "--value-scale", "1", "--mean-values", "0.4345", "0.4051",
+                                   "0.3775", "--std-values", "0.2768", "0.2713", "0.2737"))
+    assert custom.normalisation == PRESETS["kinetics-0-1"] and train.resume_differences(saved, custom) == []
 
 
 def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_path):
