@@ -1,0 +1,403 @@
+"""Recognise actions in any video files with a trained 3D ResNet, with no preparation step.
+
+  python infer.py clip.mp4 --checkpoint runs/r34/checkpoints/best.pt
+  python infer.py videos/ phone.mov --checkpoint CKPT --top-k 3 --out preds
+  python infer.py clip.mp4 --checkpoint r3d18_K_200ep.pth --arch resnet-18 --shortcut B --norm kinetics-0-1 \\
+      --classes kinetics700.txt
+
+Each file (or every video file under a folder) is read with PyAV and streamed the way prepare_data.py stores
+videos (pipeline/prepare/transcode.py's functions): upright (its display matrix applied), at a constant frame
+rate by presentation time (the source's nominal rate, frames duplicated or dropped as needed), resized to the
+checkpoint's video height (train.py records the height of the videos it trained on; other checkpoints: 360;
+--height overrides) with the display aspect ratio kept, as yuv420p with the same bicubic scaler. It is then cut
+into the paper's non-overlapping 16-frame windows (pipeline.sampling.eval_starts; a shorter video gives one
+looped window), each centre-cropped at the maximum scale (sampling.crop_box) and normalised as in training by
+pipeline/augment.py (colour conversion, crop, resize, normalisation: on the GPU when there is one), a batch of
+windows at a time, so a long video never sits in memory whole. Window probabilities are averaged per file.
+Decoding stays on the CPU (PyAV); the NVDEC path of training is not used here.
+
+Writes OUT/predictions.json (3D-ResNets-PyTorch's format, as evaluate.py writes it; keys: the files as named on
+the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table. A
+file that cannot be read is one line naming it and the reason, and the others still run. Exit status: 1 if any
+file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from av.video.reformatter import VideoReformatter
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.checkpoint import RunRecord
+from engine.cli import (
+    CLIP_RANGES,
+    MODEL_RANGES,
+    Range,
+    add_clip_flags,
+    add_model_flags,
+    check_numeric_flags,
+    resolve_device_flags,
+    resolve_normalisation,
+    with_flag_hints,
+)
+from engine.metrics import reference_predictions
+from engine.progress import make_console
+from engine.step import forward, memory_format
+from evaluate import run_record
+from model import CheckpointError, build_model, load_weights
+from pipeline.augment import augment_nv12
+from pipeline.normalisation import Normalisation
+from pipeline.prepare.transcode import (
+    Clock,
+    Rejected,
+    check_readable,
+    display_matrix,
+    display_transform,
+    frame_slot,
+    orient,
+    output_size,
+    pick_rate,
+)
+from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
+                    ".3gp", ".ogv")  # fmt: skip
+MAX_DECODE_ERRORS = 50  # packets that fail before the first frame decodes: the file is given up on
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    videos: tuple[str, ...]  # files, as named (folders expanded to the video files under them, sorted)
+    checkpoint: str
+    top_k: int = 5
+    out: str = ""  # resolved: default RUN_DIR/infer-<checkpoint stem>
+    batch_size: int = 16  # windows per forward pass
+    classes: str | None = None  # class names, one per line; default the checkpoint's (ours), else "0", "1", ...
+    height: int | None = None  # video height in pixels; default the checkpoint's (ours), else 360
+    # the model and clips, as evaluate.py's flags: ours describe themselves, a foreign checkpoint needs them
+    arch: str | None = None
+    shortcut: str | None = None
+    n_classes: int | None = None
+    widen_factor: float | None = None
+    conv1_t_size: int | None = None
+    conv1_t_stride: int | None = None
+    no_max_pool: bool | None = None
+    sample_duration: int | None = None
+    sample_size: int | None = None
+    normalisation: Normalisation | None = None
+    device: str = "cpu"
+    amp: bool = False
+
+
+RANGES = {**MODEL_RANGES, **CLIP_RANGES, "top_k": Range(min=1), "batch_size": Range(min=1),
+          "height": Range(min=2, why="and even: yuv420p")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="train.py's best.pt/last.pt, or a 3D-ResNets-PyTorch one")
+    p.add_argument("--top-k", type=int, default=5, help="labels per file in the table and predictions.json")
+    p.add_argument("--out", default="", help="output folder (default: RUN_DIR/infer-<checkpoint>)")
+    p.add_argument("--batch-size", type=int, default=16, help="16-frame windows per forward pass")
+    p.add_argument("--classes", help="class names, one per line (default: the checkpoint's, else 0, 1, ...)")
+    p.add_argument("--height", type=int, help="resize videos to this height (default: the checkpoint's, else 360)")
+    add_model_flags(p)
+    add_clip_flags(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    return p
+
+
+def video_files(paths: list[str]) -> list[str]:
+    """The files named, with each folder replaced by the video files under it (by extension, sorted); a name
+    that is neither stays, to fail later with its reason."""
+    out = []
+    for name in paths:
+        p = Path(name)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))  # each once, in order
+
+
+def read_classes(path: str) -> list[str]:
+    """One class name per line (blank lines at the end ignored)."""
+    names = [line.strip() for line in Path(path).read_text().splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
+    """The config and its run record (model, classes, clips); every problem is a usage error (exit status 2)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    check_numeric_flags(p, a, RANGES)
+    device, amp = resolve_device_flags(p, a)
+    if a.height is not None and a.height % 2:
+        p.error(f"--height {a.height}: must be even (yuv420p)")
+    ckpt = Path(a.checkpoint)
+    if not ckpt.is_file():
+        p.error(f"--checkpoint {ckpt}: no such file")
+    if a.classes is not None and not Path(a.classes).is_file():
+        p.error(f"--classes {a.classes}: no such file")
+    videos = video_files(a.videos)
+    if not videos:
+        p.error(f"no video files in {' '.join(a.videos)} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    skip = ("videos", "device", "amp", "out", "norm", "value_scale", "mean_values", "std_values")
+    cfg = InferConfig(**{k: v for k, v in vars(a).items() if k not in skip}, videos=tuple(videos),
+                      out=a.out or str(run_dir / f"infer-{ckpt.stem}"), device=device, amp=amp,
+                      normalisation=resolve_normalisation(p, a))
+    try:
+        record = run_record(cfg, None)
+    except CheckpointError as e:
+        p.error(with_flag_hints(str(e)))
+    if cfg.classes is not None:
+        names = read_classes(cfg.classes)
+        if len(names) != len(record.class_names):
+            p.error(f"--classes {cfg.classes}: {len(names)} names, the checkpoint has {len(record.class_names)} "
+                    "classes")
+        record = dataclasses.replace(record, class_names=tuple(names))
+    if record.video_height % 2:
+        p.error(f"{ckpt}: video height {record.video_height} is odd; HINT: add --height {record.video_height + 1}")
+    return cfg, record
+
+
+# ---- reading a video as prepare_data.py would store it ----------------------------------------------------------
+
+
+class Unreadable(Exception):
+    """A file that gives no frames. str(exc) is the reason printed."""
+
+
+class Frames:
+    """The frames of one file: upright, constant rate, `height` px high; iterate for (y (H, W), uv (H/2, W))
+    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun."""
+
+    def __init__(self, path: str, height: int):
+        self.path, self.height = path, height
+        self.rate: Fraction = Fraction(0)
+        self.width = 0
+        self.errors = 0
+        self.count = 0  # frames given so far
+        self.expected = 0  # frames expected from the container's duration (for the progress bar); 0: unknown
+        try:
+            check_readable(Path(path))
+        except Rejected as e:
+            raise Unreadable(str(e)) from None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        try:
+            container = av.open(self.path, metadata_errors="ignore")
+        except (av.FFmpegError, OSError) as e:
+            raise Unreadable(f"not a video: ffmpeg cannot open it ({_message(e)})") from None
+        with container:
+            if not container.streams.video:
+                raise Unreadable("no video stream")
+            vs = container.streams.video[0]
+            if vs.codec_context is None:
+                raise Unreadable(f"undecodable: no decoder for codec '{vs.codec_tag or 'unknown'}'")
+            vs.thread_type = "AUTO"
+            self.rate, _ = pick_rate(vs)
+            if vs.duration and vs.time_base:
+                self.expected = int(vs.duration * vs.time_base * self.rate)
+            clock, scaler = Clock(vs.time_base, self.rate), VideoReformatter()
+            held, n, transform, size, first_error = None, 0, None, (0, 0), ""
+
+            def planes(frame, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                if count <= 0:
+                    return
+                f = scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC")
+                self.count += count
+                yield from [nv12(orient(f, transform))] * count
+
+            try:
+                for packet in container.demux(vs):
+                    try:
+                        decoded = packet.decode()
+                    except (av.FFmpegError, ValueError) as e:  # a corrupt packet costs its frame, not the video
+                        self.errors, first_error = self.errors + 1, first_error or _message(e)
+                        if held is None and self.errors >= MAX_DECODE_ERRORS:
+                            break
+                        continue
+                    for frame in decoded:
+                        slot = frame_slot(clock(frame.pts, frame.dts), self.rate)
+                        if held is None:  # the first frame sets the geometry, as prepare_data.py's output
+                            transform, _ = display_transform(display_matrix(frame))
+                            self.width, _ = output_size(frame.width, frame.height, vs.sample_aspect_ratio,
+                                                        self.height, transform[0])
+                            size = (self.height, self.width) if transform[0] else (self.width, self.height)
+                        else:
+                            yield from planes(held, slot - n)
+                            n = max(n, slot)
+                        held = frame
+            except av.FFmpegError as e:  # the demuxer gave up (truncated file): keep what decoded
+                self.errors, first_error = self.errors + 1, first_error or _message(e)
+            if held is None:
+                if self.errors:
+                    raise Unreadable(f"undecodable: 0 frames decoded, {self.errors} decode errors (first: "
+                                     f"{first_error})")
+                raise Unreadable("no frames: the video stream has no decodable frames")
+            yield from planes(held, max(1, frame_slot(clock.end(held.duration), self.rate)) - n)
+
+
+def _message(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def nv12(frame) -> tuple[np.ndarray, np.ndarray]:
+    """A yuv420p av.VideoFrame -> (y (H, W), uv (H/2, W)) uint8, U and V interleaved (NV12, augment_nv12's input)."""
+    y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes)
+    uv = np.empty((u.shape[0], 2 * u.shape[1]), np.uint8)
+    uv[:, 0::2], uv[:, 1::2] = u, v
+    return y.copy(), uv
+
+
+def windows(frames: Iterator[tuple[np.ndarray, np.ndarray]], length: int) -> Iterator[tuple[int, np.ndarray,
+                                                                                                np.ndarray]]:
+    """(start frame, y (T, H, W), uv (T, H/2, W)) of every non-overlapping window of `length` frames, where
+    sampling.eval_starts places them (trailing frames that fill no window are left out); a video shorter than
+    one window gives one window looped from frame 0 (sampling.clip_frames). Holds one window at a time."""
+    ys, uvs, n, given = [], [], 0, 0
+    for y, uv in frames:
+        ys.append(y)
+        uvs.append(uv)
+        n += 1
+        if len(ys) == length:
+            yield n - length, np.stack(ys), np.stack(uvs)
+            ys, uvs, given = [], [], given + 1
+    if 0 < n < length:  # never filled a window: loop the frames there are
+        idx = clip_frames(0, n, length).tolist()
+        yield 0, np.stack([ys[i] for i in idx]), np.stack([uvs[i] for i in idx])
+        given += 1
+    assert n == 0 or given == len(eval_starts(n, length)), (n, given)
+
+
+# ---- the model over windows ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def window_probabilities(model: torch.nn.Module, batch: list[tuple[int, np.ndarray, np.ndarray]], record,
+                         device: torch.device, amp: bool) -> np.ndarray:
+    """(N, K) float64 class probabilities of N windows (start, y (T, H, W), uv (T, H/2, W)) of one file."""
+    y = torch.from_numpy(np.stack([w[1] for w in batch])).to(device, non_blocking=True)  # (N, T, H, W) uint8
+    uv = torch.from_numpy(np.stack([w[2] for w in batch])).to(device, non_blocking=True)  # (N, T, H/2, W)
+    n, _, h, w = y.shape
+    box = crop_box(w, h, CENTER, 1.0)  # the centre square at the maximum scale
+    clips = augment_nv12(y, uv, [[h, w]] * n, [box] * n, [False] * n, record.sample_size, record.normalisation)
+    clips = clips.contiguous(memory_format=memory_format(device.type == "cuda"))  # (N, 3, T, S, S) float32
+    probs = forward(model, clips, amp).softmax(1).double()  # (N, K)
+    return probs.cpu().numpy()  # CPU-GPU sync: once per batch (the timeline needs every window's scores)
+
+
+def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Progress, task) -> dict:
+    """One file's result: {"probs": (K,) float64 mean window probability, "windows": [(start_s, (K,) probs)],
+    "seconds": duration at the constant rate}; Unreadable when it gives no frames."""
+    frames = Frames(path, record.video_height)
+    total, rows, batch, n_windows = np.zeros(len(record.class_names)), [], [], 0
+    progress.update(task, completed=0, total=None, description=f"{Path(path).name[:40]}")
+
+    def run() -> None:
+        nonlocal n_windows
+        for (start, _, _), p in zip(batch, window_probabilities(model, batch, record, device, cfg.amp),
+                                    strict=True):
+            total[:] += p
+            rows.append((float(start / frames.rate), p))
+        n_windows += len(batch)
+        batch.clear()
+        progress.update(task, completed=n_windows,
+                        total=max(frames.expected // record.sample_duration, n_windows, 1))
+
+    for window in windows(iter(frames), record.sample_duration):
+        batch.append(window)
+        if len(batch) == cfg.batch_size:
+            run()
+    if batch:
+        run()
+    if frames.errors:
+        print(f"warning: {path}: {frames.errors} packets did not decode (their frames are lost)", file=sys.stderr)
+    return {"probs": total / n_windows, "windows": rows, "seconds": float(frames.count / frames.rate)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, record = parse_args(argv)
+    console = make_console(True)
+    console.print(f"config: {json.dumps(asdict(cfg))}")
+    device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
+    model = build_model(**record.model_args)
+    try:
+        load_weights(model, cfg.checkpoint, strict_head=True, verbose=False)
+    except CheckpointError as e:  # the flags describe another model: a usage error, as in parse_args
+        print(f"error: {with_flag_hints(str(e))}", file=sys.stderr)
+        return 2
+    model = model.to(device, memory_format=memory_format(device.type == "cuda")).eval()
+    console.print(f"{record.model_args['arch']}-{record.model_args['shortcut']}, {len(record.class_names)} classes, "
+                  f"clips {record.sample_duration} x {record.sample_size} px from videos {record.video_height} px "
+                  f"high | normalisation {record.normalisation.describe()} | {len(cfg.videos)} file(s) on "
+                  f"{device.type}", highlight=False)
+    results, failed = {}, []
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=console.quiet) as progress:
+        files = progress.add_task("files", total=len(cfg.videos))
+        task = progress.add_task("windows", total=None)
+        for path in cfg.videos:
+            try:
+                results[path] = infer_file(path, cfg, record, model, device, progress, task)
+            except Unreadable as e:
+                failed.append(path)
+                print(f"error: {path}: {e}", file=sys.stderr)  # (rich's live display shows it above the bars)
+            progress.advance(files)
+        progress.update(task, visible=False)
+    if results:
+        write_outputs(cfg, record, results)
+        print_table(console, results, record.class_names, cfg.top_k)
+        console.print(f"wrote {cfg.out}/{{predictions.json, timeline.csv}}", highlight=False)
+    if failed:
+        print(f"{len(failed)} of {len(cfg.videos)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_outputs(cfg: InferConfig, record, results: dict) -> None:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    probs = torch.from_numpy(np.stack([r["probs"] for r in results.values()]))  # (V, K) float64
+    predictions = reference_predictions(probs, list(results), list(record.class_names), k=cfg.top_k)
+    (out / "predictions.json").write_text(json.dumps(predictions) + "\n")
+    with open(out / "timeline.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["file", "start_s", "label", "score"])
+        for path, r in results.items():
+            for start_s, p in r["windows"]:
+                writer.writerow([path, f"{start_s:.3f}", record.class_names[int(p.argmax())], f"{p.max():.6f}"])
+
+
+def print_table(console, results: dict, class_names: tuple[str, ...], k: int) -> None:
+    table = Table(title="predictions (mean over the 16-frame windows)")
+    for col in ("file", "windows", "seconds", f"top {k}"):
+        table.add_column(col, justify="right" if col in ("windows", "seconds") else "left")
+    for path, r in results.items():
+        best = np.argsort(-r["probs"], kind="stable")[:k]
+        labels = "\n".join(f"{class_names[c]} {r['probs'][c]:.3f}" for c in best)
+        table.add_row(path, str(len(r["windows"])), f"{r['seconds']:.1f}", labels)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
