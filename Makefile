@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# make demo SEED=3: another sample dataset and another training run (make clean-demo first)
+SEED ?= 0
 
 .PHONY: demo test test-fast lint clean-demo
 
@@ -28,11 +30,11 @@ lint: $(VENV)/.installed
 # train a small 3D ResNet on the CPU through the DALI pipeline, evaluate it. ~6-7 minutes on 2 cores.
 # Every step can be re-run: preparation reuses finished videos, --resume continues (or finishes) the run.
 demo: $(VENV)/.installed
-	$(PY) prepare_data.py --make-sample demo/raw
+	$(PY) prepare_data.py --make-sample demo/raw --seed $(SEED)
 	$(PY) prepare_data.py demo/raw --out demo/data --height 128
 	$(PY) train.py --data demo/data --out demo/run --resume \
 	    --arch resnet-10 --widen-factor 0.125 --conv1-t-size 3 --sample-size 64 \
-	    --batch-size 8 --lr 0.01 --lr-patience 3 --epochs 50 --num-threads 2
+	    --batch-size 8 --lr 0.01 --lr-patience 3 --epochs 50 --num-threads 2 --seed $(SEED)
 	$(PY) evaluate.py --data demo/data --checkpoint demo/run/checkpoints/best.pt --out demo/run/eval --num-threads 2
 
 clean-demo:
