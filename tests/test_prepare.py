@@ -387,6 +387,23 @@ def test_damaged_output_or_changed_settings_are_redone(tmp_path):
     assert keyframe_indices(out) == [0, 8, 16]
 
 
+def test_unreadable_or_unknown_records_are_redone_not_crashed_on(tmp_path):
+    for name in "abcd":
+        make_video(tmp_path / "src/train/k" / f"{name}.webm", 8)
+    dst = tmp_path / "dst"
+    assert prepare(tmp_path / "src", dst) == 0
+    records = sorted((dst / run.RECORDS).rglob("*.json"))
+    assert [p.name for p in records] == ["a.webm.json", "b.webm.json", "c.webm.json", "d.webm.json"]
+    future = json.loads(records[0].read_text())
+    future["info"]["field_of_a_later_revision"] = 1  # same settings and revision, a key VideoInfo lacks
+    records[0].write_text(json.dumps(future))
+    records[1].write_text('{"source_fingerprint": ')  # cut short
+    records[2].write_text("[1, 2]")  # JSON, not a record
+    assert prepare(tmp_path / "src", dst) == 0
+    assert report(dst)["videos"] == {"listed": 4, "prepared": 3, "reused": 1, "rejected": 0}
+    assert read_manifest(dst, "train")["num_frames"].tolist() == [8, 8, 8, 8]
+
+
 def test_killed_run_then_rerun_completes_with_each_video_once(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i in range(8):

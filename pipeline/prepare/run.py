@@ -149,16 +149,21 @@ def _record_path(dst: Path, job: Job) -> Path:
 
 
 def load_reusable(dst: Path, job: Job, settings: EncodeSettings) -> Outcome | None:
-    """The recorded outcome of job if it is still valid for the current source and settings, else None."""
+    """The recorded outcome of job if it is still valid for the current source and settings, else None.
+
+    A record that cannot be read as this code writes it (damaged, hand-edited, or with a VideoInfo field this
+    revision does not know) means "redo", like a missing one.
+    """
     try:
         rec = json.loads(_record_path(dst, job).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if rec["source_fingerprint"] != _fingerprint(job.source.path) or rec["settings"] != settings.identity():
+            return None
+        if rec["info"] is None:  # a rejection: reuse it unless it may go away on a retry
+            reason = str(rec["reason"])
+            return None if reason.split(":")[0] in RETRIED else Outcome(job, None, reason, reused=True)
+        info = VideoInfo(**rec["info"])
+    except (OSError, ValueError, TypeError, KeyError):  # TypeError: not a dict, or an unknown VideoInfo field
         return None
-    if rec.get("source_fingerprint") != _fingerprint(job.source.path) or rec.get("settings") != settings.identity():
-        return None
-    if rec["info"] is None:  # a rejection: reuse it unless it may go away on a retry
-        return None if rec["reason"].split(":")[0] in RETRIED else Outcome(job, None, rec["reason"], reused=True)
-    info = VideoInfo(**rec["info"])
     out = dst / job.output
     if not out.is_file() or out.stat().st_size != info.bytes_out:
         return None
