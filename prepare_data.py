@@ -240,14 +240,17 @@ def make_notes(ok: list[run.Outcome], codec: str) -> dict:
 
 def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run.Outcome],
                 rejected: list[tuple[str, str]], per_split: dict[str, int], seconds: float) -> dict:
+    """The run's numbers (prepare_report.json). videos: listed = prepared + reused + rejected once every job
+    has finished (an interrupted run lists more than it finished); rejected counts videos (rejected.csv also has
+    a row per empty segment, counted in rejected_by_reason)."""
     ok = [o for o in outcomes if o.info]
     new = [o for o in ok if not o.reused]
     new_frames = sum(o.info.num_frames for o in new)
     return {
         "layout": cfg.layout, "src": str(cfg.src), "dst": str(cfg.out),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "videos": {"listed": len(outcomes) + len(listing.rejected), "prepared": len(new), "reused": len(ok) - len(new),
-                   "rejected": len(rejected)},
+        "videos": {"listed": len(listing.sources) + len(listing.rejected), "prepared": len(new),
+                   "reused": len(ok) - len(new), "rejected": len(listing.rejected) + len(outcomes) - len(ok)},
         "rows": per_split, "classes": len(listing.classes),
         "frames": sum(o.info.num_frames for o in ok), "frames_transcoded": new_frames,
         "bytes_in": sum(o.info.bytes_in for o in ok), "bytes_out": sum(o.info.bytes_out for o in ok),

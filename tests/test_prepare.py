@@ -246,6 +246,9 @@ def test_activitynet_layout_one_row_per_segment(tmp_path):
     assert rejected[f"{src / 'videos' / 'v_aaa.mp4'}#segment2"].startswith("empty segment")
     assert rejected["activity_net.v1-3.min.json:ddd"].startswith("missing")
     assert len(list((dst / "videos").rglob("*.webm"))) == 3  # each video transcoded once
+    # videos, not rows: ddd is rejected, aaa's empty segment is a rejected.csv row but aaa was prepared
+    assert report(dst)["videos"] == {"listed": 4, "prepared": 3, "reused": 0, "rejected": 1}
+    assert report(dst)["rejected_by_reason"] == {"empty segment": 1, "missing": 1}
 
 
 # ---------------------------------------------------------------- bad input

@@ -176,6 +176,8 @@ def check_manifests_list_the_finished(dst: Path, n: int) -> None:
     assert len(pd.read_csv(dst / "rejected.csv")) == (EMPTY in records)
     report = json.loads((dst / "prepare_report.json").read_text())
     assert report["interrupted"] is True and report["rows"] == {"train": len(df)}
+    v = report["videos"]  # every job is listed, the finished ones are counted
+    assert v["listed"] == N_VIDEOS + 1 and v["prepared"] + v["reused"] + v["rejected"] == n
 
 
 def test_ctrl_c_stops_the_workers_writes_manifests_of_the_finished_and_a_rerun_finishes(src, tmp_path):
