@@ -196,6 +196,7 @@ class DecordLoader(LoaderBase):
                 labels = labels.to(self.torch_device, non_blocking=True)
                 video_idx = video_idx.to(self.torch_device, non_blocking=True)
             yield Batch(clips, labels, video_idx)
+            self.check_open()  # close() while suspended: its workers are gone (else a silent StopIteration)
 
     def close(self) -> None:
         """Stop the worker processes now (they would otherwise live until this loader is freed)."""

@@ -115,8 +115,10 @@ class LoaderBase:
           The base class applies the policy: fail with the first bad file named, or skip and count them.
           Default: every row is decodable.
       __iter__() -> Iterator[Batch]: the epoch's batches in plan order (self.batch_plans() cuts the plan into
-          batches); call self.check_open() first. Threads or worker processes may start on first use and be
-          kept between epochs; an iteration abandoned mid-epoch must not leak into the next one.
+          batches); call self.check_open() first and after each yield (close() may come while the generator
+          is suspended: the next step must say "closed", not fail on freed resources or end the epoch early).
+          Threads or worker processes may start on first use and be kept between epochs; an iteration
+          abandoned mid-epoch must not leak into the next one.
       close(): free them (idempotent; call super().close()). videos, plan and len() stay usable.
     """
 

@@ -460,6 +460,7 @@ class NvdecLoader(LoaderBase):
                 if nxt is not None:
                     submit(nxt)
                 yield self._assemble(bp, clips)
+                self.check_open()  # close() while suspended: the pool is shut down
         finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running
             started = [f for _, futures in pending for f in futures if not f.cancel()]
             wait(started)

@@ -380,6 +380,16 @@ def test_abandoned_epoch_then_full_epoch_and_close(data):
         next(iter(loader))
 
 
+def test_close_in_the_middle_of_an_epoch(data):
+    loader = load(data, "val", "eval", batch_size=1, num_threads=2)
+    batches = iter(loader)
+    next(batches)  # the pool has more clips in flight
+    loader.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("nvdec")]
+    with pytest.raises(RuntimeError, match="closed"):
+        next(batches)
+
+
 def test_host_pass_reports_cost_per_clip(data):
     with load(data, "val", "eval", batch_size=3) as loader:
         r = loader.host_pass()

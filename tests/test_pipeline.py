@@ -394,6 +394,18 @@ def test_close_in_the_middle_of_an_epoch(data):
         next(batches)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decord_close_in_the_middle_of_an_epoch(data, workers):
+    """The suspended epoch says "closed": it neither ends early (workers gone) nor goes on (no workers)."""
+    loader = load(data, "val", "val", backend="decord", batch_size=1, num_threads=workers)
+    batches = iter(loader)
+    next(batches)
+    loader.close()
+    assert multiprocessing.active_children() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        next(batches)
+
+
 def test_dropped_loaders_free_threads_and_workers_without_gc(data):
     """No reference cycle: the last reference going (no close(), no gc) frees DALI's threads and decord's workers,
     also with an epoch abandoned half-way. So tests need no gc.collect() between them."""
