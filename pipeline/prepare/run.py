@@ -318,9 +318,7 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
             submit(2 * workers)
         while pending:
             done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-            if stop is not None and stop.signum:
-                raise Interrupted(stop.signum)
-            for fut in done:
+            for fut in done:  # results already here count, even when a signal came meanwhile
                 job = pending.pop(fut)
                 try:
                     outcome = fut.result()
@@ -330,6 +328,8 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
                 outcomes.append(outcome)
                 if on_done:
                     on_done(outcome)
+            if stop is not None and stop.signum:
+                raise Interrupted(stop.signum)
             if not left:
                 submit(len(done))
     except BaseException as e:
@@ -338,7 +338,8 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
             # A killed job may have written its record just before (its result never came): count it, as the
             # next run will. The others left only temp files, which the next run removes.
             have = {o.job for o in outcomes}
-            outcomes += [replace(o, reused=False) for o in (load_reusable(dst, j, settings) for j in pending.values())
+            unfinished = [*pending.values(), *left]  # left: their worker died (SIGTERM to the process group)
+            outcomes += [replace(o, reused=False) for o in (load_reusable(dst, j, settings) for j in unfinished)
                          if o is not None and o.job not in have]
         raise
     pool.shutdown()
