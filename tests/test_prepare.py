@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import prepare_data
+from pipeline import atomic
 from pipeline.manifest import COLUMNS
 from pipeline.prepare import run
 from pipeline.prepare.layouts import Listing, Source
@@ -431,6 +432,18 @@ def test_killed_run_then_rerun_completes_with_each_video_once(tmp_path):
     assert (df["num_frames"] == 48).all()
     assert not [p for p in dst.rglob(".*") if "partial" in p.name or p.name.endswith(".started")]
     assert report(dst)["videos"]["reused"] >= 1
+
+
+def test_remove_partials_removes_what_a_killed_run_leaves_and_nothing_else(tmp_path):
+    job = run.Job(Source("a", tmp_path / "a.avi", "train", "k"), "videos/train/k/a.webm")
+    keep = [tmp_path / "train.csv", tmp_path / job.output, run._record_path(tmp_path, job)]
+    left = [atomic.temp_path(p) for p in keep] + [atomic.temp_path(tmp_path / "prepare_report.json"),
+                                                  run._started_marker(tmp_path, job)]
+    for p in keep + left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    assert run.remove_partials(tmp_path) == len(left)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
 
 
 def test_output_size_keeps_aspect_and_even_width():

@@ -249,11 +249,15 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 def remove_partials(dst: Path) -> int:
-    """Delete temp files and markers left by a killed run (never referenced by a manifest). Returns how many."""
-    stale = []
+    """Delete temp files and markers left by a killed run (never referenced by a manifest). Returns how many.
+
+    Temp files (pipeline.atomic: ".<name>.partial-...") of videos and records, and of the manifests and report
+    in DST itself; ".started" markers of the jobs running when the run was killed.
+    """
+    stale = [p for p in dst.glob(".*.partial-*") if p.is_file()]
     for folder in (dst / "videos", dst / RECORDS):
         if folder.is_dir():
-            stale += [p for p in folder.rglob(".*") if ".partial" in p.name or p.name.endswith(".started")]
+            stale += [p for p in folder.rglob(".*") if ".partial-" in p.name or p.name.endswith(".started")]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
