@@ -111,7 +111,7 @@ class LoaderBase:
     A backend subclasses this and implements:
       decode_problems(packets) -> (V,) object array of str, why this backend cannot decode each row ("" = it
           can). Called from LoaderBase.__init__, before the rest of the backend's __init__: use self.config
-          only. Rows whose file is missing or broken are answered for already (their answer is ignored).
+          and self.torch_device only. Rows whose file is missing or broken are answered for already (their answer is ignored).
           The base class applies the policy: fail with the first bad file named, or skip and count them.
           Default: every row is decodable.
       __iter__() -> Iterator[Batch]: the epoch's batches in plan order (self.batch_plans() cuts the plan into
@@ -150,8 +150,6 @@ class LoaderBase:
             df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
         self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, manifest)
-        self._widths = self.packets.width.astype(np.int64)
-        self._heights = self.packets.height.astype(np.int64)
         self.labels = self.videos["label"].to_numpy(np.int64)  # (V,) int64
         self.epoch = 0
         self._plan: Plan | None = None
@@ -212,7 +210,8 @@ class LoaderBase:
         if self._plan is None:
             c = self.config
             self._plan = plan_epoch(
-                (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(), self._widths, self._heights,
+                (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
+                self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
                 mode=c.mode, epoch=self.epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
                 length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
                 crops=c.crops,

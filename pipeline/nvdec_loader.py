@@ -364,16 +364,15 @@ class NvdecLoader(LoaderBase):
         self._files = self.videos["file"].tolist()
         self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
         self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # idle decoders, one per worker thread
-        for _ in range(self.num_threads):
-            self._decoders.put(self._new_decoder())
+        for decoder in self._new_decoders(self.num_threads):
+            self._decoders.put(decoder)
         self._executor: ThreadPoolExecutor | None = None
 
     # -- rows ---------------------------------------------------------------------------------------------------
     def decode_problems(self, packets: PacketTable) -> np.ndarray:
         """LoaderBase hook: (V,) why this decoder cannot decode each row ("" = it can); see row_problems."""
         if self.decoder_kind == "nvdec":
-            device = self.config.device_id if self.config.device_id is not None else _current_device()
-            self.limits, self.engines = nvdec_limits(sorted(set(packets.codecs)), device)
+            self.limits, self.engines = nvdec_limits(sorted(set(packets.codecs)), self.torch_device.index)
         else:
             self.limits = STATIC_LIMITS
         out = np.full(len(packets), "", object)
@@ -381,12 +380,13 @@ class NvdecLoader(LoaderBase):
             out[r] = why
         return out
 
-    def _new_decoder(self) -> Decoder:
+    def _new_decoders(self, n: int) -> list[Decoder]:
         if self.decoder_kind == "pyav":
-            return PyAVDecoder()
-        sizes = {name: (int(self._widths[rows].max()), int(self._heights[rows].max()))  # the largest frame
-                 for k, name in enumerate(self.packets.codecs) if len(rows := np.flatnonzero(self.packets.codec == k))}
-        return NvdecDecoder(sizes, self.torch_device, self.latency)
+            return [PyAVDecoder() for _ in range(n)]
+        p = self.packets
+        sizes = {name: (int(p.width[rows].max()), int(p.height[rows].max()))  # the largest frame per codec
+                 for k, name in enumerate(p.codecs) if len(rows := np.flatnonzero(p.codec == k))}
+        return [NvdecDecoder(sizes, self.torch_device, self.latency) for _ in range(n)]
 
     # -- per clip -------------------------------------------------------------------------------------------------
     def cut(self, row: int, frames: np.ndarray) -> tuple[PacketSlice, np.ndarray]:
@@ -411,7 +411,7 @@ class NvdecLoader(LoaderBase):
         import torch
 
         c, dev = self.config, self.torch_device
-        hs, ws = self._heights[bp.rows], self._widths[bp.rows]
+        hs, ws = self.packets.height[bp.rows], self.packets.width[bp.rows]
         if dev.type == "cuda" and clips[0].is_cuda:
             stream = torch.cuda.current_stream(dev)
             for x in clips:  # decoded on the workers' streams (already synchronised); used on this one
@@ -491,9 +491,3 @@ class NvdecLoader(LoaderBase):
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         return {"clips": n, "packets": packets, "cpu_s": cpu, "wall_s": wall,
                 "cpu_ms_per_clip": 1e3 * cpu / max(n, 1), "wall_ms_per_clip": 1e3 * wall / max(n, 1)}
-
-
-def _current_device() -> int:
-    import torch
-
-    return torch.cuda.current_device()
