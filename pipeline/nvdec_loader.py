@@ -7,14 +7,16 @@ Per clip of the plan (the same plan, boxes and flips as the DALI and decord back
     -> a worker thread's decoder -> (T, H*3/2, W) uint8 NV12, the plan's frames in order
 Per batch: stack -> augment_nv12 -> (N, 3, T, S, S) float32 clips.
 
-Decoders (the `Decoder` protocol; one per worker thread, created when the loader is built, reused for every
-clip, flushed after each clip with an end-of-stream packet):
+Decoders (the `Decoder` protocol): num_threads of them, made when the loader is built; each worker thread
+takes one on its first clip and keeps it, so a decoder is only ever used by its own thread (nvdec.md 5). Each
+is reused for every clip of its thread and flushed after each clip with an end-of-stream packet:
   NvdecDecoder  PyNvVideoCodec 2.2.4 (`pip install pynvvideocodec==2.2.4`, needs an NVIDIA driver with
                 NVDEC; imported lazily): CreateDecoder(usedevicememory, maxwidth/maxheight = the dataset's
                 largest frame, NATIVE output = NV12), each on its own CUDA stream; the wanted frames are
-                copied out on that stream before the next Decode call (the decoder reuses its buffers); the
-                worker then synchronises that stream (blocking only itself) and the batch is built on the
-                consumer's stream (record_stream keeps the allocator from reusing the clip early). Threads:
+                copied out on that stream, the one the decoder writes its output buffers on, so the next
+                Decode call, which reuses those buffers, writes behind the copies; the worker then
+                synchronises that stream (blocking only itself) and the batch is built on the consumer's
+                stream (record_stream keeps the allocator from reusing the clip early). Threads:
                 num_threads rounded up to a multiple of the GPU's NVDEC engines (GetDecoderCaps): one
                 session uses one engine. API facts and what is inferred: ../shared/notes/nvdec.md.
   PyAVDecoder   the CPU twin: PyAV's decoders (av.CodecContext) fed the same packet slices, the frames laid
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -295,7 +298,9 @@ class NvdecDecoder:
                 out = torch.empty((len(wanted), h * 3 // 2, w), dtype=torch.uint8, device=self.device)
 
                 def take(frames) -> None:
-                    for f in frames:  # copied on the decoder's stream before the next Decode reuses the buffer
+                    # Enqueued on self.stream, which the decoder also writes its output buffers on (cudastream):
+                    # the next Decode reuses them (nvdec.md 4), and its writes queue behind these copies.
+                    for f in frames:
                         k = int(f.getPTS())
                         if k in slots and k not in seen:
                             seen.add(k)
@@ -345,9 +350,10 @@ def _cuda_context(device) -> int:
 
 class NvdecLoader(LoaderBase):
     """Backend "nvdec". decoder: "nvdec" (GPU decoders; the default for device="gpu"), or "pyav" (the CPU
-    twin; the default for device="cpu"); latency: NvdecDecoder's ("native" | "low"). Worker threads: config.num_threads (for NVDEC rounded up to a
-    multiple of the engine count), started on the first iteration and kept until close(); the decoders are
-    made when the loader is built. Batches decoded ahead of the consumer: config.prefetch."""
+    twin; the default for device="cpu"); latency: NvdecDecoder's ("native" | "low"). Worker threads:
+    config.num_threads (for NVDEC rounded up to a multiple of the engine count), started on the first
+    iteration and kept until close(); as many decoders, made when the loader is built, one bound to each
+    thread on its first clip (_decoder). Batches decoded ahead of the consumer: config.prefetch."""
 
     def __init__(self, config: LoaderConfig, decoder: str | None = None, latency: str = "native"):
         self.decoder_kind = decoder or ("nvdec" if config.device == "gpu" else "pyav")
@@ -363,9 +369,10 @@ class NvdecLoader(LoaderBase):
         super().__init__(config)
         self._files = self.videos["file"].tolist()
         self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
-        self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # idle decoders, one per worker thread
+        self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # not yet taken by a worker thread
         for decoder in self._new_decoders(self.num_threads):
             self._decoders.put(decoder)
+        self._bound = threading.local()  # .decoder: the worker thread's own
         self._executor: ThreadPoolExecutor | None = None
 
     # -- rows ---------------------------------------------------------------------------------------------------
@@ -389,6 +396,14 @@ class NvdecLoader(LoaderBase):
         return [NvdecDecoder(sizes, self.torch_device, self.latency) for _ in range(n)]
 
     # -- per clip -------------------------------------------------------------------------------------------------
+    def _decoder(self) -> Decoder:
+        """This worker thread's decoder: taken on its first clip, then kept. The executor has num_threads
+        threads and the pool as many decoders, so one is always there (get_nowait: a bug fails, not hangs)."""
+        decoder = getattr(self._bound, "decoder", None)
+        if decoder is None:
+            decoder = self._bound.decoder = self._decoders.get_nowait()
+        return decoder
+
     def cut(self, row: int, frames: np.ndarray) -> tuple[PacketSlice, np.ndarray]:
         """Clip (row, frames (T,) file frame indices) -> its packet slice (keyframe at or before the first
         frame .. the last frame) and the frames as (T,) int64 indices into the slice."""
@@ -398,13 +413,10 @@ class NvdecLoader(LoaderBase):
 
     def _decode(self, row: int, frames: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
         clip, wanted = self.cut(row, frames)
-        decoder = self._decoders.get()
         try:
-            return decoder.decode_clip(clip, wanted)
+            return self._decoder().decode_clip(clip, wanted)
         except DecodeError as e:
             raise DecodeError(f"{self._files[row]}: frames {clip.first}..{clip.first + len(clip) - 1}: {e}") from None
-        finally:
-            self._decoders.put(decoder)
 
     # -- per batch ------------------------------------------------------------------------------------------------
     def _assemble(self, bp: Plan, clips: list) -> Batch:
@@ -468,8 +480,9 @@ class NvdecLoader(LoaderBase):
     def close(self) -> None:
         """Stop the worker threads and free the decoders (NVDEC sessions). Idempotent."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)  # joins the threads: their decoders go
             self._executor = None
+        self._bound = threading.local()
         while not self._decoders.empty():
             self._decoders.get()
         super().close()

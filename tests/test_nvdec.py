@@ -380,6 +380,24 @@ def test_abandoned_epoch_then_full_epoch_and_close(data):
         next(iter(loader))
 
 
+def test_each_worker_thread_keeps_its_own_decoder(data, monkeypatch):
+    """nvdec.md 5: one decoder per thread, never shared (the twin goes through the same pool)."""
+    used = set()
+    decode_clip = PyAVDecoder.decode_clip
+
+    def spy(self, clip, wanted):
+        used.add((threading.get_ident(), id(self)))
+        return decode_clip(self, clip, wanted)
+
+    monkeypatch.setattr(PyAVDecoder, "decode_clip", spy)
+    with load(data, batch_size=2, num_threads=3) as loader:
+        for e in range(2):
+            loader.set_epoch(e)
+            assert len(list(loader)) == 6
+    threads, decoders = {t for t, _ in used}, {d for _, d in used}
+    assert len(used) == len(threads) == len(decoders) <= 3
+
+
 def test_close_in_the_middle_of_an_epoch(data):
     loader = load(data, "val", "eval", batch_size=1, num_threads=2)
     batches = iter(loader)
