@@ -111,7 +111,7 @@ NVC_CODECS = {"h264": "H264", "hevc": "HEVC", "vp8": "VP8", "vp9": "VP9"}  # ind
 def _enum_member(enum, part: str):
     names = [n for n in dir(enum) if part in n and not n.startswith("_")]
     if not names:
-        raise RuntimeError(f"PyNvVideoCodec: no member with {part!r} in {enum} ({dir(enum)})")
+        raise AttributeError(f"PyNvVideoCodec: no member with {part!r} in {enum} ({dir(enum)})")
     return getattr(enum, names[0])
 
 
@@ -379,7 +379,14 @@ class NvdecLoader(LoaderBase):
     def decode_problems(self, packets: PacketTable) -> np.ndarray:
         """LoaderBase hook: (V,) why this decoder cannot decode each row ("" = it can); see row_problems."""
         if self.decoder_kind == "nvdec":
-            self.limits, self.engines = nvdec_limits(sorted(set(packets.codecs)), self.torch_device.index)
+            codecs = sorted(set(packets.codecs))
+            try:
+                self.limits, self.engines = nvdec_limits(codecs, self.torch_device.index)
+            except (AttributeError, TypeError) as e:  # the binding's enum names there are inferred (nvdec.md 7)
+                self.limits = {c: STATIC_LIMITS[c] for c in codecs if c in STATIC_LIMITS}
+                if self.config.rank == 0:
+                    print(f"warning: NVDEC GetDecoderCaps failed ({type(e).__name__}: {e}); using the published "
+                          f"limits (STATIC_LIMITS) and {self.engines} engine(s)")
         else:
             self.limits = STATIC_LIMITS
         out = np.full(len(packets), "", object)
