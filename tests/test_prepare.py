@@ -22,7 +22,7 @@ from pipeline.manifest import COLUMNS
 from pipeline.prepare import run
 from pipeline.prepare.layouts import Listing, Source
 from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import CODECS, EncodeSettings, keyframe_indices, output_size
+from pipeline.prepare.transcode import CODECS, EncodeSettings, Rejected, keyframe_indices, output_size
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4", ".mkv": "libvpx-vp9"}
@@ -360,6 +360,21 @@ def test_a_worker_crash_rejects_only_the_culprit(tmp_path):
     assert sorted(by_name) == ["a", "boom", "c", "d"]
     assert by_name["boom"].reason.startswith("crashed")
     assert all(by_name[k].info.num_frames == 8 for k in "acd")
+
+
+def _stuck_opening(src: Path, dst: Path, settings: EncodeSettings):
+    """Stand-in transcode: stuck opening the source, in code that reads an OSError there as bad input."""
+    try:
+        time.sleep(30)
+    except OSError:
+        raise Rejected("not a video: ffmpeg cannot open it") from None
+
+
+def test_timeout_is_a_timeout_even_where_the_transcoder_catches_oserror(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "transcode", _stuck_opening)
+    job = run.Job(Source("a", tmp_path / "a.webm", "train", "k"), "videos/train/k/a.webm")
+    outcome = run.work(job, tmp_path / "dst", EncodeSettings(), timeout_s=1)
+    assert outcome.reason.startswith("timeout: not done after 1 s")  # retried on the next run (run.RETRIED)
 
 
 # ---------------------------------------------------------------- resume and idempotence

@@ -68,6 +68,11 @@ class Busy(Exception):
     """Another run holds DST's lock. str(exc) is the one-line message for the user."""
 
 
+class _JobTimeout(Exception):
+    """--timeout ran out (SIGALRM in a worker). Not TimeoutError: that is an OSError, and transcode reads an
+    OSError while opening the source as "not a video" or "unreadable", remembered instead of retried."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived (see StopSignals)."""
 
@@ -181,7 +186,7 @@ def _write_record(dst: Path, outcome: Outcome, settings: EncodeSettings) -> None
 
 
 def _on_alarm(signum, frame):
-    raise TimeoutError
+    raise _JobTimeout
 
 
 def _started_marker(dst: Path, job: Job) -> Path:
@@ -201,7 +206,7 @@ def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outco
         info, reason = transcode(job.source.path, dst / job.output, settings), ""
     except Rejected as e:
         info, reason = None, str(e)
-    except TimeoutError:
+    except _JobTimeout:
         info, reason = None, f"timeout: not done after {timeout_s} s (raise --timeout for very long videos)"
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason names the error
         info, reason = None, f"error: {type(e).__name__}: {e}"
