@@ -1,4 +1,4 @@
-"""Video clip loading: one entry point over the DALI (GPU and CPU) and decord backends.
+"""Video clip loading: one entry point over the DALI (GPU and CPU), decord and NVDEC backends.
 
     from pipeline import build_loader, KINETICS_MEAN
     with build_loader(data, split="train", mode="train", backend="dali", device="gpu", batch_size=32) as loader:
@@ -7,8 +7,8 @@
             for clips, labels, video_idx in loader:   # (N, 3, T, S, S) float32, (N,) int64, (N,) int64
                 ...
 
-Leaving the `with` block (or loader.close()) frees the loader's DALI threads or decord worker processes.
-Sampling and augmentation parameters: pipeline.sampling (pure numpy, shared by both backends).
+Leaving the `with` block (or loader.close()) frees the loader's threads (DALI, NVDEC) or decord's worker
+processes. Sampling and augmentation parameters: pipeline.sampling (pure numpy, shared by every backend).
 
 The names below are imported on first use (PEP 562), not with the package: pipeline.prepare's worker
 processes and pipeline.atomic's users import submodules of this package and must not pay for pandas

@@ -1,5 +1,5 @@
-"""decord backend: a torch DataLoader whose items are whole batches of the epoch plan (the baseline, and
-the fallback where DALI is not installed). Same parameters as the DALI backend; decoding on CPU, for
+"""decord backend: a torch DataLoader whose items are whole batches of the epoch plan (the CPU baseline the
+other backends are measured against). Same parameters as the DALI backend; decoding on CPU, for
 device="gpu" the finished batch is moved to cuda:device_id.
 
 Workers: started once per loader, on its first iteration, with the forkserver start method (a fresh process

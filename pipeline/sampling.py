@@ -1,8 +1,8 @@
-"""The paper's clip sampling and augmentation parameters, as pure numpy functions shared by both backends.
+"""The paper's clip sampling and augmentation parameters, as pure numpy functions shared by every backend.
 
 Every random choice is drawn here, on the host, from generators seeded by (seed, epoch[, purpose]); the
-backends only execute the plan. So the DALI and decord backends see identical parameters, a clip does not
-depend on the world size or on the order it is loaded in, and tests can check every value exactly.
+backends only execute the plan. So the DALI, decord and NVDEC backends see identical parameters, a clip
+does not depend on the world size or on the order it is loaded in, and tests can check every value exactly.
 
 Vocabulary: a *row* is one manifest row, the frame range [start_frame, end_frame) of a file; n is its length.
 A *clip* is T frame indices into the file plus a square crop box and a flip flag.
