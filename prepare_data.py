@@ -12,8 +12,8 @@ Output (relied on by pipeline/ and train.py; see design.md 3):
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
 Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
 One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2.
-Exit status: 0 when anything usable came out, 1 when nothing did, 2 for usage errors or DST in use by another
-run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
+Exit status: 0 when anything usable came out, 1 when nothing did or DST could not be written, 2 for usage errors
+or DST in use by another run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
     if not src.is_dir():
         fail(f"{args.src}: not a directory. HINT: pass the raw dataset's root folder")
     out = (args.out or src.parent / f"{src.name}_prepared").resolve()
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: not a directory. HINT: give a folder (it is created if missing)")
     if out == src or src in out.parents:
         fail(f"--out {out} is inside SRC {src}; its videos would be read as input. HINT: put DST elsewhere")
     crf = DEFAULT_CRF[args.codec] if args.crf is None else args.crf
@@ -121,7 +123,7 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
     if layout == "auto":
         try:
             layout = layouts.detect_layout(src)
-        except layouts.LayoutError as e:
+        except (layouts.LayoutError, OSError) as e:
             fail(str(e))
     return PrepareConfig(src=src, out=out, layout=layout, codec=args.codec, height=args.height, gop=args.gop,
                          crf=crf, workers=args.workers, threads=args.threads, timeout_s=args.timeout,
@@ -145,11 +147,15 @@ def make_sample(args: argparse.Namespace) -> int:
 
 def prepare(cfg: PrepareConfig) -> int:
     """Run prepare_locked holding DST's lock, with SIGINT and SIGTERM turned into a clean stop."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
     try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
         lock, locked = run.lock_dst(cfg.out)  # before anything in DST is removed or rewritten
     except run.Busy as e:
         console().print(f"[red]error:[/] {e}", soft_wrap=True)
+        return 2
+    except OSError as e:
+        console().print(f"[red]error:[/] --out {cfg.out}: cannot write there ({e}). HINT: pick a writable folder",
+                        soft_wrap=True)
         return 2
     if not locked:
         console().print(f"[yellow]warning:[/] {cfg.out}: its file system has no locks; never run two "
@@ -160,6 +166,9 @@ def prepare(cfg: PrepareConfig) -> int:
         except run.Interrupted as e:  # while listing and checking: nothing started, DST unchanged
             console().print("interrupted before any video was started; run the same command again", soft_wrap=True)
             return 128 + e.signum
+        except (run.WorkersFailed, OSError) as e:  # OSError: DST's disk full, a file made unwritable meanwhile
+            console().print(f"[red]error:[/] {e}", soft_wrap=True)
+            return 1
 
 
 def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
@@ -300,4 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before DST's lock (after it, prepare() turns Ctrl-C into a clean stop)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

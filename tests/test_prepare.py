@@ -339,6 +339,11 @@ def test_nothing_usable_exits_1_and_usage_errors_exit_2(tmp_path):
     with pytest.raises(SystemExit) as e:
         prepare_data.main([str(tmp_path / "dst")])  # no known layout
     assert e.value.code == 2
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        prepare_data.main([str(tmp_path / "src"), "--out", str(tmp_path / "a_file")])  # DST is a file
+    assert e.value.code == 2
+    assert prepare(tmp_path / "src", tmp_path / "a_file" / "dst") == 2  # DST cannot be made: one line, no traceback
 
 
 def _crash_on_boom(job: run.Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> run.Outcome:
@@ -360,6 +365,19 @@ def test_a_worker_crash_rejects_only_the_culprit(tmp_path):
     assert sorted(by_name) == ["a", "boom", "c", "d"]
     assert by_name["boom"].reason.startswith("crashed")
     assert all(by_name[k].info.num_frames == 8 for k in "acd")
+
+
+def _die_at_once(job: run.Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> run.Outcome:
+    """Stand-in worker: dies before its job starts, as a worker does that cannot start at all."""
+    os._exit(1)
+
+
+def test_workers_that_die_before_any_job_starts_stop_the_run_instead_of_retrying_forever(tmp_path):
+    listing = Listing("folders", [Source(n, tmp_path / f"{n}.webm", "train", "k") for n in "ab"], ["k"])
+    settings = EncodeSettings(height=32)
+    with pytest.raises(run.WorkersFailed, match=r"^the worker processes died 3 times in a row before starting"):
+        run.run_jobs(run.plan_jobs(listing, settings), tmp_path / "dst", settings, workers=1, timeout_s=60,
+                     worker=_die_at_once)
 
 
 def _stuck_opening(src: Path, dst: Path, settings: EncodeSettings):

@@ -44,6 +44,7 @@ RECORDS = ".prepare"
 RETRIED = {"timeout", "crashed", "error"}  # rejections tried again on the next run (others are remembered)
 LOCK = "lock"  # DST/.prepare/lock: held (flock) by the main process of the run writing DST
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+MAX_FRUITLESS_POOLS = 3  # pools in a row whose workers all die before starting a job: then give up (WorkersFailed)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -66,6 +67,10 @@ class Outcome:
 
 class Busy(Exception):
     """Another run holds DST's lock. str(exc) is the one-line message for the user."""
+
+
+class WorkersFailed(Exception):
+    """Worker processes keep dying before they start any job. str(exc) is the one-line message for the user."""
 
 
 class _JobTimeout(Exception):
@@ -278,13 +283,21 @@ def run_jobs(jobs: list[Job], dst: Path, settings: EncodeSettings, workers: int,
     that had not started go to a new pool. worker: the per-job function (tests swap it).
     stop: once its signal has arrived, kill the workers and return early with the outcomes of the jobs finished
     (those whose result or record was complete); the caller checks stop.signum.
+    Raises WorkersFailed when MAX_FRUITLESS_POOLS pools in a row break before any job starts (it would retry
+    forever otherwise).
     """
     outcomes: list[Outcome] = []
     todo = list(jobs)
+    fruitless = 0  # pools in a row that broke before any job started
     try:
         while todo:
             left = _run_pool(todo, dst, settings, workers, timeout_s, outcomes, on_done, worker, stop)
             started = [j for j in left if _started_marker(dst, j).exists()]
+            fruitless = fruitless + 1 if left and not started and len(left) == len(todo) else 0
+            if fruitless == MAX_FRUITLESS_POOLS:
+                raise WorkersFailed(f"the worker processes died {fruitless} times in a row before starting any "
+                                    "job (out of memory? a broken install?). HINT: try --workers 1 and see the "
+                                    "messages above")
             todo = [j for j in left if j not in started]
             for job in started:
                 _started_marker(dst, job).unlink(missing_ok=True)
