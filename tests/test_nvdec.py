@@ -2,7 +2,6 @@
 the decoder limits, and the loader end to end against the epoch plan, decord and DALI; marked gpu: NVDEC
 itself against the twin. Test videos: tests/videos.py (pixels carry the frame index, the crop box and flip)."""
 
-import gc
 import threading
 
 import numpy as np
@@ -259,8 +258,6 @@ def data(tmp_path_factory):
 
 
 def load(data, split="train", mode="train", backend="nvdec", **kw):
-    if backend == "decord":
-        gc.collect()  # free finished DALI loaders before forking DataLoader workers (conftest.py)
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
     kw.setdefault("mean", ZERO)

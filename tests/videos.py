@@ -52,7 +52,7 @@ def make_dataset(root: Path, splits: dict[str, list[dict]], classes: list[str] =
 
     splits: {split: [row, ...]}, a row is a dict with `frames` (length of the file) and optional `label`
     (default i % K), `segments` ([(start, end), ...]: several manifest rows over one file), `width`,
-    `height`, `id`. Files with the same pattern parameters are written once and reused.
+    `height`, `id`. Every row's file is written (rows never share one; segments of one file are one row's).
     """
     import pandas as pd
 
