@@ -203,15 +203,20 @@ def pick_rate(stream: av.video.stream.VideoStream) -> tuple[Fraction, str]:
     return FALLBACK_FPS, f"frame rate unknown or implausible ({stream.average_rate}): used {FALLBACK_FPS} fps"
 
 
+def display_size(width: int, height: int, sar: Fraction | None, transpose: bool = False) -> tuple[float, float]:
+    """The size a player shows: width, height (the coded size) with the pixel aspect ratio sar applied, turned
+    by 90 degrees when transpose (the display matrix says so)."""
+    display_w = width * (sar if sar and sar > 0 else 1)
+    return (height, display_w) if transpose else (display_w, height)
+
+
 def output_size(width: int, height: int, sar: Fraction | None, out_height: int,
                 transpose: bool = False) -> tuple[int, int]:
     """(width, height) for out_height with the display aspect ratio kept and the width rounded to even.
 
     width, height: the coded size; sar: pixel aspect ratio; transpose: the display turns the frame by 90 degrees.
     """
-    display_w, display_h = width * (sar if sar and sar > 0 else 1), height
-    if transpose:
-        display_w, display_h = display_h, display_w
+    display_w, display_h = display_size(width, height, sar, transpose)
     return max(2, round(display_w * out_height / display_h / 2) * 2), out_height
 
 
@@ -422,8 +427,7 @@ class _Output:
         if s.codec == "hevc" and self.width < HEVC_MIN_WIDTH:
             raise Rejected(f"too narrow for HEVC: {self.width}x{self.height} output (x265 corrupts memory below "
                            f"{HEVC_MIN_WIDTH} px wide; NVDEC needs {GPU_MIN_SIZE['hevc'][0]}): raise --height")
-        display = (first.width * (sar if sar and sar > 0 else 1), first.height)
-        self.source_size = display[::-1] if transpose else display
+        self.source_size = display_size(first.width, first.height, sar, transpose)
         self.n = self.shown = self.packets = 0  # frames sent to the encoder; distinct source frames; packets muxed
         self.threads = s.threads
         # One scaler for the whole video. VideoFrame.reformat keeps its scaler on the source frame, so with new
