@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,19 +27,17 @@ import torch
 from rich.table import Table
 
 from engine import distributed
-from engine.checkpoint import MODEL_DEFAULTS, RunRecord
+from engine.checkpoint import RunRecord, checkpoint_record, run_dir
 from engine.cli import (
     CLIP_RANGES,
     DEVICE_RANGES,
     LOADER_RANGES,
-    MODEL_FLAGS,
     MODEL_RANGES,
     Range,
     add_clip_flags,
     add_device_flags,
     add_loader_flags,
     add_model_flags,
-    as_flag,
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
@@ -51,7 +48,7 @@ from engine.metrics import VideoAccumulator, confusion_matrix, per_class_rows, r
 from engine.plots import plot_confusion
 from engine.progress import StepBar, make_console
 from engine.step import forward, memory_format, to_device
-from model import ARCHS, CheckpointError, build_model, load_weights, read_checkpoint
+from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
 from pipeline.normalisation import Normalisation
@@ -104,8 +101,6 @@ class EvalConfig:
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {**LOADER_RANGES, **DEVICE_RANGES, **MODEL_RANGES, **CLIP_RANGES,
           **{name: Range(min=1) for name in ("batch_size", "clips", "crops")}}
-# A checkpoint without a run record (3D-ResNets-PyTorch's) is evaluated on that code's default clips.
-REFERENCE_CLIPS = dict(normalisation=Normalisation.named("activitynet"), sample_size=112, sample_duration=16)
 
 
 def views_flag(text: str) -> tuple[int, int]:
@@ -153,8 +148,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    out = a.out or str(run_dir / f"eval-{ckpt.stem}-{a.split}")
+    out = a.out or str(run_dir(ckpt) / f"eval-{ckpt.stem}-{a.split}")
     skip = ("device", "amp", "out", "views", "clips", "crops", "norm", "value_scale", "mean_values", "std_values")
     fields = {k: v for k, v in vars(a).items() if k not in skip}
     cfg = EvalConfig(**fields, out=out, device=device, amp=amp, clips=clips, crops=crops,
@@ -164,53 +158,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     return cfg
 
 
-def run_record(cfg, class_names: list[str] | None) -> RunRecord:
-    """The model and clips to evaluate, or CheckpointError. cfg: an EvalConfig, or any config with its checkpoint,
-    model and clip fields (infer.py's). Our checkpoints carry their run record (model flags that contradict it
-    are an error); for others the model comes from the flags, the file's 'arch' entry and its layers' shapes,
-    and the clips are 3D-ResNets-PyTorch's defaults. --sample-duration, --sample-size and the normalisation flags
-    (and infer.py's --height) override the clips of either. class_names: the dataset's, which ours must have
-    been trained on and a foreign checkpoint's head must count; None (infer.py): ours name their classes, a
-    foreign checkpoint's are numbered '0', '1', ... (the caller may rename them)."""
-    path = Path(cfg.checkpoint)
-    state_dict, meta = read_checkpoint(path)
-    given = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
-    record = RunRecord.from_metadata(meta, path)
-    if record is not None:  # train.py's checkpoint
-        model_args = record.model_args
-        contradicting = [k for k, v in given.items() if v != model_args[k]]
-        if contradicting:
-            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
-            flags = [as_flag(k, given[k]) for k in contradicting]
-            verb = "contradicts" if len(flags) == 1 else "contradict"
-            raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(flags)} {verb} "
-                                  f"it: drop {' '.join(f.split()[0] for f in flags)}")
-        saved_classes = list(record.class_names)
-        if class_names is not None and saved_classes != class_names:
-            raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
-                                  f"{cfg.data} has {len(class_names)} {class_names[:4]}...; use the same classes")
-    else:
-        fc = state_dict.get("fc.weight")
-        arch = cfg.arch or meta.get("arch")
-        if arch not in ARCHS:
-            raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
-                                  f"(one of {', '.join(ARCHS)})")
-        n_classes = cfg.n_classes or (fc.shape[0] if fc is not None else len(class_names or ()))
-        if class_names is not None and n_classes != len(class_names):
-            raise CheckpointError(f"{path}: has {n_classes} classes, {cfg.data} has {len(class_names)}")
-        if not n_classes:
-            raise CheckpointError(f"{path}: no fc layer to count the classes; HINT: add --n-classes")
-        model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
-        conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
-        if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
-            raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
-                                  f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
-                                  "--conv1-t-stride, --no-max-pool if it was trained with them)")
-        names = class_names if class_names is not None else [str(k) for k in range(n_classes)]
-        record = RunRecord(model_args=model_args, class_names=tuple(names), **REFERENCE_CLIPS)
-    overrides = dict(normalisation=cfg.normalisation, sample_duration=cfg.sample_duration,
-                     sample_size=cfg.sample_size, video_height=getattr(cfg, "height", None))
-    return dataclasses.replace(record, **{k: v for k, v in overrides.items() if v is not None})
+def run_record(cfg: EvalConfig, class_names: list[str]) -> RunRecord:
+    """The model and clips to evaluate: the checkpoint's and the flags' (engine.checkpoint.checkpoint_record), or
+    CheckpointError."""
+    return checkpoint_record(cfg.checkpoint, vars(cfg), class_names, cfg.data)  # vars: the fields, not copied
 
 
 def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.nn.Module, RunRecord, str]:

@@ -41,7 +41,7 @@ from av.video.reformatter import VideoReformatter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine.checkpoint import RunRecord
+from engine.checkpoint import RunRecord, checkpoint_record, run_dir
 from engine.cli import (
     CLIP_RANGES,
     MODEL_RANGES,
@@ -56,7 +56,6 @@ from engine.cli import (
 from engine.metrics import reference_predictions
 from engine.progress import make_console
 from engine.step import forward, memory_format
-from evaluate import run_record
 from model import CheckpointError, build_model, load_weights
 from pipeline.augment import augment_nv12
 from pipeline.normalisation import Normalisation
@@ -160,13 +159,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
     videos = video_files(a.videos)
     if not videos:
         p.error(f"no video files in {' '.join(a.videos)} (looked for {', '.join(VIDEO_EXTENSIONS)})")
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     skip = ("videos", "device", "amp", "out", "norm", "value_scale", "mean_values", "std_values")
     cfg = InferConfig(**{k: v for k, v in vars(a).items() if k not in skip}, videos=tuple(videos),
-                      out=a.out or str(run_dir / f"infer-{ckpt.stem}"), device=device, amp=amp,
+                      out=a.out or str(run_dir(ckpt) / f"infer-{ckpt.stem}"), device=device, amp=amp,
                       normalisation=resolve_normalisation(p, a))
     try:
-        record = run_record(cfg, None)
+        record = checkpoint_record(ckpt, vars(cfg) | {"video_height": cfg.height}, None)
     except CheckpointError as e:
         p.error(with_flag_hints(str(e)))
     if cfg.classes is not None:

@@ -5,7 +5,10 @@ so that 3D-ResNets-PyTorch-style tools and model.load_weights read it without th
   model, optimizer, scaler, epoch, config, history         TrainingState (what --resume needs)
   arch, model_args, class_names, normalisation              RunRecord (what a user of the model needs)
 No RNG state: the only randomness after initialisation is the loader's, drawn from (seed, epoch). No scheduler
-state either: the learning rate follows from the validation losses in `history` (train.PlateauSchedule).
+state either: the learning rate follows from the validation losses in `history` (engine/schedule.py).
+
+checkpoint_record gives the record to use any checkpoint with (evaluate.py, infer.py): ours carry theirs,
+3D-ResNets-PyTorch's are described by command-line flags.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from engine.cli import as_flag
-from model import build_model
+from engine.cli import MODEL_FLAGS, as_flag
+from model import ARCHS, build_model, read_checkpoint
 from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
 from pipeline.atomic import atomic_write
 from pipeline.normalisation import Normalisation
 
-__all__ = ["PARAMETER_FREE_ARGS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
-           "check_compatible", "load_training_checkpoint", "save_atomic"]  # fmt: skip
+__all__ = ["CLIP_FIELDS", "PARAMETER_FREE_ARGS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
+           "check_compatible", "checkpoint_record", "load_training_checkpoint", "run_dir", "save_atomic"]  # fmt: skip
 
 # build_model's keyword arguments, with their defaults where it has them.
 MODEL_ARGS = tuple(inspect.signature(build_model).parameters)
@@ -146,3 +149,68 @@ def check_compatible(path: Path, saved: RunRecord, now: RunRecord) -> None:
              for k in RunRecord.KEYS if saved_entries[k] != now_entries[k]]
     if diffs:
         raise CheckpointError(f"{path}: incompatible with this run ({'; '.join(diffs)})")
+
+
+# ---- using a checkpoint: ours or 3D-ResNets-PyTorch's (evaluate.py, infer.py) ----------------------------------
+
+# RunRecord fields that say how clips are made; a command line may override each.
+CLIP_FIELDS = ("normalisation", "sample_duration", "sample_size", "video_height")
+# A checkpoint without a run record (3D-ResNets-PyTorch's) is used with that code's default clips.
+REFERENCE_CLIPS = dict(normalisation=Normalisation.named("activitynet"), sample_size=112, sample_duration=16)
+
+
+def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: list[str] | None,
+                      data: str = "") -> RunRecord:
+    """The model and clips to use the checkpoint at path with, or CheckpointError (one line).
+
+    flags: what the command line gave (None: not given) for MODEL_FLAGS and CLIP_FIELDS. Our checkpoints carry
+    their run record, and model flags that contradict it are an error; for others the model comes from the
+    flags, the file's 'arch' entry and its layers' shapes, and the clips are 3D-ResNets-PyTorch's defaults.
+    Clip flags override the clips of either. class_names: the classes of the dataset `data`, which ours must
+    have been trained on and a foreign checkpoint's head must count; None (infer.py): ours name their classes,
+    a foreign checkpoint's are numbered '0', '1', ... (the caller may rename them).
+    """
+    path = Path(path)
+    state_dict, meta = read_checkpoint(path)
+    given = {k: flags[k] for k in MODEL_FLAGS if flags.get(k) is not None}
+    record = RunRecord.from_metadata(meta, path)
+    if record is not None:  # train.py's checkpoint
+        model_args = record.model_args
+        contradicting = [k for k, v in given.items() if v != model_args[k]]
+        if contradicting:
+            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
+            shown = [as_flag(k, given[k]) for k in contradicting]
+            verb = "contradicts" if len(shown) == 1 else "contradict"
+            raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(shown)} {verb} "
+                                  f"it: drop {' '.join(f.split()[0] for f in shown)}")
+        saved_classes = list(record.class_names)
+        if class_names is not None and saved_classes != class_names:
+            raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
+                                  f"{data} has {len(class_names)} {class_names[:4]}...; use the same classes")
+    else:
+        fc = state_dict.get("fc.weight")
+        arch = given.get("arch") or meta.get("arch")
+        if arch not in ARCHS:
+            raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
+                                  f"(one of {', '.join(ARCHS)})")
+        n_classes = given.get("n_classes") or (fc.shape[0] if fc is not None else len(class_names or ()))
+        if class_names is not None and n_classes != len(class_names):
+            raise CheckpointError(f"{path}: has {n_classes} classes, {data} has {len(class_names)}")
+        if not n_classes:
+            raise CheckpointError(f"{path}: no fc layer to count the classes; HINT: add --n-classes")
+        model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
+        conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
+        if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
+            raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
+                                  f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
+                                  "--conv1-t-stride, --no-max-pool if it was trained with them)")
+        names = class_names if class_names is not None else [str(k) for k in range(n_classes)]
+        record = RunRecord(model_args=model_args, class_names=tuple(names), **REFERENCE_CLIPS)
+    return dataclasses.replace(record, **{k: flags[k] for k in CLIP_FIELDS if flags.get(k) is not None})
+
+
+def run_dir(checkpoint: str | Path) -> Path:
+    """The run folder a checkpoint belongs to (RUN_DIR for RUN_DIR/checkpoints/best.pt), else its folder: where
+    evaluate.py and infer.py put their outputs by default."""
+    path = Path(checkpoint)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
