@@ -7,7 +7,10 @@ frame it shows.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -435,3 +438,25 @@ def test_an_encoder_that_loses_a_frame_is_caught_without_decoding(tmp_path, monk
     with pytest.raises(Rejected, match=r"output check failed: sent 10 frames to the encoder, it wrote 9 packets"):
         transcode(src, tmp_path / "out.webm", SETTINGS)
     assert not list(tmp_path.glob("out.webm*")) and not list(tmp_path.glob(".out.webm*"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+def test_a_transcode_that_fails_mid_encode_closes_its_output(tmp_path, monkeypatch):
+    """A worker lives for many videos: a timeout or an encoder error must not leave the output open (PyAV does
+    not close a started output container, even when it is garbage-collected)."""
+    src = write_timed(tmp_path / "src.mkv", list(range(10)), Fraction(1, 25), rate=25)
+    write = transcode_module._Output.write
+
+    def fail_at_frame_5(self, frame, count):
+        if self.n >= 5:  # packets already muxed: the container has started
+            raise RuntimeError("encoder failed")
+        write(self, frame, count)
+
+    monkeypatch.setattr(transcode_module._Output, "write", fail_at_frame_5)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            transcode(src, tmp_path / "out.webm", SETTINGS)
+    gc.collect()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert not list(tmp_path.glob("*out.webm*"))

@@ -24,6 +24,7 @@ previous time plus one output frame period (counted as guessed: a raw .h264 stre
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -365,7 +366,7 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
         raise Rejected(f"unreadable: {e.strerror}") from None
     except (av.FFmpegError, OSError) as e:
         raise Rejected(f"not a video: ffmpeg cannot open it ({_ffmpeg_message(e)})") from None
-    with inp:
+    with inp, contextlib.ExitStack() as cleanup:
         if not inp.streams.video:
             raise Rejected("no video stream")
         vs = inp.streams.video[0]
@@ -393,6 +394,7 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
                     slot = frame_slot(clock(frame.pts, frame.dts), rate)
                     if out is None:  # opened at the first decoded frame: a source with none writes nothing
                         out = _Output(tmp, s, rate, frame, vs.sample_aspect_ratio)
+                        cleanup.callback(out.abandon)  # on the way out: closes the file unless close() did
                     else:
                         out.write(held, slot - out.n)
                     held, decoded = frame, decoded + 1
@@ -429,6 +431,7 @@ class _Output:
                            f"{HEVC_MIN_WIDTH} px wide; NVDEC needs {GPU_MIN_SIZE['hevc'][0]}): raise --height")
         self.source_size = display_size(first.width, first.height, sar, transpose)
         self.n = self.shown = self.packets = 0  # frames sent to the encoder; distinct source frames; packets muxed
+        self.closed = False
         self.threads = s.threads
         # One scaler for the whole video. VideoFrame.reformat keeps its scaler on the source frame, so with new
         # frames from the decoder it set swscale up again for every frame (and, at PyAV's default threads=0, a
@@ -467,7 +470,17 @@ class _Output:
     def close(self) -> None:
         """Flush the encoder and finish the file; Rejected if a frame went missing (see the module docstring)."""
         self._mux(self.stream.encode())
+        self.closed = True
         self.container.close()
         if self.packets != self.n:
             raise Rejected(f"output check failed: sent {self.n} frames to the encoder, it wrote {self.packets} "
                            "packets (each should be one shown frame)")
+
+    def abandon(self) -> None:
+        """Close the file if close() did not run (an exception on the way: a timeout, an encoder error). PyAV
+        never closes an output container that has started, not even when it is garbage-collected: a worker
+        would keep the descriptor of the deleted temp file, and the encoder's memory, until it exits."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):  # the exception on the way is the one to report
+                self.container.close()
