@@ -47,6 +47,7 @@ from engine.cli import (
     MODEL_RANGES,
     Range,
     add_clip_flags,
+    add_device_flags,
     add_model_flags,
     check_numeric_flags,
     resolve_device_flags,
@@ -60,6 +61,7 @@ from model import CheckpointError, build_model, load_weights
 from pipeline.augment import augment_nv12
 from pipeline.normalisation import Normalisation
 from pipeline.prepare.transcode import (
+    MAX_DECODE_ERRORS,
     Clock,
     Rejected,
     check_readable,
@@ -74,7 +76,6 @@ from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv")  # fmt: skip
-MAX_DECODE_ERRORS = 50  # packets that fail before the first frame decodes: the file is given up on
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="resize videos to this height (default: the checkpoint's, else 360)")
     add_model_flags(p)
     add_clip_flags(p)
-    g = p.add_argument_group("run")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
+    add_device_flags(p.add_argument_group("run"), processes=False)
     return p
 
 

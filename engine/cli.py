@@ -53,7 +53,7 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
                 parser.error(f"{flag} {_number(value)}: must be {finite}{ranges[dest]}".rstrip())
 
 
-# ---- the flags both entry points have ------------------------------------------------------------------------
+# ---- loader and device flags (train.py, evaluate.py; infer.py: the device flags without processes) ------------
 
 LOADER_RANGES = {"num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
 DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
@@ -67,11 +67,14 @@ def add_loader_flags(group: argparse._ActionsContainer) -> None:
                        help="skip (and count) unreadable videos instead of stopping")
 
 
-def add_device_flags(group: argparse._ActionsContainer) -> None:
-    """--device, --gpus, --nproc, --amp; resolve_device_flags turns them into a device and a precision."""
+def add_device_flags(group: argparse._ActionsContainer, processes: bool = True) -> None:
+    """--device, --gpus, --nproc (with processes; infer.py runs one), --amp; resolve_device_flags turns them into
+    a device and a precision."""
     group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    group.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each (DDP, NCCL)")
-    group.add_argument("--nproc", type=int, default=1, help="CPU processes (DDP over gloo) on a machine without GPU")
+    if processes:
+        group.add_argument("--gpus", type=int, default=1, help="GPUs on this node, one process each (DDP, NCCL)")
+        group.add_argument("--nproc", type=int, default=1,
+                           help="CPU processes (DDP over gloo) on a machine without GPU")
     group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (GPU: on)")
 
 
@@ -83,7 +86,7 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "") == "dali":
         parser.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # (infer.py: one process, no such flags)
+    gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # add_device_flags(processes=False): 1
     problem = None
     if device == "cuda" and not torch.cuda.is_available():
         problem = "--device cuda but torch sees no GPU"
