@@ -1,12 +1,13 @@
 """The built-in synthetic raw dataset (design.md 6): classes told apart only by motion.
 
-A textured disk moves over a random background (gradient, blurred noise or flat colour with static rectangles)
-with per-frame noise. The six classes keep their label under a horizontal flip, and their start position, size
-and phase are drawn at random, so a single frame cannot tell them apart:
+Four striped disks, one per quadrant of the frame, move over a random background (gradient, blurred noise or
+flat colour with static rectangles) with per-frame noise, all the class's way, each with its own size, speed and
+phase (render_clip). The six classes keep their label under a horizontal flip, and positions, sizes and phases
+are drawn at random, so a single frame cannot tell them apart:
 
     move_up, move_down                         constant speed, wrapping round the frame (0.4-0.8 heights / 16 frames)
-    grow, shrink                               radius sawtooth between ~0.08 and ~0.4 heights, period 20-32 frames
-    oscillate_vertical, oscillate_horizontal   sine, amplitude 0.15-0.25 heights, period 6-10 frames
+    grow, shrink                               radius sawtooth between 0.04 and 0.21 heights, period 20-32 frames
+    oscillate_vertical, oscillate_horizontal   sine, amplitude 0.08-0.12 heights, period 6-10 frames
 
 Files vary like real downloads: H.264 .mp4, MPEG-4 .avi or VP9 .webm; 160x120 to 320x240; 15/24/25/30 fps;
 12-48 frames (about 1 in 10 shorter than 16); one name with a space and non-ASCII letters; and, in train, three

@@ -8,8 +8,8 @@ Frame count: `num_frames` is the number of packets the encoder gave and the muxe
 frames sent to the encoder. That is the number of frames a decoder shows because every codec offered writes one
 shown frame per packet: VP9 with lag-in-frames 0 has no hidden (alt-ref) frames, x264/x265 without B-frames
 emit one access unit per frame, and none of them drops frames in constant-quality mode. tests/test_prepare.py
-decodes outputs of every codec (plain, retimed, rotated) to check it; `EncodeSettings.verify` (--verify) decodes
-every output again as the old code did (~10% of the time).
+decodes outputs of every codec (plain, retimed, rotated) to check it; `EncodeSettings.verify` (--verify) also
+decodes every new output and compares its frame count and size (~10% more time).
 
 Geometry: the source's display matrix (phones store portrait video as landscape pixels plus "rotate 90") is
 applied to the pixels, so the output is upright and its height is the display height; flips too.
