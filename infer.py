@@ -19,7 +19,7 @@ Decoding stays on the CPU (PyAV); the NVDEC path of training is not used here.
 Writes OUT/predictions.json (3D-ResNets-PyTorch's format, as evaluate.py writes it; keys: the files as named on
 the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table. A
 file that cannot be read is one line naming it and the reason, and the others still run. Exit status: 1 if any
-file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint).
+file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint), 130 on Ctrl-C (one line).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from engine.cli import (
     resolve_normalisation,
     with_flag_hints,
 )
+from engine.distributed import INTERRUPTED_EXIT
 from engine.metrics import reference_predictions
 from engine.progress import make_console
 from engine.step import forward, memory_format
@@ -335,6 +336,17 @@ def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Pro
 
 def main(argv: list[str] | None = None) -> int:
     cfg, record = parse_args(argv)
+    try:
+        return predict(cfg, record)
+    except KeyboardInterrupt:  # one line, not a traceback (the exit statuses: the module docstring)
+        print("interrupted: nothing was written (the files come at the end); run the same command again",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def predict(cfg: InferConfig, record: RunRecord) -> int:
+    """Every file through the model, then the outputs and the table. Exit status: 0; 1 when a file failed; 2 when
+    the checkpoint's weights do not fit the model the flags describe."""
     console = make_console(True)
     console.print(f"config: {json.dumps(asdict(cfg))}")
     device = torch.device("cuda" if cfg.device == "cuda" else "cpu")

@@ -264,6 +264,33 @@ def test_no_video_files_and_no_checkpoint_are_usage_errors(tmp_path, capsys):
     assert code == 2 and err.splitlines()[-1].endswith(f"--checkpoint {tmp_path / 'nope.pt'}: no such file")
 
 
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    """A real SIGINT to this process while the second file runs (as a terminal's Ctrl-C, with Python's own
+    handler): one line, nothing written, exit status 130."""
+    import os
+    import signal
+
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    videos = [write_source(tmp_path / f"v{i}.mp4", 20) for i in range(3)]
+    infer_file, calls = infer.infer_file, []
+
+    def pressing_ctrl_c_in_the_second_file(*a, **kw):
+        calls.append(a[0])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return infer_file(*a, **kw)
+
+    monkeypatch.setattr(infer, "infer_file", pressing_ctrl_c_in_the_second_file)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest may run with SIGINT ignored
+    try:
+        code, _, err = run([*map(str, videos), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and len(calls) == 2
+    assert err == "interrupted: nothing was written (the files come at the end); run the same command again\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.gpu
 def test_gpu_gives_the_cpu_predictions(tmp_path, capsys):
     """--device cuda (pixel operations and model on the GPU, fp32) predicts what the CPU does."""
