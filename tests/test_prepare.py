@@ -190,6 +190,7 @@ def test_kinetics_layout(tmp_path):
         '"passing American football (in game)",xyz,0,10,train,0\n'
         "abseiling,gone,5,15,train,0\n")
     (src / "annotations" / "test.csv").write_text("youtube_id,time_start,time_end,split\nqqq,1,11,test\n")
+    (src / "annotations" / "notes.csv").write_bytes("remarque,léger\n".encode("latin-1"))  # not UTF-8: not ours
     make_video(src / "train" / "-abc_000010_000020.mp4", 20)
     make_video(src / "train" / "xyz_000000_000010.webm", 17, width=96)
     make_video(src / "train" / "unlisted_000000_000010.mp4", 5)

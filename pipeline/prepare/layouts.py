@@ -24,7 +24,6 @@ VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".m
                     ".wmv"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "validate": "val", "test": "test", "testing": "test"}
-SPLITS = ("train", "val", "test")
 LAYOUTS = ("kinetics", "folders", "activitynet")
 UNLABELLED = "_unlabelled"  # output folder of videos without a label (label -1, label_name "")
 MULTIPLE = "_multiple"  # output folder of untrimmed videos whose segments carry different labels
@@ -121,7 +120,8 @@ def _kinetics_csvs(src: Path) -> list[Path]:
 
 
 def _first_line(path: Path) -> str:
-    with open(path, encoding="utf-8") as f:
+    """For sniffing a header: a file in another encoding is simply not one of ours, not an error."""
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.readline()
 
 
@@ -194,7 +194,7 @@ def _list_folders(src: Path) -> Listing:
 def _activitynet_json(src: Path) -> Path | None:
     for p in sorted(src.glob("*.json")):
         try:
-            with p.open(encoding="utf-8") as f:
+            with p.open(encoding="utf-8", errors="replace") as f:  # sniffing: another encoding is not ours
                 head = f.read(4096)
         except OSError:
             continue
