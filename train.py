@@ -47,6 +47,7 @@ from engine.cli import (
     add_device_flags,
     add_loader_flags,
     add_normalisation_flags,
+    as_flag,
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
@@ -123,22 +124,26 @@ MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "ep
 
 
 def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
-    """'--lr 0.02 (checkpoint: 0.01)' for each setting in DEFINES_THE_RUN that cfg changes. A setting missing
-    from an older checkpoint's config had its default then; the normalisation was --mean NAME."""
+    """'--lr 0.02 (checkpoint: 0.01)', '--no-max-pool (checkpoint: --max-pool)' for each setting in
+    DEFINES_THE_RUN that cfg changes. A setting missing from an older checkpoint's config had its default then;
+    the normalisation was --mean NAME."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     defaults["normalisation"] = PRESETS.get(saved_config.get("mean", "kinetics"))
     diffs = []
     for name in DEFINES_THE_RUN:
         was, now = saved_config.get(name, defaults[name]), getattr(cfg, name)
-        was = Normalisation(**was) if isinstance(was, dict) else was  # the normalisation, stored as a dict
+        was = Normalisation.from_dict(was) if isinstance(was, dict) else was  # the normalisation, as stored
         if was != now:
-            flag = "--norm" if name == "normalisation" else f"--{name.replace('_', '-')}"
-            diffs.append(f"{flag} {_shown(now)} (checkpoint: {_shown(was)})")
+            flag_now, flag_was = _as_flag(name, now), _as_flag(name, was)
+            diffs.append(f"{flag_now} (checkpoint: {flag_was.removeprefix(flag_now.split()[0] + ' ')})")
     return diffs
 
 
-def _shown(value) -> str:
-    return "none" if value is None else value.describe() if isinstance(value, Normalisation) else str(value)
+def _as_flag(name: str, value: object) -> str:
+    """The flag that sets a TrainConfig value: cli.as_flag's, with the normalisation's description and 'none'."""
+    if isinstance(value, Normalisation):
+        return f"--norm {value.describe()}"
+    return as_flag(name, "none" if value is None else value)
 
 
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.

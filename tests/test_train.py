@@ -613,6 +613,16 @@ def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(d
     assert custom.normalisation == PRESETS["kinetics-0-1"] and train.resume_differences(saved, custom) == []
 
 
+def test_resume_names_each_setting_by_its_flag(data, tmp_path):
+    """--[no-]max-pool is a flag without a value; --pretrained's absence is 'none'."""
+    from dataclasses import asdict
+
+    saved = json.loads(json.dumps(asdict(train.parse_args(args(data, tmp_path / "run")))))
+    other = train.parse_args(args(data, tmp_path / "run", "--no-max-pool", "--pretrained", __file__))
+    assert train.resume_differences(saved, other) == ["--no-max-pool (checkpoint: --max-pool)",
+                                                      f"--pretrained {__file__} (checkpoint: none)"]
+
+
 def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_path):
     """One more epoch (--epochs 4), with other threads and log interval: run, recorded in config.json and in the
     checkpoint."""
