@@ -231,8 +231,7 @@ def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, d
                       widen_factor=cfg.widen_factor)
     torch.manual_seed(cfg.seed)
     raw = build_model(**model_args)
-    if cfg.pretrained:
-        check_pretrained(cfg)
+    if cfg.pretrained:  # main() checked it first (check_pretrained)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
@@ -389,19 +388,19 @@ def train(cfg: TrainConfig, d: Dist) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
-    console.print(f"config: {json.dumps(asdict(cfg))}")
+    console.print(f"config: {json.dumps(config)}")
     console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
                   f"classes | {d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = "
                   f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
                   f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
 
-    best = max(map(selection_key, history), default=None)
     saved = epoch  # the epoch that last.pt holds (0: none yet)
     try:
-        while epoch < cfg.epochs:
-            lr, _, stop = schedule.after([row["val_loss"] for row in history])
-            if stop:
+        while True:
+            verdict = schedule.after([row["val_loss"] for row in history])  # the lr rule reads the val losses
+            if verdict.stop or epoch >= cfg.epochs:
                 break
+            lr = verdict.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch += 1
@@ -417,8 +416,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                     raise SystemExit(f"error: {e} (lr {lr:.3g}); training stopped. The last good checkpoint is "
                                      f"{good}; HINT: lower --lr") from None
             history.append(row)
-            is_best = best is None or selection_key(row) > best
-            best = selection_key(row) if is_best else best
+            is_best = max(history, key=selection_key) is row  # max() keeps the first of equal keys
             console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                           f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
                           f"{' (best)' if is_best else ''} | "
@@ -440,10 +438,9 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     finally:
         train_loader.close()  # DALI threads / decord worker processes end here, also on errors and Ctrl-C
         val_loader.close()
-    final = schedule.after([row["val_loss"] for row in history])
-    why = (f"the val loss saturated at lr {final.lr:.3g}, after {final.divisions} divisions by 10" if final.stop
-           else f"--epochs {cfg.epochs}")
-    best_acc = best[0] if best else float("nan")
+    why = (f"the val loss saturated at lr {verdict.lr:.3g}, after {verdict.divisions} divisions by 10"
+           if verdict.stop else f"--epochs {cfg.epochs}")
+    best_acc = max(history, key=selection_key)["val_acc"] if history else float("nan")
     console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
                   f"checkpoints in {ckpt_dir}")
 
@@ -470,7 +467,7 @@ def interrupted_message(cfg: TrainConfig, last_path: Path, epoch: int, saved: in
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    try:  # here too, before any process is spawned: a refusal is one line, not one per process
+    try:  # before any process is spawned: a refusal is one line, not one per process (train() loads it again)
         resume_from(cfg)
         if cfg.pretrained:
             check_pretrained(cfg)
