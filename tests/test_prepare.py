@@ -450,9 +450,10 @@ def test_killed_run_then_rerun_completes_with_each_video_once(tmp_path):
            "--height", "240"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not list((dst / "videos").rglob("v*.webm")) and time.monotonic() < deadline:
+    try:  # until a video is recorded (its record is written after its rename: waiting for the file alone, the
+        # kill could land between the two, and then no video would be reused)
+        deadline = time.monotonic() + 120
+        while not list((dst / run.RECORDS).rglob("v*.webm.json")) and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, like kill -9 on the group
