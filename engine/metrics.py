@@ -1,8 +1,8 @@
 """Accuracy bookkeeping: clip top-k, per-video averaging of clip probabilities, per-class and confusion tables,
 and predictions in the 3D-ResNets-PyTorch format.
 
-Everything here is pure tensor code on whatever device the inputs live on, so train.py and evaluate.py can keep
-running sums on the GPU and only synchronise at log points.
+Everything here is pure tensor code on whatever device the inputs live on, so evaluate.py keeps its running sums
+on the GPU and synchronises once, at the end; infer.py writes its predictions with reference_predictions.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     hit = top == labels[:, None]  # (N, k_max) bool; label -1 never matches
     hit_cum = hit.cumsum(dim=1)  # (N, k_max): hit within the first j+1
     return torch.stack([hit_cum[:, min(k, n_classes) - 1].sum() for k in ks])
-
-
-def video_probabilities(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(V, K) float64 mean clip probability per video from per-video sums (V, K) of clip probabilities and
-    clip counts (V,) (VideoAccumulator's); every count must be > 0."""
-    assert bool((counts > 0).all()), "a video without clips"
-    return sums / counts[:, None].double()
 
 
 def accuracy_summary(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float | int | None]:
@@ -135,8 +128,10 @@ class VideoAccumulator:
         return total
 
     def video_probs(self) -> torch.Tensor:
-        """(V, K) float64: each video's mean clip probability (the paper's recognition score)."""
-        return video_probabilities(self.sums, self.counts)
+        """(V, K) float64: each video's mean clip probability (the paper's recognition score); every video must
+        have clips."""
+        assert bool((self.counts > 0).all()), "a video without clips"
+        return self.sums / self.counts[:, None].double()
 
     def summary(self, video_labels: torch.Tensor) -> dict[str, float | int | None]:
         """The metrics.json numbers: video top-1/top-5/average over labelled videos, clip top-1/top-5."""

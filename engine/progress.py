@@ -1,4 +1,4 @@
-"""Console output shared by train.py and evaluate.py: only rank 0 prints, logs stay one line per event."""
+"""Console output shared by the entry points: only rank 0 prints, logs stay one line per event."""
 
 from __future__ import annotations
 

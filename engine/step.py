@@ -1,5 +1,5 @@
 """One training step, and the input layout and precision every forward pass uses: train.py runs these,
-evaluate.py runs the forward pass, and benchmarks/train_speed.py times the same code."""
+evaluate.py and infer.py run the forward pass, and benchmarks/train_speed.py times the same code."""
 
 from __future__ import annotations
 
