@@ -10,7 +10,7 @@ and compare against this baseline.
     python benchmarks/train_speed.py --arch resnet-18 --batch-size 64,128 --precision bf16 --channels-last --compile
 
 End-to-end mode (--data DST): the same training steps fed by the real loader (pipeline.build_loader, train
-mode, --backend dali|decord) and then by synthetic tensors of the same shape, on the same model; the ratio
+mode, --backend dali|decord|nvdec) and by synthetic tensors of the same shape, on the same model; the ratio
 real/synthetic is the share of the model's speed the loader delivers (1.0 = the GPU never starves).
 
     python benchmarks/train_speed.py --data DST --backend dali --arch resnet-18 --batch-size 64 --precision bf16
@@ -288,7 +288,7 @@ def loader_batches(loader: Any) -> Iterator[Sequence[torch.Tensor]]:
 
 
 def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) -> dict:
-    """One model, timed first on the real loader's batches, then on synthetic batches of the same shape.
+    """One model, timed on the real loader's batches and on synthetic batches of the same shape.
 
     Each source: --warmup untimed steps (they absorb the pipeline's start-up), then --repeats runs of --iters
     steps, alternating real and synthetic runs; the medians are compared.
@@ -297,21 +297,21 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
 
     device = torch.device(cfg.device)
     on_gpu = device.type == "cuda"
-    loader = build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if on_gpu else "cpu",
-                          batch_size=batch_size, num_threads=cfg.loader_threads, sample_duration=cfg.frames,
-                          sample_size=cfg.size, device_id=(device.index or 0) if on_gpu else None)
-    n_classes = len(loader.class_names)
-    run, optimizer = build_for_training(cfg, arch, n_classes, device)
-    kw = {"device": device, "amp": precision == "bf16", "channels_last": cfg.channels_last}
-    sources = {"real": loader_batches(loader),
-               "synthetic": synthetic_batches(batch_size, n_classes, cfg.frames, cfg.size, device)}
-    for batches in sources.values():
-        time_training_steps(run, optimizer, batches, cfg.warmup, **kw)
     phases: dict[str, list[StepTimes]] = {"real": [], "synthetic": []}
-    for _ in range(cfg.repeats):  # interleaved, so a change in machine load hits both sides alike
-        for name, batches in sources.items():
-            phases[name].append(time_training_steps(run, optimizer, batches, cfg.iters, **kw))
-    loader.close()  # its DALI threads / decord workers, before the next case builds another loader
+    # the loader's DALI threads / decord workers end with the block, before the next case builds another loader
+    with build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if on_gpu else "cpu",
+                      batch_size=batch_size, num_threads=cfg.loader_threads, sample_duration=cfg.frames,
+                      sample_size=cfg.size, device_id=(device.index or 0) if on_gpu else None) as loader:
+        n_classes = len(loader.class_names)
+        run, optimizer = build_for_training(cfg, arch, n_classes, device)
+        kw = {"device": device, "amp": precision == "bf16", "channels_last": cfg.channels_last}
+        sources = {"real": loader_batches(loader),
+                   "synthetic": synthetic_batches(batch_size, n_classes, cfg.frames, cfg.size, device)}
+        for batches in sources.values():
+            time_training_steps(run, optimizer, batches, cfg.warmup, **kw)
+        for _ in range(cfg.repeats):  # interleaved, so a change in machine load hits both sides alike
+            for name, batches in sources.items():
+                phases[name].append(time_training_steps(run, optimizer, batches, cfg.iters, **kw))
     real = statistics.median(r.clips / r.seconds for r in phases["real"])
     synthetic = statistics.median(r.clips / r.seconds for r in phases["synthetic"])
     wait = statistics.median(r.data_wait_s / r.seconds for r in phases["real"])
