@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.prepare import layouts, run
 from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
@@ -93,12 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fail(msg: str) -> NoReturn:
+    """A usage error: the message (with a hint) and exit status 2."""
+    console().print(f"[red]error:[/] {msg}")
+    sys.exit(2)
+
+
 def make_config(args: argparse.Namespace) -> PrepareConfig:
     """Check the arguments up front; exit with status 2 and a hint on bad ones."""
-    def fail(msg: str) -> None:
-        console().print(f"[red]error:[/] {msg}")
-        sys.exit(2)
-
     if args.src is None:
         fail("SRC is required (or use --make-sample RAW_DIR). HINT: python prepare_data.py kinetics/ --out data/")
     src = args.src.resolve()
@@ -133,6 +135,8 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
 def make_sample(args: argparse.Namespace) -> int:
     from pipeline.prepare.sample import make_sample_dataset
 
+    if args.seed < 0 or args.sample_train < 0 or args.sample_val < 0 or args.workers < 1:
+        fail("--seed, --sample-train and --sample-val must be >= 0, --workers >= 1")
     root = args.make_sample.resolve()
     console().print(f"Writing the synthetic sample dataset to {root} (seed {args.seed}) ...")
     summary = make_sample_dataset(root, seed=args.seed, train_per_class=args.sample_train,

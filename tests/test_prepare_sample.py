@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pandas as pd
+import pytest
 
 import prepare_data
 from pipeline.prepare.sample import BROKEN, CLASSES, render_clip
@@ -51,6 +52,14 @@ def test_sample_is_deterministic_and_has_the_requested_counts(tmp_path):
     report = json.loads((dst / "prepare_report.json").read_text())
     assert report["rows"] == {"train": 12, "val": 6}
     assert pd.read_csv(dst / "classes.csv")["name"].tolist() == list(CLASSES)
+
+
+def test_bad_sample_arguments_are_usage_errors(tmp_path):
+    for bad in (["--seed", "-1"], ["--sample-train", "-2"], ["--workers", "0"]):
+        with pytest.raises(SystemExit) as e:
+            prepare_data.main(["--make-sample", str(tmp_path / "raw"), *bad])
+        assert e.value.code == 2
+    assert not (tmp_path / "raw").exists()
 
 
 def test_another_seed_gives_other_videos(tmp_path):
