@@ -21,6 +21,7 @@ fn.decoders.video given the whole file (which decodes from the file's first fram
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -49,6 +50,7 @@ from pipeline.prepare.transcode import (  # noqa: E402
 )
 
 CLIP = 16
+VTEST_FRAMES = 795  # frames of OpenCV's vtest.avi, and of its stand-in here
 CHOICES = [("vp9", 16, 360), ("vp9", 32, 360), ("vp9", 64, 360), ("vp9", 250, 360), ("vp9", 16, 240),
            ("h264", 16, 360), ("hevc", 16, 360)]
 NO_FFMPEG = "ffmpeg not found on PATH: the ffmpeg command line rows are skipped (apt-get install -y ffmpeg)"
@@ -57,7 +59,7 @@ NO_FFMPEG = "ffmpeg not found on PATH: the ffmpeg command line rows are skipped 
 # ---------------------------------------------------------------- the workload
 
 
-def make_surveillance_video(path: Path, n: int = 795, width: int = 768, height: int = 576, fps: int = 10,
+def make_surveillance_video(path: Path, n: int = VTEST_FRAMES, width: int = 768, height: int = 576, fps: int = 10,
                             seed: int = 0) -> Path:
     """A stand-in for OpenCV's vtest.avi: MPEG-4 (XVID) AVI at 800 kbit/s, 768x576, 10 fps, 795 frames.
 
@@ -148,7 +150,7 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sources = make_workload(tmp, args.copies)
-        src_dir, frames = sources[0].parents[2], args.copies * 795
+        src_dir, frames = sources[0].parents[2], args.copies * VTEST_FRAMES
 
         def prepare(workers: int) -> None:
             dst = tmp / f"dst_w{workers}"
@@ -162,9 +164,10 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
             out.mkdir(exist_ok=True)
             cmds = [ffmpeg_command(p, out / f"{p.stem}{s.extension}", s, single_thread) for p in sources]
             for i in range(0, len(cmds), at_once):
-                for proc in [subprocess.Popen(c) for c in cmds[i:i + at_once]]:
-                    if proc.wait():
-                        raise RuntimeError(f"ffmpeg failed: {' '.join(cmds[i])}")
+                procs = [(c, subprocess.Popen(c)) for c in cmds[i:i + at_once]]
+                failed = [c for c, proc in procs if proc.wait()]  # wait for all of them, then report
+                if failed:
+                    raise RuntimeError(f"ffmpeg failed: {' '.join(failed[0])}")
 
         configs = {f"prepare_data.py --workers {w}": (lambda w=w: prepare(w)) for w in args.workers}
         if have_ffmpeg:
@@ -182,8 +185,8 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
                 if r:
                     times[name].append((wall, cpu))
             load.append(os.getloadavg()[0])
-        manifest = (tmp / f"dst_w{args.workers[0]}" / "train.csv").read_text().splitlines()
-        counted = sum(int(line.split(",")[5]) for line in manifest[1:])
+        with open(tmp / f"dst_w{args.workers[0]}" / "train.csv", newline="") as f:
+            counted = sum(int(row["num_frames"]) for row in csv.DictReader(f))
         assert counted == frames, f"prepare_data.py wrote {counted} frames, expected {frames}"
         if have_ffmpeg:  # same number of frames out of both: the comparison is like for like
             ff_frames = sum(count_frames(p)[0] for p in (tmp / "ff_1_0").iterdir())
@@ -236,7 +239,8 @@ def time_transcode(sources: list[Path], out: Path, s: EncodeSettings, runs: int)
     t, tv = statistics.median(times), statistics.median(verify)
     return {"videos_per_s": len(sources) / t, "frames_per_s": frames / t, "frames_per_s_verify": frames / (t + tv),
             "bytes_per_video_s": sum(i.bytes_out for i in infos) / video_s, "width": infos[0].width,
-            "outputs": [str(out / f"{src.stem}_0{s.extension}") for src in sources]}
+            "outputs": [(str(out / f"{src.stem}_0{s.extension}"), i.num_frames) for src, i in zip(sources, infos,
+                                                                                                  strict=True)]}
 
 
 def time_ffmpeg(sources: list[Path], out: Path, s: EncodeSettings, runs: int) -> dict | None:
@@ -257,8 +261,11 @@ def time_ffmpeg(sources: list[Path], out: Path, s: EncodeSettings, runs: int) ->
     return {"frames_per_s": frames / statistics.median(times)}
 
 
-def clip_reads(files: list[str], n_clips: int, runs: int) -> dict:
-    """Random 16-frame clips per second, one process: decord (seeks to the keyframe) and DALI CPU on whole files."""
+def clip_reads(outputs: list[tuple[str, int]], n_clips: int, runs: int) -> dict:
+    """Random 16-frame clips per second, one process: decord (seeks to the keyframe) and DALI CPU on whole files.
+
+    outputs: (file, num_frames) of prepared videos.
+    """
     from nvidia.dali import fn, pipeline_def, types
 
     from pipeline.decord_loader import import_decord
@@ -266,7 +273,7 @@ def clip_reads(files: list[str], n_clips: int, runs: int) -> dict:
     decord = import_decord()
 
     rng = np.random.default_rng(0)
-    lengths = [count_frames(Path(f))[0] for f in files]
+    files, lengths = [f for f, _ in outputs], [n for _, n in outputs]
     picks = [(int(v), int(rng.integers(0, lengths[v] - CLIP + 1))) for v in rng.integers(0, len(files), n_clips)]
     readers = [decord.VideoReader(f, num_threads=1) for f in files]
 
@@ -345,7 +352,12 @@ def main() -> None:
     g.add_argument("--clips", type=int, default=24, help="random clips per read-speed run")
     g.add_argument("--no-reads", action="store_true", help="skip the clip read-speed part")
     args = p.parse_args()
-    args.workers = [int(w) for w in args.workers.split(",")]
+    try:
+        args.workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        p.error(f"--workers {args.workers}: comma-separated integers, e.g. 1,2")
+    if min(args.runs, args.copies, args.videos, args.seconds, args.clips, *args.workers) < 1:
+        p.error("--runs, --copies, --videos, --seconds, --clips and each --workers value must be >= 1")
     console = Console()
     wide = Console(width=max(console.width, 140))
     if args.sweep:
@@ -359,7 +371,7 @@ def main() -> None:
                 ("dali_cpu_whole_file_clips_per_s", "DALI cpu clips/s", "{:.1f}")]
     else:
         rows = end_to_end(args, console)
-        table = Table(title=f"end to end, {args.copies} x 795 frames 768x576 -> {args.codec}, median of {args.runs} "
+        table = Table(title=f"end to end, {args.copies} x {VTEST_FRAMES} frames 768x576 -> {args.codec}, median of {args.runs} "
                       f"interleaved rounds, load average {rows[0]['load_min']:.1f}-{rows[0]['load_max']:.1f}")
         base = f"speed_vs_{args.workers[0]}_worker"
         cols = [("command", "command", "{}"), ("wall_s", "wall s", "{:.2f}"), ("cpu_s", "CPU s", "{:.2f}"),
