@@ -80,6 +80,23 @@ def same_learning(row_a: dict, row_b: dict) -> bool:
     return all(row_a[k] == row_b[k] for k in keys)
 
 
+# Deadlines for a train.py subprocess, only to fail rather than hang: generous, since a loaded 2-core CI machine
+# can take minutes to import torch and DALI in several processes and run an epoch. Nothing waits them out.
+FIRST_CHECKPOINT_S = 600
+EXIT_S = 300
+
+
+def wait_for_first_checkpoint(proc: subprocess.Popen, last: Path) -> None:
+    """Return as soon as last (checkpoints/last.pt) exists, the run still going; fail if it ends first."""
+    deadline = time.monotonic() + FIRST_CHECKPOINT_S
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        err = proc.stderr.read() if proc.stderr else ""
+        pytest.fail(f"the run ended (status {proc.returncode}) before its first checkpoint: {err}")
+    assert last.exists(), f"no checkpoint after {FIRST_CHECKPOINT_S} s"
+
+
 @pytest.fixture(scope="module")
 def reference_run(data, tmp_path_factory) -> Path:
     """Three uninterrupted epochs."""
@@ -272,10 +289,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(data, reference_run
     proc = subprocess.Popen([sys.executable, str(root / "train.py"), *args(data, out, "--epochs", "3")], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert last.exists() and proc.poll() is None, "the run ended before a checkpoint could be killed"
+        wait_for_first_checkpoint(proc, last)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -687,13 +701,10 @@ def ctrl_c_after_first_checkpoint(data: Path, out: Path, *extra: str) -> tuple[i
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=as_from_a_terminal)
     try:
-        deadline = time.monotonic() + 180
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert last.exists() and proc.poll() is None, "no checkpoint to interrupt after"
+        wait_for_first_checkpoint(proc, last)
         time.sleep(0.5)  # into the bookkeeping or epoch 2
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=EXIT_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
