@@ -4,7 +4,8 @@ Resuming: after a video is renamed into place, its worker writes a record DST/.p
 (source size/mtime/mode, encode settings, the VideoInfo). An output is reused when its record matches the
 source and settings and the file on disk has the recorded size; anything else (no record, a killed run that
 renamed the video but not the record, changed settings) is redone. Rejections are recorded the same way, so a
-re-run over unchanged input does no decoding at all (except retrying timeouts, crashes and unexpected errors). Manifests are written only at the end, from records.
+re-run over unchanged input does no decoding at all (except retrying timeouts, crashes and unexpected errors).
+Manifests are written only at the end, from records.
 
 Stopping: one run at a time per DST (lock_dst). Workers ignore Ctrl-C and die with the main process; on SIGINT or
 SIGTERM the main process (StopSignals) cancels the jobs not started, kills the running ones (their temp files are
@@ -208,15 +209,16 @@ def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outco
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(timeout_s)  # PyAV returns to Python between packets, so the alarm interrupts a stuck decode
     try:
-        info, reason = transcode(job.source.path, dst / job.output, settings), ""
+        try:
+            info, reason = transcode(job.source.path, dst / job.output, settings), ""
+        finally:
+            signal.alarm(0)  # before the handlers below: an alarm inside one of them would escape them all
     except Rejected as e:
         info, reason = None, str(e)
     except _JobTimeout:
         info, reason = None, f"timeout: not done after {timeout_s} s (raise --timeout for very long videos)"
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason names the error
         info, reason = None, f"error: {type(e).__name__}: {e}"
-    finally:
-        signal.alarm(0)
     outcome = Outcome(job, info, reason, seconds=time.perf_counter() - t0)
     if not reason.startswith("missing"):  # a missing file may appear later: do not remember that
         _write_record(dst, outcome, settings)
