@@ -21,8 +21,10 @@ Strategies (--strategies; default: all that this machine can run):
                 decoder submissions); clips/s is then 1 / host time per clip
   augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
 Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
-epoch whenever one ends), synchronising the GPU before reading the clocks. clips/s = clips / wall time;
-host CPU ms/clip = this process's CPU time (all threads) / clips; frames/clip = packets decoded per clip
+epoch whenever one ends), synchronising the GPU before reading the clocks. A row that fails (or a format
+whose dataset cannot be made) is recorded with its error and the matrix goes on; the NVDEC rows, the
+unverified path, run after all the others. --prepare-only makes the datasets and exits (gpu_check.sh).
+clips/s = clips / wall time; host CPU ms/clip = this process's CPU time (all threads) / clips; frames/clip = packets decoded per clip
 (keyframe before the clip's first frame to its last; DALI with whole files decodes more). NVDEC % = mean and
 max of nvmlDeviceGetDecoderUtilization sampled every 0.2 s (nvidia-ml-py); GPU MB = peak device memory in
 use (NVML) and torch's peak allocation. Rows are written to --json as they finish (a crash keeps the rest).
@@ -68,6 +70,7 @@ class Config:
     threads: int
     sample_size: int
     json: str | None
+    prepare_only: bool = False
 
 
 def has_cuda() -> bool:
@@ -317,38 +320,40 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if strategy == "host":
-        loader = nvdec_loader(data, cfg, "cpu", decoder="pyav")
-        row["build_s"] = time.perf_counter() - t0
-        c0, w0, clips, epoch = cpu_seconds(), time.perf_counter(), 0, 0
-        while time.perf_counter() - w0 < cfg.seconds:
-            loader.set_epoch(epoch)
-            epoch += 1
-            clips += loader.host_pass()["clips"]
-        cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-        row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
-                   frames_per_clip=slice_frames(loader))
-        loader.close()
+        with nvdec_loader(data, cfg, "cpu", decoder="pyav") as loader:
+            row["build_s"] = time.perf_counter() - t0
+            c0, w0, clips, epoch = cpu_seconds(), time.perf_counter(), 0, 0
+            while time.perf_counter() - w0 < cfg.seconds:
+                loader.set_epoch(epoch)
+                epoch += 1
+                clips += loader.host_pass()["clips"]
+            cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
+            row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
+                       frames_per_clip=slice_frames(loader))
         return row
     if strategy == "augment":
         return measure_augment(row, cfg)
-    if strategy.startswith("dali-k"):
-        k = int(strategy[len("dali-k"):])
-        loaders = [dali_loader(data, cfg, device, rank=r, world=k, threads=max(1, cfg.threads // k))
-                   for r in range(k)]
-    elif strategy.startswith("dali"):
-        loaders = [dali_loader(data, cfg, device, build_index=strategy == "dali")]
-    elif strategy.startswith("nvdec"):
-        loaders = [nvdec_loader(data, cfg, device, decoder="nvdec", latency="low" if strategy == "nvdec-low"
-                                else "native")]
-        row["threads"] = loaders[0].num_threads
-    else:  # twin
-        loaders = [nvdec_loader(data, cfg, device, decoder="pyav")]
-    row["build_s"] = time.perf_counter() - t0
-    row["frames_per_clip"] = slice_frames(loaders[0])
-    with Nvml() as nvml:
-        clips, wall, cpu = run_loaders(loaders, cfg.seconds, cfg.warmup, sync)
-    for ld in loaders:
-        ld.close()
+    loaders = []  # closed however the row ends: a failed row must not leave threads or NVDEC sessions to the next
+    try:
+        if strategy.startswith("dali-k"):
+            k = int(strategy[len("dali-k"):])
+            for r in range(k):
+                loaders.append(dali_loader(data, cfg, device, rank=r, world=k, threads=max(1, cfg.threads // k)))
+        elif strategy.startswith("dali"):
+            loaders.append(dali_loader(data, cfg, device, build_index=strategy == "dali"))
+        elif strategy.startswith("nvdec"):
+            loaders.append(nvdec_loader(data, cfg, device, decoder="nvdec",
+                                        latency="low" if strategy == "nvdec-low" else "native"))
+            row["threads"] = loaders[0].num_threads
+        else:  # twin
+            loaders.append(nvdec_loader(data, cfg, device, decoder="pyav"))
+        row["build_s"] = time.perf_counter() - t0
+        row["frames_per_clip"] = slice_frames(loaders[0])
+        with Nvml() as nvml:
+            clips, wall, cpu = run_loaders(loaders, cfg.seconds, cfg.warmup, sync)
+    finally:
+        for ld in loaders:
+            ld.close()
     row.update(clips=clips, wall_s=wall, clips_per_s=clips / wall, host_cpu_ms_per_clip=1e3 * cpu / max(clips, 1),
                nvdec_util_mean=sum(nvml.util) / len(nvml.util) if nvml.util else None,
                nvdec_util_max=max(nvml.util) if nvml.util else None,
@@ -432,6 +437,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--sample-size", type=int, default=112)
     p.add_argument("--json", default=None, help="write the rows (and versions) here, row by row")
     p.add_argument("--versions", action="store_true", help="print the versions and NVDEC's limits, then exit")
+    p.add_argument("--prepare-only", action="store_true", help="make the datasets of --formats, then exit")
     a = p.parse_args(argv)
     if a.versions:
         print(json.dumps(versions(nvdec=True), indent=1))
@@ -447,7 +453,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.seconds <= 0 or a.warmup < 0 or a.videos < 1 or a.source_videos < 1:
         p.error("--seconds must be > 0, --warmup >= 0, --videos and --source-videos >= 1")
     return Config(a.root, formats, strategies, a.height, a.source_videos, a.source_seconds, a.videos, a.seconds,
-                  a.warmup, a.batch_size or (64 if gpu else 8), a.threads or (8 if gpu else 2), a.sample_size, a.json)
+                  a.warmup, a.batch_size or (64 if gpu else 8), a.threads or (8 if gpu else 2), a.sample_size, a.json,
+                  a.prepare_only)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -473,6 +480,10 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if cfg.prepare_only:
+        for fmt in cfg.formats:
+            print(prepare_format(cfg, fmt), flush=True)
+        return 0
     gpu = has_cuda()
     meta = {"config": asdict(cfg), "versions": versions(), "load_avg": os.getloadavg()}
     print(json.dumps(meta), flush=True)
@@ -482,34 +493,51 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.json:
             Path(cfg.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
-    if "augment" in cfg.strategies and gpu:
-        rows.append(measure("augment", "", None, cfg, gpu))
-        save()
-    for fmt in cfg.formats:
-        codec = fmt.split("-g")[0]
-        todo = [s for s in cfg.strategies if s != "augment"]
-        runnable = [s for s in todo if not skip_reason(s, codec, gpu)]
-        data = prepare_format(cfg, fmt) if runnable else None
-        for strategy in todo:
-            why = skip_reason(strategy, codec, gpu)
-            if why:
-                rows.append({"strategy": strategy, "format": fmt, "skipped": why})
-                continue
-            try:
-                rows.append(measure(strategy, fmt, data, cfg, gpu))
-            except Exception as e:  # one failing row must not lose the matrix
-                rows.append({"strategy": strategy, "format": fmt, "error": f"{type(e).__name__}: {e}"[:300]})
-            gc.collect()
-            if gpu:
-                import torch
+    datasets: dict[str, Path | str] = {}  # format -> its dataset, or why it could not be made
 
-                torch.cuda.empty_cache()
-            r = rows[-1]
-            print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
-                  f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error', '')}", flush=True)
-            save()
+    def dataset(fmt: str) -> Path | str:
+        if fmt not in datasets:
+            try:
+                datasets[fmt] = prepare_format(cfg, fmt)
+            except Exception as e:  # e.g. no encoder for the codec: that format's rows say so, the others run
+                datasets[fmt] = f"preparing {fmt} failed: {type(e).__name__}: {e}"[:300]
+        return datasets[fmt]
+
+    if "augment" in cfg.strategies and gpu:
+        rows.append(measure_or_why("augment", "", dataset, cfg, gpu))
+        save()
+    todo = [s for s in cfg.strategies if s != "augment"]
+    # The unverified NVDEC rows after all the others: a crash or hang there (gpu_check.sh's timeout) loses
+    # only NVDEC rows, not the DALI baseline of the formats after it.
+    for strategies in ([s for s in todo if not s.startswith("nvdec")], [s for s in todo if s.startswith("nvdec")]):
+        for fmt in cfg.formats:
+            for strategy in strategies:
+                rows.append(measure_or_why(strategy, fmt, dataset, cfg, gpu))
+                gc.collect()
+                if gpu:
+                    import torch
+
+                    torch.cuda.empty_cache()
+                r = rows[-1]
+                print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
+                      f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error', '')}", flush=True)
+                save()
     print_table(rows)
     return 0
+
+
+def measure_or_why(strategy: str, fmt: str, dataset, cfg: Config, gpu: bool) -> dict:
+    """measure()'s row, or a row that says why it was skipped or what failed (one row never ends the matrix)."""
+    why = skip_reason(strategy, fmt.split("-g")[0], gpu)
+    if why:
+        return {"strategy": strategy, "format": fmt, "skipped": why}
+    data = dataset(fmt) if strategy != "augment" else None  # (augment makes its own frames)
+    if isinstance(data, str):
+        return {"strategy": strategy, "format": fmt, "error": data}
+    try:
+        return measure(strategy, fmt, data, cfg, gpu)
+    except Exception as e:
+        return {"strategy": strategy, "format": fmt, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
 if __name__ == "__main__":

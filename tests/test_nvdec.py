@@ -465,7 +465,7 @@ def test_decode_speed_benchmark_runs_on_cpu(tmp_path):
     out = tmp_path / "decode.json"
     decode_speed.main(["--root", str(tmp_path / "data"), "--formats", "vp9-g8,h264-g8,hevc-g8", "--height", "144",
                        "--source-videos", "4", "--source-seconds", "1.2", "--videos", "4", "--batch-size", "2",
-                       "--seconds", "1", "--warmup", "0", "--strategies", "dali,twin,host", "--json", str(out)])
+                       "--seconds", "2", "--warmup", "1", "--strategies", "dali,twin,host", "--json", str(out)])
     rows = {(r["strategy"], r["format"]): r for r in json.loads(out.read_text())["rows"]}
     assert len(rows) == 9
     assert rows[("dali", "h264-g8")]["skipped"].startswith("DALI's CPU decoder reads VP8/VP9")
