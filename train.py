@@ -146,6 +146,9 @@ def _as_flag(name: str, value: object) -> str:
     return as_flag(name, "none" if value is None else value)
 
 
+# Fields that parse_args works out from flags (or that have no default): the parser's own defaults are None,
+# "auto" or required.
+RESOLVED_IN_PARSE_ARGS = ("data", "out", "normalisation", "device", "amp", "channels_last")
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {
     **LOADER_RANGES, **DEVICE_RANGES, **NORM_RANGES,
@@ -163,42 +166,45 @@ RANGES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags; their defaults are TrainConfig's (set once, at the end), but for those parse_args resolves."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="a prepare_data.py output folder (train.csv, val.csv, ...)")
     g.add_argument("--out", required=True, help="run folder for checkpoints, metrics and plots")
     add_loader_flags(g)
-    g.add_argument("--sample-duration", type=int, default=16, help="frames per clip")
-    g.add_argument("--sample-size", type=int, default=112, help="clip height and width in pixels")
+    g.add_argument("--sample-duration", type=int, help="frames per clip")
+    g.add_argument("--sample-size", type=int, help="clip height and width in pixels")
     add_normalisation_flags(g, "kinetics (minus the Kinetics mean, 0-255 scale)")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=ARCHS, default="resnet-18")
-    g.add_argument("--shortcut", choices=("A", "B"), default="A", help="A: zero-padding (the paper's), B: conv")
-    g.add_argument("--widen-factor", type=float, default=1.0, help="channel multiplier (small CPU models)")
-    g.add_argument("--conv1-t-size", type=int, default=7)
-    g.add_argument("--conv1-t-stride", type=int, default=1)
-    g.add_argument("--no-max-pool", action="store_true", default=False, help="no max pool after conv1")
+    g.add_argument("--arch", choices=ARCHS)
+    g.add_argument("--shortcut", choices=("A", "B"), help="A: zero-padding (the paper's), B: conv")
+    g.add_argument("--widen-factor", type=float, help="channel multiplier (small CPU models)")
+    g.add_argument("--conv1-t-size", type=int)
+    g.add_argument("--conv1-t-stride", type=int)
+    g.add_argument("--no-max-pool", action="store_true", help="no max pool after conv1")
     g.add_argument("--max-pool", dest="no_max_pool", action="store_false", help="(the default)")
     g.add_argument("--pretrained", help="initial weights: our checkpoint or a 3D-ResNets-PyTorch one")
     g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the ones before")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=200)
-    g.add_argument("--batch-size", type=int, default=256, help="global batch, split evenly across processes")
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-3)
-    g.add_argument("--lr-patience", type=int, default=10, help="lr /= 10 after more epochs than this without a new best val loss")
-    g.add_argument("--lr-reductions", type=int, default=3,
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch, split evenly across processes")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr-patience", type=int,
+                   help="lr /= 10 after more epochs than this without a new best val loss")
+    g.add_argument("--lr-reductions", type=int,
                    help="divide the lr by 10 this many times, then stop when the val loss saturates again")
     g = p.add_argument_group("run")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction,
                    help="continue from OUT/checkpoints/last.pt (epoch, weights, optimiser, lr schedule)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int)
     add_device_flags(g)
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(GPU: on)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile")
-    g.add_argument("--log-every", type=int, default=10, help="steps between log points on the GPU")
-    g.add_argument("--inject-nan-step", type=int, default=-1, help=argparse.SUPPRESS)  # testing hook
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    g.add_argument("--log-every", type=int, help="steps between log points on the GPU")
+    g.add_argument("--inject-nan-step", type=int, help=argparse.SUPPRESS)  # testing hook
+    p.set_defaults(**{f.name: f.default for f in fields(TrainConfig) if f.name not in RESOLVED_IN_PARSE_ARGS})
     return p
 
 
@@ -209,7 +215,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     device, amp = resolve_device_flags(p, a)
     skip = ("device", "amp", "channels_last", "norm", "value_scale", "mean_values", "std_values")
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in skip},
-                      normalisation=resolve_normalisation(p, a) or PRESETS["kinetics"], device=device, amp=amp,
+                      normalisation=resolve_normalisation(p, a) or TrainConfig.normalisation, device=device, amp=amp,
                       channels_last=device == "cuda" if a.channels_last is None else a.channels_last)
     world, data = cfg.world_size(), Path(cfg.data)
     checks = [
