@@ -101,11 +101,16 @@ class Interrupted(Exception):
 
 
 class ProcessFailed(RuntimeError):
-    """A process started by spawn() exited with a non-zero status (it printed its own error); the others were
-    stopped."""
+    """A process started by spawn() exited with a non-zero status (it printed its own error), or was killed by a
+    signal (exit_code -N: it could say nothing, e.g. the kernel's out-of-memory killer); the others were stopped."""
 
     def __init__(self, rank: int, exit_code: int) -> None:
-        super().__init__(f"process {rank} exited with status {exit_code}")
+        if exit_code < 0:
+            name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
+            what = f"was killed by signal {name}"
+        else:
+            what = f"exited with status {exit_code}"
+        super().__init__(f"process {rank} {what}")
         self.rank, self.exit_code = rank, exit_code
 
 
@@ -199,7 +204,9 @@ def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
             _run_job(job, cfg, use_cuda, user_errors)
         else:
             spawn(_run_job, world_size, (job, cfg, use_cuda, user_errors))
-    except ProcessFailed as e:  # the failing process printed its error already
+    except ProcessFailed as e:  # a process that exited printed its error already; one killed could not
+        if e.exit_code < 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code if e.exit_code > 0 else 1)
     except KeyboardInterrupt:  # before _run_job or spawn() took over Ctrl-C
         print("interrupted", file=sys.stderr, flush=True)

@@ -461,6 +461,21 @@ def test_spawn_holds_the_rendezvous_port_until_the_ranks_join(tmp_path):
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["taken True, sum 3.0"] * 2
 
 
+def _killed_by_a_signal(cfg: object, d) -> None:
+    """A job whose rank 1 dies as by the kernel's out-of-memory killer, with no chance to say why."""
+    if d.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_process_killed_by_a_signal_is_one_line(capsys):
+    from engine.distributed import launch
+
+    with pytest.raises(SystemExit) as e:
+        launch(_killed_by_a_signal, None, world_size=2, use_cuda=False)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: process 1 was killed by signal SIGKILL\n"
+
+
 def test_batch_size_must_split_evenly(data, tmp_path):
     with pytest.raises(SystemExit):
         train.parse_args(["--data", str(data), "--out", str(tmp_path), "--batch-size", "5", "--nproc", "2"])
