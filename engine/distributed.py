@@ -189,7 +189,12 @@ def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type
                 raise SystemExit(INTERRUPTED_EXIT) from None  # no cleanup(): a peer may be gone mid-collective
             cleanup()
             if isinstance(e, user_errors):  # one line naming the file and the fix, not a traceback
-                raise SystemExit(f"error: {with_flag_hints(str(e))}") from None
+                e = SystemExit(f"error: {with_flag_hints(str(e))}")
+            if isinstance(e, SystemExit) and isinstance(e.code, str) and _to_launcher is not None:
+                _to_launcher.send(e.code)  # spawn() prints it, once for all the processes that say the same
+                raise SystemExit(1) from None
+            if isinstance(e, SystemExit):
+                raise e from None
             raise
         cleanup()
 
@@ -213,7 +218,12 @@ def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
         sys.exit(INTERRUPTED_EXIT)
 
 
-def _spawned_entry(local_rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+_to_launcher = None  # in a process from spawn(): where its one-line error goes (a Connection), instead of stderr
+
+
+def _spawned_entry(local_rank: int, world_size: int, port: int, errors, fn: Callable, args: tuple) -> None:
+    global _to_launcher
+    _to_launcher = errors
     os.environ.update(
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
@@ -241,7 +251,8 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     """Run fn(*args) in nprocs fresh local processes that form one group (like torchrun on a single node).
 
     fn must be a module-level function (it is pickled by name). When a process exits with an error, the others
-    are stopped and ProcessFailed is raised here. Ctrl-C (see _CtrlC): rank 0 reports and exits, then the
+    are stopped, the one-line errors they sent (_run_job) are printed, each different one once (every rank
+    usually finds the same bad file), and ProcessFailed is raised here. Ctrl-C (see _CtrlC): rank 0 reports and exits, then the
     others (with nothing to save) get two seconds to notice and are stopped; a second Ctrl-C stops all at once.
     """
     import multiprocessing
@@ -252,8 +263,9 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
     # The rendezvous store, on a port the OS picks and this process holds until the job ends: a port found free
     # and released for rank 0 to bind later could be taken by another program in between.
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, store.port, fn, args), name=f"rank{r}")
-             for r in range(nprocs)]
+    errors = [ctx.Pipe(duplex=False) for _ in range(nprocs)]  # (read end, write end) per process
+    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, store.port, errors[r][1], fn, args),
+                         name=f"rank{r}") for r in range(nprocs)]
     started: list = []
     resource_tracker.ensure_running()  # started later, it would unblock SIGINT in the middle of the next lines
     # The processes inherit a blocked SIGINT, so that a Ctrl-C while they import gives no traceback: it waits
@@ -266,6 +278,8 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
                 started.append(p)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        for _, write_end in errors:
+            write_end.close()  # the processes hold theirs: a read end ends (EOF) when its process does
         running = {p.sentinel: (rank, p) for rank, p in enumerate(procs)}
         while running:
             for sentinel in multiprocessing.connection.wait(list(running)):
@@ -273,6 +287,7 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
                 p.join()
                 if p.exitcode != 0:
                     _stop(procs, grace_s=0)
+                    _print_sent_errors([read_end for read_end, _ in errors])
                     raise ProcessFailed(rank, p.exitcode)
     except KeyboardInterrupt:
         try:
@@ -289,6 +304,19 @@ def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
         if not started or started[0].exitcode != INTERRUPTED_EXIT:  # rank 0 did not report
             print("interrupted", file=sys.stderr, flush=True)
         raise ProcessFailed(0, INTERRUPTED_EXIT) from None
+
+
+def _print_sent_errors(read_ends: list) -> None:
+    """Print the lines the processes sent (all have exited), each different one once, in the order of ranks."""
+    lines = []
+    for conn in read_ends:
+        try:
+            while conn.poll():
+                lines.append(conn.recv())
+        except (EOFError, OSError):  # the process is gone; a message cut off by its kill is lost
+            pass
+    for line in dict.fromkeys(lines):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _stop(procs: list, grace_s: float, kill: bool = False) -> None:

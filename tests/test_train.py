@@ -573,22 +573,37 @@ def test_num_threads_0_is_for_decord_only(data, tmp_path):
     assert e.value.code == 2
 
 
-def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path):
-    """pipeline/loader.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
-    bad = tmp_path / "data"
-    shutil.copytree(data, bad)
-    with open(bad / "train.csv") as f:
+def with_a_truncated_video(data: Path, dst: Path) -> Path:
+    """A copy of data whose train.csv says its first video has more frames than its file."""
+    shutil.copytree(data, dst)
+    with open(dst / "train.csv") as f:
         rows = list(csv.DictReader(f))
     rows[0].update(num_frames="500", end_frame="500")  # more frames than its file has
-    with open(bad / "train.csv", "w", newline="") as f:
+    with open(dst / "train.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+    return dst
+
+
+def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path):
+    """pipeline/loader.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
+    bad = with_a_truncated_video(data, tmp_path / "data")
     with pytest.raises(SystemExit) as e:
         train.main(args(bad, tmp_path / "run", "--epochs", "1"))
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message
     assert "--skip-bad" in message and "skip_bad" not in message
+
+
+def test_an_error_every_process_finds_is_printed_once(data, tmp_path, capfd):
+    """--nproc 2: both ranks find the bad video; the launcher prints their (same) line once, and nothing else."""
+    bad = with_a_truncated_video(data, tmp_path / "data")
+    with pytest.raises(SystemExit) as e:
+        train.main(args(bad, tmp_path / "run", "--epochs", "1", "--nproc", "2"))
+    assert e.value.code == 1
+    (line,) = capfd.readouterr().err.splitlines()
+    assert line.startswith(f"error: {bad}") and "--skip-bad" in line
 
 
 def test_every_translated_hint_is_still_in_the_library():
