@@ -265,14 +265,18 @@ def in_flight(backend: str, threads: int, prefetch: int) -> int:
         from pipeline.decord_loader import batches_in_flight
 
         return batches_in_flight(threads)
-    return prefetch  # DALI prefetch_queue_depth
+    return prefetch  # DALI's prefetch_queue_depth; NVDEC's batches decoded ahead
+
+
+def _split(mode: str) -> str:
+    return "train" if mode == "train" else "val"
 
 
 def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
     from pipeline import build_loader
 
     backend, device, dali_input = CONFIGS[name]
-    split = "train" if mode == "train" else "val"
+    split = _split(mode)
     memory = PeakMemory().start()
     t0 = time.perf_counter()
     with build_loader(data, split=split, mode=mode, backend=backend, device=device, batch_size=cfg.batch_size,
@@ -380,10 +384,10 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"config: {json.dumps(asdict(cfg))}\ndata: {data}\nload average (1, 5, 15 min): {load_start}")
     import torch
 
-    from pipeline import build_loader
+    from pipeline.loader import LoaderBase, LoaderConfig
 
-    for split in ("train", "val"):  # index once here, so no child pays for it
-        build_loader(data, split=split, mode="eval", backend="decord", num_threads=0).close()
+    for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
+        LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)
     rows = []
     for mode in cfg.modes:
         for name in cfg.configs:
