@@ -49,6 +49,7 @@ import numpy as np
 
 from pipeline.augment import augment_nv12
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.manifest import HINT, DatasetError
 from pipeline.packets import PacketSlice, PacketTable, packet_slice
 from pipeline.sampling import Plan
 
@@ -166,8 +167,9 @@ class Decoder(Protocol):
         ...
 
 
-class DecodeError(RuntimeError):
-    """A clip's packets did not give its frames."""
+class DecodeError(DatasetError):
+    """A clip's packets did not give its frames. A DatasetError: train.py and evaluate.py print it as one line
+    (the loader adds the file, the frames and the fix)."""
 
 
 def submissions(clip: PacketSlice, buffer: np.ndarray) -> list[tuple[int, int, int]]:
@@ -419,11 +421,11 @@ class NvdecLoader(LoaderBase):
         return packet_slice(self._files[row], ix, first, int(frames.max())), frames - first
 
     def _decode(self, row: int, frames: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
-        clip, wanted = self.cut(row, frames)
         try:
+            clip, wanted = self.cut(row, frames)
             return self._decoder().decode_clip(clip, wanted)
-        except DecodeError as e:
-            raise DecodeError(f"{self._files[row]}: frames {clip.first}..{clip.first + len(clip) - 1}: {e}") from None
+        except (DecodeError, OSError, ValueError) as e:  # OSError, ValueError: the file changed since it was indexed
+            raise DecodeError(f"{self._files[row]}: frames {int(frames.min())}..{int(frames.max())}: {e}. {HINT}") from None
 
     # -- per batch ------------------------------------------------------------------------------------------------
     def _assemble(self, bp: Plan, clips: list) -> Batch:

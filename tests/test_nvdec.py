@@ -405,6 +405,21 @@ def test_close_in_the_middle_of_an_epoch(data):
         next(batches)
 
 
+@pytest.mark.parametrize("damage", ["delete", "garbage"])
+def test_a_file_damaged_after_indexing_is_one_named_error(tmp_path, damage):
+    """Mid-epoch, a file gone or rewritten since the index was built: a DatasetError (train.py and evaluate.py
+    print it as one line) that names the file, not an OSError or a PyAV traceback."""
+    root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}, {"frames": 24}]}, width=W, height=H)
+    victim = root / pd.read_csv(root / "train.csv")["path"][1]
+    with load(root, mode="val", batch_size=1) as loader:
+        if damage == "delete":
+            victim.unlink()
+        else:
+            victim.write_bytes(bytes(victim.stat().st_size))  # same size, zeros
+        with pytest.raises(DatasetError, match=f"{victim}: frames 4..19: .*prepare_data.py"):
+            list(loader)
+
+
 def test_host_pass_reports_cost_per_clip(data):
     with load(data, "val", "eval", batch_size=3) as loader:
         r = loader.host_pass()
