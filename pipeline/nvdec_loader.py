@@ -2,7 +2,7 @@
 augmentation pass (pipeline/augment.py) on the GPU. Backend name "nvdec".
 
 Per clip of the plan (the same plan, boxes and flips as the DALI and decord backends):
-    packets keyframe_at_or_before(first frame) .. last frame  (pipeline/packets.py: packet_slice; H.264/HEVC
+    packets keyframe_at_or_before(first frame) .. last frame  (pipeline/bitstream.py: packet_slice; H.264/HEVC
         as Annex-B with the parameter sets in front, VP9 as stored)
     -> a worker thread's decoder -> (T, H*3/2, W) uint8 NV12, the plan's frames in order
 Per batch: stack -> augment_nv12 -> (N, 3, T, S, S) float32 clips.
@@ -48,9 +48,10 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from pipeline.augment import augment_nv12
+from pipeline.bitstream import PacketSlice, packet_slice
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.manifest import HINT, DatasetError
-from pipeline.packets import PacketSlice, PacketTable, packet_slice
+from pipeline.packets import PacketTable
 from pipeline.sampling import Plan
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"

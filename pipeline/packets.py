@@ -2,17 +2,17 @@
 
 Why: DALI 2.4's CPU `fn.decoders.video` does not seek; it decodes from the first frame of the bytes it is
 given (design.md section 4). So the DALI loader hands it only the packets from the keyframe at or before a
-clip's first frame to its last frame, re-wrapped as an in-memory IVF stream (`ivf_slice`). Finding those
-packets needs, per file: the byte offset and size of each packet's payload and its keyframe flag, in
-display order (VP8/VP9 in WebM carry one shown frame per packet and have no reordering).
+clip's first frame to its last frame, and the NVDEC loader feeds its decoders the same packets
+(pipeline/bitstream.py cuts and wraps them). Finding those packets needs, per file: the byte offset and size
+of each packet's payload and its keyframe flag, in decode order.
 
 The index is built once with PyAV (demux only, plus decoding the first frame; `index_file`) and doubles as
 the check that finds missing, truncated or undecodable files before the first training step. It also keeps
-each video's codec extradata (for H.264/HEVC in MP4: the avcC/hvcC record with the parameter sets) and
-whether its frames are reordered (B-frames: packet k is then not frame k), for the NVDEC loader, which feeds
-the hardware decoder Annex-B packet slices (`annexb_packets`, pipeline/nvdec_loader.py). `load_or_build`
-returns it as a `PacketTable`: per-video columns (codec, size, fps, where its packets start, how many) that
-point into flat per-packet arrays shared by all videos. Nothing is built per video at start-up.
+each video's codec extradata (for H.264/HEVC in MP4: the avcC/hvcC record with the parameter sets, which
+bitstream.packet_slice puts in front of a slice) and whether its frames are reordered (B-frames: packet k
+is then not frame k; the NVDEC loader refuses such rows). `load_or_build` returns it as a `PacketTable`:
+per-video columns (codec, size, fps, where its packets start, how many) that point into flat per-packet
+arrays shared by all videos. Nothing is built per video at start-up.
 
 Cache: DST/.cache/packets-<split>.idx, keyed by (path, size, mtime_ns). It is memory-mapped, not loaded:
 start-up copies the per-video columns (~50 bytes a video) and leaves the packet arrays (13 bytes a packet:
@@ -38,7 +38,6 @@ import struct
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,8 +45,6 @@ import numpy as np
 
 from pipeline.atomic import atomic_write
 
-# Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
-IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
 CACHE_VERSION = 3  # 3: extradata and the reordered flag per video
 CACHE_MAGIC = b"PKTIDX\x00\x03"
 _ALIGN = 64
@@ -299,148 +296,6 @@ def _payload_offset(raw: mmap.mmap, payload: bytes, pos: int | None) -> int:
                 return pos + k
         return raw.find(payload, pos)
     return raw.find(payload)
-
-
-def ivf_slice(raw: bytes | memoryview, base: int, index: VideoIndex, first: int, last: int) -> np.ndarray:
-    """IVF stream (uint8) holding packets first..last (inclusive); `raw` holds the file bytes from `base`.
-
-    IVF: 32-byte file header, then per frame a 12-byte header (payload size u32, timestamp u64) and payload.
-    """
-    fps = Fraction(index.fps).limit_denominator(1001)
-    count = last - first + 1
-    parts = [struct.pack("<4sHH4sHHIII4x", b"DKIF", 0, 32, IVF_FOURCC[index.codec], index.width,
-                         index.height, fps.numerator, fps.denominator, count)]
-    for k, i in enumerate(range(first, last + 1)):
-        o, s = int(index.offsets[i]) - base, int(index.sizes[i])
-        parts.append(struct.pack("<IQ", s, k))
-        parts.append(raw[o : o + s])
-    return np.frombuffer(b"".join(parts), np.uint8)
-
-
-ANNEXB_CODECS = ("h264", "hevc")  # NAL-unit codecs: length-prefixed (AVCC/HVCC) in MP4, start codes for NVDEC
-START_CODE = b"\x00\x00\x00\x01"
-
-
-def parameter_sets(codec: str, extradata: bytes) -> tuple[bytes, int]:
-    """The parameter sets of an H.264/HEVC stream as Annex-B, and the NAL length size of its packets.
-
-    extradata: the container's codec record. avcC (H.264 in MP4; version byte 1): SPS then PPS; hvcC (HEVC
-    in MP4; version byte 1): arrays of VPS, SPS, PPS, SEI. Returns (start code + NAL unit for each,
-    length size 1, 2 or 4). Extradata that is already Annex-B (or empty) comes back as it is with length
-    size 0: the packets carry start codes themselves. Raises ValueError on a malformed record.
-    """
-    if len(extradata) < 7 or extradata[0] != 1:  # not a configuration record: Annex-B (or nothing)
-        return bytes(extradata), 0
-    nals: list[bytes] = []
-
-    def take(pos: int) -> int:  # one u16-length-prefixed NAL unit at pos; returns the position after it
-        n = int.from_bytes(extradata[pos:pos + 2], "big")
-        if pos + 2 + n > len(extradata):
-            raise ValueError(f"{codec} extradata: NAL unit past the end of the record")
-        nals.append(START_CODE + extradata[pos + 2:pos + 2 + n])
-        return pos + 2 + n
-
-    if codec == "h264":  # ISO/IEC 14496-15 5.3.3.1
-        length_size = (extradata[4] & 3) + 1
-        pos = 6
-        for _ in range(extradata[5] & 0x1F):  # SPS
-            pos = take(pos)
-        if pos >= len(extradata):
-            raise ValueError("h264 extradata: no PPS count")
-        count, pos = extradata[pos], pos + 1
-        for _ in range(count):  # PPS
-            pos = take(pos)
-    elif codec == "hevc":  # ISO/IEC 14496-15 8.3.3.1: 22 fixed bytes, then arrays of NAL units by type
-        if len(extradata) < 23:
-            raise ValueError("hevc extradata: record shorter than its fixed part")
-        length_size = (extradata[21] & 3) + 1
-        pos = 23
-        for _ in range(extradata[22]):
-            count, pos = int.from_bytes(extradata[pos + 1:pos + 3], "big"), pos + 3
-            for _ in range(count):
-                pos = take(pos)
-    else:
-        raise ValueError(f"{codec}: no Annex-B form")
-    if length_size == 3:
-        raise ValueError(f"{codec} extradata: NAL length size 3 is not allowed")
-    return b"".join(nals), length_size
-
-
-def to_annexb(payload: bytes | memoryview, length_size: int) -> bytes:
-    """One MP4 packet (NAL units, each after a big-endian length of length_size bytes) with start codes instead.
-
-    length_size 0: the payload already has start codes (returned as it is). Raises ValueError when the
-    lengths do not add up to the payload (a damaged packet, or the wrong length size)."""
-    if length_size == 0:
-        return bytes(payload)
-    n = len(payload)
-    if length_size == 4:  # the usual case: same size, overwrite the prefixes in place
-        out = bytearray(payload)
-        pos = 0
-        while pos < n:
-            size = int.from_bytes(out[pos:pos + 4], "big")
-            if size == 0 or pos + 4 + size > n:
-                raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
-            out[pos:pos + 4] = START_CODE
-            pos += 4 + size
-        return bytes(out)
-    parts, pos = [], 0
-    while pos < n:
-        size = int.from_bytes(payload[pos:pos + length_size], "big")
-        if size == 0 or pos + length_size + size > n:
-            raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
-        parts += [START_CODE, payload[pos + length_size:pos + length_size + size]]
-        pos += length_size + size
-    return b"".join(parts)
-
-
-@dataclass(frozen=True)
-class PacketSlice:
-    """Packets first..last of one video, ready for a decoder (NVDEC, or PyAV's decoder for the CPU twin).
-
-    Packet k = data[offsets[k] : offsets[k] + sizes[k]] holds frame first + k (decode order = display order:
-    the caller checks the video is not `reordered`). H.264/HEVC packets are Annex-B, the parameter sets
-    from the extradata in front of packet 0 (a keyframe); other codecs' packets are the file's payloads
-    (VP9 superframes included). offsets, sizes: (P,) int64.
-    """
-
-    codec: str
-    width: int
-    height: int
-    first: int
-    data: bytes
-    offsets: np.ndarray
-    sizes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-
-def packet_slice(path: str, index: VideoIndex, first: int, last: int) -> PacketSlice:
-    """Packets first..last (inclusive; first should be a keyframe) of `path` as a PacketSlice: one read."""
-    raw, base = read_span(path, index, first, last)
-    offsets = index.offsets[first:last + 1] - base
-    sizes = index.sizes[first:last + 1].astype(np.int64)
-    if index.codec not in ANNEXB_CODECS:
-        return PacketSlice(index.codec, index.width, index.height, first, raw, offsets, sizes)
-    head, length_size = parameter_sets(index.codec, index.extradata)
-    parts = [head]
-    view = memoryview(raw)
-    for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True):
-        parts.append(to_annexb(view[o:o + s], length_size))
-    new_sizes = np.array([len(p) for p in parts[1:]], np.int64)
-    new_sizes[0] += len(head)  # the parameter sets travel with the keyframe
-    new_offsets = np.cumsum(new_sizes) - new_sizes
-    return PacketSlice(index.codec, index.width, index.height, first, b"".join(parts), new_offsets, new_sizes)
-
-
-def read_span(path: str, index: VideoIndex, first: int, last: int) -> tuple[bytes, int]:
-    """The file bytes covering packets first..last, and the file offset they start at (one read)."""
-    start = int(index.offsets[first:last + 1].min())
-    end = int((index.offsets[first:last + 1] + index.sizes[first:last + 1]).max())
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(end - start), start
 
 
 def _stat_keys(files: list[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_video
 
 from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
+from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
 from pipeline.nvdec_loader import (
     STATIC_LIMITS,
     DecodeError,
@@ -21,15 +22,7 @@ from pipeline.nvdec_loader import (
     needed_height,
     row_problems,
 )
-from pipeline.packets import (
-    PacketTable,
-    VideoIndex,
-    index_file,
-    load_or_build,
-    packet_slice,
-    parameter_sets,
-    to_annexb,
-)
+from pipeline.packets import PacketTable, VideoIndex, index_file, load_or_build
 from pipeline.sampling import eval_starts
 
 T, S = 16, 24

@@ -1,0 +1,169 @@
+"""The bytes a decoder is given for one clip: packets keyframe..last frame of a file, cut out with the packet
+index (pipeline/packets.py) in one read, then wrapped for the decoder that takes them.
+
+    read_span     the file bytes covering packets first..last (one seek, one read)
+    ivf_slice     VP8/VP9 packets as an in-memory IVF stream, for DALI's fn.decoders.video (the DALI backend:
+                  its CPU decoder does not seek, so it is given the clip's GOPs only; design.md 4)
+    packet_slice  packets as the NVDEC backend feeds them (PacketSlice): H.264/HEVC rewritten from the MP4
+                  form (length-prefixed NAL units, parameter sets in the avcC/hvcC record) to Annex-B (start
+                  codes, parameter sets in front of the first keyframe; parameter_sets, to_annexb); other
+                  codecs' payloads as stored (VP9 superframes included)
+
+Frame k of a slice is packet first + k: the callers check that the video is not `reordered` (NVDEC) or is a
+VP8/VP9 stream without hidden frames (DALI), so decode order is display order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from pipeline.packets import VideoIndex
+
+# Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
+IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
+
+
+def read_span(path: str, index: VideoIndex, first: int, last: int) -> tuple[bytes, int]:
+    """The file bytes covering packets first..last, and the file offset they start at (one read)."""
+    start = int(index.offsets[first:last + 1].min())
+    end = int((index.offsets[first:last + 1] + index.sizes[first:last + 1]).max())
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start), start
+
+
+def ivf_slice(raw: bytes | memoryview, base: int, index: VideoIndex, first: int, last: int) -> np.ndarray:
+    """IVF stream (uint8) holding packets first..last (inclusive); `raw` holds the file bytes from `base`.
+
+    IVF: 32-byte file header, then per frame a 12-byte header (payload size u32, timestamp u64) and payload.
+    """
+    fps = Fraction(index.fps).limit_denominator(1001)
+    count = last - first + 1
+    parts = [struct.pack("<4sHH4sHHIII4x", b"DKIF", 0, 32, IVF_FOURCC[index.codec], index.width,
+                         index.height, fps.numerator, fps.denominator, count)]
+    for k, i in enumerate(range(first, last + 1)):
+        o, s = int(index.offsets[i]) - base, int(index.sizes[i])
+        parts.append(struct.pack("<IQ", s, k))
+        parts.append(raw[o : o + s])
+    return np.frombuffer(b"".join(parts), np.uint8)
+
+
+ANNEXB_CODECS = ("h264", "hevc")  # NAL-unit codecs: length-prefixed (AVCC/HVCC) in MP4, start codes for NVDEC
+START_CODE = b"\x00\x00\x00\x01"
+
+
+def parameter_sets(codec: str, extradata: bytes) -> tuple[bytes, int]:
+    """The parameter sets of an H.264/HEVC stream as Annex-B, and the NAL length size of its packets.
+
+    extradata: the container's codec record. avcC (H.264 in MP4; version byte 1): SPS then PPS; hvcC (HEVC
+    in MP4; version byte 1): arrays of VPS, SPS, PPS, SEI. Returns (start code + NAL unit for each,
+    length size 1, 2 or 4). Extradata that is already Annex-B (or empty) comes back as it is with length
+    size 0: the packets carry start codes themselves. Raises ValueError on a malformed record.
+    """
+    if len(extradata) < 7 or extradata[0] != 1:  # not a configuration record: Annex-B (or nothing)
+        return bytes(extradata), 0
+    nals: list[bytes] = []
+
+    def take(pos: int) -> int:  # one u16-length-prefixed NAL unit at pos; returns the position after it
+        n = int.from_bytes(extradata[pos:pos + 2], "big")
+        if pos + 2 + n > len(extradata):
+            raise ValueError(f"{codec} extradata: NAL unit past the end of the record")
+        nals.append(START_CODE + extradata[pos + 2:pos + 2 + n])
+        return pos + 2 + n
+
+    if codec == "h264":  # ISO/IEC 14496-15 5.3.3.1
+        length_size = (extradata[4] & 3) + 1
+        pos = 6
+        for _ in range(extradata[5] & 0x1F):  # SPS
+            pos = take(pos)
+        if pos >= len(extradata):
+            raise ValueError("h264 extradata: no PPS count")
+        count, pos = extradata[pos], pos + 1
+        for _ in range(count):  # PPS
+            pos = take(pos)
+    elif codec == "hevc":  # ISO/IEC 14496-15 8.3.3.1: 22 fixed bytes, then arrays of NAL units by type
+        if len(extradata) < 23:
+            raise ValueError("hevc extradata: record shorter than its fixed part")
+        length_size = (extradata[21] & 3) + 1
+        pos = 23
+        for _ in range(extradata[22]):
+            count, pos = int.from_bytes(extradata[pos + 1:pos + 3], "big"), pos + 3
+            for _ in range(count):
+                pos = take(pos)
+    else:
+        raise ValueError(f"{codec}: no Annex-B form")
+    if length_size == 3:
+        raise ValueError(f"{codec} extradata: NAL length size 3 is not allowed")
+    return b"".join(nals), length_size
+
+
+def to_annexb(payload: bytes | memoryview, length_size: int) -> bytes:
+    """One MP4 packet (NAL units, each after a big-endian length of length_size bytes) with start codes instead.
+
+    length_size 0: the payload already has start codes (returned as it is). Raises ValueError when the
+    lengths do not add up to the payload (a damaged packet, or the wrong length size)."""
+    if length_size == 0:
+        return bytes(payload)
+    n = len(payload)
+    if length_size == 4:  # the usual case: same size, overwrite the prefixes in place
+        out = bytearray(payload)
+        pos = 0
+        while pos < n:
+            size = int.from_bytes(out[pos:pos + 4], "big")
+            if size == 0 or pos + 4 + size > n:
+                raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
+            out[pos:pos + 4] = START_CODE
+            pos += 4 + size
+        return bytes(out)
+    parts, pos = [], 0
+    while pos < n:
+        size = int.from_bytes(payload[pos:pos + length_size], "big")
+        if size == 0 or pos + length_size + size > n:
+            raise ValueError(f"NAL length {size} at byte {pos} runs past the {n}-byte packet")
+        parts += [START_CODE, payload[pos + length_size:pos + length_size + size]]
+        pos += length_size + size
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class PacketSlice:
+    """Packets first..last of one video, ready for a decoder (NVDEC, or PyAV's decoder for the CPU twin).
+
+    Packet k = data[offsets[k] : offsets[k] + sizes[k]] holds frame first + k (decode order = display order:
+    the caller checks the video is not `reordered`). H.264/HEVC packets are Annex-B, the parameter sets
+    from the extradata in front of packet 0 (a keyframe); other codecs' packets are the file's payloads
+    (VP9 superframes included). offsets, sizes: (P,) int64.
+    """
+
+    codec: str
+    width: int
+    height: int
+    first: int
+    data: bytes
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def packet_slice(path: str, index: VideoIndex, first: int, last: int) -> PacketSlice:
+    """Packets first..last (inclusive; first should be a keyframe) of `path` as a PacketSlice: one read."""
+    raw, base = read_span(path, index, first, last)
+    offsets = index.offsets[first:last + 1] - base
+    sizes = index.sizes[first:last + 1].astype(np.int64)
+    if index.codec not in ANNEXB_CODECS:
+        return PacketSlice(index.codec, index.width, index.height, first, raw, offsets, sizes)
+    head, length_size = parameter_sets(index.codec, index.extradata)
+    parts = [head]
+    view = memoryview(raw)
+    for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True):
+        parts.append(to_annexb(view[o:o + s], length_size))
+    new_sizes = np.array([len(p) for p in parts[1:]], np.int64)
+    new_sizes[0] += len(head)  # the parameter sets travel with the keyframe
+    new_offsets = np.cumsum(new_sizes) - new_sizes
+    return PacketSlice(index.codec, index.width, index.height, first, b"".join(parts), new_offsets, new_sizes)
