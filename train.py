@@ -109,6 +109,14 @@ class TrainConfig:
     def world_size(self) -> int:
         return distributed.world_size(self.device, self.gpus, self.nproc)
 
+    def last_checkpoint(self) -> Path:
+        """OUT/checkpoints/last.pt: where the run saves after every epoch, and what --resume continues."""
+        return Path(self.out) / "checkpoints" / "last.pt"
+
+    def resuming(self) -> bool:
+        """--resume with a checkpoint to continue: the weights come from it, not from --pretrained."""
+        return self.resume and self.last_checkpoint().exists()
+
 
 # --resume continues a run as it was defined. These settings define it: changing one would make a different run
 # than the checkpoint's, so --resume refuses and lists them. The others only say how it executes or how long it
@@ -222,7 +230,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
         ((data / "train.csv").is_file(), f"{data}/train.csv not found; HINT: prepare_data.py SRC --out {data}"),
         ((data / "val.csv").is_file(), f"{data}/val.csv not found: the lr schedule needs a validation split"),
-        (cfg.pretrained is None or Path(cfg.pretrained).is_file(), f"--pretrained {cfg.pretrained}: no such file"),
+        (cfg.pretrained is None or cfg.resuming() or Path(cfg.pretrained).is_file(),
+         f"--pretrained {cfg.pretrained}: no such file"),
     ]
     for ok, message in checks:
         if not ok:
@@ -231,13 +240,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
-    """(raw model on d.device, build_model kwargs, frozen modules). Same seed on every rank: same weights."""
+    """(raw model on d.device, build_model kwargs, frozen modules). Same seed on every rank: same weights; those
+    of --pretrained unless resuming (last.pt's replace them)."""
     model_args = dict(arch=cfg.arch, n_classes=n_classes, shortcut=cfg.shortcut, conv1_t_size=cfg.conv1_t_size,
                       conv1_t_stride=cfg.conv1_t_stride, no_max_pool=cfg.no_max_pool,
                       widen_factor=cfg.widen_factor)
     torch.manual_seed(cfg.seed)
     raw = build_model(**model_args)
-    if cfg.pretrained:  # main() checked it first (check_pretrained)
+    if cfg.pretrained and not cfg.resuming():  # main() checked it first (check_pretrained)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
@@ -331,7 +341,7 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
 def resume_from(cfg: TrainConfig) -> TrainingState | None:
     """The checkpoint this run continues (None: a new run). CheckpointError when OUT holds a run and --resume is
     not given, or its checkpoint is unusable or defines another run (DEFINES_THE_RUN)."""
-    last_path = Path(cfg.out) / "checkpoints" / "last.pt"
+    last_path = cfg.last_checkpoint()
     if not last_path.exists():
         return None
     if not cfg.resume:
@@ -347,8 +357,8 @@ def resume_from(cfg: TrainConfig) -> TrainingState | None:
 
 def train(cfg: TrainConfig, d: Dist) -> None:
     console = make_console(d.is_main)
-    out, ckpt_dir = Path(cfg.out), Path(cfg.out) / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
+    out, last_path = Path(cfg.out), cfg.last_checkpoint()
+    ckpt_dir = last_path.parent
     resumed = resume_from(cfg)
     on_gpu = d.device.type == "cuda"
     if on_gpu:
@@ -475,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     try:  # before any process is spawned: a refusal is one line, not one per process (train() loads it again)
         resume_from(cfg)
-        if cfg.pretrained:
+        if cfg.pretrained and not cfg.resuming():
             check_pretrained(cfg)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None

@@ -338,6 +338,17 @@ def test_pretrained_with_ft_begin_trains_only_the_last_modules(data, reference_r
         train.main(args(data, tmp_path / "bad", "--epochs", "1", "--pretrained", str(pretrained), "--ft-begin", "layer9"))
 
 
+def test_resume_needs_no_pretrained_file(data, reference_run, tmp_path):
+    """A fine-tuned run continues after its --pretrained file is gone: --resume takes the weights from last.pt."""
+    pretrained = tmp_path / "downloaded.pt"
+    shutil.copy(reference_run / "checkpoints" / "last.pt", pretrained)
+    out = tmp_path / "finetune"
+    train.main(args(data, out, "--epochs", "1", "--pretrained", str(pretrained)))
+    pretrained.unlink()
+    train.main(args(data, out, "--epochs", "2", "--pretrained", str(pretrained), "--resume"))
+    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2]
+
+
 def test_pretrained_refuses_a_model_that_would_compute_something_else(data, reference_run, tmp_path):
     """conv1's temporal stride and the max pool own no weights: our checkpoint would load into a model built with
     other values and give a wrong model. Its run record tells, so train.py refuses, in one line."""
