@@ -43,7 +43,8 @@ PARAMETER_FREE_ARGS = ("conv1_t_stride", "no_max_pool")
 @dataclass(frozen=True)
 class RunRecord:
     """What a trained model needs to be rebuilt and fed the clips it learned from. train.py stores it in every
-    checkpoint; evaluate.py and train.py --pretrained read it back with from_metadata."""
+    checkpoint; checkpoint_record (evaluate.py, infer.py) and train.py --pretrained read it back with
+    from_metadata."""
 
     model_args: dict[str, Any]  # every model.build_model keyword argument: arch, n_classes, shortcut, ...
     class_names: tuple[str, ...]  # index = label
