@@ -56,12 +56,21 @@ class PrepareConfig:
     crf: int
     workers: int
     threads: int  # codec threads per worker
+    cores: int  # usable by this process: each worker's source decoder gets the cores no other worker uses
     timeout_s: int  # per video; 0 = none
     verify: bool  # decode every new output again to check its frame count
 
     def encode_settings(self) -> EncodeSettings:
         return EncodeSettings(codec=self.codec, height=self.height, gop=self.gop, crf=self.crf, threads=self.threads,
-                              verify=self.verify)
+                              decode_threads=max(self.threads, self.cores // self.workers), verify=self.verify)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, a container's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--crf", type=int, help="constant quality, lower = better and bigger (default: "
                    + ", ".join(f"{codec} {crf}" for codec, crf in DEFAULT_CRF.items()) + ")")
     g = p.add_argument_group("execution")
-    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    g.add_argument("--workers", type=int, default=usable_cores(), help="worker processes (default: all cores)")
     g.add_argument("--threads", type=int, default=1, help="codec threads per worker")
     g.add_argument("--timeout", type=int, default=1800, help="seconds per video before it is rejected (0: none)")
     g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
@@ -128,7 +137,8 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
         except (layouts.LayoutError, OSError) as e:
             fail(str(e))
     return PrepareConfig(src=src, out=out, layout=layout, codec=args.codec, height=args.height, gop=args.gop,
-                         crf=crf, workers=args.workers, threads=args.threads, timeout_s=args.timeout,
+                         crf=crf, workers=args.workers, threads=args.threads, cores=usable_cores(),
+                         timeout_s=args.timeout,
                          verify=args.verify)
 
 

@@ -4,6 +4,8 @@ Default: the whole `prepare_data.py SRC --out DST --workers W` command as a subp
 manifests), with W = 1 and 2, against the `ffmpeg` command line transcoding the same files one after another (and
 W at a time), on a workload like OpenCV's vtest.avi: --copies copies of a generated 795-frame 768x576 10 fps
 MPEG-4 AVI (a static textured scene, walking figures, sensor noise; 8 MB like the real file), class-folder layout.
+On Linux a row of `--workers 1` pinned to one core is the scaling base ("16 cores give ~16x": W workers on W
+cores against one worker on one core; unpinned, one worker's source decoder also uses the idle cores).
 Runs are interleaved (one of each command per round, after a warm-up round) and the median of --runs is reported,
 with CPU seconds (user + sys of the command and everything it started) beside the wall time: on a shared machine
 the CPU seconds are the steadier number. Where `ffmpeg` is not on PATH its rows are skipped, with a message.
@@ -132,6 +134,15 @@ def ffmpeg_command(src: Path, dst: Path, s: EncodeSettings, single_thread: bool)
             "-vf", f"scale=-2:{s.height}", *post, "-c:v", CODECS[s.codec][0], *opts, "-threads", "1", str(dst)]
 
 
+ONE_CORE = "prepare_data.py --workers 1, pinned to one core"
+
+
+def pin_to_one_core() -> None:
+    """preexec_fn: the child and everything it starts run on one core (prepare_data.py then decodes with one
+    thread: it sizes its decoders by the cores it may use)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the child processes it waited for, their children included)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -152,12 +163,12 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
         sources = make_workload(tmp, args.copies)
         src_dir, frames = sources[0].parents[2], args.copies * VTEST_FRAMES
 
-        def prepare(workers: int) -> None:
-            dst = tmp / f"dst_w{workers}"
+        def prepare(workers: int, one_core: bool = False) -> None:
+            dst = tmp / f"dst_w{workers}{'_one_core' if one_core else ''}"
             shutil.rmtree(dst, ignore_errors=True)
             subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), str(src_dir), "--out", str(dst),
                             "--workers", str(workers), "--codec", args.codec], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, preexec_fn=pin_to_one_core if one_core else None)
 
         def ffmpeg(at_once: int, single_thread: bool) -> None:
             out = tmp / f"ff_{at_once}_{int(single_thread)}"
@@ -169,13 +180,17 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
                 if failed:
                     raise RuntimeError(f"ffmpeg failed: {' '.join(failed[0])}")
 
-        configs = {f"prepare_data.py --workers {w}": (lambda w=w: prepare(w)) for w in args.workers}
+        configs = {}
+        if hasattr(os, "sched_setaffinity"):  # the scaling base: one worker with one core to itself
+            configs[ONE_CORE] = lambda: prepare(1, one_core=True)
+        configs.update({f"prepare_data.py --workers {w}": (lambda w=w: prepare(w)) for w in args.workers})
         if have_ffmpeg:
             configs["ffmpeg CLI, 1 file at a time"] = lambda: ffmpeg(1, False)
             configs["ffmpeg CLI -threads 1 throughout, 1 file at a time"] = lambda: ffmpeg(1, True)
             for w in args.workers:
                 if w > 1:
                     configs[f"ffmpeg CLI, {w} files at a time"] = lambda w=w: ffmpeg(w, False)
+                    configs[f"ffmpeg CLI -threads 1 throughout, {w} files at a time"] = lambda w=w: ffmpeg(w, True)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
         load = [os.getloadavg()[0]]
         for r in range(args.runs + 1):  # round 0: warm-up (page cache, imports), not counted
@@ -192,7 +207,7 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
             ff_frames = sum(count_frames(p)[0] for p in (tmp / "ff_1_0").iterdir())
             assert ff_frames == frames, f"ffmpeg wrote {ff_frames} frames, expected {frames}"
 
-    base = f"prepare_data.py --workers {args.workers[0]}"
+    base = ONE_CORE if ONE_CORE in times else f"prepare_data.py --workers {args.workers[0]}"
     ff = "ffmpeg CLI, 1 file at a time"
     rows = []
     for name, runs in times.items():
@@ -201,8 +216,7 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
                "load_min": min(load), "load_max": max(load)}
         if ff in times:  # per-round ratios: the two commands of one round ran under the same load
             row["speed_vs_ffmpeg"] = statistics.median(f[0] / w for (w, _), f in zip(runs, times[ff], strict=True))
-        row["speed_vs_" + base.split()[-1] + "_worker"] = statistics.median(
-            b[0] / w for (w, _), b in zip(runs, times[base], strict=True))
+        row["speed_vs_base"] = statistics.median(b[0] / w for (w, _), b in zip(runs, times[base], strict=True))
         rows.append(row)
     return rows
 
@@ -373,10 +387,10 @@ def main() -> None:
         rows = end_to_end(args, console)
         table = Table(title=f"end to end, {args.copies} x {VTEST_FRAMES} frames 768x576 -> {args.codec}, median of {args.runs} "
                       f"interleaved rounds, load average {rows[0]['load_min']:.1f}-{rows[0]['load_max']:.1f}")
-        base = f"speed_vs_{args.workers[0]}_worker"
         cols = [("command", "command", "{}"), ("wall_s", "wall s", "{:.2f}"), ("cpu_s", "CPU s", "{:.2f}"),
                 ("frames_per_s", "frames/s", "{:.0f}"), ("speed_vs_ffmpeg", "speed / ffmpeg CLI", "{:.2f}"),
-                (base, f"speed / {args.workers[0]} worker", "{:.2f}")]
+                ("speed_vs_base", "speed / 1 worker on 1 core" if rows[0]["command"] == ONE_CORE
+                 else f"speed / {rows[0]['command']}", "{:.2f}")]
     for _, title, _ in cols:
         table.add_column(title, justify="right")
     for r in rows:

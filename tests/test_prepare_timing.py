@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from pipeline.prepare.transcode import (
     frame_slot,
     keyframe_indices,
     output_size,
+    pick_rate,
     transcode,
 )
 
@@ -409,6 +411,36 @@ def test_each_gop_decodes_alone(tmp_path, codec):
         gop = [f.to_ndarray() for p in [*packets[k:k + 8], None] for f in decoder.decode(p)]
         want = whole[k:k + 8]
         assert len(gop) == len(want) and all(np.array_equal(a, b) for a, b in zip(gop, want, strict=True))
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_source_decoder_threads_decode_with_them_and_never_change_the_bytes(tmp_path, monkeypatch, codec):
+    """One worker on a free core decodes its source with frame threads (issue 12); decoding is exact, so the output
+    is the same bytes, and the same output for reuse. x264 with B-frames: frame threads with reordering."""
+    src = write_timed(tmp_path / "src.mkv", list(range(24)), Fraction(1, 25), codec=codec, rate=25)
+    seen = []
+
+    def spy(vs):
+        seen.append(vs.codec_context.thread_count)
+        return pick_rate(vs)
+
+    monkeypatch.setattr(transcode_module, "pick_rate", spy)
+    one = transcode(src, tmp_path / "one.webm", SETTINGS)
+    three = replace(SETTINGS, decode_threads=3)
+    assert transcode(src, tmp_path / "three.webm", three) == one
+    assert seen == [1, 3]
+    assert (tmp_path / "one.webm").read_bytes() == (tmp_path / "three.webm").read_bytes()
+    assert three.identity() == SETTINGS.identity()
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads", "decode_threads"),
+                         [(2, 1, 1, 2), (2, 2, 1, 1), (16, 4, 1, 4), (16, 5, 1, 3), (2, 4, 1, 1), (2, 1, 3, 3)])
+def test_each_worker_decodes_with_the_cores_no_other_worker_uses(tmp_path, cores, workers, threads, decode_threads):
+    args = prepare_data.parse_args([str(tmp_path / "src"), "--format", "folders", "--workers", str(workers),
+                                    "--threads", str(threads)])
+    (tmp_path / "src").mkdir()
+    settings = replace(prepare_data.make_config(args), cores=cores).encode_settings()
+    assert (settings.threads, settings.decode_threads) == (threads, decode_threads)
 
 
 def test_verify_decodes_the_output_and_catches_a_wrong_count(tmp_path, monkeypatch):

@@ -80,6 +80,9 @@ class EncodeSettings:
     gop: int = 16  # a keyframe at exactly every gop-th frame, no B-frames, closed GOP
     crf: int = 32  # constant-quality level (lower = better and bigger)
     threads: int = 1  # codec (and scaler) threads per worker process
+    # Source decoder threads: decoding is exact, so they never change the bytes; prepare_data.py gives a worker
+    # the cores no other worker uses (one worker on 2 cores: 1.2-1.3x faster, benchmarks/RESULTS.md, issue 12).
+    decode_threads: int = 1
     verify: bool = False  # decode each new output again and compare its frame count and size (~10% slower)
 
     @property
@@ -89,13 +92,14 @@ class EncodeSettings:
     def identity(self) -> dict:
         """The settings that decide what an output is, and the code's revision: a change means it is redone.
 
-        threads and verify are left out. verify only checks; threads do change the bytes (each codec splits its
-        work by thread count) but not the output's frames, size or GOPs, so an output is reused across them.
-        Byte-identical outputs across runs and processes are tested with one thread (tests/test_prepare.py).
+        threads, decode_threads and verify are left out. verify only checks; decode_threads never change the
+        bytes (tested); threads do change the bytes (each codec splits its work by thread count) but not the
+        output's frames, size or GOPs, so an output is reused across them. Byte-identical outputs across runs and
+        processes are tested with one codec thread (tests/test_prepare.py).
         """
         d = asdict(self)
-        d.pop("threads")
-        d.pop("verify")
+        for run_only in ("threads", "decode_threads", "verify"):
+            d.pop(run_only)
         return {**d, "revision": REVISION}
 
 
@@ -372,8 +376,8 @@ def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo
         vs = inp.streams.video[0]
         if vs.codec_context is None:
             raise Rejected(f"undecodable: no decoder for codec '{vs.codec_tag or 'unknown'}'")
-        vs.thread_type = "AUTO"
-        vs.codec_context.thread_count = s.threads
+        vs.thread_type = "AUTO"  # frame threads decode the next frames while this thread resizes and encodes
+        vs.codec_context.thread_count = s.decode_threads
         rate, fps_note = pick_rate(vs)
         clock = Clock(vs.time_base, rate)
         out = None
