@@ -33,6 +33,7 @@ from engine.cli import (
     DEVICE_RANGES,
     LOADER_RANGES,
     MODEL_RANGES,
+    CheckpointOverrides,
     Range,
     add_clip_flags,
     add_device_flags,
@@ -51,12 +52,11 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
-from pipeline.normalisation import Normalisation
 from pipeline.sampling import eval_starts
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(CheckpointOverrides):
     data: str
     checkpoint: str
     split: str = "val"
@@ -67,19 +67,7 @@ class EvalConfig:
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
     skip_bad: bool = False
-    # the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours describe themselves, and
-    # these must agree with them
-    arch: str | None = None
-    shortcut: str | None = None
-    n_classes: int | None = None
-    widen_factor: float | None = None
-    conv1_t_size: int | None = None
-    conv1_t_stride: int | None = None
-    no_max_pool: bool | None = None
-    # the clips: the checkpoint's (ours), else 3D-ResNets-PyTorch's defaults; these override either
-    sample_duration: int | None = None
-    sample_size: int | None = None
-    normalisation: Normalisation | None = None
+    # the model and clips (arch ... normalisation): CheckpointOverrides
     # run
     device: str = "cpu"
     gpus: int = 1

@@ -45,6 +45,7 @@ from engine.checkpoint import RunRecord, checkpoint_record, run_dir
 from engine.cli import (
     CLIP_RANGES,
     MODEL_RANGES,
+    CheckpointOverrides,
     Range,
     add_clip_flags,
     add_device_flags,
@@ -60,7 +61,6 @@ from engine.progress import make_console
 from engine.step import forward, memory_format
 from model import CheckpointError, build_model, load_weights
 from pipeline.augment import augment_nv12
-from pipeline.normalisation import Normalisation
 from pipeline.prepare.transcode import (
     MAX_DECODE_ERRORS,
     Clock,
@@ -80,7 +80,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 
 
 @dataclass(frozen=True)
-class InferConfig:
+class InferConfig(CheckpointOverrides):
     videos: tuple[str, ...]  # files, as named (folders expanded to the video files under them, sorted)
     checkpoint: str
     top_k: int = 5
@@ -88,17 +88,7 @@ class InferConfig:
     batch_size: int = 16  # windows per forward pass
     classes: str | None = None  # class names, one per line; default the checkpoint's (ours), else "0", "1", ...
     height: int | None = None  # video height in pixels; default the checkpoint's (ours), else 360
-    # the model and clips, as evaluate.py's flags: ours describe themselves, a foreign checkpoint needs them
-    arch: str | None = None
-    shortcut: str | None = None
-    n_classes: int | None = None
-    widen_factor: float | None = None
-    conv1_t_size: int | None = None
-    conv1_t_stride: int | None = None
-    no_max_pool: bool | None = None
-    sample_duration: int | None = None
-    sample_size: int | None = None
-    normalisation: Normalisation | None = None
+    # the model and clips (arch ... normalisation), as evaluate.py's: CheckpointOverrides
     device: str = "cpu"
     amp: bool = False
 

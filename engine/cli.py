@@ -7,6 +7,10 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.normalisation import Normalisation
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,24 @@ MODEL_RANGES = {
 }
 NORM_RANGES = {"value_scale": Range(above=0), "mean_values": Range(), "std_values": Range(above=0)}
 CLIP_RANGES = {"sample_duration": Range(min=1), "sample_size": Range(min=1), **NORM_RANGES}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOverrides:
+    """What add_model_flags and add_clip_flags give evaluate.py's and infer.py's configs: None = the checkpoint's
+    (ours describe themselves, and these must agree with them), else build_model's and 3D-ResNets-PyTorch's
+    defaults."""
+
+    arch: str | None = None
+    shortcut: str | None = None
+    n_classes: int | None = None
+    widen_factor: float | None = None
+    conv1_t_size: int | None = None
+    conv1_t_stride: int | None = None
+    no_max_pool: bool | None = None
+    sample_duration: int | None = None
+    sample_size: int | None = None
+    normalisation: Normalisation | None = None
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
