@@ -44,6 +44,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.atomic import atomic_write
+from pipeline.pools import kill_pool
 
 CACHE_VERSION = 3  # 3: extradata and the reordered flag per video
 CACHE_MAGIC = b"PKTIDX\x00\x03"
@@ -346,16 +347,6 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=_die_with_parent, initargs=(os.getpid(),))
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancellation (Ctrl-C, an error in the caller): stop the workers now, without finishing their tasks."""
-    processes = list((pool._processes or {}).values())  # no public handle before Python 3.14's kill_workers()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        p.kill()
-    for p in processes:
-        p.join()
-
-
 def _index_files(
     todo: list[str], workers: int | None, progress: bool
 ) -> tuple[dict[str, VideoIndex], dict[str, str]]:
@@ -384,7 +375,7 @@ def _index_files(
                 good[f] = result
     except BaseException:
         if pool is not None:
-            _kill_workers(pool)
+            kill_pool(pool)
         raise
     if pool is not None:
         pool.shutdown()

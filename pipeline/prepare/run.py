@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING
 
 from pipeline.atomic import atomic_write
 from pipeline.manifest import COLUMNS
+from pipeline.pools import kill_pool
 from pipeline.prepare.layouts import Listing, Source, safe_name
 from pipeline.prepare.transcode import EncodeSettings, Rejected, VideoInfo, transcode
 
@@ -357,7 +358,7 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
             if not left:
                 submit(len(done))
     except BaseException as e:
-        _kill_pool(pool)
+        kill_pool(pool)
         if isinstance(e, Interrupted):
             # A killed job may have written its record just before (its result never came): count it, as the
             # next run will. The others left only temp files, which the next run removes.
@@ -368,16 +369,6 @@ def _run_pool(jobs, dst, settings, workers, timeout_s, outcomes, on_done, worker
         raise
     pool.shutdown()
     return left + list(queue)
-
-
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel the jobs not started and SIGKILL the workers (Python 3.14: pool.kill_workers())."""
-    processes = list(pool._processes.values())
-    for p in processes:
-        p.kill()
-    for p in processes:
-        p.join()
-    pool.shutdown(cancel_futures=True)  # its manager thread sees the dead workers and ends
 
 
 def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
