@@ -55,7 +55,7 @@ class PrepareConfig:
     gop: int
     crf: int
     workers: int
-    threads: int  # codec threads per worker
+    threads: int  # encoder and scaler threads per worker
     cores: int  # usable by this process: each worker's source decoder gets the cores no other worker uses
     timeout_s: int  # per video; 0 = none
     verify: bool  # decode every new output again to check its frame count
@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + ", ".join(f"{codec} {crf}" for codec, crf in DEFAULT_CRF.items()) + ")")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, default=usable_cores(), help="worker processes (default: all cores)")
-    g.add_argument("--threads", type=int, default=1, help="codec threads per worker")
+    g.add_argument("--threads", type=int, default=1, help="encoder and scaler threads per worker (its source decoder also takes the "
+                   "cores no other worker uses)")
     g.add_argument("--timeout", type=int, default=1800, help="seconds per video before it is rejected (0: none)")
     g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                    help="decode every new output again and check its frame count and size (~10%% slower; the "
