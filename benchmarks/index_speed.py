@@ -78,11 +78,11 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
     import pandas as pd
 
     from pipeline.manifest import COLUMNS, load_manifest
-    from pipeline.packets import PacketTable, _stat_keys, _write_cache, index_file
+    from pipeline.packets import PacketTable, _read_cache, _stat_keys, _write_cache, index_file
 
     data = root / f"{videos}x{packets}"
     cache = data / ".cache" / "packets-train.idx"
-    if cache.is_file():
+    if _read_cache(cache) is not None:  # complete, and of this version (an older cache is written again)
         return data
     classes = [f"class{k:03d}" for k in range(400)]
     sources = [data / "sources" / f"src{k}.webm" for k in range(-(-videos // LINKS_PER_FILE))]

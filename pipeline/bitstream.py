@@ -3,14 +3,15 @@ index (pipeline/packets.py) in one read, then wrapped for the decoder that takes
 
     read_span     the file bytes covering packets first..last (one seek, one read)
     ivf_slice     VP8/VP9 packets as an in-memory IVF stream, for DALI's fn.decoders.video (the DALI backend:
-                  its CPU decoder does not seek, so it is given the clip's GOPs only; design.md 4)
+                  its CPU decoder does not seek, so it is given the clip's GOPs only)
     packet_slice  packets as the NVDEC backend feeds them (PacketSlice): H.264/HEVC rewritten from the MP4
                   form (length-prefixed NAL units, parameter sets in the avcC/hvcC record) to Annex-B (start
                   codes, parameter sets in front of the first keyframe; parameter_sets, to_annexb); other
                   codecs' payloads as stored (VP9 superframes included)
 
-Frame k of a slice is packet first + k: the callers check that the video is not `reordered` (NVDEC) or is a
-VP8/VP9 stream without hidden frames (DALI), so decode order is display order.
+Frame k of a slice is packet first + k: the callers check, from the packet index, that the video's frames are
+not `reordered` and that each of its packets shows exactly one frame (`odd_packets` = 0; VP9 superframes are
+one packet): NVDEC refuses other rows, DALI decodes them from the whole file.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.packets import VideoIndex
+if TYPE_CHECKING:  # not at run time: pipeline.packets uses parameter_sets when it indexes a file
+    from pipeline.packets import VideoIndex
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
@@ -134,9 +137,9 @@ class PacketSlice:
     """Packets first..last of one video, ready for a decoder (NVDEC, or PyAV's decoder for the CPU twin).
 
     Packet k = data[offsets[k] : offsets[k] + sizes[k]] holds frame first + k (decode order = display order:
-    the caller checks the video is not `reordered`). H.264/HEVC packets are Annex-B, the parameter sets
-    from the extradata in front of packet 0 (a keyframe); other codecs' packets are the file's payloads
-    (VP9 superframes included). offsets, sizes: (P,) int64.
+    the caller checks the video is not `reordered` and has no odd_packets). H.264/HEVC packets are Annex-B,
+    the parameter sets from the extradata in front of packet 0 (a keyframe); other codecs' packets are the
+    file's payloads (VP9 superframes included). offsets, sizes: (P,) int64.
     """
 
     codec: str

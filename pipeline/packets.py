@@ -1,28 +1,35 @@
 """Per-video packet index: where every frame's compressed payload lives in the file.
 
 Why: DALI 2.4's CPU `fn.decoders.video` does not seek; it decodes from the first frame of the bytes it is
-given (design.md section 4). So the DALI loader hands it only the packets from the keyframe at or before a
+given (measured on DALI 2.4; benchmarks/RESULTS.md). So the DALI loader hands it only the packets from the keyframe at or before a
 clip's first frame to its last frame, and the NVDEC loader feeds its decoders the same packets
 (pipeline/bitstream.py cuts and wraps them). Finding those packets needs, per file: the byte offset and size
 of each packet's payload and its keyframe flag, in decode order.
 
 The index is built once with PyAV (demux only, plus decoding the first frame; `index_file`) and doubles as
-the check that finds missing, truncated or undecodable files before the first training step. It also keeps
-each video's codec extradata (for H.264/HEVC in MP4: the avcC/hvcC record with the parameter sets, which
-bitstream.packet_slice puts in front of a slice) and whether its frames are reordered (B-frames: packet k
-is then not frame k; the NVDEC loader refuses such rows). `load_or_build` returns it as a `PacketTable`:
-per-video columns (codec, size, fps, where its packets start, how many) that point into flat per-packet
-arrays shared by all videos. Nothing is built per video at start-up.
+the check that finds missing, truncated or undecodable files before the first training step. It also keeps,
+per video, what decides whether packet k is frame k and how a decoder may be fed (pipeline/headers.py reads
+them from the headers, nothing is decoded for them): the codec extradata (for H.264/HEVC in MP4: the
+avcC/hvcC record with the parameter sets, which bitstream.packet_slice puts in front of a slice); whether
+its frames are reordered (B-frames: presentation order differs from decode order); how many frames it shows
+and how many of its packets do not show exactly one (a VP8/VP9 hidden frame stored in a packet of its own;
+VP9 superframes count as one packet); the reorder depth its H.264/HEVC sequence parameter set declares; the
+bit depth and chroma format of its first frame. The loaders decide from these: NVDEC refuses reordered,
+odd-packet and non-8-bit-4:2:0 rows, DALI gives odd-packet rows the whole file. `load_or_build` returns it as
+a `PacketTable`: per-video columns that point into flat per-packet arrays shared by all videos. Nothing is
+built per video at start-up.
 
 Cache: DST/.cache/packets-<split>.idx, keyed by (path, size, mtime_ns). It is memory-mapped, not loaded:
-start-up copies the per-video columns (~50 bytes a video) and leaves the packet arrays (13 bytes a packet:
+start-up copies the per-video columns (~60 bytes a video) and leaves the packet arrays (13 bytes a packet:
 offset int64, size int32, keyframe bool; ~0.9 GB for Kinetics-400's 240k x 300 packets) in the page cache,
 one copy per node for all DDP ranks, paged in only where a clip's packets are read. Extradata (a few dozen
 bytes a video) is one flat byte array beside them. Layout (little-endian):
 8-byte magic, u64 length of a JSON header, the header {"version", "codecs", "files", "arrays": {name:
-[dtype, shape, offset]}}, then each array's bytes at data start + offset, 64-byte aligned. One file rather
-than a folder of .npy files because one file can be replaced atomically (temp file + os.replace) while
-other processes still read the old one through their mappings.
+[dtype, shape, offset]}}, then each array's bytes at data start + offset, 64-byte aligned: the per-video
+arrays files (paths, UTF-8, NUL-separated), fsize, mtime and PacketTable.VIDEO_COLUMNS, the per-packet
+arrays PacketTable.PACKET_COLUMNS, then extradata. One file rather than a folder of .npy files because one
+file can be replaced atomically (temp file + os.replace) while other processes still read the old one
+through their mappings. A cache of another version is rebuilt.
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.atomic import atomic_write
+from pipeline.bitstream import parameter_sets
+from pipeline.headers import CHROMA_420, pixel_layout, reorder_depth, shown_frames, split_nals
 from pipeline.pools import kill_pool
 
-CACHE_VERSION = 3  # 3: extradata and the reordered flag per video
-CACHE_MAGIC = b"PKTIDX\x00\x03"
+CACHE_VERSION = 4  # 3: extradata and the reordered flag per video; 4: shown, odd_packets, reorder, bit_depth, chroma
+CACHE_MAGIC = b"PKTIDX\x00\x04"
 _ALIGN = 64
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -56,7 +65,11 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 class VideoIndex:
     """Packet table of one file, in decode order (= display order unless `reordered`).  offsets: (P,) int64
     bytes; sizes: (P,) int32 bytes; keyframes: (P,) bool; extradata: the codec's configuration record from
-    the container (b"" when none); reordered: presentation order differs from decode order (B-frames).
+    the container (b"" when none); reordered: presentation order differs from decode order (B-frames);
+    shown: frames the file shows (-1: one per packet, P); odd_packets: packets that do not show exactly one
+    frame (VP8/VP9 hidden frames stored alone; then packet k is not frame k); reorder: frames a decoder may
+    hold back, from the H.264/HEVC SPS (0 for VP8/VP9; headers.REORDER_UNKNOWN when the stream does not say);
+    bit_depth, chroma: the first frame's bits per sample and chroma code (headers.CHROMA_*).
     PacketTable.video() gives one as views into the shared arrays (no copy)."""
 
     codec: str
@@ -68,6 +81,15 @@ class VideoIndex:
     keyframes: np.ndarray
     extradata: bytes = b""
     reordered: bool = False
+    shown: int = -1
+    odd_packets: int = 0
+    reorder: int = 0
+    bit_depth: int = 8
+    chroma: int = CHROMA_420
+
+    def __post_init__(self) -> None:
+        if self.shown < 0:
+            object.__setattr__(self, "shown", len(self.offsets))
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -83,21 +105,27 @@ class PacketTable:
 
     Per video: codec (V,) uint8 index into `codecs`; width, height (V,) int32 pixels; fps (V,) float64;
     first, count (V,) int64 packets; extra_first (V,) int64, extra_size (V,) int32: the video's extradata
-    is extradata[extra_first : extra_first + extra_size]; reordered (V,) bool. Per packet, all videos end to
-    end: offsets (P,) int64 payload byte offsets in the file; sizes (P,) int32 payload bytes; keyframes (P,)
-    bool. extradata (E,) uint8, all videos end to end. Read from the cache, the packet arrays and extradata
-    are read-only views of the memory-mapped file. The extradata columns may be left out (None): no
-    extradata, nothing reordered.
+    is extradata[extra_first : extra_first + extra_size]; reordered (V,) bool; shown (V,) int64 frames the
+    file shows; odd_packets (V,) int32; reorder (V,) int8; bit_depth, chroma (V,) uint8 (VideoIndex says what
+    each means). Per packet, all videos end to end: offsets (P,) int64 payload byte offsets in the file; sizes
+    (P,) int32 payload bytes; keyframes (P,) bool. extradata (E,) uint8, all videos end to end. Read from the
+    cache, the packet arrays and extradata are read-only views of the memory-mapped file. The columns after
+    keyframes may be left out (None): no extradata, nothing reordered, one shown frame per packet, 8-bit
+    4:2:0.
     """
 
     VIDEO_COLUMNS: ClassVar[tuple[str, ...]] = ("codec", "width", "height", "fps", "first", "count",
-                                                "extra_first", "extra_size", "reordered")
+                                                "extra_first", "extra_size", "reordered", "shown", "odd_packets",
+                                                "reorder", "bit_depth", "chroma")
     PACKET_COLUMNS: ClassVar[tuple[str, ...]] = ("offsets", "sizes", "keyframes")
     DTYPES: ClassVar[dict[str, type]] = {
         "codec": np.uint8, "width": np.int32, "height": np.int32, "fps": np.float64, "first": np.int64,
         "count": np.int64, "extra_first": np.int64, "extra_size": np.int32, "reordered": np.bool_,
+        "shown": np.int64, "odd_packets": np.int32, "reorder": np.int8, "bit_depth": np.uint8, "chroma": np.uint8,
         "offsets": np.int64, "sizes": np.int32, "keyframes": np.bool_, "extradata": np.uint8,
     }  # fmt: skip
+    DEFAULTS: ClassVar[dict[str, int]] = {"extra_first": 0, "extra_size": 0, "reordered": False, "odd_packets": 0,
+                                          "reorder": 0, "bit_depth": 8, "chroma": CHROMA_420}  # shown: count
 
     codecs: tuple[str, ...]
     codec: np.ndarray
@@ -112,13 +140,20 @@ class PacketTable:
     extra_first: np.ndarray | None = None
     extra_size: np.ndarray | None = None
     reordered: np.ndarray | None = None
+    shown: np.ndarray | None = None
+    odd_packets: np.ndarray | None = None
+    reorder: np.ndarray | None = None
+    bit_depth: np.ndarray | None = None
+    chroma: np.ndarray | None = None
     extradata: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         v = len(self.first)
-        for c in ("extra_first", "extra_size", "reordered"):
+        for c, value in self.DEFAULTS.items():
             if getattr(self, c) is None:
-                object.__setattr__(self, c, np.zeros(v, self.DTYPES[c]))
+                object.__setattr__(self, c, np.full(v, value, self.DTYPES[c]))
+        if self.shown is None:
+            object.__setattr__(self, "shown", np.asarray(self.count, np.int64).copy())
         if self.extradata is None:
             object.__setattr__(self, "extradata", np.zeros(0, np.uint8))
 
@@ -135,7 +170,9 @@ class PacketTable:
         e = int(self.extra_first[row])
         return VideoIndex(self.codec_of(row), int(self.width[row]), int(self.height[row]), float(self.fps[row]),
                           self.offsets[a:b], self.sizes[a:b], self.keyframes[a:b],
-                          self.extradata[e:e + int(self.extra_size[row])].tobytes(), bool(self.reordered[row]))
+                          self.extradata[e:e + int(self.extra_size[row])].tobytes(), bool(self.reordered[row]),
+                          int(self.shown[row]), int(self.odd_packets[row]), int(self.reorder[row]),
+                          int(self.bit_depth[row]), int(self.chroma[row]))
 
     def take(self, rows: np.ndarray) -> PacketTable:
         """The table of `rows` ((R,) int, -1 = an empty row: count 0, all other columns 0). The per-video
@@ -167,7 +204,8 @@ class PacketTable:
             **{c: _concat([getattr(v, c) for v in videos], cls.DTYPES[c]) for c in cls.PACKET_COLUMNS},
             extra_first=np.cumsum(extra_size, dtype=np.int64) - extra_size,
             extra_size=extra_size,
-            reordered=np.array([v.reordered for v in videos], bool),
+            **{c: np.array([getattr(v, c) for v in videos], cls.DTYPES[c])
+               for c in ("reordered", "shown", "odd_packets", "reorder", "bit_depth", "chroma")},
             extradata=np.frombuffer(b"".join(v.extradata for v in videos), np.uint8).copy(),
         )
 
@@ -194,6 +232,8 @@ class PacketTable:
         if v and (self.extra_size.min() < 0 or self.extra_first.min() < 0
                   or (self.extra_first + self.extra_size).max() > e):
             raise ValueError("extradata ranges out of bounds")
+        if v and (self.shown.min() < 0 or self.odd_packets.min() < 0 or (self.odd_packets > self.count).any()):
+            raise ValueError("shown frames or odd packet counts out of bounds")
 
 
 def _concat_plan(
@@ -209,7 +249,8 @@ def _concat_plan(
     columns = {
         "codec": np.concatenate([np.array([codecs.index(c) for c in t.codecs], np.uint8)[t.codec]
                                  for t in tables]),
-        **{c: np.concatenate([getattr(t, c) for t in tables]) for c in ("width", "height", "fps", "reordered")},
+        **{c: np.concatenate([getattr(t, c) for t in tables])
+           for c in ("width", "height", "fps", "reordered", "shown", "odd_packets", "reorder", "bit_depth", "chroma")},
         "first": np.cumsum(count) - count,
         "count": count,
         "extra_first": np.cumsum(extra_size, dtype=np.int64) - extra_size,
@@ -255,8 +296,10 @@ def index_file(path: str) -> VideoIndex:
             codec = st.codec_context.name
             rate = st.average_rate or st.guessed_rate or 25
             extradata = bytes(st.codec_context.extradata or b"")
-            offsets, sizes, keys, pts = [], [], [], []
-            first_decoded = 0
+            offsets, sizes, keys, pts, shown = [], [], [], [], []
+            first_frames: list = []
+            first_payload = b""
+            count_shown = codec in ("vp8", "vp9")  # other codecs: one frame per packet (an MP4 sample is one)
             for p in c.demux(st):
                 if p.size == 0:  # the flush packet
                     continue
@@ -265,8 +308,11 @@ def index_file(path: str) -> VideoIndex:
                 sizes.append(p.size)
                 keys.append(bool(p.is_keyframe))
                 pts.append(p.pts)
+                if count_shown:
+                    shown.append(shown_frames(codec, payload))  # the header bytes only, nothing decoded
                 if len(sizes) == 1:  # decode the first frame: catches broken headers and codec parameters
-                    first_decoded = len(st.codec_context.decode(p)) + len(st.codec_context.decode(None))
+                    first_payload = payload
+                    first_frames = st.codec_context.decode(p) + st.codec_context.decode(None)
             width, height = st.codec_context.width, st.codec_context.height
     except BadVideo:
         raise
@@ -276,7 +322,7 @@ def index_file(path: str) -> VideoIndex:
         raise BadVideo("no video packets")
     if not keys[0]:
         raise BadVideo("first packet is not a keyframe")
-    if first_decoded == 0:
+    if not first_frames:
         raise BadVideo("first frame does not decode")
     if min(offsets) < 0:
         raise BadVideo("packet payloads not found in the file (unsupported container layout)")
@@ -284,8 +330,24 @@ def index_file(path: str) -> VideoIndex:
         raise BadVideo("a packet of 2 GiB or more")
     known = np.array([t for t in pts if t is not None], np.int64)
     reordered = bool(len(known) > 1 and (np.diff(known) <= 0).any())  # presentation order != decode order
+    per_packet = np.asarray(shown, np.int64) if count_shown else np.ones(len(sizes), np.int64)
+    bit_depth, chroma = pixel_layout(first_frames[0].format.name)
     return VideoIndex(codec, int(width), int(height), float(rate), np.asarray(offsets, np.int64),
-                      np.asarray(sizes, np.int32), np.asarray(keys, bool), extradata, reordered)
+                      np.asarray(sizes, np.int32), np.asarray(keys, bool), extradata, reordered,
+                      shown=int(per_packet.sum()), odd_packets=int((per_packet != 1).sum()),
+                      reorder=_reorder(codec, extradata, first_payload), bit_depth=bit_depth, chroma=chroma)
+
+
+def _reorder(codec: str, extradata: bytes, first_payload: bytes) -> int:
+    """headers.reorder_depth from the SPS in the extradata (avcC/hvcC, or Annex-B) or else in the first packet
+    (streams that carry their parameter sets in band)."""
+    if codec not in ("h264", "hevc"):
+        return reorder_depth(codec, [])
+    try:
+        head, length_size = parameter_sets(codec, extradata)
+    except ValueError:  # a damaged record: the packets may still carry the SPS
+        head, length_size = b"", 0 if not extradata else 4
+    return reorder_depth(codec, split_nals(head, 0) + split_nals(first_payload, length_size))
 
 
 def _payload_offset(raw: mmap.mmap, payload: bytes, pos: int | None) -> int:

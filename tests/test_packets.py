@@ -297,3 +297,231 @@ def test_cancelled_indexing_kills_its_workers(files, tmp_path, monkeypatch):
         load_or_build(many, None, progress=True, workers=2)
     assert len(workers) == 2
     assert [w.exitcode for w in workers] == [-signal.SIGKILL] * 2  # killed, not left to finish their chunks
+
+
+# ---- what the index reads from the codec headers (pipeline/headers.py) -------------------------------------------
+
+
+def test_shown_frames_reads_vp9_and_vp8_frame_headers():
+    from videos import vp9_superframe
+
+    from pipeline.headers import shown_frames, vp9_frames
+
+    key, hidden_key, inter, existing = b"\x82\x49\x83", b"\x80\x49\x83", b"\x86\x00", b"\x88"
+    assert [shown_frames("vp9", f) for f in (key, hidden_key, inter, existing)] == [1, 0, 1, 1]
+    assert shown_frames("vp9", b"\x84\x00") == 0  # an inter frame with show_frame 0 (an alt-ref)
+    assert shown_frames("vp9", b"\xb1") == 1  # profile 3 (a reserved bit first): show_frame is bit 0
+    assert shown_frames("vp9", b"\xb4") == 1 and shown_frames("vp9", b"\xb0") == 0  # its show_existing_frame, none
+    assert shown_frames("vp9", b"\x42") == 0 and shown_frames("vp9", b"") == 0  # no frame_marker: no frame
+    packed = vp9_superframe([hidden_key, existing])
+    assert vp9_frames(packed) == [hidden_key, existing] and shown_frames("vp9", packed) == 1
+    assert shown_frames("vp9", vp9_superframe([b"\x84\x00", inter, b"\x84\x01"])) == 1
+    assert shown_frames("vp9", vp9_superframe([hidden_key, b"\x84\x00"])) == 0
+    bad_index = packed[:-2] + b"\xff" + packed[-1:]  # sizes past the data: the packet is one frame after all
+    assert vp9_frames(bad_index) == [bad_index]
+    assert [shown_frames("vp8", bytes([b, 0, 0])) for b in (0x10, 0x00, 0x11, 0x01)] == [1, 0, 1, 0]
+    assert shown_frames("h264", b"\x00\x00\x00\x01\x65") == 1
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_hidden_frames_in_packets_of_their_own_are_counted(tmp_path, packed):
+    """A VP9 IVF with two keyframes hidden and shown by show_existing_frame packets: stored apart, 42 packets of
+    which 2 show no frame; packed in superframes (FFmpeg's way), 40 packets showing one frame each. PyAV shows
+    the same 40 frames in order from both. The counts survive the cache."""
+    import av
+    from videos import decode_code, write_hidden_frame_ivf
+
+    path = write_hidden_frame_ivf(tmp_path / "v.ivf", 40, hide=[8, 24], packed=packed)
+    ix = index_file(str(path))
+    assert (len(ix), ix.shown, ix.odd_packets) == ((40, 40, 0) if packed else (42, 40, 2))
+    assert list(np.flatnonzero(ix.keyframes)) == ([0, 8, 16, 24, 32] if packed else [0, 8, 17, 25, 34])
+    with av.open(str(path)) as c:
+        codes = [int(decode_code(f.to_ndarray(format="rgb24")[..., 2].mean())) for f in c.decode(video=0)]
+    assert codes == list(np.arange(40) % 32)
+    cache = tmp_path / "packets.idx"
+    load_or_build([str(path)], cache, progress=False, workers=1)
+    table, _ = load_or_build([str(path)], cache, progress=False, workers=1)
+    got = table.video(0)
+    assert (got.shown, got.odd_packets, table.shown[0], table.odd_packets[0]) == (ix.shown, ix.odd_packets) * 2
+
+
+def test_prepared_vp9_has_one_shown_frame_per_packet(files):
+    for f in files:
+        ix = index_file(f)
+        assert (ix.shown, ix.odd_packets, ix.reorder, ix.bit_depth, ix.chroma) == (len(ix), 0, 0, 8, 1)
+
+
+class BitWriter:
+    """MSB-first bits -> bytes, with Exp-Golomb codes: for hand-made H.264 parameter sets."""
+
+    def __init__(self):
+        self.bits = ""
+
+    def u(self, n: int, value: int) -> "BitWriter":
+        self.bits += format(value, f"0{n}b") if n else ""
+        return self
+
+    def ue(self, value: int) -> "BitWriter":
+        code = format(value + 1, "b")
+        self.bits += "0" * (len(code) - 1) + code
+        return self
+
+    def nal(self, header: int) -> bytes:
+        bits = self.bits + "1"  # rbsp_stop_one_bit, then zeros to the byte
+        bits += "0" * (-len(bits) % 8)
+        return bytes([header]) + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def h264_sps(profile: int = 66, constraints: int = 0, vui: str = "none", reorder: int = 0) -> bytes:
+    """An H.264 SPS NAL unit (352x288, POC type 2) whose VUI is absent ("none"), present without
+    bitstream_restriction ("no-restriction"), or with timing info, NAL HRD parameters and bitstream_restriction
+    declaring `reorder` ("restriction")."""
+    w = BitWriter().u(8, profile).u(8, constraints).u(8, 30).ue(0)
+    if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
+        w.ue(1).ue(0).ue(0).u(1, 0).u(1, 1)  # 4:2:0, 8-bit, no bypass; scaling matrix present:
+        for i in range(8):
+            w.u(1, int(i == 0))
+            if i == 0:  # one 4x4 list: delta_scale -8 (se(-8) = ue(16)) makes nextScale 0, which ends the list
+                w.ue(16)
+    w.ue(0).ue(2).ue(1).u(1, 0).ue(21).ue(17).u(1, 1).u(1, 1).u(1, 0)  # ... frame_mbs_only, direct_8x8, no crop
+    if vui == "none":
+        return w.u(1, 0).nal(0x67)
+    w.u(1, 1).u(1, 1).u(8, 255).u(16, 1).u(16, 1)  # aspect_ratio_info: Extended_SAR 1:1
+    w.u(1, 0).u(1, 1).u(3, 5).u(1, 0).u(1, 1).u(24, 0x010101)  # no overscan; video signal type with colour
+    w.u(1, 0).u(1, 1).u(32, 1).u(32, 50).u(1, 1)  # no chroma loc; timing info
+    w.u(1, 1).ue(0).u(4, 0).u(4, 0).ue(999).ue(999).u(1, 0).u(20, 0)  # NAL HRD, one CPB
+    w.u(1, 0).u(1, 0).u(1, 0)  # no VCL HRD; low_delay_hrd_flag; pic_struct_present_flag
+    if vui == "no-restriction":
+        return w.u(1, 0).nal(0x67)
+    return w.u(1, 1).u(1, 1).ue(2).ue(1).ue(16).ue(16).ue(reorder).ue(reorder + 1).nal(0x67)
+
+
+def test_h264_sps_reorder_depth_by_the_spec():
+    from pipeline.headers import REORDER_UNKNOWN, h264_reorder, rbsp, reorder_depth
+
+    assert h264_reorder(h264_sps(vui="restriction", reorder=0)) == 0
+    assert h264_reorder(h264_sps(vui="restriction", reorder=3)) == 3
+    assert h264_reorder(h264_sps(profile=100, vui="restriction", reorder=2)) == 2  # past a scaling list
+    assert h264_reorder(h264_sps(vui="none")) == REORDER_UNKNOWN  # the spec infers MaxDpbFrames
+    assert h264_reorder(h264_sps(vui="no-restriction")) == REORDER_UNKNOWN
+    assert h264_reorder(h264_sps(profile=100, constraints=0x10, vui="none")) == 0  # intra profile, constraint 3
+    assert rbsp(b"\x00\x00\x03\x01\x00\x00\x03\x00\x03") == b"\x00\x00\x01\x00\x00\x00\x03"
+    with pytest.raises(ValueError, match="ends early"):
+        h264_reorder(h264_sps(vui="restriction")[:12])
+    sps = h264_sps(vui="restriction", reorder=1)
+    assert reorder_depth("h264", [b"\x06\x05", sps]) == 1  # the first SPS among the NAL units
+    assert reorder_depth("h264", [b"\x06\x05"]) == REORDER_UNKNOWN  # none
+    assert reorder_depth("h264", [sps[:6]]) == REORDER_UNKNOWN  # cut short
+    assert reorder_depth("vp9", []) == 0 and reorder_depth("mpeg4", []) == REORDER_UNKNOWN
+
+
+def ffmpeg_trace(path: str) -> list[str]:
+    """FFmpeg's own reading of the stream's headers (the trace_headers bitstream filter), one element a line:
+    '<bit position> <name> <bits> = <value>'."""
+    import av
+    import av.logging
+    from av.bitstream import BitStreamFilterContext
+
+    av.logging.set_level(av.logging.TRACE)
+    try:
+        with av.logging.Capture() as logs, av.open(path) as c:
+            st = c.streams.video[0]
+            f = BitStreamFilterContext("trace_headers", st)
+            for p in c.demux(st):
+                f.filter(p)
+                break
+    finally:
+        av.logging.set_level(None)
+    return [" ".join(m.split()) for _, name, m in logs if name == "trace_headers"]
+
+
+def traced(lines: list[str], name: str) -> tuple[int, int]:
+    """(bit position, value) of the first element `name` in ffmpeg_trace's lines."""
+    line = next(x for x in lines if x.split()[1:2] == [name])
+    return int(line.split()[0]), int(line.split()[-1])
+
+
+@pytest.mark.parametrize(("codec", "bframes", "reorder"), [("h264", 0, 0), ("h264", 1, 1), ("h264", 2, 2),
+                                                           ("hevc", 0, 0), ("hevc", 2, 2)])
+def test_reorder_depth_of_real_x264_and_x265_streams(tmp_path, codec, bframes, reorder):
+    """The index's reorder depth equals what FFmpeg reads from the same SPS (trace_headers) and its decoder's
+    reorder_depth (has_b_frames); `reordered` says whether B-frames were used."""
+    import av
+    from test_nvdec import write_pattern
+
+    path = str(write_pattern(tmp_path / "v.mp4", 24, codec, bframes=bframes))
+    ix = index_file(path)
+    name = "max_num_reorder_frames" if codec == "h264" else "sps_max_num_reorder_pics[0]"
+    assert (ix.reorder, ix.reordered) == (reorder, bframes > 0)
+    assert traced(ffmpeg_trace(path), name)[1] == reorder
+    with av.open(path) as c:
+        assert c.streams.video[0].codec_context.reorder_depth == reorder
+
+
+def test_h264_without_a_declared_reorder_depth(tmp_path):
+    """x264 output whose SPS has its bitstream_restriction_flag cleared (the bit FFmpeg's trace_headers places;
+    the file keeps its size): the stream no longer says how many frames wait for reordering, so the index
+    records REORDER_UNKNOWN; the frames decode as before."""
+    import av
+    from test_nvdec import write_pattern
+
+    from pipeline.headers import REORDER_UNKNOWN
+
+    path = write_pattern(tmp_path / "v.mp4", 24, "h264")
+    flip_h264_bitstream_restriction(path)
+    assert traced(ffmpeg_trace(str(path)), "bitstream_restriction_flag")[1] == 0
+    assert index_file(str(path)).reorder == REORDER_UNKNOWN
+    with av.open(str(path)) as c:
+        assert len(list(c.decode(video=0))) == 24
+
+
+def flip_h264_bitstream_restriction(path: Path) -> None:
+    """End the VUI of an x264 MP4's SPS at bitstream_restriction_flag = 0, in place: the SPS keeps its stored
+    length (zero bytes after its stop bit, which FFmpeg drops as trailing zeros), so the MP4 does not change
+    shape. trace_headers gives the flag's bit position in the NAL unit without emulation prevention bytes."""
+    from pipeline.headers import rbsp
+
+    pos, value = traced(ffmpeg_trace(str(path)), "bitstream_restriction_flag")
+    assert value == 1
+    raw = bytearray(path.read_bytes())
+    avcc = index_file(str(path)).extradata  # version, profile, compatibility, level, length size, SPS count,
+    sps = avcc[8:8 + int.from_bytes(avcc[6:8], "big")]  # then the first SPS after its 16-bit length
+    assert raw.count(sps) == 1
+    bits = "".join(format(b, "08b") for b in rbsp(sps))
+    assert bits[pos] == "1"
+    bits = bits[:pos] + "01"  # the flag cleared, then rbsp_stop_one_bit
+    bits += "0" * (-len(bits) % 8)
+    new, zeros = bytearray(), 0
+    for b in int(bits, 2).to_bytes(len(bits) // 8, "big"):  # escaped again: 00 00 0x -> 00 00 03 0x
+        if zeros >= 2 and b <= 3:
+            new.append(3)
+            zeros = 0
+        new.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    assert len(new) <= len(sps)
+    at = raw.find(sps)
+    raw[at:at + len(sps)] = bytes(new) + bytes(len(sps) - len(new))
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(("encoder", "pix_fmt", "layout"), [
+    ("libvpx-vp9", "yuv420p", (8, 1)), ("libvpx-vp9", "yuv444p", (8, 3)), ("libx264", "yuv422p", (8, 2)),
+    ("libx265", "yuv420p10le", (10, 1)),
+])  # fmt: skip
+def test_bit_depth_and_chroma_format_are_indexed(tmp_path, encoder, pix_fmt, layout):
+    import av
+    from videos import frame_rgb
+
+    from pipeline.headers import pixel_layout
+
+    path = tmp_path / f"v.{'webm' if 'vpx' in encoder else 'mp4'}"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(encoder, rate=25, options={"x265-params": "log-level=error"} if encoder == "libx265" else {})
+        s.width, s.height, s.pix_fmt = 64, 48, pix_fmt
+        for i in range(4):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, 64, 48), format="rgb24").reformat(format=pix_fmt)))
+        c.mux(s.encode())
+    ix = index_file(str(path))
+    assert (ix.bit_depth, ix.chroma) == layout == pixel_layout(pix_fmt)
+    assert [pixel_layout(f) for f in ("yuvj420p", "gray", "gray10le", "rgb24", "yuv411p", "nonsense")] == [
+        (8, 1), (8, 0), (10, 0), (8, 255), (8, 255), (0, 255)]

@@ -71,3 +71,54 @@ def make_dataset(root: Path, splits: dict[str, list[dict]], classes: list[str] =
                 out.append([vid, rel.as_posix(), label, classes[label], split, n, 25.0, w, h, a, b])
         pd.DataFrame(out, columns=list(COLUMNS)).to_csv(root / f"{split}.csv", index=False)
     return root
+
+
+# ---- VP9 with hidden frames in packets of their own (as muxers other than FFmpeg's may store them) ---------------
+
+
+def write_ivf(path: Path, packets: list[bytes], width: int, height: int, fourcc: bytes = b"VP90", fps: int = 25) -> Path:
+    """packets as an IVF file (32-byte header, then a 12-byte header per packet: size u32, timestamp u64)."""
+    import struct
+
+    parts = [struct.pack("<4sHH4sHHIII4x", b"DKIF", 0, 32, fourcc, width, height, fps, 1, len(packets))]
+    for k, p in enumerate(packets):
+        parts += [struct.pack("<IQ", len(p), k), p]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(b"".join(parts))
+    return Path(path)
+
+
+def vp9_superframe(frames: list[bytes]) -> bytes:
+    """VP9 frames packed into one superframe (VP9 spec Annex B): the frames, then an index of 4-byte sizes
+    between two marker bytes 0b110_11_NNN (N + 1 frames)."""
+    import struct
+
+    marker = bytes([0xC0 | 3 << 3 | (len(frames) - 1)])
+    return b"".join(frames) + marker + b"".join(struct.pack("<I", len(f)) for f in frames) + marker
+
+
+def write_hidden_frame_ivf(path: Path, num_frames: int, hide: list[int], packed: bool, width: int = 96,
+                           height: int = 64, gop: int = 8) -> Path:
+    """The test pattern (frame_rgb) as VP9 in IVF, showing frames 0..num_frames-1 in order, where each keyframe
+    k in `hide` (a multiple of gop, not 0) is stored hidden (show_frame cleared) and shown by the next frame, a
+    one-byte show_existing_frame of slot 0 (every keyframe refreshes all slots). packed=False: the two as
+    packets of their own (num_frames + len(hide) packets: packet k is not frame k after the first); packed=True:
+    the two in one superframe, as FFmpeg's muxers pack an alt-ref frame (num_frames packets, one shown frame
+    each). The pixels are the lossless encoder's, so every backend can check its frames exactly."""
+    import av
+
+    src = write_video(Path(path).with_suffix(".src.webm"), num_frames, width, height, gop)
+    with av.open(str(src)) as c:
+        packets = [bytes(p) for p in c.demux(video=0) if p.size]
+    src.unlink()
+    out = []
+    for k, p in enumerate(packets):
+        if k not in hide:
+            out.append(p)
+            continue
+        # First byte, profile 0: frame_marker 0b10, profile bits 00, show_existing_frame, frame_type, show_frame,
+        # error_resilient_mode. A shown keyframe is 0b1000_001x.
+        assert k % gop == 0 and k > 0 and p[0] & 0xFE == 0x82, f"packet {k} is not a shown profile-0 keyframe"
+        hidden, show = bytes([p[0] & ~0x02]) + p[1:], bytes([0b1000_1000])  # show_existing_frame, slot 0
+        out += [vp9_superframe([hidden, show])] if packed else [hidden, show]
+    return write_ivf(path, out, width, height)
