@@ -8,7 +8,7 @@ Per clip of the plan (the same plan, boxes and flips as the DALI and decord back
 Per batch: stack -> augment_nv12 -> (N, 3, T, S, S) float32 clips.
 
 Decoders (the `Decoder` protocol): num_threads of them, made when the loader is built; each worker thread
-takes one on its first clip and keeps it, so a decoder is only ever used by its own thread (nvdec.md 5). Each
+takes one on its first clip and keeps it, so a decoder is only ever used by its own thread (PyNvVideoCodec's threading model). Each
 is reused for every clip of its thread and flushed after each clip with an end-of-stream packet:
   NvdecDecoder  PyNvVideoCodec 2.2.4 (`pip install pynvvideocodec==2.2.4`, needs an NVIDIA driver with
                 NVDEC; imported lazily): CreateDecoder(usedevicememory, maxwidth/maxheight = the dataset's
@@ -18,17 +18,20 @@ is reused for every clip of its thread and flushed after each clip with an end-o
                 synchronises that stream (blocking only itself) and the batch is built on the consumer's
                 stream (record_stream keeps the allocator from reusing the clip early). Threads:
                 num_threads rounded up to a multiple of the GPU's NVDEC engines (GetDecoderCaps): one
-                session uses one engine. API facts and what is inferred: ../shared/notes/nvdec.md.
+                session uses one engine. Read from PyNvVideoCodec 2.2.4's wheel; not yet run on a GPU.
   PyAVDecoder   the CPU twin: PyAV's decoders (av.CodecContext) fed the same packet slices, the frames laid
                 out as NV12. device="cpu" (or decoder="pyav") uses it, so everything but the hardware call
                 runs and is tested without a GPU; with device="gpu" it decodes on the CPU and augments on
                 the GPU.
 
-Limits are checked when the loader is built, never discovered mid-epoch: codec support and minimum/maximum
-frame size (GetDecoderCaps on a GPU; STATIC_LIMITS, NVIDIA's NVDEC application note, for the twin), even
-frame sizes (NV12), and no frame reordering (packet k must be frame k: prepare_data.py writes no B-frames).
-A row that fails is refused with one line naming the file and the fix, or skipped and counted with
-skip_bad (LoaderBase's policy).
+Limits are checked when the loader is built, never discovered mid-epoch (row_problems): codec support and
+minimum/maximum frame size (GetDecoderCaps on a GPU; STATIC_LIMITS, NVIDIA's NVDEC application note, for the
+twin), even frame sizes and 8-bit 4:2:0 pixels (NV12), no frame reordering and one shown frame per packet
+(packet k must be frame k: prepare_data.py writes no B-frames and no hidden frames). A row that fails is
+refused with one line naming the file and the fix, or skipped and counted with skip_bad (LoaderBase's policy).
+Latency "low" also needs streams that declare no reordering (low_latency_problems); otherwise the loader uses
+"native" and says for how many rows. At decode time, a frame that is not the NV12 the index promises
+(nv12_problem) is the same one-line DatasetError.
 
 Host cost: `host_pass()` runs everything the host does before the decoder call (plan, packet slice,
 Annex-B, the (address, size, pts) submissions) for an epoch and reports CPU time per clip.
@@ -49,6 +52,7 @@ import numpy as np
 
 from pipeline.augment import augment_nv12
 from pipeline.bitstream import PacketSlice, packet_slice
+from pipeline.headers import CHROMA_420, CHROMA_NAMES, REORDER_UNKNOWN
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.manifest import HINT, DatasetError
 from pipeline.packets import PacketTable
@@ -69,7 +73,7 @@ class Limits(NamedTuple):
 # NVDEC's limits per codec for 8-bit 4:2:0 (NVIDIA Video Codec SDK, NVDEC application note; Turing and
 # later). Used for the CPU twin and tests; on a GPU, GetDecoderCaps' values replace them. VP9's 128x128 was
 # also seen on an H100 ("Video is too small ... 96x64 vs supported:128x128"); HEVC's 144x144 is the note's
-# (design.md says 128x128; the larger is kept until measured, as prepare_data.py does).
+# (other sources say 128x128; the larger is kept until measured, as prepare_data.py does).
 STATIC_LIMITS: dict[str, Limits] = {
     "h264": Limits(48, 16, 4096, 4096),
     "hevc": Limits(144, 144, 8192, 8192),
@@ -146,8 +150,15 @@ def row_problems(packets: PacketTable, limits: dict[str, Limits]) -> dict[int, s
             "decodes; re-prepare with a smaller prepare_data.py --height")),
         ((w % 2 == 1) | (h % 2 == 1), lambda r: (
             f"{w[r]}x{h[r]}: odd frame size (NV12 needs even); re-prepare with prepare_data.py")),
+        ((packets.bit_depth != 8) | (packets.chroma != CHROMA_420), lambda r: (
+            f"{packets.bit_depth[r]}-bit {CHROMA_NAMES.get(int(packets.chroma[r]), 'unknown')} pixels; NVDEC's NV12 "
+            "output needs 8-bit 4:2:0: re-prepare with prepare_data.py (it writes 8-bit 4:2:0)")),
         (packets.reordered, lambda r: ("frames are reordered (B-frames), so packet k is not frame k; re-prepare "
                                        "with prepare_data.py (it writes no B-frames)")),
+        (packets.odd_packets > 0, lambda r: (
+            f"{packets.odd_packets[r]} of its {packets.count[r]} packets do not show exactly one frame (hidden "
+            "VP8/VP9 frames stored in packets of their own), so packet k is not frame k; re-prepare with "
+            "prepare_data.py, or use backend='dali' (it decodes such files whole)")),
     ]
     out: dict[int, str] = {}
     todo = packets.count > 0
@@ -156,6 +167,35 @@ def row_problems(packets: PacketTable, limits: dict[str, Limits]) -> dict[int, s
             out[r] = message(r)
         todo &= ~failing
     return dict(sorted(out.items()))
+
+
+def low_latency_problems(packets: PacketTable) -> dict[int, str]:
+    """{row: why NVDEC's low-latency mode would lose frames of it} for the rows of `packets`. That mode takes
+    each frame out of the Decode call of its packet and sends no end of stream, which holds when every packet
+    shows exactly one frame and the stream declares that no frame waits for reordering (H.264
+    max_num_reorder_frames, HEVC sps_max_num_reorder_pics = 0: otherwise NVIDIA's parser holds frames back for
+    its DPB). Prepared data meets both; NvdecLoader falls back to latency "native" when a row does not."""
+    out: dict[int, str] = {}
+    for r in np.flatnonzero(packets.count > 0).tolist():
+        if packets.odd_packets[r]:
+            out[r] = f"{packets.odd_packets[r]} packet(s) do not show exactly one frame"
+        elif packets.reorder[r] == REORDER_UNKNOWN:
+            out[r] = f"its {packets.codec_of(r)} sequence parameter set does not declare max_num_reorder_frames"
+        elif packets.reorder[r] != 0:
+            out[r] = f"its {packets.codec_of(r)} sequence parameter set allows {packets.reorder[r]} reordered frame(s)"
+    return out
+
+
+def nv12_problem(shape: tuple[int, ...], dtype: str, height: int, width: int) -> str:
+    """Why a decoded frame of `shape` and `dtype` (e.g. "torch.uint8") is not the (H*3/2, W) uint8 NV12 frame of
+    an 8-bit 4:2:0 height x width video ("" when it is). NVDEC's NATIVE output is P016 (uint16) for 10/12-bit
+    streams and other layouts for 4:2:2/4:4:4 ones; the index refuses such rows, this catches a file whose
+    frames change format or size after its first."""
+    want = (height * 3 // 2, width)
+    if tuple(shape) == want and dtype.rsplit(".", 1)[-1] == "uint8":
+        return ""
+    return (f"the decoder gave a {tuple(shape)} {dtype.rsplit('.', 1)[-1]} frame where NV12 of the indexed "
+            f"{width}x{height} is {want} uint8 (a frame that is not 8-bit 4:2:0 at that size)")
 
 
 # ---- decoders ---------------------------------------------------------------------------------------------------
@@ -253,11 +293,13 @@ class NvdecDecoder:
     Created with the dataset's largest frame per codec (maxwidth/maxheight), so a smaller frame needs only
     setReconfigParams, never a new decoder; NATIVE output (NV12). After an exception the decoder is recreated
     (NVDEC state is then unknown). latency:
-      "native": display latency NATIVE (up to 4 frames held back); an end-of-stream packet after each clip
-                returns them. Relies on the decoder staying usable after end of stream (nvdec.md 3, inferred).
+      "native": display latency NATIVE (the parser may hold frames back); an end-of-stream packet after each
+                clip returns them. Relies on the decoder staying usable after end of stream (inferred, not yet
+                run on a GPU).
       "low":    display latency LOW and ENDOFPICTURE on every packet: each frame comes out of the Decode call
-                of its packet (streams without B-frames, which the loader checks), no end of stream. The
-                hedge if "native" does not survive end of stream, and possibly faster (GPU check compares).
+                of its packet, no end of stream. Needs one shown frame per packet and streams that declare no
+                reordering (NvdecLoader checks: low_latency_problems). The hedge if "native" does not survive
+                end of stream, and possibly faster (GPU check compares).
     """
 
     def __init__(self, codecs: dict[str, tuple[int, int]], device, latency: str = "native"):
@@ -283,7 +325,7 @@ class NvdecDecoder:
             cudacontext=_cuda_context(self.device), cudastream=self.stream.cuda_stream, usedevicememory=True,
             maxwidth=w, maxheight=h, outputColorType=nvc.OutputColorType.NATIVE,
             latency=nvc.DisplayDecodeLatencyType.LOW if self.latency == "low" else nvc.DisplayDecodeLatencyType.NATIVE,
-        )  # no enableasyncallocations (leaks, nvdec.md 8), no bWaitForSessionWarmUp (a process-wide barrier)
+        )  # no enableasyncallocations (reported to leak), no bWaitForSessionWarmUp (a process-wide barrier)
         self._sizes.pop(codec, None)
 
     def decode_clip(self, clip: PacketSlice, wanted: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8, cuda
@@ -302,12 +344,15 @@ class NvdecDecoder:
 
                 def take(frames) -> None:
                     # Enqueued on self.stream, which the decoder also writes its output buffers on (cudastream):
-                    # the next Decode reuses them (nvdec.md 4), and its writes queue behind these copies.
+                    # the next Decode reuses them, and its writes queue behind these copies.
                     for f in frames:
                         k = int(f.getPTS())
                         if k in slots and k not in seen:
                             seen.add(k)
-                            src = torch.from_dlpack(f)  # (H*3/2, W) uint8 NV12
+                            src = torch.from_dlpack(f)  # (H*3/2, W) uint8 NV12, or what the stream really is
+                            why = nv12_problem(tuple(src.shape), str(src.dtype), h, w)
+                            if why:
+                                raise DecodeError(f"frame {clip.first + k}: {why}")
                             for t in slots[k]:
                                 out[t].copy_(src)
 
@@ -317,9 +362,9 @@ class NvdecDecoder:
                     packet.bsl_data, packet.bsl, packet.pts = address, size, pts
                     if low:
                         packet.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE  # decode and show it now
-                    take(dec.Decode(packet))
+                    take(_decode_call(dec, packet))
                 if not low:
-                    take(dec.Decode(nvc.PacketData()))  # bsl 0: end of stream, returns the buffered frames
+                    take(_decode_call(dec, nvc.PacketData()))  # bsl 0: end of stream, returns the buffered frames
             self.stream.synchronize()  # this worker waits, the GPU's other streams go on
         except Exception:
             self._create(clip.codec)
@@ -329,9 +374,19 @@ class NvdecDecoder:
         return out
 
 
+def _decode_call(dec, packet) -> list:
+    """dec.Decode(packet). PyNvVideoCodec raises RuntimeError (or ValueError) for a stream it cannot take, e.g.
+    a bit depth or chroma format other than the decoder's ("Reconfigure Not supported"): a DecodeError, which
+    the loader turns into one line naming the file."""
+    try:
+        return dec.Decode(packet)
+    except (RuntimeError, ValueError) as e:
+        raise DecodeError(f"NVDEC refused the stream ({e})") from None
+
+
 def _cuda_context(device) -> int:
     """The CUcontext torch uses on `device` (its primary context), for CreateDecoder; 0 lets PyNvVideoCodec
-    retain the primary context itself (inferred to be the same one, nvdec.md 4)."""
+    retain the primary context itself (inferred to be the same one)."""
     import ctypes
 
     import torch
@@ -356,10 +411,14 @@ class NvdecLoader(LoaderBase):
     twin; the default for device="cpu"); latency: NvdecDecoder's ("native" | "low"). Worker threads:
     config.num_threads (for NVDEC rounded up to a multiple of the engine count), started on the first
     iteration and kept until close(); as many decoders, made when the loader is built, one bound to each
-    thread on its first clip (_decoder). Batches decoded ahead of the consumer: config.prefetch."""
+    thread on its first clip (_decoder). Batches decoded ahead of the consumer: config.prefetch.
+    latency: the one in use ("low" falls back to "native" when low_latency_problems finds rows; then
+    low_latency_refused counts them)."""
 
     def __init__(self, config: LoaderConfig, decoder: str | None = None, latency: str = "native"):
         self.decoder_kind = decoder or ("nvdec" if config.device == "gpu" else "pyav")
+        if latency not in LATENCIES:
+            raise ValueError(f"latency must be one of {LATENCIES}, got {latency!r}")
         self.latency = latency  # NvdecDecoder's
         if self.decoder_kind not in ("nvdec", "pyav"):
             raise ValueError(f"decoder must be 'nvdec' or 'pyav', got {self.decoder_kind!r}")
@@ -371,6 +430,15 @@ class NvdecLoader(LoaderBase):
         self.engines = ENGINES_CPU
         super().__init__(config)
         self._files = self.videos["file"].tolist()
+        self.low_latency_refused = 0  # rows that made latency "low" fall back to "native"
+        if latency == "low":
+            unsafe = low_latency_problems(self.packets)
+            if unsafe:
+                self.latency, self.low_latency_refused = "native", len(unsafe)
+                r, why = next(iter(unsafe.items()))
+                if config.rank == 0:
+                    print(f"NVDEC latency 'low' would lose frames of {len(unsafe)} of {len(self.videos)} row(s) "
+                          f"(first: {self._files[r]}: {why}); decoding with latency 'native' instead")
         self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
         self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # not yet taken by a worker thread
         for decoder in self._new_decoders(self.num_threads):
@@ -385,7 +453,7 @@ class NvdecLoader(LoaderBase):
             codecs = sorted(set(packets.codecs))
             try:
                 self.limits, self.engines = nvdec_limits(codecs, self.torch_device.index)
-            except (AttributeError, TypeError) as e:  # the binding's enum names there are inferred (nvdec.md 7)
+            except (AttributeError, TypeError) as e:  # the binding's enum names there are inferred
                 self.limits = {c: STATIC_LIMITS[c] for c in codecs if c in STATIC_LIMITS}
                 if self.config.rank == 0:
                     print(f"warning: NVDEC GetDecoderCaps failed ({type(e).__name__}: {e}); using the published "
@@ -476,14 +544,16 @@ class NvdecLoader(LoaderBase):
             for bp in itertools.islice(todo, self.config.prefetch + 1):  # this batch + prefetch ahead
                 submit(bp)
             while pending:
-                bp, futures = pending.popleft()
-                clips = [f.result() for f in futures]
+                bp, futures = pending[0]  # stays in pending until all its clips are in: a failed clip's batch
+                clips = [f.result() for f in futures]  # is then cancelled in `finally` with the ones ahead
+                pending.popleft()
                 nxt = next(todo, None)
                 if nxt is not None:
                     submit(nxt)
                 yield self._assemble(bp, clips)
                 self.check_open()  # close() while suspended: the pool is shut down
-        finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running
+        finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running, so
+            # nothing decodes after the caller sees the end or the error, and nothing leaks into the next epoch
             started = [f for _, futures in pending for f in futures if not f.cancel()]
             wait(started)
 

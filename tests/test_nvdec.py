@@ -3,12 +3,13 @@ the decoder limits, and the loader end to end against the epoch plan, decord and
 itself against the twin. Test videos: tests/videos.py (pixels carry the frame index, the crop box and flip)."""
 
 import threading
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_video
+from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_hidden_frame_ivf, write_video
 
 from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
@@ -19,7 +20,9 @@ from pipeline.nvdec_loader import (
     NvdecLoader,
     PyAVDecoder,
     import_nvc,
+    low_latency_problems,
     needed_height,
+    nv12_problem,
     row_problems,
 )
 from pipeline.packets import PacketTable, VideoIndex, index_file, load_or_build
@@ -192,6 +195,146 @@ def test_row_problems_name_the_fix():
     assert "above 4096x4096" in got[6]
     assert needed_height(640, 360, STATIC_LIMITS["hevc"]) == 144
     assert needed_height(100, 300, STATIC_LIMITS["vp9"]) == 384  # portrait: the width is the limit
+
+
+def test_row_problems_refuse_other_pixel_formats_and_hidden_frames():
+    one = np.zeros(1, np.int64)
+
+    def video(codec="vp9", **kw):
+        return VideoIndex(codec, W, H, 25.0, one, one.astype(np.int32), np.ones(1, bool), **kw)
+
+    table = PacketTable.from_videos([
+        video(), video("hevc", bit_depth=10), video(chroma=2), video("h264", chroma=3), video(chroma=0),
+        video(chroma=255), video(shown=0, odd_packets=1), video(reorder=2), video("h264", reorder=-1),
+    ])  # fmt: skip
+    got = row_problems(table, STATIC_LIMITS)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    fix = "NVDEC's NV12 output needs 8-bit 4:2:0: re-prepare with prepare_data.py (it writes 8-bit 4:2:0)"
+    assert got[1] == f"10-bit 4:2:0 pixels; {fix}"
+    assert got[2] == f"8-bit 4:2:2 pixels; {fix}" and got[3] == f"8-bit 4:4:4 pixels; {fix}"
+    assert got[4] == f"8-bit 4:0:0 pixels; {fix}"
+    assert got[5] == f"8-bit non-YUV or unusual subsampling pixels; {fix}"
+    assert got[6].startswith("1 of its 1 packets do not show exactly one frame (hidden VP8/VP9 frames stored in "
+                             "packets of their own), so packet k is not frame k; re-prepare with prepare_data.py")
+    assert low_latency_problems(table) == {
+        6: "1 packet(s) do not show exactly one frame",
+        7: "its vp9 sequence parameter set allows 2 reordered frame(s)",
+        8: "its h264 sequence parameter set does not declare max_num_reorder_frames"}
+
+
+def test_ten_bit_and_422_rows_are_refused_when_the_loader_is_built(tmp_path):
+    """Real 10-bit HEVC and 4:2:2 H.264 files: refused with the fix when the loader is built (before, the twin
+    failed on them mid-epoch and NVDEC would have copied P016 or 4:2:2 frames as if NV12)."""
+    import av
+
+    root = mp4_dataset(tmp_path / "ds", [("h264", 20, W, H), ("h264", 20, W, H)])  # then rewritten:
+    df = pd.read_csv(root / "train.csv")
+    for (encoder, pix_fmt), rel in zip([("libx265", "yuv420p10le"), ("libx264", "yuv422p")], df["path"], strict=True):
+        with av.open(str(root / rel), "w") as c:
+            s = c.add_stream(encoder, rate=25, options={"x265-params": "log-level=error", "bf": "0"})
+            s.width, s.height, s.pix_fmt = W, H, pix_fmt
+            for i in range(20):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, W, H), format="rgb24").reformat(format=pix_fmt)))
+            c.mux(s.encode())
+    with pytest.raises(DatasetError, match=f"{root / df['path'][0]}: 10-bit 4:2:0 pixels; NVDEC's NV12 output needs "
+                                           "8-bit 4:2:0: re-prepare with prepare_data.py .*2 bad row"):
+        load(root, mode="val", batch_size=1)
+
+
+def test_nv12_problem_names_what_nvdec_gave():
+    """What NVDEC's NATIVE output is for each kind of stream, against the NV12 of an indexed 192x144 video."""
+    assert nv12_problem((216, 192), "torch.uint8", 144, 192) == ""
+    p016 = nv12_problem((216, 192), "torch.uint16", 144, 192)  # 10/12-bit 4:2:0
+    assert p016 == ("the decoder gave a (216, 192) uint16 frame where NV12 of the indexed 192x144 is (216, 192) "
+                    "uint8 (a frame that is not 8-bit 4:2:0 at that size)")
+    assert "(432, 192) uint8 frame" in nv12_problem((432, 192), "torch.uint8", 144, 192)  # 4:4:4: three planes
+    assert "(288, 192) uint8 frame" in nv12_problem((288, 192), "torch.uint8", 144, 192)  # 4:2:2
+    assert "(360, 320) uint8 frame" in nv12_problem((360, 320), "torch.uint8", 144, 192)  # another size
+
+
+def ivf_dataset(root, packed: list[bool]):
+    """One VP9 IVF row per entry: hidden keyframes at 8 and 24 stored apart (False) or in superframes (True)."""
+    rows = []
+    for i, p in enumerate(packed):
+        rel = f"videos/val/a/v{i}.ivf"
+        write_hidden_frame_ivf(root / rel, 40, hide=[8, 24], packed=p, width=W, height=H)
+        rows.append([f"v{i}", rel, 0, "a", "val", 40, 25.0, W, H, 0, 40])
+    pd.DataFrame({"index": [0], "name": ["a"]}).to_csv(root / "classes.csv", index=False)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "val.csv", index=False)
+    return root
+
+
+def test_hidden_frames_in_packets_of_their_own_are_refused_superframes_decode(tmp_path):
+    """Packet k is frame k only when each packet shows one frame: a file with hidden frames stored apart is
+    refused when the loader is built (before this check the twin failed mid-epoch: "1 frame(s) missing"); the
+    same frames packed in superframes decode exactly."""
+    root = ivf_dataset(tmp_path / "ds", [True, False])
+    split = root / "videos/val/a/v1.ivf"
+    with pytest.raises(DatasetError, match=f"{split}: 2 of its 42 packets do not show exactly one frame"):
+        load(root, "val", "eval")
+    with load(root, "val", "eval", batch_size=2, skip_bad=True) as loader:
+        assert loader.skipped == 1
+        plan = loader.plan
+        clips, _, vidx = epoch(loader)
+    assert list(vidx) == [0, 0]
+    for k in range(2):
+        check_clip_content(clips[k], plan.frames[k], plan.boxes[k], False)
+
+
+def test_low_latency_falls_back_to_native_when_a_stream_does_not_declare_no_reordering(tmp_path, capsys):
+    """latency "low" sends no end of stream, so it loses the frames NVIDIA's parser holds back for a stream
+    that does not declare max_num_reorder_frames = 0: such a row (x264 output with its SPS's
+    bitstream_restriction removed, test_packets.flip_h264_bitstream_restriction) makes the loader use "native",
+    said with a count; prepared rows keep "low"."""
+    from test_packets import flip_h264_bitstream_restriction
+
+    root = mp4_dataset(tmp_path / "ds", [("h264", 20, W, H), ("vp9", 20, W, H), ("h264", 24, W, H)])
+    config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", batch_size=1, sample_size=S,
+                          progress=False)
+    assert NvdecLoader(config, latency="low").latency == "low"
+    flip_h264_bitstream_restriction(root / "videos/train/a/v2.mp4")
+    loader = NvdecLoader(config, latency="low")
+    assert (loader.latency, loader.low_latency_refused) == ("native", 1)
+    assert capsys.readouterr().out.endswith(
+        f"NVDEC latency 'low' would lose frames of 1 of 3 row(s) (first: {root / 'videos/train/a/v2.mp4'}: its "
+        "h264 sequence parameter set does not declare max_num_reorder_frames); decoding with latency 'native' "
+        "instead\n")
+    assert epoch(loader)[0].shape == (3, 3, T, S, S)
+    with pytest.raises(ValueError, match="latency must be one of"):
+        NvdecLoader(config, latency="zero")
+
+
+def test_a_failed_clip_stops_its_batch(data, monkeypatch):
+    """Clips of a batch fail (here every clip that starts at frame 0 of its file; the epoch's first clip is
+    one): the error reaches the caller only once no clip of the epoch decodes any more (those not started are
+    cancelled, the running ones waited for), and the next epoch is exactly a clean one. Before, the failed
+    batch's other clips went on decoding after the caller had the error."""
+    decode_clip = PyAVDecoder.decode_clip
+    late: list[bool] = []  # per clip decoded: did it finish after the caller had the error?
+    raised = threading.Event()
+    failing = [True]
+
+    def decode_or_fail(self, clip, wanted):
+        if failing[0] and clip.first + int(wanted.min()) == 0:
+            raise DecodeError("injected")
+        out = decode_clip(self, clip, wanted)
+        late.append(raised.is_set())
+        return out
+
+    with load(data, "train", "eval", batch_size=8, num_threads=2, prefetch=1) as clean:
+        reference = epoch(clean)
+    monkeypatch.setattr(PyAVDecoder, "decode_clip", decode_or_fail)
+    with load(data, "train", "eval", batch_size=8, num_threads=2, prefetch=1) as loader:
+        assert loader.num_clips == 31 and loader.plan.starts[0] == 0
+        with pytest.raises(DatasetError, match="frames 0..15: injected"):
+            list(loader)
+        raised.set()
+        time.sleep(1.0)  # a clip left running would finish now
+        assert late.count(True) == 0 and len(late) < 8
+        failing[0] = False
+        again = tuple(np.concatenate(z) for z in zip(*[tuple(x.numpy() for x in b) for b in loader], strict=True))
+    for x, y in zip(reference, again, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def psnr(a, b):
@@ -371,7 +514,7 @@ def test_abandoned_epoch_then_full_epoch_and_close(data):
 
 
 def test_each_worker_thread_keeps_its_own_decoder(data, monkeypatch):
-    """nvdec.md 5: one decoder per thread, never shared (the twin goes through the same pool)."""
+    """One decoder per thread, never shared (the twin goes through the same pool)."""
     used = set()
     decode_clip = PyAVDecoder.decode_clip
 
