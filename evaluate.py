@@ -2,8 +2,8 @@
 
 Every video is split into non-overlapping 16-frame clips (a shorter video gives one looped clip), each clip is
 centre-cropped at the maximum scale, and the clips' class probabilities are averaged per video. --views K,C
-evaluates the "K clips x C crops" protocol of PySlowFast and MMAction2 instead (pipeline/sampling.py:
-view_starts, view_boxes).
+evaluates PySlowFast's "K clips x C crops" test views instead, C = 1 or 3 (pipeline/sampling.py: view_starts,
+view_boxes, which name the PySlowFast functions they reproduce).
 
   python evaluate.py --data DST --checkpoint runs/r34/checkpoints/best.pt   # -> runs/r34/eval-best-val/
   python evaluate.py --data DST --checkpoint CKPT --views 10,3              # 10 clips x 3 crops per video
@@ -52,7 +52,7 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
-from pipeline.sampling import eval_starts
+from pipeline.sampling import VIEW_CROPS, eval_starts
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ def views_flag(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected K,C (clips,crops), e.g. 10,3") from None
     if k < 1 or c < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: K and C must be >= 1")
+    if c not in VIEW_CROPS:
+        raise argparse.ArgumentTypeError(f"{text!r}: C must be 1 (centre) or 3 (both ends and the centre)")
     return k, c
 
 
@@ -132,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
         p.error("--views K,C and --clips/--crops say the same thing: give one")
     if a.crops is not None and a.clips is None:
         p.error(f"--crops {a.crops} needs --clips K (or use --views K,{a.crops})")
+    if a.crops is not None and a.crops not in VIEW_CROPS:
+        p.error(f"--crops {a.crops}: must be 1 (centre) or 3 (both ends and the centre)")
     clips, crops = a.views if a.views else (a.clips, None if a.clips is None else (a.crops or 1))
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():

@@ -13,10 +13,12 @@ Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used
         is (x / 255 * value_scale - mean) / std in the normalisation's own terms
 
 Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no
-seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (design.md 4). The host cuts the
+seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (DALI 2.4, measured). The host cuts the
 packets keyframe_at_or_before(first)..last out of the file (one read, using the packet index) and wraps
-them in IVF; frames become relative to that keyframe. dali_input="file" sends the whole file instead (the
-only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
+them in IVF; frames become relative to that keyframe. That needs packet k to be frame k: a VP8/VP9 file
+with hidden frames stored in packets of their own (the packet index counts them: odd_packets) gets its whole
+file instead, with a count printed when the loader is built. dali_input="file" sends the whole file for every
+row (the only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
 
 Why slice then resize rather than resize with roi_start/roi_end: a ROI resize with antialiasing also reads
 pixels outside the box (measured up to 24 levels apart from crop-then-resize at the box edges), whereas
@@ -39,7 +41,7 @@ from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.packets import PacketTable
 from pipeline.sampling import Plan
 
-CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI 2.4's CPU decoder accepts (design.md 4); the GPU decodes all
+CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI 2.4's CPU decoder accepts (measured); the GPU decodes all
 
 
 class _Feed:
@@ -50,6 +52,9 @@ class _Feed:
         self.files, self.packets = files, packets
         ivf_codec = np.array([c in IVF_FOURCC for c in packets.codecs], bool)
         self.ivf = gop & ivf_codec[packets.codec] if len(packets.codecs) else np.zeros(len(packets), bool)
+        # A slice's frame k is its packet k only when every packet shows one frame: rows with hidden frames in
+        # packets of their own are decoded from the whole file, where the decoder finds the shown frames itself.
+        self.ivf &= packets.odd_packets == 0
         self.batches: Iterator[Plan] = iter(())
         self.emitted: deque[Plan] = deque()  # batches handed to DALI, not yet returned (<= prefetch + 1)
 
@@ -89,6 +94,12 @@ class DaliLoader(LoaderBase):
         require_dali()  # before indexing: a missing package fails at once
         super().__init__(config)
         self._feed = _Feed(self.videos["file"].tolist(), self.packets, config.dali_input == "gop")
+        odd = np.flatnonzero(self.packets.odd_packets > 0)
+        self.whole_file_rows = len(odd) if config.dali_input == "gop" else 0  # GOP slices refused (_Feed)
+        if self.whole_file_rows and config.rank == 0:
+            print(f"{len(odd)} of {len(self.videos)} row(s) have packets that do not show exactly one frame (hidden "
+                  f"VP8/VP9 frames stored alone; first: {self.videos['file'][odd[0]]}): DALI decodes them from the "
+                  "whole file (slower for clips late in a file; prepare_data.py writes one frame per packet)")
         self._in_epoch = False
         self._pipe = self._build_pipeline(self._feed)
 

@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
 from pipeline.normalisation import MEANS, PRESETS, Normalisation
 from pipeline.packets import PacketTable, load_or_build
-from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
+from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 
 # Per-channel RGB means on the 0-255 scale: pipeline/normalisation.py's, under their older names (mean=).
 KINETICS_MEAN = MEANS["kinetics"]
@@ -34,12 +34,14 @@ class Batch(NamedTuple):
 class LoaderConfig:
     """What a loader loads and how; checked when made (also by dataclasses.replace). Fields by name only.
 
-    data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval (sampling.py);
+    data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval | views
+    (sampling.py; eval and views accept unlabelled rows, label -1);
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI and NVDEC,
     decoded; NVDEC on "cpu" is its CPU twin); batch_size per rank; rank, world_size: DDP sharding; seed: the
     epoch plans' seed; num_threads: DALI or NVDEC decoder threads (>= 1) or decord DataLoader workers (0 = in
     this process); sample_duration T frames, sample_size S pixels;
-    clips, crops: views mode's K clips x C crops per video (sampling.plan_epoch); normalisation: what the
+    clips, crops: views mode's K clips x C crops per video, C = 1 or 3 (sampling.view_starts, view_boxes:
+    PySlowFast's test views); normalisation: what the
     pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale); mean: the
     older spelling, 3 numbers = Normalisation(mean) (replaces normalisation; then stored as None);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
@@ -94,6 +96,9 @@ class LoaderConfig:
         for name in ("batch_size", "world_size", "sample_duration", "sample_size", "prefetch", "clips", "crops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crops not in VIEW_CROPS:
+            raise ValueError(f"crops must be one of {VIEW_CROPS} (views mode: PySlowFast's uniform_crop, one centre "
+                             f"crop or both ends and the centre), got {self.crops}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         if self.num_threads < 0 or (self.backend != "decord" and self.num_threads < 1):
@@ -141,13 +146,15 @@ class LoaderBase:
         if not data.is_dir():
             raise DatasetError(f"{data}: dataset folder not found. {HINT}")
         self.class_names = load_classes(data)
-        df = load_manifest(data, config.split, len(self.class_names), allow_unlabelled=config.mode == "eval")
+        # Evaluation modes accept unlabelled rows (label -1, e.g. Kinetics' test split): they score no accuracy but
+        # still get predictions. train and val need a label for the loss.
+        df = load_manifest(data, config.split, len(self.class_names), allow_unlabelled=config.mode in ("eval", "views"))
         manifest = data / f"{config.split}.csv"
         # Every backend uses the packet index. DALI needs its packet offsets for the GOP slices. decord seeks by
         # itself, but building the index is also the check that finds missing, truncated and undecodable files
         # before the first step (it demuxes every packet and decodes the first frame), and it gives each row's
         # real frame count, width and height. The cache is memory-mapped, so a decord loader, which never reads
-        # the packet arrays, holds only the per-video columns (~50 bytes a video) in its own memory.
+        # the packet arrays, holds only the per-video columns (~60 bytes a video) in its own memory.
         packets, bad_files = load_or_build(
             df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
@@ -174,7 +181,7 @@ class LoaderBase:
         cfg = self.config
         end = df["end_frame"].to_numpy()
         bad_file = df["file"].isin(list(bad_files)).to_numpy()
-        truncated = ~bad_file & (packets.count < end)
+        truncated = ~bad_file & (packets.shown < end)  # shown frames: a hidden frame's packet is no frame
         problems = self.decode_problems(packets)
         undecodable = ~bad_file & ~truncated & (problems != "")
         ok = ~(bad_file | truncated | undecodable)
@@ -184,7 +191,7 @@ class LoaderBase:
             if bad_file[i]:
                 reason = bad_files[df["file"][i]]
             elif truncated[i]:
-                reason = f"truncated: {packets.count[i]} frames in the file, the manifest needs {end[i]}"
+                reason = f"truncated: {packets.shown[i]} frames in the file, the manifest needs {end[i]}"
             else:
                 reason = problems[i]
             first = f"{df['file'][i]}: {reason} ({manifest.name} row {i + 2}, video {df['video_id'][i]!r})"

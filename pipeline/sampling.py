@@ -49,28 +49,42 @@ def eval_starts(n: int, length: int) -> np.ndarray:
     return np.arange(0, n - length + 1, length, dtype=np.int64)
 
 
+# Multi-view testing ("K clips x C crops") is PySlowFast's test-time sampling, reproduced exactly (facebookresearch/
+# SlowFast, slowfast/datasets/decoder.py: get_start_end_idx with use_offset=True, i.e. DATA.USE_OFFSET_SAMPLING:
+# True as its MViTv2 and ViT Kinetics configs set; slowfast/datasets/transform.py: uniform_crop; clip and crop
+# indices as slowfast/datasets/kinetics.py assigns them in test mode: clip-major, spatial_idx 1 for one crop).
+# The crop is taken on the stored frames at size = their short side, then resized; PySlowFast first scales the
+# short side to the crop size, so its box is the same one up to that resize's rounding. One difference on
+# purpose: PySlowFast's one-crop test crops TEST_CROP_SIZE out of a TRAIN_JITTER_SCALES[0] short side (224 of
+# 256); C = 1 here keeps the paper's maximum scale (the whole short side), at uniform_crop's centre offset.
+VIEW_CROPS = (1, 3)  # uniform_crop's spatial_idx is 0, 1 or 2: one centre crop, or both ends and the centre
+
+
 def view_starts(n: int, length: int, clips: int) -> np.ndarray:
-    """Starts of the K clips of multi-view testing ("K clips x C crops", PySlowFast's test protocol), spaced
-    uniformly over the row: with d = max(n - length, 0), start_k = floor(k * d / (K - 1)) for k = 0..K-1 when
-    K > 1 (the first clip starts at frame 0, the last ends at the last frame), and d // 2 when K = 1 (the centre
-    clip, center_start). Rows shorter than the clip: every start is 0 (looped by clip_frames). (K,) int64.
-    E.g. n=100, T=16, K=3 -> [0, 42, 84]; K=10 -> [0, 9, 18, 28, 37, 46, 56, 65, 74, 84]."""
+    """Starts of the K clips of multi-view testing, PySlowFast's get_start_end_idx(video_size=n,
+    clip_size=length, clip_idx=k, num_clips_uniform=K, use_offset=True) for k = 0..K-1: with
+    d = max(n - length, 0), start_k = k * floor(d / (K - 1)) when K > 1 (the first clip starts at frame 0; the
+    last ends within K - 2 frames of the last frame), floor(d / 2) when K = 1 (the centre clip, center_start).
+    Rows shorter than the clip: every start is 0 (looped by clip_frames). (K,) int64.
+    E.g. n=100, T=16, K=3 -> [0, 42, 84]; K=10 -> [0, 9, 18, ..., 81] (floor(84 / 9) = 9)."""
     d = max(n - length, 0)
     if clips == 1:
         return np.array([d // 2], dtype=np.int64)
-    return np.arange(clips, dtype=np.int64) * d // (clips - 1)
+    return np.arange(clips, dtype=np.int64) * (d // (clips - 1))
 
 
 def view_boxes(width: int, height: int, crops: int) -> np.ndarray:
-    """The C square crop boxes of multi-view testing, at the maximum scale: side = the short side, spaced along
-    the long side at offset_j = floor(j * (long - side) / (C - 1)) for j = 0..C-1 when C > 1 (C = 3: both ends
-    and the centre (long - side) // 2), (long - side) // 2 when C = 1 (crop_box's centre box at scale 1); the
-    short side is covered whole. Landscape: offsets along x; portrait: along y; square: C equal boxes.
-    (C, 3) int64 (x0, y0, side). E.g. 640x360, C=3 -> x0 = 0, 140, 280 at y0 = 0, side 360."""
+    """The C square crop boxes of multi-view testing (C in VIEW_CROPS), PySlowFast's uniform_crop(frames,
+    size=short side, spatial_idx) at the maximum scale: side = the short side, covered whole; along the long
+    side, with free = long - side, offsets 0, ceil(free / 2), free for spatial_idx 0, 1, 2 (C = 3: both ends and
+    the centre) and ceil(free / 2) for C = 1 (spatial_idx 1). Landscape or square: along x; portrait: along y.
+    (C, 3) int64 (x0, y0, side). E.g. 640x360, C=3 -> x0 = 0, 140, 280; 641x360 -> 0, 141, 281 (ceil).
+    Note the rounding: crop_box's centre box (val and eval modes) rounds down, (641 - 360) // 2 = 140."""
+    if crops not in VIEW_CROPS:
+        raise ValueError(f"crops must be one of {VIEW_CROPS} (PySlowFast's uniform_crop), got {crops}")
     side = max(min(width, height), 1)
     free = max(width, height) - side
-    j = np.arange(crops, dtype=np.int64)
-    offsets = j * free // (crops - 1) if crops > 1 else np.full(1, free // 2, np.int64)
+    offsets = np.array([0, -(-free // 2), free] if crops == 3 else [-(-free // 2)], np.int64)
     zeros = np.zeros(crops, np.int64)
     x0, y0 = (offsets, zeros) if width >= height else (zeros, offsets)
     return np.stack([x0, y0, np.full(crops, side, np.int64)], axis=1)
@@ -172,6 +186,8 @@ def plan_epoch(
         raise ValueError(f"rank {rank} is outside world_size {world}")
     if clips < 1 or crops < 1:
         raise ValueError(f"clips and crops must be >= 1, got {clips} and {crops}")
+    if crops not in VIEW_CROPS:
+        raise ValueError(f"crops must be one of {VIEW_CROPS} (PySlowFast's uniform_crop), got {crops}")
     n = np.asarray(num_frames, dtype=np.int64)
     v = len(n)
     if v and n.min() < 1:
@@ -237,7 +253,7 @@ def _views(n: np.ndarray, length: int, clips: int, crops: int) -> tuple[np.ndarr
     """view_starts x crop indices of every row, clip-major: (rows, starts, crop indices), each (V * K * C,)."""
     d = np.maximum(n - length, 0)[:, None]  # (V, 1)
     k = np.arange(clips, dtype=np.int64)[None, :]
-    starts = k * d // (clips - 1) if clips > 1 else d // 2  # (V, K)
+    starts = k * (d // (clips - 1)) if clips > 1 else d // 2  # (V, K), view_starts
     shape = (len(n), clips, crops)
     rows = np.broadcast_to(np.arange(len(n), dtype=np.int64)[:, None, None], shape).ravel()
     crop = np.broadcast_to(np.arange(crops, dtype=np.int64)[None, None, :], shape).ravel()
@@ -248,7 +264,8 @@ def _view_boxes_of(widths: np.ndarray, heights: np.ndarray, j: np.ndarray, crops
     """view_boxes(w, h, crops)[j] for M views: (M,) widths, heights, crop indices -> (M, 3) int64."""
     side = np.maximum(np.minimum(widths, heights), 1)
     free = np.maximum(widths, heights) - side
-    offset = j * free // (crops - 1) if crops > 1 else free // 2
+    idx = j if crops == 3 else np.ones_like(j)  # uniform_crop's spatial_idx: C = 1 is the centre crop
+    offset = np.where(idx == 0, 0, np.where(idx == 2, free, -(-free // 2)))
     landscape = widths >= heights
     x0, y0 = np.where(landscape, offset, 0), np.where(landscape, 0, offset)
     return np.stack([x0, y0, side], axis=1).reshape(-1, 3).astype(np.int64)

@@ -280,11 +280,11 @@ def expected_video_probs(views: list[tuple[int, int]]) -> list[float]:
 
 
 @pytest.mark.parametrize("flags,clips,crops", [([], None, 1), (["--views", "3,3"], 3, 3),
-                                               (["--clips", "4", "--crops", "2"], 4, 2), (["--clips", "2"], 2, 1)])
+                                               (["--clips", "4", "--crops", "3"], 4, 3), (["--clips", "2"], 2, 1)])
 def test_views_average_exactly_the_expected_views(data, tmp_path, monkeypatch, flags, clips, crops):
     """Each video's probabilities are the mean over exactly its views: the paper's windows (centre crop, x0 = 8)
-    by default, else K starts floor(k (n - 16) / (K - 1)) x C crops at x0 = floor(j 16 / (C - 1)) (C = 1: the
-    centre); metrics.json and the summary name the protocol; every video counted K x C times."""
+    by default, else PySlowFast's K starts k floor((n - 16) / (K - 1)) x C crops at x0 = 0, 8, 16 (C = 1: the
+    centre, 8); metrics.json and the summary name the protocol; every video counted K x C times."""
     import evaluate
     from pipeline.sampling import eval_starts
 
@@ -300,8 +300,8 @@ def test_views_average_exactly_the_expected_views(data, tmp_path, monkeypatch, f
             views = [(int(s), 1) for s in eval_starts(n, 16)]
         else:
             d = max(n - 16, 0)
-            starts = [k * d // (clips - 1) for k in range(clips)] if clips > 1 else [d // 2]
-            views = [(s, j * 2 // (crops - 1) if crops > 1 else 1) for s in starts for j in range(crops)]
+            starts = [k * (d // (clips - 1)) for k in range(clips)] if clips > 1 else [d // 2]
+            views = [(s, j if crops > 1 else 1) for s in starts for j in range(crops)]
         want = expected_video_probs(views)
         got = {t["label"]: t["score"] for t in pred[f"val{v:03d}"]}
         assert sorted(got.values(), reverse=True) == pytest.approx(sorted(want, reverse=True)[:5], abs=1e-6)
@@ -315,9 +315,27 @@ def test_views_average_exactly_the_expected_views(data, tmp_path, monkeypatch, f
                                  "description": f"{clips} clips x {crops} crops"}
 
 
+@pytest.mark.parametrize("flags", [[], ["--views", "2,3"]])
+def test_unlabelled_split_is_evaluated_in_both_protocols(data, tmp_path, flags):
+    """A split without labels (label -1, as Kinetics' test split): every video gets predictions and counts, no
+    accuracy is claimed. --views failed here ("label -1") while the default protocol worked."""
+    import pandas as pd
+
+    manifest = pd.read_csv(data / "val.csv")
+    manifest.assign(label=-1, label_name="", split="test").to_csv(data / "test.csv", index=False)
+    out = tmp_path / "eval"
+    m = run_evaluate(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "best.pt")), "--out",
+                      str(out), "--split", "test", "--batch-size", "8", "--num-threads", "1", *flags])
+    assert m["n_videos"] == len(FRAMES) and m["n_clips"] == (11 if not flags else len(FRAMES) * 6)
+    assert m["video_top1"] is m["clip_top1"] is None and m["n_labelled_videos"] == 0
+    assert sorted(json.loads((out / "predictions.json").read_text())["results"]) == sorted(manifest["video_id"])
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--views", "10"], "argument --views: '10': expected K,C (clips,crops), e.g. 10,3"),
     (["--views", "0,3"], "argument --views: '0,3': K and C must be >= 1"),
+    (["--views", "10,2"], "argument --views: '10,2': C must be 1 (centre) or 3 (both ends and the centre)"),
+    (["--clips", "10", "--crops", "5"], "--crops 5: must be 1 (centre) or 3 (both ends and the centre)"),
     (["--views", "10,3", "--clips", "10"], "--views K,C and --clips/--crops say the same thing: give one"),
     (["--crops", "3"], "--crops 3 needs --clips K (or use --views K,3)"),
 ])

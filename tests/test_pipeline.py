@@ -15,6 +15,7 @@ import pytest
 from videos import decode_code, make_dataset, write_video
 
 from pipeline import KINETICS_MEAN, DatasetError, build_loader
+from pipeline.manifest import COLUMNS
 from pipeline.normalisation import Normalisation
 from pipeline.sampling import eval_starts
 
@@ -145,6 +146,51 @@ def test_views_mode_delivers_every_view(data, backend):
     for k in range(len(clips)):
         r, s, j = k // 9, view_starts(n[k // 9], T, 3)[k % 9 // 3], k % 3
         check_clip_content(clips[k], offset[r] + (s + np.arange(T)) % n[r], (16 * j, 0, 64), False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unlabelled_rows_load_in_the_evaluation_modes_only(small, backend):
+    """Label -1 (no ground truth, e.g. Kinetics' test split): eval and views modes load it (labels -1 in the
+    batches), train and val refuse it (they need a label for the loss)."""
+    m = small / "train.csv"
+    pd.read_csv(m).assign(label=[-1, 0, -1, 2]).to_csv(m, index=False)
+    for mode, kw in [("eval", {}), ("views", {"clips": 2, "crops": 3})]:
+        _, labels, vidx = epoch(load(small, mode=mode, backend=backend, **kw))
+        np.testing.assert_array_equal(labels, np.array([-1, 0, -1, 2])[vidx])
+        assert len(vidx) == ({"eval": 1 + 1 + 1 + 1, "views": 4 * 2 * 3}[mode])
+    for mode in ("train", "val"):
+        with pytest.raises(DatasetError, match=f"{m}: 2 row.*label outside classes.csv.*label -1"):
+            load(small, mode=mode, backend=backend, batch_size=1)
+
+
+def test_views_take_one_or_three_crops(data):
+    with pytest.raises(ValueError, match=r"crops must be one of \(1, 3\).*got 2"):
+        load(data, "val", "views", clips=3, crops=2)
+
+
+def test_dali_decodes_rows_with_hidden_frames_from_the_whole_file(tmp_path, capsys):
+    """A VP9 IVF whose hidden frames sit in packets of their own (packet k is not frame k after the first): the
+    GOP slices would give the wrong frames, so DALI gets that row's whole file, and every clip shows its planned
+    frames; the same frames packed in superframes (one shown frame per packet) still go as GOP slices."""
+    from videos import write_hidden_frame_ivf
+
+    root = tmp_path / "ds"
+    rows = []
+    for i, packed in enumerate([False, True]):
+        rel = f"videos/val/a/v{i}.ivf"
+        write_hidden_frame_ivf(root / rel, 40, hide=[8, 24], packed=packed, width=W, height=H)
+        rows.append([f"v{i}", rel, 0, "a", "val", 40, 25.0, W, H, 0, 40])
+    pd.DataFrame({"index": [0], "name": ["a"]}).to_csv(root / "classes.csv", index=False)
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(root / "val.csv", index=False)
+    with load(root, "val", "eval", batch_size=3) as loader:
+        assert loader.whole_file_rows == 1 and list(loader._feed.ivf) == [False, True]
+        out = capsys.readouterr().out
+        assert "1 of 2 row(s) have packets that do not show exactly one frame" in out and "v0.ivf" in out
+        clips, _, vidx = epoch(loader)
+        plan = loader.plan
+    assert list(vidx) == [0, 0, 1, 1]  # windows 0 and 16 of each
+    for k in range(len(clips)):
+        np.testing.assert_array_equal(decode_code(clips[k][2].mean(axis=(1, 2))), plan.frames[k] % 32)
 
 
 def psnr(a, b):

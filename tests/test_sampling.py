@@ -1,6 +1,8 @@
 """Exact checks of the sampling and augmentation parameters (pipeline.sampling), no video decoding: the paper's
 training draws, its eval windows, and multi-view testing (K clips x C crops)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -185,37 +187,87 @@ def test_vectorised_plan_equals_the_per_row_rules(mode):
             assert list(zip(p.rows.tolist(), p.starts.tolist(), strict=True)) == share
 
 
-# ---- multi-view testing: K clips x C crops ------------------------------------------------------------------
+# ---- multi-view testing: K clips x C crops, PySlowFast's test views ------------------------------------------
+
+
+def slowfast_start(video_size: int, clip_size: int, clip_idx: int, num_clips_uniform: int) -> int:
+    """facebookresearch/SlowFast slowfast/datasets/decoder.py get_start_end_idx(..., use_offset=True)'s start_idx,
+    transcribed (the temporal part of the protocol pipeline.sampling.view_starts reproduces)."""
+    delta = max(video_size - clip_size, 0)
+    if num_clips_uniform == 1:
+        return math.floor(delta / 2)
+    return clip_idx * math.floor(delta / (num_clips_uniform - 1))
+
+
+def slowfast_crop(height: int, width: int, size: int, spatial_idx: int) -> tuple[int, int]:
+    """slowfast/datasets/transform.py uniform_crop's (x_offset, y_offset), transcribed (scale_size None)."""
+    y_offset = int(math.ceil((height - size) / 2))
+    x_offset = int(math.ceil((width - size) / 2))
+    if height > width:
+        if spatial_idx == 0:
+            y_offset = 0
+        elif spatial_idx == 2:
+            y_offset = height - size
+    else:
+        if spatial_idx == 0:
+            x_offset = 0
+        elif spatial_idx == 2:
+            x_offset = width - size
+    return x_offset, y_offset
+
 
 @pytest.mark.parametrize(("n", "clips", "starts"), [
-    (100, 1, [42]),  # the centre clip: (100 - 16) // 2, as center_start
-    (100, 2, [0, 84]),  # the first starts at 0, the last ends at the last frame
-    (100, 3, [0, 42, 84]),  # an odd K's middle clip is the centre clip
-    (100, 10, [0, 9, 18, 28, 37, 46, 56, 65, 74, 84]),  # floor(k * 84 / 9)
+    (100, 1, [42]),  # the centre clip: floor((100 - 16) / 2), as center_start
+    (100, 2, [0, 84]),
+    (100, 3, [0, 42, 84]),
+    (100, 10, [0, 9, 18, 27, 36, 45, 54, 63, 72, 81]),  # k * floor(84 / 9): the last clip ends 3 frames early
     (40, 4, [0, 8, 16, 24]),
-    (33, 3, [0, 8, 17]),  # floor(17 / 2) = 8
-    (18, 5, [0, 0, 1, 1, 2]),  # fewer distinct starts than clips: some repeat, still K clips
+    (33, 3, [0, 8, 16]),  # k * floor(17 / 2); floor(k * 17 / 2) would end at 17
+    (300, 10, [31 * k for k in range(10)]),  # a 10 s Kinetics clip at 30 fps
+    (18, 5, [0, 0, 0, 0, 0]),  # floor(2 / 4) = 0: all K clips start at 0
     (16, 3, [0, 0, 0]),
     (10, 3, [0, 0, 0]),  # shorter than a clip: looped from frame 0 (clip_frames), K times
-])
+    (10, 1, [0]),
+])  # fmt: skip
 def test_view_starts_exact(n, clips, starts):
     assert view_starts(n, T, clips).tolist() == starts
+    assert starts == [slowfast_start(n, T, k, clips) for k in range(clips)]
     assert view_starts(n, T, 1).tolist() == [center_start(n, T)]
 
 
+def test_view_starts_and_boxes_are_slowfast_everywhere():
+    for n in range(1, 400):
+        for clips in (1, 2, 3, 4, 5, 7, 10, 30):
+            assert view_starts(n, T, clips).tolist() == [slowfast_start(n, T, k, clips) for k in range(clips)]
+    for w in range(1, 80):
+        for h in range(1, 80):
+            side = min(w, h)
+            boxes = view_boxes(w, h, 3).tolist()
+            assert boxes == [[*slowfast_crop(h, w, side, j), side] for j in range(3)]
+            assert view_boxes(w, h, 1).tolist() == [[*slowfast_crop(h, w, side, 1), side]]
+
+
 @pytest.mark.parametrize(("width", "height", "crops", "boxes"), [
-    (640, 360, 1, [(140, 0, 360)]),  # landscape, centre = crop_box's centre at scale 1
+    (640, 360, 1, [(140, 0, 360)]),  # landscape, centre = crop_box's centre at scale 1 (even free space)
     (640, 360, 3, [(0, 0, 360), (140, 0, 360), (280, 0, 360)]),  # left end, centre, right end
-    (641, 360, 3, [(0, 0, 360), (140, 0, 360), (281, 0, 360)]),  # centre floor((641 - 360) / 2)
-    (640, 360, 2, [(0, 0, 360), (280, 0, 360)]),
+    (641, 360, 3, [(0, 0, 360), (141, 0, 360), (281, 0, 360)]),  # centre ceil((641 - 360) / 2) = 141
+    (641, 360, 1, [(141, 0, 360)]),  # ... where crop_box's centre (val/eval modes) rounds down: 140
     (360, 640, 3, [(0, 0, 360), (0, 140, 360), (0, 280, 360)]),  # portrait: along y, top to bottom
-    (360, 640, 1, [(0, 140, 360)]),
+    (360, 641, 1, [(0, 141, 360)]),
     (48, 32, 3, [(0, 0, 32), (8, 0, 32), (16, 0, 32)]),
     (64, 64, 3, [(0, 0, 64)] * 3),  # square: C equal boxes
-])
+])  # fmt: skip
 def test_view_boxes_exact(width, height, crops, boxes):
     assert [tuple(b) for b in view_boxes(width, height, crops).tolist()] == boxes
-    assert tuple(view_boxes(width, height, 1)[0]) == crop_box(width, height, POSITIONS.index("c"), 1.0)
+
+
+def test_crops_other_than_one_or_three_are_refused():
+    for crops in (2, 4, 5):
+        with pytest.raises(ValueError, match=r"crops must be one of \(1, 3\)"):
+            view_boxes(640, 360, crops)
+        with pytest.raises(ValueError, match=r"crops must be one of \(1, 3\)"):
+            plan_epoch([20], [96], [64], mode="views", epoch=0, seed=0, clips=2, crops=crops)
+    assert crop_box(641, 360, POSITIONS.index("c"), 1.0) == (140, 0, 360)  # the paper's centre crop: unchanged
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -244,7 +296,7 @@ def test_views_vectorised_equals_the_per_row_rules():
     for trial in range(20):
         v = int(rng.integers(1, 40))
         n, widths, heights = rng.integers(1, 120, v), rng.integers(1, 700, v), rng.integers(1, 500, v)
-        clips, crops = int(rng.integers(1, 11)), int(rng.integers(1, 4))
+        clips, crops = int(rng.integers(1, 11)), int(rng.choice([1, 3]))
         p = plan_epoch(n, widths, heights, mode="views", epoch=trial, seed=0, length=T, clips=clips, crops=crops)
         assert len(p) == v * clips * crops
         starts = np.concatenate([np.repeat(view_starts(int(x), T, clips), crops) for x in n])
