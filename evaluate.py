@@ -12,7 +12,8 @@ view_starts, view_boxes).
   python evaluate.py --data DST --checkpoint CKPT --gpus 4    (or --nproc 2 on CPU, or under torchrun)
 
 Writes OUT/metrics.json (with the protocol used), OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per
-video), OUT/per_class.csv and OUT/confusion.png, and prints a Table-2-style summary.
+video), OUT/per_class.csv, and for a split with labels OUT/confusion.csv (counts, row = true class) and
+OUT/confusion.png, and prints a Table-2-style summary. OUT is checked to be writable before any work.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from engine.cli import (
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
+    shown_config,
+    unwritable_folder,
     with_flag_hints,
 )
 from engine.distributed import Dist, Interrupted
@@ -52,6 +55,7 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
+from pipeline.prepare.run import interrupted_preparation
 from pipeline.sampling import eval_starts
 
 
@@ -175,7 +179,13 @@ def expected_clips(videos, sample_duration: int, views: int | None = None) -> to
 def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     """Run the evaluation on this rank; rank 0 merges, checks, writes the files and returns the metrics."""
     console = make_console(d.is_main)
-    console.print(f"config: {json.dumps(asdict(cfg))}")
+    # Rank 0 writes OUT, at the end: find out now, all ranks together (one leaving alone would leave the others
+    # waiting for it in their first collective).
+    if problem := distributed.first_problem(unwritable_folder(Path(cfg.out)) if d.is_main else None):
+        raise SystemExit(f"error: {problem}")
+    console.print(f"config: {json.dumps(shown_config(asdict(cfg)))}", highlight=False)
+    if warning := interrupted_preparation(Path(cfg.data)):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     on_gpu = d.device.type == "cuda"
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
@@ -190,6 +200,14 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                           skip_bad=cfg.skip_bad, progress=d.is_main)
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
                   f"{record.normalisation.describe()}")
+    ids = loader.videos["video_id"]
+    if ids.duplicated().any():  # every rank sees it: all stop, with one line
+        vid = ids[ids.duplicated()].iloc[0]
+        loader.close()
+        raise DatasetError(f"{cfg.data}/{cfg.split}.csv: video_id {vid!r} is listed {int((ids == vid).sum())} "
+                           "times: its video would count more than once in the accuracy; HINT: prepare the dataset "
+                           "again with prepare_data.py (it keeps one row per video and lists the others in "
+                           "rejected.csv)")
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
     done = 0  # steps
@@ -235,11 +253,26 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
         writer = csv.DictWriter(f, fieldnames=["class", "n", "top1", "top5"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(per_class_rows(probs, video_labels, class_names))
-    matrix = confusion_matrix(probs.argmax(1), video_labels, n_classes).numpy()
-    plot_confusion(matrix, class_names, out / "confusion.png", title=f"{name} on {cfg.data} {cfg.split}")
+    written = ["metrics.json", "predictions.json", "per_class.csv"]
+    if metrics["n_labelled_videos"]:
+        matrix = confusion_matrix(probs.argmax(1), video_labels, n_classes).numpy()  # (K, K) int64
+        write_confusion_csv(matrix, class_names, out / "confusion.csv")
+        plot_confusion(matrix, class_names, out / "confusion.png", title=f"{name}, {Path(cfg.data).name} {cfg.split}")
+        written += ["confusion.csv", "confusion.png"]
+    else:
+        console.print(f"no confusion matrix: no video of the {cfg.split} split has a label (label -1)")
     print_summary(console, metrics, cfg.data)
-    console.print(f"wrote {out}/{{metrics.json, predictions.json, per_class.csv, confusion.png}}")
+    console.print(f"wrote {out}/{{{', '.join(written)}}}", highlight=False)
     return metrics
+
+
+def write_confusion_csv(matrix, class_names: list[str], path: Path) -> None:
+    """matrix (K, K) int counts, row = true class, column = predicted class, as a CSV with the class names as
+    header and first column (pandas: read_csv(path, index_col=0)); readable at any class count, unlike the PNG."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerows([name, *(int(x) for x in row)] for name, row in zip(class_names, matrix, strict=True))
 
 
 def print_summary(console, m: dict, data_name: str) -> None:
@@ -256,7 +289,11 @@ def print_summary(console, m: dict, data_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    try:  # here too, before any process is spawned: a refusal is one line, not one per process
+    # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun, where
+    # every process runs main(): there evaluate() checks, all ranks together.
+    if not distributed.launched_by_torchrun() and (problem := unwritable_folder(Path(cfg.out))):
+        raise SystemExit(f"error: {problem}")
+    try:
         run_record(cfg, load_classes(Path(cfg.data)))
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {with_flag_hints(str(e))}") from None
