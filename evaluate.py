@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from engine import distributed
@@ -185,7 +186,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
         raise SystemExit(f"error: {problem}")
     console.print(f"config: {json.dumps(shown_config(asdict(cfg)))}", highlight=False)
     if warning := interrupted_preparation(Path(cfg.data)):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     on_gpu = d.device.type == "cuda"
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))

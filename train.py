@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.markup import escape
 from torch import nn
 
 from engine import distributed
@@ -476,7 +477,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     ckpt_dir = last_path.parent
     resumed = start(cfg, d)
     if warning := interrupted_preparation(Path(cfg.data)):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     on_gpu = d.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
@@ -616,8 +617,8 @@ def save_best(state: TrainingState, last_path: Path, best_path: Path, console) -
         save_atomic(state, best_path)
     except NoSpace as e:
         link_atomic(last_path, best_path)
-        console.print(f"[yellow]warning:[/] {e}: {best_path} is a hard link to {last_path} (epoch {state.epoch}) "
-                      "instead of a copy", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(str(e))}: {escape(str(best_path))} is a hard link to "
+                      f"{escape(str(last_path))} (epoch {state.epoch}) instead of a copy", highlight=False)
 
 
 def selection_key(row: dict) -> tuple[float, float]:
