@@ -17,8 +17,9 @@ windows at a time, so a long video never sits in memory whole. Window probabilit
 Decoding stays on the CPU (PyAV); the NVDEC path of training is not used here.
 
 Writes OUT/predictions.json (3D-ResNets-PyTorch's format, as evaluate.py writes it; keys: the files as named on
-the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table. A
-file that cannot be read is one line naming it and the reason, and the others still run. Exit status: 1 if any
+the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table; OUT is
+checked to be writable before any file runs. A file that cannot be read is one line naming it and the reason, and
+the others still run; so is a still image (a file that decodes to one frame), named or in a folder. Exit status: 1 if any
 file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint), 130 on Ctrl-C (one line).
 """
 
@@ -186,7 +187,8 @@ class Unreadable(Exception):
 
 class Frames:
     """The frames of one file: upright, constant rate, `height` px high; iterate for (y (H, W), uv (H/2, W))
-    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun."""
+    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun. Unreadable when
+    the file gives no frames, or only one (a still image: refused before any frame is given)."""
 
     def __init__(self, path: str, height: int):
         self.path, self.height = path, height

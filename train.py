@@ -11,7 +11,10 @@ paper's recipe.
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
 RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). The learning rate follows
 the paper's plateau rule (engine/schedule.py). --resume refuses settings that would make another run
-(DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130).
+(DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130). RUN_DIR is checked to be
+writable before any work; a full disk while saving is one line naming the file and the space it needs, and never
+costs a checkpoint (save_best). On several nodes RUN_DIR must be one folder they all share: the ranks compare what
+they resume before the first step (start) and stop together when they differ.
 """
 
 from __future__ import annotations

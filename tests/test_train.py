@@ -720,9 +720,11 @@ def test_resume_names_each_setting_by_its_flag(data, tmp_path):
     from dataclasses import asdict
 
     saved = json.loads(json.dumps(asdict(train.parse_args(args(data, tmp_path / "run")))))
-    other = train.parse_args(args(data, tmp_path / "run", "--no-max-pool", "--pretrained", __file__))
+    foreign = tmp_path / "r3d.pth"  # parse_args reads --pretrained (ours describe their model): a readable one
+    torch.save({"state_dict": {}}, foreign)
+    other = train.parse_args(args(data, tmp_path / "run", "--no-max-pool", "--pretrained", str(foreign)))
     assert train.resume_differences(saved, other) == ["--no-max-pool (checkpoint: --max-pool)",
-                                                      f"--pretrained {__file__} (checkpoint: none)"]
+                                                      f"--pretrained {foreign} (checkpoint: none)"]
 
 
 def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_path):
