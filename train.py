@@ -526,7 +526,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
         with atomic_write(out / "config.json") as tmp:
             tmp.write_text(json.dumps(config, indent=2) + "\n")
 
-    on_rank_0(d, write_config, cfg, epoch)
+    stop_together(write_on_rank_0(d, write_config, cfg, epoch))
     n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
     console.print(f"config: {json.dumps(shown_config(config))}", highlight=False)
     console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
@@ -566,9 +566,10 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             # scaler: None, bf16 autocast needs no loss scaling
             state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
                                   epoch=epoch, config=config, record=record, history=history)
-            on_rank_0(d, partial(save_atomic, state, last_path), cfg, saved)
-            saved = epoch
-            on_rank_0(d, partial(save_records, cfg, state, is_best, console), cfg, saved)
+            problem = write_on_rank_0(d, partial(save_atomic, state, last_path), cfg, saved)
+            saved = epoch if problem is None else saved  # at once: a Ctrl-C from here on says last.pt has it
+            stop_together(problem)
+            stop_together(write_on_rank_0(d, partial(save_records, cfg, state, is_best, console), cfg, saved))
     except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised (torch.save)
         if not distributed.interrupted():
             raise
@@ -583,21 +584,26 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"checkpoints in {ckpt_dir}")
 
 
-def on_rank_0(d: Dist, write: Callable[[], None], cfg: TrainConfig, saved: int) -> None:
-    """Run write() on rank 0 only. When it fails (a full disk, a folder made read-only meanwhile) every rank stops
-    at once with rank 0's one line (SystemExit): the other ranks learn it in a collective here, instead of
-    waiting for rank 0 in the next epoch's. saved: the epoch that last.pt holds (0: none)."""
-    problem = None
-    if d.is_main:
-        try:
-            write()
-        except OSError as e:  # NoSpace: the file, the space it needs and the space free
-            what = str(e) if isinstance(e, NoSpace) else f"cannot write the run folder ({e})"
-            fix = "free space there" if isinstance(e, NoSpace) else "make it writable"
-            again = "the same command" if cfg.resume else "the same command plus --resume"
-            problem = (f"{what}; {cfg.last_checkpoint()} holds epoch {saved}; HINT: {fix}, then continue with "
-                       f"{again}" if saved else
-                       f"{what}; no checkpoint was saved yet; HINT: {fix}, then run the same command again")
+def write_on_rank_0(d: Dist, write: Callable[[], None], cfg: TrainConfig, saved: int) -> str | None:
+    """Run write() on rank 0 only; None, or when it fails (a full disk, a folder made read-only meanwhile) the
+    one line to stop with (stop_together). saved: the epoch that last.pt holds (0: none)."""
+    if not d.is_main:
+        return None
+    try:
+        write()
+    except OSError as e:  # NoSpace: the file, the space it needs and the space free
+        what = str(e) if isinstance(e, NoSpace) else f"cannot write the run folder ({e})"
+        fix = "free space there" if isinstance(e, NoSpace) else "make it writable"
+        if not saved:
+            return f"{what}; no checkpoint was saved yet; HINT: {fix}, then run the same command again"
+        again = "the same command" if cfg.resume else "the same command plus --resume"
+        return f"{what}; {cfg.last_checkpoint()} holds epoch {saved}; HINT: {fix}, then continue with {again}"
+    return None
+
+
+def stop_together(problem: str | None) -> None:
+    """Every rank stops at once (SystemExit, one line) when any rank has a problem, rank 0's failed write above all:
+    the others learn it in a collective here, instead of waiting for rank 0 in the next epoch's."""
     if (problem := distributed.first_problem(problem)) is not None:
         raise SystemExit(f"error: {problem}")
 
