@@ -24,6 +24,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.markup import escape
 from rich.table import Table
@@ -245,29 +246,40 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                    normalisation=record.to_dict()["normalisation"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    video_ids = [str(v) for v in loader.videos["video_id"]]
-    predictions = reference_predictions(probs, video_ids, class_names)
-    (out / "predictions.json").write_text(json.dumps(predictions) + "\n")
-    with open(out / "per_class.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "n", "top1", "top5"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(per_class_rows(probs, video_labels, class_names))
-    written = ["metrics.json", "predictions.json", "per_class.csv"]
-    if metrics["n_labelled_videos"]:
-        matrix = confusion_matrix(probs.argmax(1), video_labels, n_classes).numpy()  # (K, K) int64
-        write_confusion_csv(matrix, class_names, out / "confusion.csv")
-        plot_confusion(matrix, class_names, out / "confusion.png", title=f"{name}, {Path(cfg.data).name} {cfg.split}")
-        written += ["confusion.csv", "confusion.png"]
-    else:
+    try:
+        written = write_results(out, metrics, probs, [str(v) for v in loader.videos["video_id"]], video_labels,
+                                class_names, title=f"{name}, {Path(cfg.data).name} {cfg.split}")
+    except OSError as e:  # the disk filled up during the run: one line, not a traceback (the numbers are above)
+        print_summary(console, metrics, cfg.data)
+        raise SystemExit(f"error: cannot write the results to {out} ({e})") from None
+    if "confusion.csv" not in written:
         console.print(f"no confusion matrix: no video of the {cfg.split} split has a label (label -1)")
     print_summary(console, metrics, cfg.data)
     console.print(f"wrote {out}/{{{', '.join(written)}}}", highlight=False)
     return metrics
 
 
-def write_confusion_csv(matrix, class_names: list[str], path: Path) -> None:
+def write_results(out: Path, metrics: dict, probs: torch.Tensor, video_ids: list[str], video_labels: torch.Tensor,
+                  class_names: list[str], title: str) -> list[str]:
+    """The output files (names returned): metrics.json, predictions.json, per_class.csv, and where some video has
+    a label, confusion.csv and confusion.png. probs: (V, K) float64 video probabilities; video_labels: (V,) int64."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "predictions.json").write_text(json.dumps(reference_predictions(probs, video_ids, class_names)) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "n", "top1", "top5"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(per_class_rows(probs, video_labels, class_names))
+    written = ["metrics.json", "predictions.json", "per_class.csv"]
+    if metrics["n_labelled_videos"]:
+        matrix = confusion_matrix(probs.argmax(1), video_labels, len(class_names)).numpy()  # (K, K) int64
+        write_confusion_csv(matrix, class_names, out / "confusion.csv")
+        plot_confusion(matrix, class_names, out / "confusion.png", title=title)
+        written += ["confusion.csv", "confusion.png"]
+    return written
+
+
+def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
     """matrix (K, K) int counts, row = true class, column = predicted class, as a CSV with the class names as
     header and first column (pandas: read_csv(path, index_col=0)); readable at any class count, unlike the PNG."""
     with open(path, "w", newline="") as f:

@@ -380,8 +380,12 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
             progress.advance(files)
         progress.update(task, visible=False)
     if results:
-        write_outputs(cfg, record, results)
         print_table(console, results, record.class_names, cfg.top_k)
+        try:
+            write_outputs(cfg, record, results)
+        except OSError as e:  # the disk filled up during the run: one line, not a traceback (the table is above)
+            print(f"error: cannot write the results to {cfg.out} ({e})", file=sys.stderr)
+            return 1
         console.print(f"wrote {cfg.out}/{{predictions.json, timeline.csv}}", highlight=False)
     if failed:
         print(f"{len(failed)} of {len(cfg.videos)} file(s) failed", file=sys.stderr)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.markup import escape
 from torch import nn
 
@@ -608,7 +609,7 @@ def stop_together(problem: str | None) -> None:
         raise SystemExit(f"error: {problem}")
 
 
-def save_records(cfg: TrainConfig, state: TrainingState, is_best: bool, console) -> None:
+def save_records(cfg: TrainConfig, state: TrainingState, is_best: bool, console: Console) -> None:
     """After last.pt: best.pt when this epoch is the best, metrics.csv and curves.png."""
     if is_best:
         save_best(state, cfg.last_checkpoint(), cfg.last_checkpoint().parent / "best.pt", console)
@@ -618,7 +619,7 @@ def save_records(cfg: TrainConfig, state: TrainingState, is_best: bool, console)
                 best_epoch=max(state.history, key=selection_key)["epoch"])
 
 
-def save_best(state: TrainingState, last_path: Path, best_path: Path, console) -> None:
+def save_best(state: TrainingState, last_path: Path, best_path: Path, console: Console) -> None:
     """Write best.pt, a copy of last.pt (just saved: the same state). Where the disk has no room for the copy,
     best.pt becomes a hard link to last.pt (no space needed; the next last.pt is a new file, so the two part
     again), said in one line: the best epoch is never lost, and the previous best.pt is replaced only whole."""

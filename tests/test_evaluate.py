@@ -209,6 +209,21 @@ def test_a_video_listed_twice_is_refused_in_one_line(data, tmp_path):
     assert not out.exists()
 
 
+def test_results_that_cannot_be_written_at_the_end_are_one_line(data, tmp_path, capsys):
+    """A write that fails after all the compute (here metrics.json is a folder; a disk that filled up meanwhile
+    alike): the summary is still printed, then one line naming the folder and the reason, no traceback."""
+    import evaluate
+
+    out = tmp_path / "eval"
+    (out / "metrics.json").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")), "--out", str(out),
+                       "--num-threads", "1"])
+    assert e.value.code == (f"error: cannot write the results to {out} ([Errno 21] Is a directory: "
+                            f"'{out / 'metrics.json'}')")
+    assert "Top-1" in capsys.readouterr().out
+
+
 def test_confusion_png_draws_names_a_font_has_and_numbers_those_none_has(tmp_path, monkeypatch):
     """Class names in a script DejaVu Sans lacks are drawn with an installed font that has it (here DejaVu Serif for
     U+02EF, or another installed font that has it); names no installed font can draw become class indices (the names are in confusion.csv), and a title

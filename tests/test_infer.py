@@ -183,6 +183,18 @@ def test_an_unwritable_out_is_found_before_any_file_runs(tmp_path, capsys, monke
                    "choose another --out\n")
 
 
+def test_results_that_cannot_be_written_at_the_end_are_one_line(tmp_path, capsys):
+    """predictions.json cannot be written after every file ran (here it is a folder): the table is still printed,
+    then one line naming the folder and the reason, exit status 1."""
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    video = write_source(tmp_path / "v.mp4", 20)
+    (tmp_path / "out" / "predictions.json").mkdir(parents=True)
+    code, stdout, err = run([str(video), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and "v.mp4" in stdout
+    assert err == (f"error: cannot write the results to {tmp_path / 'out'} ([Errno 21] Is a directory: "
+                   f"'{tmp_path / 'out' / 'predictions.json'}')\n")
+
+
 # ---- end to end -----------------------------------------------------------------------------------------------------
 
 def test_any_container_and_codec_a_folder_and_bad_files(tmp_path, capsys):
