@@ -144,7 +144,7 @@ class _CountingSink:
     def __init__(self) -> None:
         self.n = 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         n = memoryview(data).nbytes
         self.n += n
         return n
