@@ -171,8 +171,8 @@ def _as_flag(name: str, value: object) -> str:
 # class count, which follows the data) and its input normalisation. The weights come from --resume's last.pt (its
 # config) or else --pretrained when it is one of ours (its run record); a 3D-ResNets-PyTorch checkpoint says
 # nothing, and the flags (or their defaults) describe it. A model flag that contradicts our checkpoint is refused.
-MODEL_ARGS = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
-FROM_THE_WEIGHTS = (*MODEL_ARGS, "normalisation")
+ARCH_ARGS = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+FROM_THE_WEIGHTS = (*ARCH_ARGS, "normalisation")
 # Fields that parse_args works out from flags (or that have no default): the parser's own defaults are None,
 # "auto" or required.
 RESOLVED_IN_PARSE_ARGS = ("data", "out", "device", "amp", "channels_last", *FROM_THE_WEIGHTS)
@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     resuming = a.resume and last.exists()
     if a.pretrained is not None and not resuming and not Path(a.pretrained).is_file():
         p.error(f"--pretrained {a.pretrained}: no such file")
-    given = {k: getattr(a, k) for k in MODEL_ARGS if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in ARCH_ARGS if getattr(a, k) is not None}
     given_norm = resolve_normalisation(p, a)
     if given_norm is not None:
         given["normalisation"] = given_norm
@@ -285,7 +285,7 @@ def described_by_the_weights(last: Path | None, pretrained: str | None, given: d
             config = saved_config(last)
         except CheckpointError:
             return {}
-        out = {k: config[k] for k in MODEL_ARGS if k in config}
+        out = {k: config[k] for k in ARCH_ARGS if k in config}
         if isinstance(config.get("normalisation"), dict):
             out["normalisation"] = Normalisation.from_dict(config["normalisation"])
         elif config.get("mean") in PRESETS:  # configs from before the normalisation was stored named a mean
@@ -297,8 +297,8 @@ def described_by_the_weights(last: Path | None, pretrained: str | None, given: d
     record = RunRecord.from_metadata(meta, pretrained)
     if record is None:
         return {}
-    record.refuse_contradicting({k: v for k, v in given.items() if k in MODEL_ARGS}, pretrained)
-    return {**{k: record.model_args[k] for k in MODEL_ARGS}, "normalisation": record.normalisation}
+    record.refuse_contradicting({k: v for k, v in given.items() if k in ARCH_ARGS}, pretrained)
+    return {**{k: record.model_args[k] for k in ARCH_ARGS}, "normalisation": record.normalisation}
 
 
 def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
