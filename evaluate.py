@@ -12,7 +12,8 @@ view_boxes, which name the PySlowFast functions they reproduce).
   python evaluate.py --data DST --checkpoint CKPT --gpus 4    (or --nproc 2 on CPU, or under torchrun)
 
 Writes OUT/metrics.json (with the protocol used), OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per
-video), OUT/per_class.csv and OUT/confusion.png, and prints a Table-2-style summary.
+video), OUT/per_class.csv, and for a split with labels OUT/confusion.csv (counts, row = true class) and
+OUT/confusion.png, and prints a Table-2-style summary. OUT is checked to be writable before any work.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from engine import distributed
@@ -42,6 +45,8 @@ from engine.cli import (
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
+    shown_config,
+    unwritable_folder,
     with_flag_hints,
 )
 from engine.distributed import Dist, Interrupted
@@ -52,6 +57,7 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
+from pipeline.prepare.run import interrupted_preparation
 from pipeline.sampling import VIEW_CROPS, eval_starts
 
 
@@ -179,7 +185,13 @@ def expected_clips(videos, sample_duration: int, views: int | None = None) -> to
 def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     """Run the evaluation on this rank; rank 0 merges, checks, writes the files and returns the metrics."""
     console = make_console(d.is_main)
-    console.print(f"config: {json.dumps(asdict(cfg))}")
+    # Rank 0 writes OUT, at the end: find out now, all ranks together (one leaving alone would leave the others
+    # waiting for it in their first collective).
+    if problem := distributed.first_problem(unwritable_folder(Path(cfg.out)) if d.is_main else None):
+        raise SystemExit(f"error: {problem}")
+    console.print(f"config: {json.dumps(shown_config(asdict(cfg)))}", highlight=False)
+    if warning := interrupted_preparation(Path(cfg.data)):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     on_gpu = d.device.type == "cuda"
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
@@ -194,6 +206,14 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                           skip_bad=cfg.skip_bad, progress=d.is_main)
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
                   f"{record.normalisation.describe()}")
+    ids = loader.videos["video_id"]
+    if ids.duplicated().any():  # every rank sees it: all stop, with one line
+        vid = ids[ids.duplicated()].iloc[0]
+        loader.close()
+        raise DatasetError(f"{cfg.data}/{cfg.split}.csv: video_id {vid!r} is listed {int((ids == vid).sum())} "
+                           "times: its video would count more than once in the accuracy; HINT: prepare the dataset "
+                           "again with prepare_data.py (it keeps one row per video and lists the others in "
+                           "rejected.csv)")
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
     done = 0  # steps
@@ -230,20 +250,46 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                    normalisation=record.to_dict()["normalisation"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
+    try:
+        written = write_results(out, metrics, probs, [str(v) for v in loader.videos["video_id"]], video_labels,
+                                class_names, title=f"{name}, {Path(cfg.data).name} {cfg.split}")
+    except OSError as e:  # the disk filled up during the run: one line, not a traceback (the numbers are above)
+        print_summary(console, metrics, cfg.data)
+        raise SystemExit(f"error: cannot write the results to {out} ({e})") from None
+    if "confusion.csv" not in written:
+        console.print(f"no confusion matrix: no video of the {cfg.split} split has a label (label -1)")
+    print_summary(console, metrics, cfg.data)
+    console.print(f"wrote {out}/{{{', '.join(written)}}}", highlight=False)
+    return metrics
+
+
+def write_results(out: Path, metrics: dict, probs: torch.Tensor, video_ids: list[str], video_labels: torch.Tensor,
+                  class_names: list[str], title: str) -> list[str]:
+    """The output files (names returned): metrics.json, predictions.json, per_class.csv, and where some video has
+    a label, confusion.csv and confusion.png. probs: (V, K) float64 video probabilities; video_labels: (V,) int64."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    video_ids = [str(v) for v in loader.videos["video_id"]]
-    predictions = reference_predictions(probs, video_ids, class_names)
-    (out / "predictions.json").write_text(json.dumps(predictions) + "\n")
+    (out / "predictions.json").write_text(json.dumps(reference_predictions(probs, video_ids, class_names)) + "\n")
     with open(out / "per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["class", "n", "top1", "top5"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(per_class_rows(probs, video_labels, class_names))
-    matrix = confusion_matrix(probs.argmax(1), video_labels, n_classes).numpy()
-    plot_confusion(matrix, class_names, out / "confusion.png", title=f"{name} on {cfg.data} {cfg.split}")
-    print_summary(console, metrics, cfg.data)
-    console.print(f"wrote {out}/{{metrics.json, predictions.json, per_class.csv, confusion.png}}")
-    return metrics
+    written = ["metrics.json", "predictions.json", "per_class.csv"]
+    if metrics["n_labelled_videos"]:
+        matrix = confusion_matrix(probs.argmax(1), video_labels, len(class_names)).numpy()  # (K, K) int64
+        write_confusion_csv(matrix, class_names, out / "confusion.csv")
+        plot_confusion(matrix, class_names, out / "confusion.png", title=title)
+        written += ["confusion.csv", "confusion.png"]
+    return written
+
+
+def write_confusion_csv(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+    """matrix (K, K) int counts, row = true class, column = predicted class, as a CSV with the class names as
+    header and first column (pandas: read_csv(path, index_col=0)); readable at any class count, unlike the PNG."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerows([name, *(int(x) for x in row)] for name, row in zip(class_names, matrix, strict=True))
 
 
 def print_summary(console, m: dict, data_name: str) -> None:
@@ -260,7 +306,11 @@ def print_summary(console, m: dict, data_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    try:  # here too, before any process is spawned: a refusal is one line, not one per process
+    # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun, where
+    # every process runs main(): there evaluate() checks, all ranks together.
+    if not distributed.launched_by_torchrun() and (problem := unwritable_folder(Path(cfg.out))):
+        raise SystemExit(f"error: {problem}")
+    try:
         run_record(cfg, load_classes(Path(cfg.data)))
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {with_flag_hints(str(e))}") from None

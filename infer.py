@@ -17,8 +17,9 @@ windows at a time, so a long video never sits in memory whole. Window probabilit
 Decoding stays on the CPU (PyAV); the NVDEC path of training is not used here.
 
 Writes OUT/predictions.json (3D-ResNets-PyTorch's format, as evaluate.py writes it; keys: the files as named on
-the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table. A
-file that cannot be read is one line naming it and the reason, and the others still run. Exit status: 1 if any
+the command line), OUT/timeline.csv (file, start_s, label, score: each window's top-1) and prints a table; OUT is
+checked to be writable before any file runs. A file that cannot be read is one line naming it and the reason, and
+the others still run; so is a still image (a file that decodes to one frame), named or in a folder. Exit status: 1 if any
 file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint), 130 on Ctrl-C (one line).
 """
 
@@ -53,6 +54,8 @@ from engine.cli import (
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
+    shown_config,
+    unwritable_folder,
     with_flag_hints,
 )
 from engine.distributed import INTERRUPTED_EXIT
@@ -77,6 +80,9 @@ from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv")  # fmt: skip
+# Taken from folders too, to be refused as stills (Frames) the same way as when named: one line each, exit status 1,
+# rather than skipped without a word. An animated GIF or WebP that decodes to several frames is read as a video.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -113,13 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def video_files(paths: list[str]) -> list[str]:
-    """The files named, with each folder replaced by the video files under it (by extension, sorted); a name
-    that is neither stays, to fail later with its reason."""
+    """The files named, with each folder replaced by the video and image files under it (by extension, sorted;
+    images to be refused as stills); a name that is neither stays, to fail later with its reason."""
     out = []
     for name in paths:
         p = Path(name)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
+            out += sorted(str(f) for f in p.rglob("*")
+                          if f.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS and f.is_file())
         else:
             out.append(name)
     return list(dict.fromkeys(out))  # each once, in order
@@ -147,11 +154,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
     if a.classes is not None and not Path(a.classes).is_file():
         p.error(f"--classes {a.classes}: no such file")
     videos = video_files(a.videos)
+    out = a.out or str(run_dir(ckpt) / f"infer-{ckpt.stem}")
+    if problem := unwritable_folder(Path(out)):  # now, not after all the files have run
+        p.exit(2, f"error: {problem}\n")
     if not videos:
         p.error(f"no video files in {' '.join(a.videos)} (looked for {', '.join(VIDEO_EXTENSIONS)})")
     skip = ("videos", "device", "amp", "out", "norm", "value_scale", "mean_values", "std_values")
     cfg = InferConfig(**{k: v for k, v in vars(a).items() if k not in skip}, videos=tuple(videos),
-                      out=a.out or str(run_dir(ckpt) / f"infer-{ckpt.stem}"), device=device, amp=amp,
+                      out=out, device=device, amp=amp,
                       normalisation=resolve_normalisation(p, a))
     try:
         record = checkpoint_record(ckpt, vars(cfg) | {"video_height": cfg.height}, None)
@@ -177,7 +187,8 @@ class Unreadable(Exception):
 
 class Frames:
     """The frames of one file: upright, constant rate, `height` px high; iterate for (y (H, W), uv (H/2, W))
-    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun."""
+    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun. Unreadable when
+    the file gives no frames, or only one (a still image: refused before any frame is given)."""
 
     def __init__(self, path: str, height: int):
         self.path, self.height = path, height
@@ -207,7 +218,7 @@ class Frames:
             if vs.duration and vs.time_base:
                 self.expected = int(vs.duration * vs.time_base * self.rate)
             clock, scaler = Clock(vs.time_base, self.rate), VideoReformatter()
-            held, n, transform, size, first_error = None, 0, None, (0, 0), ""
+            held, n, transform, size, first_error, decoded_frames = None, 0, None, (0, 0), "", 0
 
             def planes(frame, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 if count <= 0:
@@ -226,6 +237,7 @@ class Frames:
                             break
                         continue
                     for frame in decoded:
+                        decoded_frames += 1
                         slot = frame_slot(clock(frame.pts, frame.dts), self.rate)
                         if held is None:  # the first frame sets the geometry, as prepare_data.py's output
                             transform, _ = display_transform(display_matrix(frame))
@@ -243,6 +255,9 @@ class Frames:
                     raise Unreadable(f"undecodable: 0 frames decoded, {self.errors} decode errors (first: "
                                      f"{first_error})")
                 raise Unreadable("no frames: the video stream has no decodable frames")
+            if decoded_frames == 1:  # nothing moves: held is the first frame, nothing was given yet
+                raise Unreadable(f"a still image ({vs.codec_context.name}, one frame), not a video: nothing "
+                                 "moves in it for the model to recognise")
             yield from planes(held, max(1, frame_slot(clock.end(held.duration), self.rate)) - n)
 
 
@@ -338,7 +353,7 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
     """Every file through the model, then the outputs and the table. Exit status: 0; 1 when a file failed; 2 when
     the checkpoint's weights do not fit the model the flags describe."""
     console = make_console(True)
-    console.print(f"config: {json.dumps(asdict(cfg))}")
+    console.print(f"config: {json.dumps(shown_config(asdict(cfg)))}", highlight=False)
     device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
     model = build_model(**record.model_args)
     try:
@@ -365,8 +380,12 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
             progress.advance(files)
         progress.update(task, visible=False)
     if results:
-        write_outputs(cfg, record, results)
         print_table(console, results, record.class_names, cfg.top_k)
+        try:
+            write_outputs(cfg, record, results)
+        except OSError as e:  # the disk filled up during the run: one line, not a traceback (the table is above)
+            print(f"error: cannot write the results to {cfg.out} ({e})", file=sys.stderr)
+            return 1
         console.print(f"wrote {cfg.out}/{{predictions.json, timeline.csv}}", highlight=False)
     if failed:
         print(f"{len(failed)} of {len(cfg.videos)} file(s) failed", file=sys.stderr)

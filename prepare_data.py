@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pipeline.atomic import NoSpace
 from pipeline.prepare import layouts, run
 from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
 
@@ -181,7 +182,11 @@ def prepare(cfg: PrepareConfig) -> int:
         except run.Interrupted as e:  # while listing and checking: nothing started, DST unchanged
             console().print("interrupted before any video was started; run the same command again", soft_wrap=True)
             return 128 + e.signum
-        except (run.WorkersFailed, OSError) as e:  # OSError: DST's disk full, a file made unwritable meanwhile
+        except NoSpace as e:  # DST's disk is full: every video after would fail the same way, so stop
+            console().print(f"[red]error:[/] {e}; HINT: free space there (or choose another --out), then run the "
+                            "same command again: the videos finished are reused", soft_wrap=True, highlight=False)
+            return 1
+        except (run.WorkersFailed, OSError) as e:  # OSError: a file made unwritable meanwhile
             console().print(f"[red]error:[/] {e}", soft_wrap=True)
             return 1
 

@@ -11,7 +11,10 @@ paper's recipe.
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
 RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). The learning rate follows
 the paper's plateau rule (engine/schedule.py). --resume refuses settings that would make another run
-(DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130).
+(DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130). RUN_DIR is checked to be
+writable before any work; a full disk while saving is one line naming the file and the space it needs, and never
+costs a checkpoint (save_best). On several nodes RUN_DIR must be one folder they all share: the ranks compare what
+they resume before the first step (start) and stop together when they differ.
 """
 
 from __future__ import annotations
@@ -21,23 +24,30 @@ import csv
 import io
 import json
 import math
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from engine import distributed
 from engine.checkpoint import (
-    PARAMETER_FREE_ARGS,
     CheckpointError,
     RunRecord,
     TrainingState,
     check_compatible,
+    file_digest,
+    link_atomic,
     load_training_checkpoint,
     save_atomic,
+    saved_config,
 )
 from engine.cli import (
     DEVICE_RANGES,
@@ -51,6 +61,8 @@ from engine.cli import (
     check_numeric_flags,
     resolve_device_flags,
     resolve_normalisation,
+    shown_config,
+    unwritable_folder,
 )
 from engine.distributed import Dist, Interrupted, all_reduce_sum
 from engine.plots import plot_curves
@@ -59,8 +71,9 @@ from engine.schedule import PlateauSchedule
 from engine.step import forward, memory_format, to_device, train_step
 from model import ARCHS, build_model, load_weights, read_checkpoint
 from pipeline import DatasetError, LoaderBase, build_loader
-from pipeline.atomic import atomic_write
+from pipeline.atomic import NoSpace, atomic_write
 from pipeline.normalisation import PRESETS, Normalisation
+from pipeline.prepare.run import interrupted_preparation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip
@@ -154,9 +167,15 @@ def _as_flag(name: str, value: object) -> str:
     return as_flag(name, "none" if value is None else value)
 
 
+# What the checkpoint the weights come from says, for the flags not given: the model (build_model's arguments but the
+# class count, which follows the data) and its input normalisation. The weights come from --resume's last.pt (its
+# config) or else --pretrained when it is one of ours (its run record); a 3D-ResNets-PyTorch checkpoint says
+# nothing, and the flags (or their defaults) describe it. A model flag that contradicts our checkpoint is refused.
+ARCH_ARGS = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+FROM_THE_WEIGHTS = (*ARCH_ARGS, "normalisation")
 # Fields that parse_args works out from flags (or that have no default): the parser's own defaults are None,
 # "auto" or required.
-RESOLVED_IN_PARSE_ARGS = ("data", "out", "normalisation", "device", "amp", "channels_last")
+RESOLVED_IN_PARSE_ARGS = ("data", "out", "device", "amp", "channels_last", *FROM_THE_WEIGHTS)
 # Every numeric flag's allowed values; parse_args rejects the rest with a one-line usage error.
 RANGES = {
     **LOADER_RANGES, **DEVICE_RANGES, **NORM_RANGES,
@@ -183,16 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-duration", type=int, help="frames per clip")
     g.add_argument("--sample-size", type=int, help="clip height and width in pixels")
     add_normalisation_flags(g, "kinetics (minus the Kinetics mean, 0-255 scale)")
-    g = p.add_argument_group("model")
+    g = p.add_argument_group("model (default: what our --pretrained checkpoint, or the run --resume continues, "
+                             "says; else resnet-18, A, 1, 7, 1, max pool)")
     g.add_argument("--arch", choices=ARCHS)
     g.add_argument("--shortcut", choices=("A", "B"), help="A: zero-padding (the paper's), B: conv")
     g.add_argument("--widen-factor", type=float, help="channel multiplier (small CPU models)")
     g.add_argument("--conv1-t-size", type=int)
     g.add_argument("--conv1-t-stride", type=int)
-    g.add_argument("--no-max-pool", action="store_true", help="no max pool after conv1")
-    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", help="(the default)")
-    g.add_argument("--pretrained", help="initial weights: our checkpoint or a 3D-ResNets-PyTorch one")
-    g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the ones before")
+    g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
+    g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
+    g.add_argument("--pretrained", help="initial weights: our checkpoint (its model and normalisation come with it) "
+                                        "or a 3D-ResNets-PyTorch one (describe it with the flags above)")
+    g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the pretrained ones "
+                                      "before it (needs --pretrained)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="global batch, split evenly across processes")
@@ -217,26 +239,66 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The config; a usage error (exit status 2) for a bad flag, CheckpointError (one line) for an unusable
+    --pretrained or model flags that contradict it."""
     p = build_parser()
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
     device, amp = resolve_device_flags(p, a)
-    skip = ("device", "amp", "channels_last", "norm", "value_scale", "mean_values", "std_values")
+    if a.ft_begin and not a.pretrained:
+        p.error(f"--ft-begin {a.ft_begin} without --pretrained would freeze randomly initialised layers; HINT: add "
+                "--pretrained CHECKPOINT, or drop --ft-begin to train every layer")
+    last = Path(a.out) / "checkpoints" / "last.pt"
+    resuming = a.resume and last.exists()
+    if a.pretrained is not None and not resuming and not Path(a.pretrained).is_file():
+        p.error(f"--pretrained {a.pretrained}: no such file")
+    given = {k: getattr(a, k) for k in ARCH_ARGS if getattr(a, k) is not None}
+    given_norm = resolve_normalisation(p, a)
+    if given_norm is not None:
+        given["normalisation"] = given_norm
+    described = described_by_the_weights(last if resuming else None, None if resuming else a.pretrained, given)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    skip = ("device", "amp", "channels_last", "norm", "value_scale", "mean_values", "std_values", *FROM_THE_WEIGHTS)
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k not in skip},
-                      normalisation=resolve_normalisation(p, a) or TrainConfig.normalisation, device=device, amp=amp,
+                      **{k: given.get(k, described.get(k, defaults[k])) for k in FROM_THE_WEIGHTS},
+                      device=device, amp=amp,
                       channels_last=device == "cuda" if a.channels_last is None else a.channels_last)
     world, data = cfg.world_size(), Path(cfg.data)
     checks = [
         (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
         ((data / "train.csv").is_file(), f"{data}/train.csv not found; HINT: prepare_data.py SRC --out {data}"),
         ((data / "val.csv").is_file(), f"{data}/val.csv not found: the lr schedule needs a validation split"),
-        (cfg.pretrained is None or cfg.resuming() or Path(cfg.pretrained).is_file(),
-         f"--pretrained {cfg.pretrained}: no such file"),
     ]
     for ok, message in checks:
         if not ok:
             p.error(message)
     return cfg
+
+
+def described_by_the_weights(last: Path | None, pretrained: str | None, given: dict) -> dict:
+    """FROM_THE_WEIGHTS values that the checkpoint the weights come from gives: last (the run --resume continues:
+    its config; unreadable: {}, resume_from says why) or else pretrained (ours: its run record; a 3D-ResNets-PyTorch
+    one: {}). CheckpointError when pretrained is unreadable, or when a model flag given contradicts its record
+    (resume_from compares the resumed run's settings itself)."""
+    if last is not None:
+        try:
+            config = saved_config(last)
+        except CheckpointError:
+            return {}
+        out = {k: config[k] for k in ARCH_ARGS if k in config}
+        if isinstance(config.get("normalisation"), dict):
+            out["normalisation"] = Normalisation.from_dict(config["normalisation"])
+        elif config.get("mean") in PRESETS:  # configs from before the normalisation was stored named a mean
+            out["normalisation"] = PRESETS[config["mean"]]
+        return out
+    if pretrained is None:
+        return {}
+    _, meta = read_checkpoint(pretrained)
+    record = RunRecord.from_metadata(meta, pretrained)
+    if record is None:
+        return {}
+    record.refuse_contradicting({k: v for k, v in given.items() if k in ARCH_ARGS}, pretrained)
+    return {**{k: record.model_args[k] for k in ARCH_ARGS}, "normalisation": record.normalisation}
 
 
 def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
@@ -247,7 +309,7 @@ def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, d
                       widen_factor=cfg.widen_factor)
     torch.manual_seed(cfg.seed)
     raw = build_model(**model_args)
-    if cfg.pretrained and not cfg.resuming():  # main() checked it first (check_pretrained)
+    if cfg.pretrained and not cfg.resuming():  # parse_args took the model from its run record (ours)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
@@ -260,15 +322,6 @@ def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, d
             child.requires_grad_(False)
             frozen.append(child)
     return raw.to(d.device, memory_format=memory_format(cfg.channels_last)), model_args, frozen
-
-
-def check_pretrained(cfg: TrainConfig) -> None:
-    """CheckpointError when --pretrained is our checkpoint and its run record says that its weights, loaded into
-    this run's model, would compute something else (a model argument without parameters differs)."""
-    _, meta = read_checkpoint(cfg.pretrained)
-    record = RunRecord.from_metadata(meta, cfg.pretrained)
-    if record is not None:
-        record.check_same_function({k: getattr(cfg, k) for k in PARAMETER_FREE_ARGS}, cfg.pretrained)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -355,11 +408,80 @@ def resume_from(cfg: TrainConfig) -> TrainingState | None:
     return resumed
 
 
+def out_problem(cfg: TrainConfig) -> str | None:
+    """Why rank 0 could not write the run folder (checked before any work), or None."""
+    return unwritable_folder(Path(cfg.out)) or unwritable_folder(cfg.last_checkpoint().parent)
+
+
+def start(cfg: TrainConfig, d: Dist) -> TrainingState | None:
+    """What this run continues (resume_from; None: a new run), the same on every rank, before any work.
+
+    Each rank reads its own --out: on several nodes each may see another folder. The ranks compare what they found
+    (a collective): one that cannot use its checkpoint, or cannot write the run folder (rank 0), stops them all
+    with its line; ranks that would resume different epochs or different checkpoints (SHA-256 of last.pt) stop
+    them all with a line that says which rank found what (resume_disagreement).
+    """
+    problem, resumed = out_problem(cfg) if d.is_main else None, None
+    if problem is None:
+        try:
+            resumed = resume_from(cfg)
+        except CheckpointError as e:
+            problem = str(e)
+    found = {"host": socket.gethostname(), "path": str(cfg.last_checkpoint()),
+             "epoch": None if resumed is None else resumed.epoch,
+             "digest": file_digest(cfg.last_checkpoint()) if resumed is not None and d.is_distributed else None}
+    reports = distributed.all_gather_objects((problem, found))
+    states = [f for _, f in reports]
+    several_hosts = len({f["host"] for f in states}) > 1
+    for rank, (problem, found) in enumerate(reports):
+        if problem is not None:
+            raise CheckpointError(f"rank {rank} on {found['host']}: {problem}" if several_hosts else problem)
+    if why := resume_disagreement(states):
+        raise CheckpointError(why)
+    return resumed
+
+
+def resume_disagreement(states: list[dict]) -> str | None:
+    """One line saying which ranks would continue which checkpoint, when they would not all continue the same (None
+    when they would). states: per rank, {"host", "path" (its last.pt), "epoch" (None: nothing to resume),
+    "digest"}."""
+    groups: dict[tuple, list[int]] = {}
+    for rank, s in enumerate(states):
+        groups.setdefault((s["epoch"], s["digest"]), []).append(rank)
+    if len(groups) == 1:
+        return None
+    parts = []
+    for (epoch, digest), ranks in groups.items():
+        hosts = ", ".join(dict.fromkeys(states[r]["host"] for r in ranks))
+        paths = " and ".join(dict.fromkeys(states[r]["path"] for r in ranks))
+        one = len(ranks) == 1
+        who = f"rank{'' if one else 's'} {_rank_ranges(ranks)} on {hosts}"
+        if epoch is None:
+            parts.append(f"{who} {'starts' if one else 'start'} a new run (no {paths})")
+        else:
+            parts.append(f"{who} {'resumes' if one else 'resume'} {paths} (epoch {epoch}, sha256 {digest[:12]})")
+    return (f"the processes would not continue the same run: {'; '.join(parts)}. HINT: on several nodes --out must "
+            "be one folder that every node shares (a network file system), so that all resume the same checkpoint")
+
+
+def _rank_ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (ranks sorted)."""
+    spans: list[list[int]] = []
+    for r in ranks:
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def train(cfg: TrainConfig, d: Dist) -> None:
     console = make_console(d.is_main)
     out, last_path = Path(cfg.out), cfg.last_checkpoint()
     ckpt_dir = last_path.parent
-    resumed = resume_from(cfg)
+    resumed = start(cfg, d)
+    if warning := interrupted_preparation(Path(cfg.data)):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     on_gpu = d.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
@@ -400,11 +522,14 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if d.is_distributed:
         train_net = nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if on_gpu else None)
 
-    if d.is_main:
+    def write_config() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        with atomic_write(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+
+    stop_together(write_on_rank_0(d, write_config, cfg, epoch))
     n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
-    console.print(f"config: {json.dumps(config)}")
+    console.print(f"config: {json.dumps(shown_config(config))}", highlight=False)
     console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
                   f"classes | {d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = "
                   f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
@@ -438,15 +563,14 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                           f"{' (best)' if is_best else ''} | "
                           f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
                           f"data wait {row['data_wait_share']:.0%}")
-            if d.is_main:  # scaler: None, bf16 autocast needs no loss scaling
-                state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
-                                      epoch=epoch, config=config, record=record, history=history)
-                save_atomic(state, last_path)
-                saved = epoch
-                if is_best:
-                    save_atomic(state, ckpt_dir / "best.pt")
-                write_metrics_csv(history, out / "metrics.csv")
-                plot_curves(history, out / "curves.png", title=f"{cfg.arch} on {cfg.data}")
+
+            # scaler: None, bf16 autocast needs no loss scaling
+            state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
+                                  epoch=epoch, config=config, record=record, history=history)
+            problem = write_on_rank_0(d, partial(save_atomic, state, last_path), cfg, saved)
+            saved = epoch if problem is None else saved  # at once: a Ctrl-C from here on says last.pt has it
+            stop_together(problem)
+            stop_together(write_on_rank_0(d, partial(save_records, cfg, state, is_best, console), cfg, saved))
     except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised (torch.save)
         if not distributed.interrupted():
             raise
@@ -459,6 +583,52 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     best_acc = max(history, key=selection_key)["val_acc"] if history else float("nan")
     console.print(f"done after {epoch} epochs ({why}); best val clip accuracy {best_acc:.3f}; "
                   f"checkpoints in {ckpt_dir}")
+
+
+def write_on_rank_0(d: Dist, write: Callable[[], None], cfg: TrainConfig, saved: int) -> str | None:
+    """Run write() on rank 0 only; None, or when it fails (a full disk, a folder made read-only meanwhile) the
+    one line to stop with (stop_together). saved: the epoch that last.pt holds (0: none)."""
+    if not d.is_main:
+        return None
+    try:
+        write()
+    except OSError as e:  # NoSpace: the file, the space it needs and the space free
+        what = str(e) if isinstance(e, NoSpace) else f"cannot write the run folder ({e})"
+        fix = "free space there" if isinstance(e, NoSpace) else "make it writable"
+        if not saved:
+            return f"{what}; no checkpoint was saved yet; HINT: {fix}, then run the same command again"
+        again = "the same command" if cfg.resume else "the same command plus --resume"
+        return f"{what}; {cfg.last_checkpoint()} holds epoch {saved}; HINT: {fix}, then continue with {again}"
+    return None
+
+
+def stop_together(problem: str | None) -> None:
+    """Every rank stops at once (SystemExit, one line) when any rank has a problem, rank 0's failed write above all:
+    the others learn it in a collective here, instead of waiting for rank 0 in the next epoch's."""
+    if (problem := distributed.first_problem(problem)) is not None:
+        raise SystemExit(f"error: {problem}")
+
+
+def save_records(cfg: TrainConfig, state: TrainingState, is_best: bool, console: Console) -> None:
+    """After last.pt: best.pt when this epoch is the best, metrics.csv and curves.png."""
+    if is_best:
+        save_best(state, cfg.last_checkpoint(), cfg.last_checkpoint().parent / "best.pt", console)
+    out = Path(cfg.out)
+    write_metrics_csv(state.history, out / "metrics.csv")
+    plot_curves(state.history, out / "curves.png", title=f"{cfg.arch}, {len(state.record.class_names)} classes",
+                best_epoch=max(state.history, key=selection_key)["epoch"])
+
+
+def save_best(state: TrainingState, last_path: Path, best_path: Path, console: Console) -> None:
+    """Write best.pt, a copy of last.pt (just saved: the same state). Where the disk has no room for the copy,
+    best.pt becomes a hard link to last.pt (no space needed; the next last.pt is a new file, so the two part
+    again), said in one line: the best epoch is never lost, and the previous best.pt is replaced only whole."""
+    try:
+        save_atomic(state, best_path)
+    except NoSpace as e:
+        link_atomic(last_path, best_path)
+        console.print(f"[yellow]warning:[/] {escape(str(e))}: {escape(str(best_path))} is a hard link to "
+                      f"{escape(str(last_path))} (epoch {state.epoch}) instead of a copy", highlight=False)
 
 
 def selection_key(row: dict) -> tuple[float, float]:
@@ -482,11 +652,15 @@ def interrupted_message(cfg: TrainConfig, last_path: Path, epoch: int, saved: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(argv)
-    try:  # before any process is spawned: a refusal is one line, not one per process (train() loads it again)
-        resume_from(cfg)
-        if cfg.pretrained and not cfg.resuming():
-            check_pretrained(cfg)
+    try:
+        cfg = parse_args(argv)
+        # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun,
+        # where every process runs main(): there start() decides, all ranks together (one leaving alone would
+        # leave the others waiting for it).
+        if not distributed.launched_by_torchrun():
+            if problem := out_problem(cfg):
+                raise SystemExit(f"error: {problem}")
+            resume_from(cfg)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",

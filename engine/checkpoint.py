@@ -14,7 +14,9 @@ checkpoint_record gives the record to use any checkpoint with (evaluate.py, infe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,19 +27,17 @@ import torch
 from engine.cli import MODEL_FLAGS, as_flag
 from model import ARCHS, build_model, read_checkpoint
 from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
-from pipeline.atomic import atomic_write
+from pipeline.atomic import NoSpace, atomic_write, temp_path
 from pipeline.normalisation import Normalisation
 
-__all__ = ["CLIP_FIELDS", "PARAMETER_FREE_ARGS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
-           "check_compatible", "checkpoint_record", "load_training_checkpoint", "run_dir", "save_atomic"]  # fmt: skip
+__all__ = ["CLIP_FIELDS", "REQUIRED_KEYS", "CheckpointError", "RunRecord", "TrainingState",
+           "check_compatible", "checkpoint_record", "file_digest", "link_atomic", "load_training_checkpoint", "run_dir",
+           "save_atomic", "saved_config"]  # fmt: skip
 
 # build_model's keyword arguments, with their defaults where it has them.
 MODEL_ARGS = tuple(inspect.signature(build_model).parameters)
 MODEL_DEFAULTS = {k: v.default for k, v in inspect.signature(build_model).parameters.items()
                   if v.default is not inspect.Parameter.empty}
-# build_model arguments that change what the model computes but not the shape of any weight: weights trained
-# with another value load without an error and give a wrong model, so only the run record can tell.
-PARAMETER_FREE_ARGS = ("conv1_t_stride", "no_max_pool")
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,17 @@ class RunRecord:
             raise CheckpointError(f"{path}: its run record is broken ({type(e).__name__}: {e}); HINT: use the "
                                   "checkpoint as a 3D-ResNets-PyTorch one (describe the model with flags)") from None
 
-    def check_same_function(self, model_args: Mapping[str, Any], path: str | Path) -> None:
-        """CheckpointError unless model_args agree with this record on PARAMETER_FREE_ARGS, i.e. unless the
-        weights, loaded into a model built with model_args, compute what they were trained to compute."""
-        differ = [k for k in PARAMETER_FREE_ARGS if model_args[k] != self.model_args[k]]
-        if differ:
-            theirs = " ".join(as_flag(k, self.model_args[k]) for k in differ)
-            ours = " ".join(as_flag(k, model_args[k]) for k in differ)
-            raise CheckpointError(f"{path}: its model was built with {theirs}, this one with {ours}: the weights "
-                                  f"would load but compute something else; HINT: add {theirs}")
+    def refuse_contradicting(self, given: Mapping[str, Any], path: str | Path) -> None:
+        """CheckpointError (one line) when a model flag given (build_model argument -> value) differs from this
+        record's model: every one changes what the weights compute or whether they load at all (conv1's temporal
+        stride and the max pool own no weights: those would load and give a wrong model without an error)."""
+        contradicting = [k for k, v in given.items() if v != self.model_args[k]]
+        if contradicting:
+            itself = " ".join([self.model_args["arch"]] + [as_flag(k, self.model_args[k]) for k in MODEL_FLAGS[1:]])
+            shown = [as_flag(k, given[k]) for k in contradicting]
+            verb = "contradicts" if len(shown) == 1 else "contradict"
+            raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(shown)} {verb} "
+                                  f"it: drop {' '.join(f.split()[0] for f in shown)}")
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,64 @@ REQUIRED_KEYS = tuple(f.name for f in fields(TrainingState) if f.name != "record
 
 
 def save_atomic(state: TrainingState | dict, path: Path) -> None:
-    """Write state to path so that a crash at any moment leaves either the old file or the new one, never half."""
+    """Write state to path so that a crash at any moment leaves either the old file or the new one, never half.
+
+    A full disk (or quota, or file size limit) raises pipeline.atomic.NoSpace, one line naming path, the exact
+    size of the checkpoint and the space free; path keeps its previous content.
+    """
+    obj = state.to_dict() if isinstance(state, TrainingState) else state
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, fsync=True) as tmp:  # fsync: a power cut must not leave last.pt empty either
-        torch.save(state.to_dict() if isinstance(state, TrainingState) else state, tmp)
+    try:
+        # fsync: a power cut must not leave last.pt empty either. torch.save writes through a Python file object:
+        # given a path, its own writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+        # with no errno; through the file it is the OSError of the failed write.
+        with atomic_write(path, fsync=True) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except NoSpace as e:
+        raise NoSpace.at(path, e, needed=serialized_size(obj)) from None
+
+
+class _CountingSink:
+    """A write-only file that keeps nothing but the number of bytes written to it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = memoryview(data).nbytes
+        self.n += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def serialized_size(obj: object) -> int:
+    """Bytes torch.save(obj) writes, counted without storing them (for the space a checkpoint needs)."""
+    sink = _CountingSink()
+    torch.save(obj, sink)
+    return sink.n
+
+
+def link_atomic(src: Path, dst: Path) -> None:
+    """Make dst name the file src names now (a hard link: no copy, no space), replacing dst atomically.
+
+    train.py's fallback for best.pt when the disk has no room for a second copy: save_atomic always replaces a
+    checkpoint by renaming a new file onto its name, so the next last.pt leaves this one to best.pt alone.
+    """
+    tmp = temp_path(dst)
+    os.link(src, tmp)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex: what DDP ranks compare to know they resume the same checkpoint."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_training_checkpoint(path: Path) -> TrainingState:
@@ -139,6 +195,19 @@ def load_training_checkpoint(path: Path) -> TrainingState:
     record = RunRecord.from_metadata(state, path)
     return TrainingState(**{f.name: state[f.name] for f in fields(TrainingState) if f.name != "record"},
                          record=record)
+
+
+def saved_config(path: Path) -> dict:
+    """The `config` entry of a train.py checkpoint, read without loading its tensors (memory-mapped);
+    CheckpointError when the file cannot be read so."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways; load_training_checkpoint names them
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__})") from None
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a train.py checkpoint (no config)")
+    return config
 
 
 def check_compatible(path: Path, saved: RunRecord, now: RunRecord) -> None:
@@ -176,14 +245,7 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
     given = {k: flags[k] for k in MODEL_FLAGS if flags.get(k) is not None}
     record = RunRecord.from_metadata(meta, path)
     if record is not None:  # train.py's checkpoint
-        model_args = record.model_args
-        contradicting = [k for k, v in given.items() if v != model_args[k]]
-        if contradicting:
-            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
-            shown = [as_flag(k, given[k]) for k in contradicting]
-            verb = "contradicts" if len(shown) == 1 else "contradict"
-            raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(shown)} {verb} "
-                                  f"it: drop {' '.join(f.split()[0] for f in shown)}")
+        record.refuse_contradicting(given, path)
         saved_classes = list(record.class_names)
         if class_names is not None and saved_classes != class_names:
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "

@@ -1,13 +1,17 @@
 """What train.py, evaluate.py and infer.py share about their command lines: the loader, device, model-description,
-clip and normalisation flags, the allowed range of every numeric flag, and error messages that name flags
-(--skip-bad) where the library they come from names its keyword arguments."""
+clip and normalisation flags, the allowed range of every numeric flag, error messages that name flags
+(--skip-bad) where the library they come from names its keyword arguments, the check that --out can be written
+(before any work), and the config as printed at start."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.normalisation import Normalisation
@@ -224,3 +228,47 @@ def with_flag_hints(message: str) -> str:
     for api, flag in _API_HINTS_AS_FLAGS.items():
         message = message.replace(api, flag)
     return message
+
+
+# ---- the output folder, and the config as printed ----------------------------------------------------------------
+
+
+def unwritable_folder(folder: Path, flag: str = "--out") -> str | None:
+    """None when files can be created in folder, else one line saying why (naming flag and folder, with a hint).
+
+    Checked for real before any work: the folder and any missing parents are made, a file is created and removed
+    in it, and what the check made is removed again (a run stopped later leaves nothing behind). os.access would
+    miss read-only mounts on some file systems and ACLs on others.
+    """
+    made: list[Path] = []
+    try:
+        for p in reversed([folder, *folder.parents]):
+            if p.exists() and not p.is_dir():
+                return f"{flag} {folder}: {p} is a file, not a folder; HINT: choose another {flag}"
+            if not p.is_dir():
+                p.mkdir()
+                made.append(p)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return (f"{flag} {folder}: cannot write there ({e.strerror or e}); HINT: choose a folder you can write to "
+                "(it is created when missing)")
+    finally:
+        for p in reversed(made):
+            try:
+                p.rmdir()
+            except OSError:  # something else wrote there meanwhile: leave it
+                pass
+    return None
+
+
+# Config fields not printed at start: testing hooks (config.json and checkpoints keep every field).
+NOT_SHOWN = ("inject_nan_step",)
+
+
+def shown_config(config: dict[str, Any]) -> dict[str, Any]:
+    """config (a dataclass config as a dict) as printed at start: without testing hooks, and without the process
+    count of the device not used (gpus on the CPU, nproc on CUDA)."""
+    unused = {"cpu": "gpus", "cuda": "nproc"}.get(config.get("device", ""))
+    return {k: v for k, v in config.items() if k not in NOT_SHOWN and k != unused}

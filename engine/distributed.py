@@ -353,6 +353,15 @@ def all_gather_objects(obj: object) -> list:
     return out
 
 
+def first_problem(problem: str | None) -> str | None:
+    """The problem of the lowest rank that has one, on every rank (None: no rank has one). A collective: every
+    rank calls it at the same point with what it found (a checkpoint it cannot use, an unwritable folder, a save
+    that failed), so that all stop together with the same line instead of the others waiting in their next
+    collective for a rank that left (under torchrun, a node whose processes ended well then waits 300 s in its
+    exit barrier for the node that failed)."""
+    return next((p for p in all_gather_objects(problem) if p is not None), None)
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy module's buffers (BatchNorm running statistics) from rank src to all ranks, so that every rank
     validates, and rank 0 saves, the same model."""

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -168,6 +169,87 @@ def test_evaluate_writes_exact_metrics_and_reference_format_outputs(data, tmp_pa
     assert rows == [("a", 2, 0.0, 0.0), ("b", 1, 0.0, 1.0), ("c", 1, 0.0, 1.0), ("d", 1, 0.0, 1.0), ("e", 1, 0.0, 1.0),
                     ("f", 1, 1.0, 1.0)]
     assert (out / "confusion.png").stat().st_size > 0
+    assert (out / "confusion.csv").read_text() == (  # every video predicted f; true a twice
+        "true \\ predicted,a,b,c,d,e,f\n" "a,0,0,0,0,0,2\n" "b,0,0,0,0,0,1\n" "c,0,0,0,0,0,1\n" "d,0,0,0,0,0,1\n"
+        "e,0,0,0,0,0,1\n" "f,0,0,0,0,0,1\n")
+
+
+def test_an_unlabelled_split_has_no_confusion_matrix_and_says_why(tmp_path, capsys):
+    """A split without labels (Kinetics' test): predictions and metrics, no blank confusion.png or empty csv."""
+    from videos import make_dataset
+
+    data = make_dataset(tmp_path / "data", {"test": [{"frames": 20, "label": -1}, {"frames": 16, "label": -1}]},
+                        classes=CLASSES, width=48, height=32)
+    out = tmp_path / "eval"
+    m = run_evaluate(["--data", str(data), "--split", "test", "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")),
+                      "--out", str(out), "--num-threads", "1"])
+    assert (m["n_videos"], m["n_labelled_videos"], m["video_top1"]) == (2, 0, None)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.json"]
+    stdout = capsys.readouterr().out
+    assert "no confusion matrix: no video of the test split has a label (label -1)\n" in stdout
+    assert f"wrote {out}/{{metrics.json, predictions.json, per_class.csv}}\n" in stdout
+
+
+def test_a_video_listed_twice_is_refused_in_one_line(data, tmp_path):
+    """A manifest that lists one video twice (a Kinetics CSV with a duplicated row, prepared before prepare_data.py
+    refused them) would count it twice in the accuracy but once in predictions.json: refused, nothing written."""
+    import evaluate
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    lines = (copy / "val.csv").read_text().splitlines(keepends=True)
+    (copy / "val.csv").write_text("".join(lines + [lines[3]]))
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(copy), "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")), "--out", str(out),
+                       "--num-threads", "1"])
+    assert e.value.code == (f"error: {copy}/val.csv: video_id 'val002' is listed 2 times: its video would count more "
+                            "than once in the accuracy; HINT: prepare the dataset again with prepare_data.py (it keeps "
+                            "one row per video and lists the others in rejected.csv)")
+    assert not out.exists()
+
+
+def test_results_that_cannot_be_written_at_the_end_are_one_line(data, tmp_path, capsys):
+    """A write that fails after all the compute (here metrics.json is a folder; a disk that filled up meanwhile
+    alike): the summary is still printed, then one line naming the folder and the reason, no traceback."""
+    import evaluate
+
+    out = tmp_path / "eval"
+    (out / "metrics.json").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")), "--out", str(out),
+                       "--num-threads", "1"])
+    assert e.value.code == (f"error: cannot write the results to {out} ([Errno 21] Is a directory: "
+                            f"'{out / 'metrics.json'}')")
+    assert "Top-1" in capsys.readouterr().out
+
+
+def test_confusion_png_draws_names_a_font_has_and_numbers_those_none_has(tmp_path, monkeypatch):
+    """Class names in a script DejaVu Sans lacks are drawn with an installed font that has it (here DejaVu Serif for
+    U+02EF, or another installed font that has it); names no installed font can draw become class indices (the names are in confusion.csv), and a title
+    the fonts cannot draw is left out: never a glyph drawn as an empty box (matplotlib warns for each)."""
+    import warnings
+
+    from engine import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    matrix = np.array([[2, 1], [0, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_confusion(matrix, ["lift\u02ef", "drop"], tmp_path / "c.png", title="r10, data val")
+        plots.plot_confusion(matrix, ["跑步", "跳"], tmp_path / "c.png", title="r10, 数据 val")
+    named, numbered = figures
+    assert [t.get_text() for t in named.axes[0].get_xticklabels()] == ["lift\u02ef", "drop"]
+    assert (named.axes[0].get_title(), named.axes[0].get_xlabel()) == ("r10, data val", "predicted class")
+    base, fallback = plots.Fonts(["lift\u02ef"]).families  # DejaVu Serif here; whichever installed font has it
+    from matplotlib import font_manager
+
+    assert base == "DejaVu Sans" and 0x2EF in plots._charmap(font_manager.findfont(fallback))
+    if plots.Fonts(["跑步跳数据"]).missing:  # no CJK font here (with one, the names are drawn and the test is above)
+        assert [t.get_text() for t in numbered.axes[0].get_xticklabels()] == ["0", "1"]
+        assert numbered.axes[0].get_xlabel() == "predicted class index (names in confusion.csv)"
+        assert numbered.axes[0].get_title() == "confusion (row-normalised)"
 
 
 def feed_evaluate(monkeypatch, batches) -> None:

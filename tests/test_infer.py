@@ -143,6 +143,58 @@ def test_unreadable_files_each_say_why(tmp_path):
     assert reasons["garbage.mkv"].startswith("not a video: ffmpeg cannot open it")
 
 
+def test_a_still_image_is_refused_named_or_in_a_folder(tmp_path, capsys):
+    """A JPEG or PNG (or any file that decodes to one frame) has no motion to recognise: refused with one line,
+    exit status 1, whether named or found in a folder; the videos beside it are still predicted."""
+    from PIL import Image
+
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    folder = tmp_path / "shots"
+    video = write_source(folder / "clip.mp4", 20)
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "photo.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=90)
+    one_frame = write_source(tmp_path / "one_frame.mp4", 1)
+    out = tmp_path / "out"
+    code, _, err = run([str(tmp_path / "photo.jpg"), str(folder), str(one_frame), "--checkpoint", str(ckpt), "--out",
+                        str(out)], capsys)
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {tmp_path / 'photo.jpg'}: a still image (mjpeg, one frame), not a video: nothing moves in it for the "
+        "model to recognise",
+        f"error: {folder / 'photo.png'}: a still image (png, one frame), not a video: nothing moves in it for the model "
+        "to recognise",
+        f"error: {one_frame}: a still image (h264, one frame), not a video: nothing moves in it for the model to "
+        "recognise"]
+    assert err.splitlines()[-1] == "3 of 4 file(s) failed"
+    assert list(json.loads((out / "predictions.json").read_text())["results"]) == [str(video)]
+    assert infer.video_files([str(folder)]) == [str(video), str(folder / "photo.png")]
+
+
+def test_an_unwritable_out_is_found_before_any_file_runs(tmp_path, capsys, monkeypatch):
+    """--out that cannot be made (a file stands in its way): one line and status 2 before any decoding."""
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    video = write_source(tmp_path / "v.mp4", 20)
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(infer, "infer_file", lambda *a, **kw: pytest.fail("a file ran"))
+    code, stdout, err = run([str(video), "--checkpoint", str(ckpt), "--out", str(tmp_path / "taken" / "out")], capsys)
+    assert (code, stdout) == (2, "")
+    assert err == (f"error: --out {tmp_path / 'taken' / 'out'}: {tmp_path / 'taken'} is a file, not a folder; HINT: "
+                   "choose another --out\n")
+
+
+def test_results_that_cannot_be_written_at_the_end_are_one_line(tmp_path, capsys):
+    """predictions.json cannot be written after every file ran (here it is a folder): the table is still printed,
+    then one line naming the folder and the reason, exit status 1."""
+    ckpt = our_checkpoint(tmp_path / "best.pt")
+    video = write_source(tmp_path / "v.mp4", 20)
+    (tmp_path / "out" / "predictions.json").mkdir(parents=True)
+    code, stdout, err = run([str(video), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and "v.mp4" in stdout
+    assert err == (f"error: cannot write the results to {tmp_path / 'out'} ([Errno 21] Is a directory: "
+                   f"'{tmp_path / 'out' / 'predictions.json'}')\n")
+
+
 # ---- end to end -----------------------------------------------------------------------------------------------------
 
 def test_any_container_and_codec_a_folder_and_bad_files(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,45 @@ def test_kinetics_layout(tmp_path):
     assert rejected["annotations/train.csv:gone_000005_000015"].startswith("missing: listed in train.csv")
 
 
+def test_kinetics_duplicated_rows_keep_the_first_and_are_reported(tmp_path):
+    """A video listed twice (the same youtube_id and times, in one CSV or two): one manifest row, from the first row
+    in the CSVs' sorted order; each later row is a rejected.csv row saying where the kept one is and what differs,
+    and counted in the report. The same youtube_id at other times is another clip, kept."""
+    src = tmp_path / "kinetics"
+    (src / "annotations").mkdir(parents=True)
+    (src / "annotations" / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "zumba,abc,10,20,train\n"
+        "zumba,abc,10,20,train\n"
+        "zumba,abc,30,40,train\n")
+    (src / "annotations" / "val.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "yoga,xyz,0,10,val\n"
+        "zumba,abc,10,20,val\n"
+        "zumba,xyz,0,10,val\n")
+    for name in ("abc_000010_000020", "abc_000030_000040"):
+        make_video(src / "train" / f"{name}.mp4", 20)
+    make_video(src / "val" / "xyz_000000_000010.mp4", 18)
+    dst = tmp_path / "dst"
+    assert prepare(src, dst) == 0
+    assert rows(read_manifest(dst, "train")) == [
+        ("abc_000010_000020", "videos/train/zumba/abc_000010_000020.webm", 1, "zumba", "train", 20, 25.0, 42, 32, 0,
+         20),
+        ("abc_000030_000040", "videos/train/zumba/abc_000030_000040.webm", 1, "zumba", "train", 20, 25.0, 42, 32, 0,
+         20)]
+    assert rows(read_manifest(dst, "val")) == [
+        ("xyz_000000_000010", "videos/val/yoga/xyz_000000_000010.webm", 0, "yoga", "val", 18, 25.0, 42, 32, 0, 18)]
+    assert rows(pd.read_csv(dst / "rejected.csv")) == [
+        ("annotations/train.csv:3:abc_000010_000020", "duplicate: the video of train.csv line 2 again; the first row "
+         "is kept"),
+        ("annotations/val.csv:3:abc_000010_000020", "duplicate: the video of train.csv line 2 again, with split 'val' "
+         "(kept: 'train'); the first row is kept"),
+        ("annotations/val.csv:4:xyz_000000_000010", "duplicate: the video of val.csv line 2 again, with label 'zumba' "
+         "(kept: 'yoga'); the first row is kept")]
+    assert report(dst)["videos"] == {"listed": 6, "prepared": 3, "reused": 0, "rejected": 3}
+    assert report(dst)["rejected_by_reason"] == {"duplicate": 3}
+
+
 def test_activitynet_layout_one_row_per_segment(tmp_path):
     src = tmp_path / "anet"
     db = {"database": {
@@ -345,6 +385,35 @@ def test_nothing_usable_exits_1_and_usage_errors_exit_2(tmp_path):
         prepare_data.main([str(tmp_path / "src"), "--out", str(tmp_path / "a_file")])  # DST is a file
     assert e.value.code == 2
     assert prepare(tmp_path / "src", tmp_path / "a_file" / "dst") == 2  # DST cannot be made: one line, no traceback
+
+
+def test_a_full_disk_stops_the_run_naming_the_file_and_nothing_is_rejected(tmp_path):
+    """DST on a real tmpfs too small for the first video: one line naming the output file and the space free, exit
+    status 1, no traceback; the video is not rejected (no record, no rejected.csv row): the next run, with space,
+    does it. Before, every video was rejected "error: No space left on device" (no path) and remembered so."""
+    from namespaces import in_namespace, namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("needs user namespaces (unshare -Urm) for a real full disk")
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):  # noise: its VP9 output is far larger than the disk
+        path = src / "train" / "k" / f"{name}.webm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, rng.integers(0, 256, (30, 96, 128, 3), dtype=np.uint8), 25, "libvpx-vp9")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    cmd = in_namespace([sys.executable, str(ROOT / "prepare_data.py"), str(src), "--out", str(dst), "--height", "96",
+                        "--workers", "1"], tmpfs={dst: 64 * 1024}, after=f"cp -a {dst} {tmp_path / 'kept'}")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(rf"error: {re.escape(str(dst))}/videos/train/k/a\.webm: No space left on device \(\d+\.\d KiB "
+                        r"free on its disk\); HINT: free space there \(or choose another --out\), then run the same "
+                        r"command again: the videos finished are reused", line), line
+    kept = tmp_path / "kept"
+    assert not [p for p in kept.rglob("*.json")] and not (kept / "rejected.csv").exists()
 
 
 def _crash_on_boom(job: run.Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> run.Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import os
 import re
@@ -350,15 +351,61 @@ def test_resume_needs_no_pretrained_file(data, reference_run, tmp_path):
 
 
 def test_pretrained_refuses_a_model_that_would_compute_something_else(data, reference_run, tmp_path):
-    """conv1's temporal stride and the max pool own no weights: our checkpoint would load into a model built with
-    other values and give a wrong model. Its run record tells, so train.py refuses, in one line."""
+    """Our checkpoint describes its model (its run record): train.py --pretrained builds that model, and a model flag
+    that contradicts it is refused in one line, those without weights too (conv1's temporal stride, the max pool:
+    the weights would load into the other model and compute something else)."""
     pretrained = reference_run / "checkpoints" / "last.pt"
-    for flag, theirs in (["--conv1-t-stride 2", "--conv1-t-stride 1"], ["--no-max-pool", "--max-pool"]):
+    itself = ("resnet-10 --shortcut A --n-classes 3 --widen-factor 0.125 --conv1-t-size 7 --conv1-t-stride 1 "
+              "--max-pool")
+    for flag in ("--conv1-t-stride 2", "--no-max-pool", "--arch resnet-18"):
         with pytest.raises(SystemExit) as e:
             train.main(args(data, tmp_path / "ft", "--pretrained", str(pretrained), *flag.split()))
-        assert str(e.value.code) == (f"error: {pretrained}: its model was built with {theirs}, this one with {flag}: "
-                                     f"the weights would load but compute something else; HINT: add {theirs}")
+        assert str(e.value.code) == (f"error: {pretrained}: the checkpoint describes itself: {itself}; {flag} "
+                                     f"contradicts it: drop {flag.split()[0]}")
     assert not (tmp_path / "ft").exists()
+
+
+def test_pretrained_of_ours_gives_the_model_and_its_normalisation(data, reference_run, tmp_path):
+    """Without model flags, --pretrained with one of our checkpoints builds the model its run record describes
+    (resnet-10 at widen 0.125 here, not the defaults resnet-18 at 1) with its normalisation; a flag that agrees is
+    accepted; --norm chooses another normalisation. A 3D-ResNets-PyTorch checkpoint says nothing: the defaults."""
+    from pipeline.normalisation import PRESETS, Normalisation
+
+    pretrained = str(reference_run / "checkpoints" / "last.pt")
+    plain = ["--data", str(data), "--out", str(tmp_path / "ft"), "--pretrained", pretrained]
+    cfg = train.parse_args(plain)
+    assert (cfg.arch, cfg.widen_factor, cfg.shortcut, cfg.conv1_t_size, cfg.conv1_t_stride, cfg.no_max_pool) == \
+        ("resnet-10", 0.125, "A", 7, 1, False)
+    assert cfg.normalisation == Normalisation.from_dict(torch.load(pretrained, weights_only=True)["normalisation"])
+    assert train.parse_args([*plain, "--arch", "resnet-10", "--max-pool"]).arch == "resnet-10"
+    assert train.parse_args([*plain, "--norm", "kinetics-0-1"]).normalisation == PRESETS["kinetics-0-1"]
+    foreign = tmp_path / "r18.pth"
+    torch.save({"state_dict": torch.load(pretrained, weights_only=True)["model"]}, foreign)
+    cfg = train.parse_args([*plain[:-1], str(foreign)])
+    assert (cfg.arch, cfg.widen_factor, cfg.normalisation) == ("resnet-18", 1.0, PRESETS["kinetics"])
+
+
+def test_resume_takes_the_model_from_the_run_it_continues(data, reference_run, tmp_path):
+    """--resume without model flags continues the run's model (last.pt's config), whatever the defaults; one that
+    contradicts it is refused as before (test_resume_refuses_other_settings_that_define_the_run)."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    cfg = train.parse_args(["--data", str(data), "--out", str(run), "--resume", "--sample-size", "32",
+                            "--batch-size", "4", "--lr", "0.01"])
+    assert (cfg.arch, cfg.widen_factor) == ("resnet-10", 0.125)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["config"]
+    assert train.resume_differences(saved, cfg) == []
+
+
+def test_ft_begin_without_pretrained_is_refused(data, tmp_path, capsys):
+    """Freezing the layers before --ft-begin makes sense only for pretrained weights: random ones stay random."""
+    with pytest.raises(SystemExit) as e:
+        train.main(args(data, tmp_path / "run", "--ft-begin", "layer4"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --ft-begin layer4 without --pretrained would freeze randomly initialised layers; HINT: add "
+        "--pretrained CHECKPOINT, or drop --ft-begin to train every layer")
+    assert not (tmp_path / "run").exists()
 
 
 def test_pretrained_reference_checkpoint_with_another_class_count(data, tmp_path):
@@ -673,9 +720,11 @@ def test_resume_names_each_setting_by_its_flag(data, tmp_path):
     from dataclasses import asdict
 
     saved = json.loads(json.dumps(asdict(train.parse_args(args(data, tmp_path / "run")))))
-    other = train.parse_args(args(data, tmp_path / "run", "--no-max-pool", "--pretrained", __file__))
+    foreign = tmp_path / "r3d.pth"  # parse_args reads --pretrained (ours describe their model): a readable one
+    torch.save({"state_dict": {}}, foreign)
+    other = train.parse_args(args(data, tmp_path / "run", "--no-max-pool", "--pretrained", str(foreign)))
     assert train.resume_differences(saved, other) == ["--no-max-pool (checkpoint: --max-pool)",
-                                                      f"--pretrained {__file__} (checkpoint: none)"]
+                                                      f"--pretrained {foreign} (checkpoint: none)"]
 
 
 def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_path):
@@ -770,3 +819,233 @@ def test_ctrl_c_with_two_processes_prints_one_line(data, tmp_path):
     status, err, saved = ctrl_c_after_first_checkpoint(data, tmp_path / "ddp", "--nproc", "2")
     assert status == 130, err
     assert INTERRUPTED.fullmatch(err.strip()), err
+
+
+# ---- several nodes: every rank resumes the same checkpoint, or none starts -----------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_node_resume_without_a_shared_out_stops_every_node_at_once(data, reference_run, tmp_path):
+    """Two torchrun nodes on this machine, each with its own --out (not one shared folder): node 0's holds a run
+    after epoch 3, node 1's nothing. Before, rank 0 resumed at epoch 4 and rank 1 started at epoch 1, trained
+    together, then rank 1 crashed once rank 0 was done, and node 0 waited 300 s in torchrun's exit barrier. Now the
+    ranks compare what they resume before the first step: both nodes stop at once, each with the same one line
+    naming both checkpoints, and nothing is trained or written."""
+    root = Path(train.__file__).resolve().parent
+    outs = [tmp_path / "node0", tmp_path / "node1"]
+    shutil.copytree(reference_run, outs[0])
+    last0 = outs[0] / "checkpoints" / "last.pt"
+    before = last0.read_bytes()
+    port, procs, errs, ended = free_port(), [], [], {}
+    for node, out in enumerate(outs):
+        errs.append(tmp_path / f"node{node}.err")
+        with open(errs[-1], "w") as err:  # a file, not a pipe: torchrun's own report must never block it
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                 "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                 str(root / "train.py"), *args(data, out, "--resume", "--epochs", "4")],
+                cwd=root, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True))
+    try:
+        deadline = time.monotonic() + FIRST_CHECKPOINT_S
+        while len(ended) < 2 and time.monotonic() < deadline:
+            for node, proc in enumerate(procs):
+                if node not in ended and proc.poll() is not None:
+                    ended[node] = time.monotonic()
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert len(ended) == 2, "a node did not end"
+    assert abs(ended[0] - ended[1]) < 60, f"the nodes ended {abs(ended[0] - ended[1]):.0f} s apart"
+    assert [proc.returncode for proc in procs] == [1, 1]
+    host, digest = socket.gethostname(), hashlib.sha256(before).hexdigest()
+    expected = (f"error: the processes would not continue the same run: rank 0 on {host} resumes {last0} (epoch 3, "
+                f"sha256 {digest[:12]}); rank 1 on {host} starts a new run (no {outs[1] / 'checkpoints' / 'last.pt'})"
+                ". HINT: on several nodes --out must be one folder that every node shares (a network file system), so "
+                "that all resume the same checkpoint")
+    for err in errs:
+        ours = [line for line in err.read_text().splitlines() if line.startswith("error: ")]
+        assert ours == [expected], err.read_text()[-3000:]
+    assert last0.read_bytes() == before and not (outs[1] / "checkpoints").exists()
+    assert [int(r["epoch"]) for r in read_metrics(outs[0])] == [1, 2, 3]
+
+
+def test_resume_disagreement_says_which_ranks_resume_what():
+    """Ranks that agree say nothing; otherwise one line groups the ranks by what they would continue: the same
+    epoch from different checkpoints is a disagreement too (a copy of last.pt that fell behind)."""
+    def state(host, path, epoch, digest):
+        return {"host": host, "path": path, "epoch": epoch, "digest": digest}
+
+    same = [state("a", "/o/last.pt", 3, "ab" * 32)] * 2 + [state("b", "/o/last.pt", 3, "ab" * 32)] * 2
+    assert train.resume_disagreement(same) is None
+    assert train.resume_disagreement([state("a", "/o/last.pt", None, None)] * 3) is None
+    split = [state("a", "/o/last.pt", 3, "ab" * 32)] * 3 + [state("b", "/o/last.pt", 3, "cd" * 32)] * 2 + \
+        [state("c", "/p/last.pt", None, None)]
+    assert train.resume_disagreement(split) == (
+        "the processes would not continue the same run: ranks 0-2 on a resume /o/last.pt (epoch 3, sha256 "
+        "abababababab); ranks 3-4 on b resume /o/last.pt (epoch 3, sha256 cdcdcdcdcdcd); rank 5 on c starts a new "
+        "run (no /p/last.pt). HINT: on several nodes --out must be one folder that every node shares (a network "
+        "file system), so that all resume the same checkpoint")
+    assert train._rank_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+
+
+# ---- a full disk, an unwritable --out ----------------------------------------------------------------------
+
+def test_a_full_disk_never_loses_a_checkpoint_and_resume_goes_on(data, reference_run, tmp_path):
+    """checkpoints/ on a real tmpfs with room for one and a half checkpoints: epoch 1's last.pt fits and best.pt,
+    for which no second copy fits, becomes a hard link to it (said in one line); epoch 2's last.pt does not fit:
+    the run stops with one line naming the file, the exact space it needs and the space free, and both
+    checkpoints of epoch 1 are intact. After more space (here: another disk), --resume finishes the run as if
+    nothing had happened."""
+    from namespaces import in_namespace, namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("needs user namespaces (unshare -Urm) for a real full disk")
+    root = Path(train.__file__).resolve().parent
+    run, kept = tmp_path / "run", tmp_path / "kept"
+    (run / "checkpoints").mkdir(parents=True)
+    size = (reference_run / "checkpoints" / "last.pt").stat().st_size
+    tmpfs = 4096 * ((size * 3 // 2) // 4096)  # whole pages: room for one checkpoint, not two
+    assert size < tmpfs < 2 * size
+    cmd = in_namespace([sys.executable, str(root / "train.py"), *args(data, run, "--epochs", "2")],
+                       tmpfs={run / "checkpoints": tmpfs}, after=f"cp -a {run / 'checkpoints'} {kept}")
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=FIRST_CHECKPOINT_S)
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, no traceback
+    m = re.fullmatch(rf"error: {re.escape(str(last))}: No space left on device \(it needs (\d+\.\d [KM]iB), "
+                     rf"(\d+\.\d [KM]iB) free on its disk\); {re.escape(str(last))} holds epoch 1; HINT: free space "
+                     r"there, then continue with the same command plus --resume\n", proc.stderr)
+    assert m, proc.stderr
+    link = f"warning: {best}: No space left on device (it needs "
+    assert link in proc.stdout and f"): {best} is a hard link to {last} (epoch 1) instead of a copy" in proc.stdout
+    kept_last, kept_best = kept / "last.pt", kept / "best.pt"
+    assert sorted(p.name for p in kept.iterdir()) == ["best.pt", "last.pt"]  # no partial file left
+    assert kept_last.read_bytes() == kept_best.read_bytes()
+    assert torch.load(kept_last, weights_only=True)["epoch"] == 1
+    for p in (kept_last, kept_best):
+        shutil.copy(p, run / "checkpoints" / p.name)
+    train.main(args(data, run, "--epochs", "2", "--resume"))
+    from pipeline.atomic import human_bytes
+
+    assert m[1] == human_bytes(last.stat().st_size)  # the size it needed: epoch 2's checkpoint's
+    reference = read_metrics(reference_run)
+    assert all(same_learning(a, b) for a, b in zip(read_metrics(run), reference[:2], strict=True))
+
+
+def test_a_file_size_limit_is_a_one_line_error_naming_the_checkpoint(reference_run, tmp_path):
+    """The same where no namespace is allowed: a file size limit (RLIMIT_FSIZE, EFBIG) in a child process. The
+    previous file stays, and the message gives the exact size torch.save needs."""
+    state = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
+    torch.save(state, tmp_path / "state.pt")
+    code = f"""
+import resource, signal, sys, torch
+sys.path.insert(0, {str(Path(train.__file__).resolve().parent)!r})
+from pathlib import Path
+from engine.checkpoint import save_atomic
+from pipeline.atomic import NoSpace
+state = torch.load({str(tmp_path / "state.pt")!r}, weights_only=True)
+path = Path({str(tmp_path / "last.pt")!r})
+path.write_bytes(b"the previous checkpoint")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, hard))
+try:
+    save_atomic(state, path)
+except NoSpace as e:
+    print(e)
+print(path.read_bytes() == b"the previous checkpoint", sorted(p.name for p in path.parent.iterdir()))
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again: the size it needed is the size it takes
+save_atomic(state, path)
+print(path.stat().st_size)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    message, kept, size = out.stdout.splitlines()
+    from pipeline.atomic import human_bytes
+
+    assert message.startswith(f"{tmp_path / 'last.pt'}: File too large (it needs {human_bytes(int(size))}, ")
+    assert kept == "True ['last.pt', 'state.pt']"  # the previous file, and no partial one
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "infer"])
+def test_an_unwritable_out_is_one_line_before_any_work(data, reference_run, tmp_path, tool):
+    """--out on a read-only file system (a real one: a read-only bind mount): one line naming it, before any work
+    (nothing else is printed: no config, no loader, no model), instead of an OSError traceback at the end."""
+    from namespaces import in_namespace, namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("needs user namespaces (unshare -Urm): mode bits do not stop root")
+    root = Path(train.__file__).resolve().parent
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "out"
+    ckpt = str(reference_run / "checkpoints" / "best.pt")
+    argv = {"train": args(data, out, "--epochs", "1"),
+            "evaluate": ["--data", str(data), "--checkpoint", ckpt, "--out", str(out), "--num-threads", "1"],
+            "infer": [str(data / "videos"), "--checkpoint", ckpt, "--out", str(out)]}[tool]
+    proc = subprocess.run(in_namespace([sys.executable, str(root / f"{tool}.py"), *argv], read_only=[locked]),
+                          cwd=root, capture_output=True, text=True, timeout=EXIT_S)
+    assert (proc.returncode, proc.stdout) == ((2 if tool == "infer" else 1), "")
+    assert proc.stderr == (f"error: --out {out}: cannot write there (Read-only file system); HINT: choose a folder "
+                           "you can write to (it is created when missing)\n")
+
+
+# ---- what a run says at its start, and its curves ---------------------------------------------------------------
+
+def test_a_run_on_an_interrupted_preparation_says_so_and_the_config_shows_no_hooks(data, tmp_path, capsys):
+    """prepare_report.json of a stopped prepare_data.py run: one warning line with the command that finishes it.
+    The printed config leaves out the testing hook and, on the CPU, --gpus (config.json keeps every field)."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    config = {"src": "/raw/kinetics", "out": str(copy), "layout": "kinetics", "codec": "vp9", "height": 360,
+              "gop": 16, "crf": 32, "workers": 2, "threads": 1, "cores": 2, "timeout_s": 1800, "verify": False}
+    report = {"config": config, "videos": {"listed": 40, "prepared": 9, "reused": 3, "rejected": 0},
+              "interrupted": True}
+    (copy / "prepare_report.json").write_text(json.dumps(report))
+    train.main(args(copy, tmp_path / "run", "--epochs", "1"))
+    out = capsys.readouterr().out.splitlines()
+    assert (f"warning: {copy} comes from a prepare_data.py run that was interrupted: its manifests list the 12 "
+            f"videos prepared by then, of 40 listed; HINT: finish it with `python prepare_data.py /raw/kinetics --out "
+            f"{copy} --format kinetics --codec vp9 --height 360 --gop 16 --crf 32` (it reuses the videos done)") in out
+    (line,) = [line for line in out if line.startswith("config: ")]
+    shown = json.loads(line.removeprefix("config: "))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert set(saved) - set(shown) == {"inject_nan_step", "gpus"}
+    assert all(shown[k] == saved[k] for k in shown)
+    report["interrupted"] = False
+    (copy / "prepare_report.json").write_text(json.dumps(report))
+    from pipeline.prepare.run import interrupted_preparation
+
+    assert interrupted_preparation(copy) is None and interrupted_preparation(tmp_path) is None
+
+
+def test_curves_mark_the_lr_divisions_and_the_best_epoch(tmp_path, monkeypatch):
+    """A dotted line before each epoch that ran at a lower lr, labelled with that lr, and a star on both validation
+    curves at best.pt's epoch; a title no installed font can draw is left out, never drawn as boxes."""
+    import warnings
+
+    from engine import plots
+
+    history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.5 / e, "train_acc": e / 10, "val_acc": e / 12,
+                "lr": lr} for e, lr in enumerate([0.1, 0.1, 0.01, 0.01, 0.001, 0.001], start=1)]
+    assert plots.curve_markers(history) == [(3, 0.01), (5, 0.001)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns for every glyph it draws as a box
+        plots.plot_curves(history, tmp_path / "curves.png", title="resnet-10, 3 classes", best_epoch=4)
+        plots.plot_curves(history, tmp_path / "curves.png", title="resnet-10 on 跑步", best_epoch=4)
+    (fig, no_title) = figures
+    assert (fig.get_suptitle(), no_title.get_suptitle()) == ("resnet-10, 3 classes", "")
+    for ax, key in zip(fig.axes, ("val_acc", "val_loss"), strict=True):
+        vlines = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert vlines == [2.5, 4.5]
+        assert [t.get_text() for t in ax.texts] == ["lr 0.01", "lr 0.001"]
+        (star,) = [line for line in ax.get_lines() if line.get_marker() == "*"]
+        assert (list(star.get_xdata()), list(star.get_ydata())) == ([4], [history[3][key]])

@@ -7,7 +7,8 @@ Layouts (detect_layout picks the first that matches; prepare_data.py --format fo
                  without annotations (label -1).
     kinetics     SRC/annotations/*.csv with a youtube_id column (label,youtube_id,time_start,time_end,split),
                  videos anywhere under SRC named <youtube_id>_<start:06d>_<end:06d>.*; video_id is that name.
-                 A CSV without labels (the test split) gives label -1.
+                 A CSV without labels (the test split) gives label -1. A row whose video_id an earlier row (in
+                 the CSVs' sorted order) already listed is rejected as a duplicate: the first is kept.
     folders      SRC/<split>/<class>/<video> (UCF101/HMDB51 style, Kinetics downloaded per class);
                  video_id is the file name without extension (made unique within a split with _2, _3, ...).
 Splits: train/training, val/valid/validation/validate, test/testing. Classes: sorted names, index = position.
@@ -138,15 +139,21 @@ def _list_kinetics(src: Path) -> Listing:
     import pandas as pd  # here, not at the top: prepare_data.py's worker processes import this module
 
     sources, rejected, listed = [], [], set()
+    first: dict[str, tuple[str, int, str, str]] = {}  # video_id -> (CSV name, line, split, label) of its first row
     for csv in csvs:
         df = pd.read_csv(csv, dtype={"youtube_id": str, "label": str}, keep_default_na=False)
-        for row in df.itertuples(index=False):
+        for line, row in enumerate(df.itertuples(index=False), start=2):  # line 1: the header
             split = SPLIT_NAMES.get(str(getattr(row, "split", "")).lower()) or _split_of(csv.stem)
             if split is None:
                 raise LayoutError(f"{csv}: no split column and no split in the file name. HINT: name it "
                                   "train.csv, val.csv or test.csv")
             video_id = f"{row.youtube_id}_{int(row.time_start):06d}_{int(row.time_end):06d}"
             label = str(getattr(row, "label", "")).strip()
+            if video_id in first:  # one video twice would be prepared once but listed, trained on, scored twice
+                rejected.append((f"{csv.relative_to(src)}:{line}:{video_id}",
+                                 _duplicate_reason(first[video_id], (csv.name, line, split, label))))
+                continue
+            first[video_id] = (csv.name, line, split, label)
             if video_id not in files:
                 rejected.append((f"{csv.relative_to(src)}:{video_id}", f"missing: listed in {csv.name} but no "
                                  f"file {video_id}.* under {src}"))
@@ -158,6 +165,15 @@ def _list_kinetics(src: Path) -> Listing:
                  for p in ps]
     classes = sorted(({s.label_name for s in sources} | _labels_in(csvs)) - {""})
     return Listing("kinetics", sources, classes, rejected)
+
+
+def _duplicate_reason(kept: tuple[str, int, str, str], dup: tuple[str, int, str, str]) -> str:
+    """'duplicate: ...' for rejected.csv: where the kept row is, and what differs from it (split, label)."""
+    (csv0, line0, split0, label0), (_, _, split, label) = kept, dup
+    differs = [f"{what} {new!r} (kept: {old!r})" for what, new, old in
+               (("split", split, split0), ("label", label, label0)) if new != old]
+    return (f"duplicate: the video of {csv0} line {line0} again"
+            + (f", with {' and '.join(differs)}" if differs else "") + "; the first row is kept")
 
 
 def _labels_in(csvs: list[Path]) -> set[str]:

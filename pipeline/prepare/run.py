@@ -20,6 +20,7 @@ import fcntl
 import json
 import multiprocessing as mp
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import NoSpace, atomic_write, no_space_error
 from pipeline.manifest import COLUMNS
 from pipeline.pools import kill_pool
 from pipeline.prepare.layouts import Listing, Source, safe_name
@@ -216,9 +217,15 @@ def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outco
             signal.alarm(0)  # before the handlers below: an alarm inside one of them would escape them all
     except Rejected as e:
         info, reason = None, str(e)
+    except NoSpace:
+        marker.unlink(missing_ok=True)
+        raise  # not this video's fault: the run stops (run_jobs), and the next run does it again
     except _JobTimeout:
         info, reason = None, f"timeout: not done after {timeout_s} s (raise --timeout for very long videos)"
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason names the error
+        if (full := no_space_error(e)) is not None:  # a full disk is not the file's fault either
+            marker.unlink(missing_ok=True)
+            raise NoSpace.at(dst / job.output, full) from None
         info, reason = None, f"error: {type(e).__name__}: {e}"
     outcome = Outcome(job, info, reason, seconds=time.perf_counter() - t0)
     if not reason.startswith("missing"):  # a missing file may appear later: do not remember that
@@ -415,6 +422,25 @@ def write_outputs(dst: Path, listing: Listing, rows: list[dict], rejected: list[
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_write(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def interrupted_preparation(dst: Path) -> str | None:
+    """One line for train.py and evaluate.py when dst comes from a prepare_data.py run that was stopped before it
+    finished (its prepare_report.json says so): its manifests list only the videos done by then. None otherwise."""
+    try:
+        report = json.loads((dst / "prepare_report.json").read_text(encoding="utf-8"))
+        if not report.get("interrupted"):
+            return None
+        c, v = report["config"], report["videos"]
+        done = v["prepared"] + v["reused"]
+        command = shlex.join(["python", "prepare_data.py", c["src"], "--out", c["out"], "--format", c["layout"],
+                              "--codec", c["codec"], "--height", str(c["height"]), "--gop", str(c["gop"]),
+                              "--crf", str(c["crf"])])
+    except (OSError, ValueError, KeyError, TypeError):  # no report (prepared by hand, older): nothing to say
+        return None
+    return (f"{dst} comes from a prepare_data.py run that was interrupted: its manifests list the {done} videos "
+            f"prepared by then, of {v['listed']} listed; HINT: finish it with `{command}` (it reuses the videos "
+            "done)")
 
 
 def write_json(obj: dict, path: Path) -> None:
