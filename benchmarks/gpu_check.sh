@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: every GPU measurement in one command, the most valuable first, each step bounded by `timeout`.
 #
-#   OUT=DIR bash benchmarks/gpu_check.sh     # results in DIR (default gpu_check/<date>), all within BUDGET (450) s
+#   OUT=DIR bash benchmarks/gpu_check.sh     # results in DIR (default gpu_check/<date>), all within BUDGET (420) s
+#   STEPS="data pytest-360p" OUT=DIR bash benchmarks/gpu_check.sh   # only these steps (e.g. a second call)
 #
 # Needs CUDA torch, numpy, pandas, rich, matplotlib and nvidia-ml-py, plus one of two packs (docs/gpu_check.md
 # says what they hold and how to make them for a machine without a package registry):
@@ -17,8 +18,11 @@
 #                 rows (VIDEOS/8 val), and its packet index
 #   decode-nvdec  decode_speed.py on it: the NVDEC loader, latency native and low (clips/s, NVDEC utilisation,
 #                 host CPU ms per clip), the host pass alone, the GPU augmentation alone
-#   pytest        pytest -m gpu (NVDEC against its CPU twin: 360-px H.264/HEVC/VP9, reconfiguration, reuse
-#                 after end of stream; the loaders on the GPU)
+#   pytest        pytest -m gpu but tests/test_nvdec_gpu.py (NVDEC against its CPU twin at 192x144, the loaders and
+#                 the augmentation on the GPU; a test of a backend whose package is missing skips)
+#   pytest-360p   pytest -m gpu tests/test_nvdec_gpu.py (prepared 360-px H.264/HEVC/VP9 of several widths against
+#                 the twin, to the bit: cropping, reuse after end of stream, reconfiguration, the loader), in a
+#                 process of its own: a decoder that aborts it costs this step only
 #   e2e-nvdec     train_speed.py --backend nvdec: ResNet-18 and -34, bf16, batch 64, channels-last, real clips
 #                 against synthetic ones (the ratio, the data-wait share)
 #   loader-nvdec  loader_speed.py nvdec-gpu, train and eval mode (clips/s, host CPU)
@@ -34,8 +38,9 @@
 # and train.csv. The JSON files are rewritten after every step, and summary.txt is finished also when this
 # script is stopped (INT, TERM). Datasets, runs and the per-step files stay in WORK (default /tmp/gpu_check).
 #
-# Settings (environment): OUT, WORK, BUDGET, VIDEOS (1024), HEIGHT (360), ROW_ARGS (decode_speed.py's timing per
-# row), FORMATS, SITE, PYTHON (the interpreter: python3 with a pack, else .venv/bin/python).
+# Settings (environment): OUT, WORK, BUDGET, STEPS, VIDEOS (1024), HEIGHT (360), ROW_ARGS (decode_speed.py's
+# timing per row), FORMATS, SITE, PYTHON (the interpreter: python3 with a pack, else .venv/bin/python). WORK
+# keeps the datasets: on the same machine a second run reuses them.
 # Test hooks: tests/test_gpu_check.py runs this script on a CPU with PYTHON set to a fake interpreter that runs,
 # fails, hangs or crashes each command as the test says, and checks summary.txt and that every later step still
 # ran. It shortens the limits with LIMIT_MAX (s, caps every step's limit), KILL_AFTER (10 s: the grace from
@@ -44,7 +49,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check/$(date +%Y%m%d-%H%M%S)}
 WORK=${WORK:-/tmp/gpu_check}
-BUDGET=${BUDGET:-450}            # seconds for all steps together
+BUDGET=${BUDGET:-420}            # seconds for all steps together (the last may overrun it by KILL_AFTER)
+STEPS=${STEPS:-}                 # names of the steps to run, space-separated; empty: all
 VIDEOS=${VIDEOS:-1024}
 HEIGHT=${HEIGHT:-360}
 ROW_ARGS=${ROW_ARGS:---seconds 3 --warmup 2}
@@ -91,6 +97,7 @@ skip() {  # skip NAME REASON
 # its output in the log; then OUT's JSON files are rebuilt. Returns CMD's exit status (125: skipped).
 step() {
   local name=$1 limit=$2; shift 2
+  if [ -n "$STEPS" ] && [[ " $STEPS " != *" $name "* ]]; then skip "$name" "not in STEPS"; return 125; fi
   local left=$((BUDGET - ($(date +%s) - T0)))
   if ((left < MIN_STEP)); then skip "$name" "budget of ${BUDGET}s spent"; return 125; fi
   ((limit > left)) && limit=$left
@@ -164,10 +171,15 @@ else  # (without PyNvVideoCodec its rows say so; the host pass and the augmentat
   step decode-nvdec 60 "$PY" benchmarks/decode_speed.py "${DATA_ARGS[@]}" --formats vp9-g16 \
     --strategies nvdec,nvdec-low,host,augment --threads "$THREADS" "${ROW[@]}" --json "$RES/decode-nvdec.json"
 fi
+# pytest -v: each test's result is in the log as it ends, so one that kills the process is named there too.
 if [ -n "$NO_PYTEST" ]; then
   skip pytest "pytest not importable: $NO_PYTEST"
+  skip pytest-360p "pytest not importable: $NO_PYTEST"
 else
-  step pytest 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$RES/pytest.xml" tests
+  step pytest 90 "$PY" -m pytest -m gpu -v -p no:cacheprovider --junitxml="$RES/pytest.xml" \
+    --ignore=tests/test_nvdec_gpu.py tests
+  step pytest-360p 90 "$PY" -m pytest -m gpu -v -p no:cacheprovider --junitxml="$RES/pytest-360p.xml" \
+    tests/test_nvdec_gpu.py
 fi
 E2E_NVDEC=125
 if no_data || [ -n "$NO_NVDEC" ]; then
@@ -183,7 +195,8 @@ else
     --batch-size 64 --threads "$THREADS" --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$RES/loader-nvdec.json"
 fi
 TRAIN_BACKEND=nvdec
-((E2E_NVDEC != 0)) && [ -z "$NO_DALI" ] && TRAIN_BACKEND=dali
+# (125: skipped, e.g. not in STEPS, which says nothing about the NVDEC path)
+((E2E_NVDEC != 0 && E2E_NVDEC != 125)) && [ -z "$NO_DALI" ] && TRAIN_BACKEND=dali
 if no_data; then
   skip train "$NO_DATA"
 elif [ "$TRAIN_BACKEND" = nvdec ] && [ -n "$NO_NVDEC" ]; then

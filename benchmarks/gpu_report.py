@@ -5,7 +5,7 @@
 
 RESULTS is the check's working folder of per-step files: <kind>-<step>.json for kind in decode
 (decode_speed.py), e2e (train_speed.py --data) and loader (loader_speed.py), versions.json (decode_speed.py
---versions), pytest.xml (pytest --junitxml) and train-<backend>.csv (train.py's metrics.csv). `collect` writes
+--versions), <step>.xml (pytest --junitxml of the pytest steps) and train-<backend>.csv (train.py's metrics.csv). `collect` writes
 OUT/<kind>.json = {"runs": [each step's file minus its rows, with "step"], "rows": [every row, with "step"]},
 steps in the order they ran; a step that was killed mid-way keeps the rows it had written. Standard library
 only: it runs wherever the check does, also when the steps' packages are missing.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -80,19 +81,40 @@ def versions_line(results: Path) -> list[str]:
             f"PyAV {v.get('av')}; NVDEC {nvdec}"]
 
 
-def pytest_lines(results: Path) -> list[str]:
-    """Counts of pytest's JUnit XML, then one line per failed test (name: first line of the message)."""
+def pytest_lines(results: Path, log: Path) -> list[str]:
+    """Per pytest step in the log (pytest, pytest-360p): the counts of its JUnit XML (results/<step>.xml) and a
+    line per failed test. A step without its XML (timed out, crashed, stopped) gets what its `pytest -v` lines in
+    the log show instead, and the test it was in when it ended."""
     try:
-        root = ET.parse(results / "pytest.xml").getroot()
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    lines = []
+    for section in re.split(r"^===== ", text, flags=re.M):
+        step = re.match(r"(pytest[\w-]*) \(limit ", section)
+        if step:
+            lines += _pytest_step(results / f"{step.group(1)}.xml", step.group(1), section)
+    return lines
+
+
+def _pytest_step(xml: Path, step: str, section: str) -> list[str]:
+    try:
+        root = ET.parse(xml).getroot()
     except (OSError, ET.ParseError):
-        return ["pytest -m gpu: no report (the step did not finish; see log.txt)"]
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
+        root = None
+    suite = None if root is None else root if root.tag == "testsuite" else root.find("testsuite")
     if suite is None:
-        return ["pytest -m gpu: empty report"]
+        found = re.findall(r"^(tests/\S+::\S+)(?: (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b)?", section, re.M)
+        counts = {}
+        for _, outcome in found:
+            counts[outcome or "started"] = counts.get(outcome or "started", 0) + 1
+        shown = ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if k != "started") or "no test result"
+        last = f"; it ended in {found[-1][0]}" if found and not found[-1][1] else ""
+        return [f"{step}: no report (the step did not finish); its log shows {shown}{last}"]
     n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
-    lines = [f"pytest -m gpu: {passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped "
-             f"in {float(suite.get('time', 0)):.0f} s"]
+    lines = [f"{step}: {passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped in "
+             f"{float(suite.get('time', 0)):.0f} s"]
     for case in suite.iter("testcase"):
         for bad in [*case.findall("failure"), *case.findall("error")]:
             message = (bad.get("message") or bad.text or "").strip().splitlines() or [""]
@@ -154,10 +176,10 @@ def loader_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def summary(results: Path) -> list[str]:
+def summary(results: Path, out: Path) -> list[str]:
     """The key numbers, one line each (module docstring). A part that cannot be read (a benchmark's rows of
     another shape) is one line saying so; the other parts are still printed."""
-    parts = [("versions", lambda: versions_line(results)), ("pytest", lambda: pytest_lines(results)),
+    parts = [("versions", lambda: versions_line(results)), ("pytest", lambda: pytest_lines(results, out / "log.txt")),
              ("decode", lambda: decode_lines(merge(results, "decode")["rows"])),
              ("e2e", lambda: e2e_lines(merge(results, "e2e")["rows"])), ("train", lambda: train_lines(results)),
              ("loader", lambda: loader_lines(merge(results, "loader")["rows"]))]
@@ -178,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     results, out = Path(argv[1]), Path(argv[2])
     collect(results, out)
     if argv[0] == "summary":
-        print("\n".join(summary(results)))
+        print("\n".join(summary(results, out)))
     return 0
 
 

@@ -61,6 +61,8 @@ if "json" in rule:
     Path(arg("--json")).write_text(json.dumps(rule["json"]))
 if "junit" in rule:
     Path(arg("--junitxml")).write_text(rule["junit"])
+if "stdout" in rule:
+    print(rule["stdout"], flush=True)
 print("fake:", rule["do"], flush=True)
 if "stderr" in rule:
     print(rule["stderr"], file=sys.stderr, flush=True)
@@ -167,7 +169,8 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
         {"match": "--prepare-only", "do": "ok", "files": dataset_files(work)},
         {"match": "--strategies nvdec,nvdec-low,host,augment", "do": "hang",  # writes its first row, then hangs
          "json": decode_rows(("nvdec", "vp9-g16", 812.5))},
-        {"match": "-m pytest", "do": "crash"},
+        {"match": "pytest-360p.xml", "do": "crash", "stdout": PYTEST_V},
+        {"match": "-m pytest", "do": "fail", "junit": JUNIT},
         {"match": "train_speed.py", "do": "fail", "json": E2E},
         {"match": "loader_speed.py", "do": "stubborn", "json": LOADER},
         {"match": "train.py", "do": "ok", "out_files": {"metrics.csv": METRICS}},
@@ -180,18 +183,19 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
     assert r.returncode == 1, r.stdout + r.stderr
     assert step_commands(tmp_path) == [
         "decode_speed.py --versions", "decode_speed.py --prepare-only vp9-g16",
-        "decode_speed.py vp9-g16 nvdec,nvdec-low,host,augment", "pytest", "train_speed.py nvdec",
+        "decode_speed.py vp9-g16 nvdec,nvdec-low,host,augment", "pytest", "pytest", "train_speed.py nvdec",
         "loader_speed.py nvdec-gpu", "train.py nvdec", "decode_speed.py h264-g16 nvdec,nvdec-low,host",
         "decode_speed.py hevc-g16 nvdec,nvdec-low,host"]
     lines = summary_lines(out)
     assert lines[0].startswith("gpu_check ") and lines[0].endswith(
-        f"budget 450s; DALI: {NO_DALI}; PyNvVideoCodec: yes; pytest: yes")
+        f"budget 420s; DALI: {NO_DALI}; PyNvVideoCodec: yes; pytest: yes")
     skip_dali = f"skipped (DALI not importable: {NO_DALI})"
-    assert lines[1:15] == [
+    assert lines[1:16] == [
         "env: exit 0, N s",
         "data: exit 0, N s",
         "decode-nvdec: exit 124 (timed out after 3s), N s",
-        "pytest: exit 139 (crashed: segmentation fault), N s",
+        "pytest: exit 1, N s",
+        "pytest-360p: exit 139 (crashed: segmentation fault), N s",
         "e2e-nvdec: exit 1, N s",
         "loader-nvdec: exit 137 (killed: it outlived SIGTERM by 1s after the 3s limit, or ran out of memory), N s",
         "train: exit 0, N s",
@@ -204,8 +208,10 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
         "GPU NVIDIA H100 80GB HBM3, driver 580.82.07; torch 2.11.0+cu130, CUDA 13.0, cuDNN 91900; PyNvVideoCodec 2.2.4; "
         "DALI unavailable (ModuleNotFoundError); PyAV 18.1.0; NVDEC 7 engine(s), min size vp9 128x128, h264 48x16",
     ]
-    assert lines[15:] == [
-        "pytest -m gpu: no report (the step did not finish; see log.txt)",
+    assert lines[16:] == [
+        *JUNIT_LINES,
+        "pytest-360p: no report (the step did not finish); its log shows 1 passed, 1 skipped; it ended in "
+        "tests/test_nvdec_gpu.py::test_gpu_3_one_decoder_follows_every_size_change[hevc-low]",
         "decode (clips/s | host CPU ms/clip | NVDEC % mean/max | frames/clip | threads):",
         "  nvdec         vp9-g16      812.5 |  0.250 |   61/97 | 23.5 | 14",
         "  nvdec         h264-g16     640.0 |  0.250 |   61/97 | 23.5 | 14",
@@ -215,7 +221,7 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
         "train.py --backend nvdec: epoch 0: 1500.0 clips/s, data wait 12%",
         "loader nvdec-gpu train: 2400.0 clips/s (2400.0-2400.0), CPU util 3.50, first batch 0.20 s",
         "loader nvdec-gpu eval: error: RuntimeError: boom",
-        f"total N s, 5 step(s) failed; results in {out}: decode.json e2e.json env.txt loader.json log.txt summary.txt "
+        f"total N s, 6 step(s) failed; results in {out}: decode.json e2e.json env.txt loader.json log.txt summary.txt "
         "train.csv ",
     ]
     assert sorted(p.name for p in out.iterdir()) == ["decode.json", "e2e.json", "env.txt", "loader.json", "log.txt",
@@ -227,18 +233,29 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
     assert [run["step"] for run in decode["runs"]] == ["decode-nvdec", "decode-h264-g16"]
     assert (out / "train.csv").read_text() == METRICS
     log = (out / "log.txt").read_text()
-    assert "===== pytest (limit 3s): " in log and "===== decode-hevc-g16 (limit 3s): " in log
+    assert "===== pytest-360p (limit 3s): " in log and "===== decode-hevc-g16 (limit 3s): " in log
     # the stubborn and the hung steps' processes are gone (SIGKILL after the grace, SIGTERM)
     for c in calls(tmp_path):
         if "loader_speed.py" in c["argv"][0] or "augment" in " ".join(c["argv"]):
             assert_dead(c["pid"])
 
 
+PYTEST_V = """\
+tests/test_nvdec_gpu.py::test_gpu_1_cropped_360p_clips_are_the_twins_to_the_bit[h264-native] PASSED [  5%]
+tests/test_nvdec_gpu.py::test_gpu_2_decoder_reused_after_end_of_stream[vp9] SKIPPED (why) [ 10%]
+tests/test_nvdec_gpu.py::test_gpu_3_one_decoder_follows_every_size_change[hevc-low] """
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" failures="1"
 skipped="2" tests="9" time="41.2"><testcase classname="tests.test_nvdec_gpu" name="test_gpu_reconfigures[hevc-native]"
 time="1.0"><failure message="AssertionError: hevc 202x360 clip 2: NVDEC frames differ from the twin&#10;more">trace
 </failure></testcase><testcase classname="tests.test_pipeline" name="test_gpu_device_matches_cpu[dali]" time="0.0">
 <error message="fixture failed">x</error></testcase></testsuite></testsuites>"""
+
+
+JUNIT_LINES = [
+    "pytest: 5 passed, 1 failed, 1 errors, 2 skipped in N s",
+    "  FAILED tests/test_nvdec_gpu.py::test_gpu_reconfigures[hevc-native]: AssertionError: hevc 202x360 clip 2: "
+    "NVDEC frames differ from the twin",
+    "  ERROR tests/test_pipeline.py::test_gpu_device_matches_cpu[dali]: fixture failed"]
 
 
 def test_with_the_full_pack_every_step_runs_and_passes_flags_its_command_accepts(tmp_path):
@@ -258,19 +275,15 @@ def test_with_the_full_pack_every_step_runs_and_passes_flags_its_command_accepts
     assert r.returncode == 0, r.stdout + r.stderr
     assert step_commands(tmp_path) == [
         "decode_speed.py --versions", "decode_speed.py --prepare-only vp9-g16",
-        "decode_speed.py vp9-g16 nvdec,nvdec-low,host,augment", "pytest", "train_speed.py nvdec",
+        "decode_speed.py vp9-g16 nvdec,nvdec-low,host,augment", "pytest", "pytest", "train_speed.py nvdec",
         "loader_speed.py nvdec-gpu", "train.py nvdec", "decode_speed.py vp9-g16 dali,dali-noindex,dali-k4",
         "train_speed.py dali", "loader_speed.py dali-gpu", "decode_speed.py hevc-g16 nvdec,nvdec-low,host,dali,dali-noindex,dali-k4"]
     lines = summary_lines(out)
     assert lines[0].endswith("DALI: yes; PyNvVideoCodec: yes; pytest: yes")
-    assert lines[1:12] == [f"{name}: exit 0, N s" for name in (
-        "env", "data", "decode-nvdec", "pytest", "e2e-nvdec", "loader-nvdec", "train", "decode-dali", "e2e-dali",
-        "loader-dali", "decode-hevc-g16")]
-    assert lines[13:16] == [
-        "pytest -m gpu: 5 passed, 1 failed, 1 errors, 2 skipped in N s",
-        "  FAILED tests/test_nvdec_gpu.py::test_gpu_reconfigures[hevc-native]: AssertionError: hevc 202x360 clip 2: "
-        "NVDEC frames differ from the twin",
-        "  ERROR tests/test_pipeline.py::test_gpu_device_matches_cpu[dali]: fixture failed"]
+    assert lines[1:13] == [f"{name}: exit 0, N s" for name in (
+        "env", "data", "decode-nvdec", "pytest", "pytest-360p", "e2e-nvdec", "loader-nvdec", "train", "decode-dali",
+        "e2e-dali", "loader-dali", "decode-hevc-g16")]
+    assert lines[14:20] == JUNIT_LINES + [x.replace("pytest:", "pytest-360p:") for x in JUNIT_LINES]
     assert lines[-1].startswith("total N s, 0 step(s) failed")
 
 
@@ -283,10 +296,26 @@ def test_a_step_past_the_budget_is_skipped_and_the_summary_still_written(tmp_pat
     data = next(x for x in lines if x.startswith("data: "))
     assert re.fullmatch(r"data: exit 124 \(timed out after [3-8]s\), N s", data)
     after = lines[lines.index(data) + 1:]
-    assert after[:4] == ["decode-nvdec: skipped (budget of 8s spent)", "pytest: skipped (budget of 8s spent)",
-                         "e2e-nvdec: skipped (budget of 8s spent)", "loader-nvdec: skipped (budget of 8s spent)"]
+    assert after[:5] == [f"{name}: skipped (budget of 8s spent)" for name in (
+        "decode-nvdec", "pytest", "pytest-360p", "e2e-nvdec", "loader-nvdec")]
     assert "decode-hevc-g16: skipped (budget of 8s spent)" in after
     assert after[-1].startswith("total N s, 1 step(s) failed")
+
+
+def test_steps_runs_only_the_steps_named(tmp_path):
+    """STEPS (a second call on the same machine): the named steps run, with the dataset of the first call; the
+    others say so."""
+    work = tmp_path / "work"
+    for name in dataset_files(work):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text("")
+    r, _, out = run_check(tmp_path, [{"match": "", "do": "ok"}], {"STEPS": "pytest-360p train", "FORMATS": "vp9-g8"})
+    assert r.returncode == 0, r.stdout
+    assert step_commands(tmp_path) == ["pytest", "train.py nvdec"]
+    assert summary_lines(out)[1:15] == [f"{name}: {'exit 0, N s' if name in ('pytest-360p', 'train') else 'skipped (not in STEPS)'}"
+                                        for name in ("env", "data", "decode-nvdec", "pytest", "pytest-360p", "e2e-nvdec",
+                                                     "loader-nvdec", "train", "decode-dali", "e2e-dali", "loader-dali",
+                                                     "decode-vp9-g8")] + summary_lines(out)[13:15]
 
 
 def test_stopping_the_check_stops_its_step_and_finishes_the_summary(tmp_path):
@@ -303,7 +332,7 @@ def test_stopping_the_check_stops_its_step_and_finishes_the_summary(tmp_path):
     assert proc.returncode == 130, stdout
     lines = summary_lines(out)
     assert lines[-5:-1] == ["interrupted by a signal", "pytest: stopped (the check was interrupted)",
-                            lines[-3], "pytest -m gpu: no report (the step did not finish; see log.txt)"]
+                            lines[-3], "pytest: no report (the step did not finish); its log shows no test result"]
     assert lines[-3].startswith("GPU NVIDIA H100 80GB HBM3")
     assert lines[-1].startswith("total N s, 0 step(s) failed")
     assert_dead(next(c["pid"] for c in calls(tmp_path) if c["argv"][:2] == ["-m", "pytest"]))
@@ -392,6 +421,24 @@ def test_loader_speed_records_a_failed_configuration_and_exits_1(tmp_path):
     assert "needs CUDA" in d["failed"][0]["error"] or "PyNvVideoCodec" in d["failed"][0]["error"]
 
 
+def test_a_test_of_a_backend_that_is_not_installed_skips(monkeypatch):
+    """tests/conftest.py: on the GPU check's NVDEC pack (no DALI, no decord), pytest -m gpu skips the DALI and
+    decord cases of a test parametrised by backend, with the reason, and runs the others."""
+    from types import SimpleNamespace
+
+    conftest = sys.modules["conftest"]
+    installed = conftest._installed
+    assert installed("json") and not installed("nvidia_no_such.dali") and not installed("no_such_package")
+    monkeypatch.setattr(conftest, "_installed", lambda module: module == "decord")
+    items = [SimpleNamespace(callspec=SimpleNamespace(params={"backend": b}), keywords={}, marks=[]) for b in
+             ("dali", "decord", "nvdec")] + [SimpleNamespace(keywords={}, marks=[])]
+    for item in items:
+        item.add_marker = item.marks.append
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [[m.kwargs["reason"] for m in item.marks] for item in items] == [
+        ["backend 'dali' needs nvidia.dali, which is not installed"], [], [], []]
+
+
 def test_gpu_report_merges_steps_in_the_order_they_ran(tmp_path, capsys):
     import gpu_report
 
@@ -409,7 +456,6 @@ def test_gpu_report_merges_steps_in_the_order_they_ran(tmp_path, capsys):
     assert gpu_report.main(["summary", str(res), str(out)]) == 0  # rows of another shape: said, not raised
     assert capsys.readouterr().out.splitlines() == [
         "versions: not recorded (see env.txt and log.txt)",
-        "pytest -m gpu: no report (the step did not finish; see log.txt)",
         "decode: cannot summarise (KeyError: 'strategy'); the rows are in OUT"]
     assert gpu_report.main(["bogus"]) == 2
 
@@ -420,7 +466,7 @@ def test_gpu_check_script_is_what_the_readme_says():
     script = SCRIPT.read_text()
     assert "OUT=DIR bash benchmarks/gpu_check.sh" in readme and "docs/gpu_check.md" in readme
     steps = re.findall(r'^\s*step "?([a-z0-9$-]+)', script, re.M)
-    assert steps == ["env", "data", "decode-nvdec", "pytest", "e2e-nvdec", "loader-nvdec", "train", "decode-dali",
+    assert steps == ["env", "data", "decode-nvdec", "pytest", "pytest-360p", "e2e-nvdec", "loader-nvdec", "train", "decode-dali",
                      "e2e-dali", "loader-dali", "decode-$fmt"]
     header = textwrap.dedent("\n".join(x[1:] for x in script.splitlines()[1:45] if x.startswith("#")))
     for name in steps:
