@@ -116,6 +116,7 @@ step() {
     0) ;;
     124) why=" (timed out after ${limit}s)" ;;
     137) why=" (killed: it outlived SIGTERM by ${KILL_AFTER}s after the ${limit}s limit, or ran out of memory)" ;;
+    134) why=" (aborted: SIGABRT, e.g. an exception thrown inside a decoder library)" ;;
     139) why=" (crashed: segmentation fault)" ;;
     *) ((rc > 128)) && why=" (killed by signal $((rc - 128)))" ;;
   esac
