@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.prepare_only:
         for fmt in cfg.formats:
             data = prepare_format(cfg, fmt)
-            build_index(data)  # (a no-op when prepare_format just made it; not when the dataset was there)
+            build_index(data)  # (cheap when prepare_format just made it; needed when the dataset was there)
             print(data, flush=True)
         return 0
     gpu = has_cuda()
