@@ -22,8 +22,11 @@ Strategies (--strategies; default: all that this machine can run):
   augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
 Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
 epoch whenever one ends), synchronising the GPU before reading the clocks. A row that fails (or a format
-whose dataset cannot be made) is recorded with its error and the matrix goes on; the NVDEC rows, the
-unverified path, run after all the others. --prepare-only makes the datasets and exits (gpu_check.sh).
+whose dataset cannot be made) is recorded with its error and the matrix goes on. Rows run in order of value
+(row_order), so a time limit cuts the least useful ones: the first format's NVDEC rows, its host cost and the
+augmentation, then its DALI rows, then the other formats the same way; a format's dataset is made when its
+first row is about to run. --prepare-only makes the datasets (and their packet indexes) and exits
+(gpu_check.sh).
 clips/s = clips / wall time; host CPU ms/clip = this process's CPU time (all threads) / clips; frames/clip = packets decoded per clip
 (keyframe before the clip's first frame to its last; DALI with whole files decodes more). NVDEC % = mean and
 max of nvmlDeviceGetDecoderUtilization sampled every 0.2 s (nvidia-ml-py); GPU MB = peak device memory in
@@ -51,7 +54,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STRATEGIES = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "twin", "host", "augment")
-FORMATS = ("vp9-g8", "vp9-g16", "h264-g8", "h264-g16", "hevc-g8", "hevc-g16")
+# What prepare_data.py writes by default first, then the other codecs at the same GOP, then GOP 8.
+FORMATS = ("vp9-g16", "h264-g16", "hevc-g16", "vp9-g8", "h264-g8", "hevc-g8")
+# Strategies by value: the NVDEC path (the loader to measure), its host cost and GPU augmentation, the CPU
+# twin, then DALI (today's baseline); dali-kK after dali-noindex, by K.
+VALUE_ORDER = ("nvdec", "nvdec-low", "host", "augment", "twin", "dali", "dali-noindex")
 EXT = {"vp9": ".webm", "h264": ".mp4", "hevc": ".mp4"}
 
 
@@ -147,7 +154,16 @@ def prepare_format(cfg: Config, fmt: str) -> Path:
             out.append(row)
         pd.DataFrame(out).to_csv(tmp / f"{split}.csv", index=False)
     tmp.rename(data)
+    build_index(data)
     return data
+
+
+def build_index(data: Path) -> None:
+    """Index the packets of every train and val row now (cached in data/.cache), so no row's build pays it."""
+    from pipeline.loader import LoaderBase, LoaderConfig
+
+    for split in ("train", "val"):
+        LoaderBase(LoaderConfig(data=data, split=split, mode="eval", progress=False)).close()  # (no backend needed)
 
 
 # ---- loaders per strategy -------------------------------------------------------------------------------------
@@ -401,7 +417,15 @@ def versions(nvdec: bool = False) -> dict:
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpus": os.cpu_count()}
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpus": os.cpu_count(),
+           "driver": None}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        out["driver"] = pynvml.nvmlSystemGetDriverVersion()
+    except Exception as e:  # no package, no driver: reported, not raised
+        out["driver"] = f"unavailable ({type(e).__name__})"
     for name, module in (("dali", "nvidia.dali"), ("pynvvideocodec", "PyNvVideoCodec"), ("av", "av"),
                          ("decord", "decord"), ("nvidia-ml-py", "pynvml"), ("pytest", "pytest")):
         try:
@@ -436,11 +460,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    "a multiple of the engine count); default: 8 with a GPU, 2 without")
     p.add_argument("--sample-size", type=int, default=112)
     p.add_argument("--json", default=None, help="write the rows (and versions) here, row by row")
-    p.add_argument("--versions", action="store_true", help="print the versions and NVDEC's limits, then exit")
+    p.add_argument("--versions", action="store_true", help="print the versions and NVDEC's limits (and write them "
+                   "to --json), then exit")
     p.add_argument("--prepare-only", action="store_true", help="make the datasets of --formats, then exit")
     a = p.parse_args(argv)
     if a.versions:
-        print(json.dumps(versions(nvdec=True), indent=1))
+        v = json.dumps(versions(nvdec=True), indent=1)
+        print(v)
+        if a.json:  # (a file of its own: libraries may print to stdout too)
+            Path(a.json).write_text(v + "\n")
         sys.exit(0)
     gpu = has_cuda()
     formats = tuple(f for f in a.formats.split(",") if f)
@@ -482,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     if cfg.prepare_only:
         for fmt in cfg.formats:
-            print(prepare_format(cfg, fmt), flush=True)
+            data = prepare_format(cfg, fmt)
+            build_index(data)  # (cheap when prepare_format just made it; needed when the dataset was there)
+            print(data, flush=True)
         return 0
     gpu = has_cuda()
     meta = {"config": asdict(cfg), "versions": versions(), "load_avg": os.getloadavg()}
@@ -503,27 +533,35 @@ def main(argv: list[str] | None = None) -> int:
                 datasets[fmt] = f"preparing {fmt} failed: {type(e).__name__}: {e}"[:300]
         return datasets[fmt]
 
-    if "augment" in cfg.strategies and gpu:
-        rows.append(measure_or_why("augment", "", dataset, cfg, gpu))
-        save()
-    todo = [s for s in cfg.strategies if s != "augment"]
-    # The unverified NVDEC rows after all the others: a crash or hang there (gpu_check.sh's timeout) loses
-    # only NVDEC rows, not the DALI baseline of the formats after it.
-    for strategies in ([s for s in todo if not s.startswith("nvdec")], [s for s in todo if s.startswith("nvdec")]):
-        for fmt in cfg.formats:
-            for strategy in strategies:
-                rows.append(measure_or_why(strategy, fmt, dataset, cfg, gpu))
-                gc.collect()
-                if gpu:
-                    import torch
+    for strategy, fmt in row_order(cfg.formats, cfg.strategies):
+        rows.append(measure_or_why(strategy, fmt, dataset, cfg, gpu))
+        gc.collect()
+        if gpu:
+            import torch
 
-                    torch.cuda.empty_cache()
-                r = rows[-1]
-                print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
-                      f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error', '')}", flush=True)
-                save()
+            torch.cuda.empty_cache()
+        r = rows[-1]
+        print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
+              f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error') or r.get('skipped') or ''}",
+              flush=True)
+        save()
     print_table(rows)
     return 0
+
+
+def row_order(formats: tuple[str, ...], strategies: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The matrix's (strategy, format) rows in order of value: per format (in the order given), its strategies
+    in VALUE_ORDER (dali-kK last, by K); "augment", which makes its own frames, once (format ""), at its
+    place among the first format's rows."""
+
+    def rank(s: str) -> tuple[int, int]:
+        return (len(VALUE_ORDER), int(s[len("dali-k"):])) if s.startswith("dali-k") else (VALUE_ORDER.index(s), 0)
+
+    ordered = sorted(dict.fromkeys(strategies), key=rank)
+    rows = []
+    for k, fmt in enumerate(formats or ("",)):
+        rows += [(s, "" if s == "augment" else fmt) for s in ordered if k == 0 or s != "augment"]
+    return [r for r in rows if r[1] or r[0] == "augment"]
 
 
 def measure_or_why(strategy: str, fmt: str, dataset, cfg: Config, gpu: bool) -> dict:

@@ -369,12 +369,13 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """0, or 1 when a configuration failed (its error is in the JSON's "failed" list and printed)."""
     cfg, a = parse_args(argv)
     if a._child:
         name, mode, data = a._child.split(":", 2)
         print("RESULT " + json.dumps(measure(cfg, name, mode, Path(data))), flush=True)
-        return
+        return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -388,7 +389,15 @@ def main(argv: list[str] | None = None) -> None:
 
     for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
         LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)
-    rows = []
+    rows, failed = [], []
+
+    def save() -> None:  # after every configuration: one that crashes or hangs later loses only itself
+        if cfg.json:
+            meta = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
+                    "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "data": str(data),
+                    "config": asdict(cfg)}
+            Path(cfg.json).write_text(json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2) + "\n")
+
     for mode in cfg.modes:
         for name in cfg.configs:
             argv_child = [sys.executable, __file__, "--_child", f"{name}:{mode}:{data}"] + [
@@ -397,10 +406,14 @@ def main(argv: list[str] | None = None) -> None:
             r = subprocess.run(argv_child, capture_output=True, text=True)
             line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
             if r.returncode or not line:
-                console.print(f"[red]{name} {mode} failed:[/red] {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+                last = ((r.stderr or r.stdout).strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+                failed.append({"config": name, "mode": mode, "error": last[:500]})
+                console.print(f"[red]{name} {mode} failed:[/red] {last}")
+                save()
                 continue
             row = json.loads(line[0][7:])
             rows.append(row)
+            save()
             console.print(f"{name:14s} {mode:5s} {row['clips_per_s']:8.1f} clips/s  runs "
                           f"{[round(x, 1) for x in row['runs']]}  epochs/run {row['epochs_per_run']}  "
                           f"load {row['load_avg_1m']:.1f}")
@@ -428,11 +441,9 @@ def main(argv: list[str] | None = None) -> None:
     for mode in cfg.modes:
         if ("dali-cpu", mode) in by and ("decord-cpu", mode) in by:
             console.print(f"DALI CPU / decord CPU, {mode}: {by[('dali-cpu', mode)] / by[('decord-cpu', mode)]:.2f}")
-    if cfg.json:
-        meta = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
-                "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "data": str(data), "config": asdict(cfg)}
-        Path(cfg.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    save()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

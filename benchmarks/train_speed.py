@@ -431,27 +431,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bf16 dense peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown for this card (--peak-tflops)'}"
         )
 
-    rows = []
+    rows: list[dict] = []
+
+    def save() -> None:  # after every row: a later row that crashes or hangs loses only itself
+        if cfg.json:
+            cfg.json.parent.mkdir(parents=True, exist_ok=True)
+            cfg.json.write_text(json.dumps({"env": env, "config": asdict(cfg), "rows": rows}, indent=2, default=str))
+
+    failed = 0
     for arch, batch_size, precision in itertools.product(cfg.archs, cfg.batch_sizes, cfg.precisions):
         console.print(f"[dim]running {arch} batch {batch_size} {precision} ...[/dim]")
-        if cfg.data is not None:
-            rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
-        else:
+        if cfg.data is None:
             rows.append(bench_case(cfg, arch, batch_size, precision, macs[arch], peak))
+        else:
+            try:
+                rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
+            except Exception as e:  # the loader failed (e.g. a backend not installed): a row that says so, then the next
+                failed += 1
+                rows.append({"mode": "end-to-end", "backend": cfg.backend, "arch": arch, "batch_size": batch_size,
+                             "precision": precision, "error": f"{type(e).__name__}: {e}"[:500]})
+                console.print(f"[red]{arch} batch {batch_size} {precision} --backend {cfg.backend} failed:[/red] "
+                              f"{rows[-1]['error']}")
+        save()
     if cfg.data is not None:
-        print_end_to_end_table(console, rows)
+        print_end_to_end_table(console, [r for r in rows if "error" not in r])
     else:
         print_table(console, rows, show_peak=cfg.device == "cuda")
     if cfg.device == "cpu":
         console.print("peak mem on CPU = the process's peak RSS up to that row (ru_maxrss cannot be reset)")
-
     if cfg.json:
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(
-            json.dumps({"env": env, "config": asdict(cfg), "rows": rows}, indent=2, default=str)
-        )
         console.print(f"wrote {cfg.json}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

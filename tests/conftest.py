@@ -1,5 +1,8 @@
-"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA."""
+"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA, and a test parametrised with a
+`backend` whose package is not installed (DALI or decord: the GPU check's NVDEC pack has neither) skips with
+that reason instead of failing."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,7 +22,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+BACKEND_PACKAGES = {"dali": "nvidia.dali", "decord": "decord"}  # build_loader's backend -> the package it needs
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None  # (finds it without importing it: no DALI start-up)
+    except ModuleNotFoundError:  # a parent package (nvidia) is missing too
+        return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    installed = {b: _installed(m) for b, m in BACKEND_PACKAGES.items()}
+    for item in items:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        if backend in installed and not installed[backend]:
+            item.add_marker(pytest.mark.skip(reason=f"backend {backend!r} needs {BACKEND_PACKAGES[backend]}, "
+                                                    "which is not installed"))
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
