@@ -285,12 +285,14 @@ class PyAVDecoder:
 
 
 LATENCIES = ("native", "low")
+CODED_ALIGN = 64  # decoder size limits are rounded up to this (NvdecDecoder._create)
 
 
 class NvdecDecoder:
     """One thread's NVDEC decoders (one per codec of the dataset), on their own CUDA stream.
 
-    Created with the dataset's largest frame per codec (maxwidth/maxheight), so a smaller frame needs only
+    Created with the dataset's largest frame per codec (maxwidth/maxheight, rounded up to CODED_ALIGN to cover
+    the coded size), so a smaller frame needs only
     setReconfigParams, never a new decoder; NATIVE output (NV12). After an exception the decoder is recreated
     (NVDEC state is then unknown). latency:
       "native": display latency NATIVE (the parser may hold frames back); an end-of-stream packet after each
@@ -319,7 +321,11 @@ class NvdecDecoder:
 
     def _create(self, codec: str) -> None:
         nvc = self.nvc
-        w, h = self._max[codec]
+        # The limits in coded pixels, rounded up to 64 (HEVC's largest coding block; H.264 codes 16-pixel
+        # macroblocks, VP9 8-pixel blocks): an 840x360 H.264 video is decoded at 848x368 and cropped, and
+        # NVIDIA's decoder refuses to reconfigure to a coded size above maxwidth/maxheight (the reconfigure
+        # error "width/height > maxwidth/maxheight"), so the largest shown size alone is not enough.
+        w, h = (-(-x // CODED_ALIGN) * CODED_ALIGN for x in self._max[codec])
         self._decoders[codec] = nvc.CreateDecoder(
             gpuid=self.device.index or 0, codec=getattr(nvc.cudaVideoCodec, NVC_CODECS[codec]),
             cudacontext=_cuda_context(self.device), cudastream=self.stream.cuda_stream, usedevicememory=True,
