@@ -22,9 +22,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from engine.cli import MODEL_FLAGS, as_flag
-from model import ARCHS, build_model, read_checkpoint
-from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
+from engine.cli import MODEL_FLAGS, as_flag, model_arg_message
+from model import ARCHS, ModelArgError, build_model, canonical_arch, check_model_args, read_checkpoint, takes
+from model.checkpoint import (  # one error type for every unusable checkpoint
+    CheckpointError,
+    classifier_weight,
+    load_file,
+    stem_time_weight,
+)
 from pipeline.atomic import atomic_write
 from pipeline.normalisation import Normalisation
 
@@ -179,7 +184,8 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
         model_args = record.model_args
         contradicting = [k for k, v in given.items() if v != model_args[k]]
         if contradicting:
-            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]])
+            itself = " ".join([model_args["arch"]] + [as_flag(k, model_args[k]) for k in MODEL_FLAGS[1:]
+                                                      if takes(model_args["arch"], k)])
             shown = [as_flag(k, given[k]) for k in contradicting]
             verb = "contradicts" if len(shown) == 1 else "contradict"
             raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(shown)} {verb} "
@@ -189,8 +195,8 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
                                   f"{data} has {len(class_names)} {class_names[:4]}...; use the same classes")
     else:
-        fc = state_dict.get("fc.weight")
-        arch = given.get("arch") or meta.get("arch")
+        fc = classifier_weight(state_dict)  # (n_classes, C)
+        arch = given.get("arch") or canonical_arch(meta.get("arch"))
         if arch not in ARCHS:
             raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
                                   f"(one of {', '.join(ARCHS)})")
@@ -200,7 +206,11 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
         if not n_classes:
             raise CheckpointError(f"{path}: no fc layer to count the classes; HINT: add --n-classes")
         model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
-        conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
+        try:
+            check_model_args(**model_args)
+        except ModelArgError as e:
+            raise CheckpointError(f"{path}: {model_arg_message(e)}") from None
+        conv1 = stem_time_weight(state_dict)  # (C, C_in, T, H, W): conv1's, R(2+1)D's conv1_t, DenseNet's
         if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
             raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
                                   f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "

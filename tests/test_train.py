@@ -552,6 +552,7 @@ BAD_VALUES = {  # flag: values outside its range (train.RANGES)
     "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
     "--lr-reductions": ["-1"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
     "--inject-nan-step": ["-2"], "--value-scale": ["0"], "--mean-values": ["0 nan 0"], "--std-values": ["1 0 1"],
+    "--cardinality": ["0"], "--wide-k": ["0"],
 }  # fmt: skip
 
 
