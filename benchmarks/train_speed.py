@@ -9,6 +9,7 @@ and compare against this baseline.
 
     python benchmarks/train_speed.py --arch resnet-18,resnet-34 --batch-size 8 --device cpu
     python benchmarks/train_speed.py --arch zoo --batch-size 32 --precision bf16 --channels-last  # one per family
+    python benchmarks/train_speed.py --arch zoo --shortcut B --cost-only   # parameters and MACs only, no timing
     python benchmarks/train_speed.py --arch resnet-18 --batch-size 64,128 --precision bf16 --channels-last --compile
 
 End-to-end mode (--data DST): the same training steps fed by the real loader (pipeline.build_loader, train
@@ -82,6 +83,7 @@ class Config:
     data: Path | None = None  # end-to-end mode: a prepare_data.py output folder
     backend: str = "dali"
     loader_threads: int = 4
+    cost_only: bool = False  # print each model's parameters and multiply-adds per clip, time nothing
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not in the table"
     )
     g.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    g.add_argument("--cost-only", action="store_true",
+                   help="only count each model's parameters and forward multiply-adds per clip (meta device)")
     g = p.add_argument_group("end-to-end mode: real loader vs synthetic tensors")
     g.add_argument("--data", type=Path, default=None, help="prepared dataset (prepare_data.py --out); enables the mode")
     g.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
@@ -175,6 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         data=a.data,
         backend=a.backend,
         loader_threads=a.loader_threads,
+        cost_only=a.cost_only,
     )
 
 
@@ -344,6 +349,23 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
 # ---------------------------------------------------------------- reporting
 
 
+def cost_row(cfg: Config, arch: str, cost: ModelCost) -> dict:
+    """--cost-only: one model's row (its shortcut is --shortcut's where the family has shortcuts)."""
+    args = model_args(arch, cfg.n_classes, cfg.shortcut, cfg.widen_factor)
+    return {"mode": "cost", "arch": arch, "shortcut": args["shortcut"] if takes(arch, "shortcut") else None,
+            "widen_factor": cfg.widen_factor, "n_classes": cfg.n_classes, "frames": cfg.frames, "size": cfg.size,
+            "params": cost.parameters, "fwd_macs_per_clip": cost.macs}
+
+
+def print_cost_table(console: Console, rows: list[dict], cfg: Config) -> None:
+    table = Table(title=f"cost per {cfg.frames}x{cfg.size}x{cfg.size} clip, {cfg.n_classes} classes (convs + fc)")
+    for name in ("arch", "shortcut", "parameters (M)", "forward multiply-adds (G)"):
+        table.add_column(name, justify="left" if name in ("arch", "shortcut") else "right")
+    for r in rows:
+        table.add_row(r["arch"], r["shortcut"] or "-", f"{r['params'] / 1e6:.2f}", f"{r['fwd_macs_per_clip'] / 1e9:.2f}")
+    console.print(table)
+
+
 def print_end_to_end_table(console: Console, rows: list[dict]) -> None:
     table = Table(title="end-to-end training: real loader vs synthetic tensors (median of repeats)")
     for name in ("arch", "batch", "precision", "backend", "real clips/s", "synthetic clips/s", "ratio", "data wait"):
@@ -445,24 +467,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"forward MACs per {cfg.frames}x{cfg.size}x{cfg.size} clip (convs + fc): "
         + ", ".join(f"{a} {c.parameters / 1e6:.2f} M / {c.macs / 1e9:.2f} G" for a, c in costs.items())
     )
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" and not cfg.cost_only:
         console.print(
             f"bf16 dense peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown for this card (--peak-tflops)'}"
         )
 
-    rows = []
-    for arch, batch_size, precision in itertools.product(cfg.archs, cfg.batch_sizes, cfg.precisions):
-        console.print(f"[dim]running {arch} batch {batch_size} {precision} ...[/dim]")
-        if cfg.data is not None:
-            rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
-        else:
-            rows.append(bench_case(cfg, arch, batch_size, precision, costs[arch], peak))
-    if cfg.data is not None:
-        print_end_to_end_table(console, rows)
+    if cfg.cost_only:
+        rows = [cost_row(cfg, a, c) for a, c in costs.items()]
+        print_cost_table(console, rows, cfg)
     else:
-        print_table(console, rows, show_peak=cfg.device == "cuda")
-    if cfg.device == "cpu":
-        console.print("peak mem on CPU = the process's peak RSS up to that row (ru_maxrss cannot be reset)")
+        rows = []
+        for arch, batch_size, precision in itertools.product(cfg.archs, cfg.batch_sizes, cfg.precisions):
+            console.print(f"[dim]running {arch} batch {batch_size} {precision} ...[/dim]")
+            if cfg.data is not None:
+                rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
+            else:
+                rows.append(bench_case(cfg, arch, batch_size, precision, costs[arch], peak))
+        if cfg.data is not None:
+            print_end_to_end_table(console, rows)
+        else:
+            print_table(console, rows, show_peak=cfg.device == "cuda")
+        if cfg.device == "cpu":
+            console.print("peak mem on CPU = the process's peak RSS up to that row (ru_maxrss cannot be reset)")
 
     if cfg.json:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)

@@ -749,3 +749,20 @@ def test_train_speed_covers_one_depth_of_each_family(tmp_path, monkeypatch) -> N
         params, macs, _ = cost(describe(r["arch"], 7, **kw), (3, 16, 32, 32))
         assert (r["params_m"], r["fwd_gmacs_per_clip"]) == (round(params / 1e6, 3), round(macs / 1e9, 3)), r["arch"]
         assert r["clips_per_s"] > 0
+
+
+def test_train_speed_cost_only_counts_every_family_at_the_papers_clip(tmp_path, monkeypatch) -> None:
+    """--cost-only: no timing, each model's parameters and multiply-adds per 16x112x112 clip, as RESULTS.md
+    records them (--shortcut B for the families that have shortcuts)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import train_speed as bench
+
+    out = tmp_path / "cost.json"
+    assert bench.main(["--arch", "zoo", "--shortcut", "B", "--cost-only", "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:
+        kw = {} if r["arch"].startswith("densenet") else {"shortcut": "B"}
+        params, macs, _ = cost(describe(r["arch"], 400, **kw), (3, 16, 112, 112))
+        assert (r["mode"], r["shortcut"], r["params"], r["fwd_macs_per_clip"]) == ("cost", kw.get("shortcut"), params,
+                                                                                  macs), r["arch"]
+    assert [(r["arch"], r["params"]) for r in rows if r["arch"] == "resnext-101"] == [("resnext-101", 48_340_816)]
