@@ -64,6 +64,7 @@ from model import (
     ARCHS,
     ModelArgError,
     build_model,
+    check_clip,
     check_model_args,
     fine_tuning_modules,
     load_weights,
@@ -515,8 +516,8 @@ def main(argv: list[str] | None = None) -> None:
             check_pretrained(cfg)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-    try:  # clips the model cannot take (DenseNet's transitions need 16 frames): one line now, not a traceback later
-        model_cost(cfg.sample_duration, cfg.sample_size, **model_kwargs(cfg, n_classes=1))
+    try:  # clips the model cannot take (DenseNet's transitions need 15 frames): one line now, not a traceback later
+        check_clip(cfg.sample_duration, cfg.sample_size, **model_kwargs(cfg, n_classes=1))
     except ValueError as e:
         raise SystemExit(f"error: {e} (--sample-duration, --sample-size)") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",

@@ -58,7 +58,7 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 TRAIN_FLOPS_PER_FWD_MAC = 6  # 1 MAC = 2 FLOPs; backward ~2x forward (grads w.r.t. inputs and weights)
 # --arch zoo: one depth of each family, those with published Kinetics weights, next to the paper's two ResNets.
-ZOO = ("resnet-18", "resnet-34", "resnext-101", "wideresnet-50", "densenet-121", "r2plus1d-18")
+ZOO = ("resnet-18", "resnet-34", "preresnet-200", "resnext-101", "wideresnet-50", "densenet-121", "r2plus1d-18")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,16 @@ from typing import Any, ClassVar
 import torch
 
 from engine.cli import MODEL_FLAGS, as_flag, model_arg_message
-from model import ARCHS, ModelArgError, build_model, canonical_arch, check_model_args, read_checkpoint, takes
+from model import (
+    ARCHS,
+    ModelArgError,
+    build_model,
+    canonical_arch,
+    check_clip,
+    check_model_args,
+    read_checkpoint,
+    takes,
+)
 from model.checkpoint import (  # one error type for every unusable checkpoint
     CheckpointError,
     classifier_weight,
@@ -217,7 +226,12 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
                                   "--conv1-t-stride, --no-max-pool if it was trained with them)")
         names = class_names if class_names is not None else [str(k) for k in range(n_classes)]
         record = RunRecord(model_args=model_args, class_names=tuple(names), **REFERENCE_CLIPS)
-    return dataclasses.replace(record, **{k: flags[k] for k in CLIP_FIELDS if flags.get(k) is not None})
+    record = dataclasses.replace(record, **{k: flags[k] for k in CLIP_FIELDS if flags.get(k) is not None})
+    try:
+        check_clip(record.sample_duration, record.sample_size, **record.model_args)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e} (--sample-duration, --sample-size)") from None
+    return record
 
 
 def run_dir(checkpoint: str | Path) -> Path:

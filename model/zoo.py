@@ -1,7 +1,7 @@
 """build_model: every architecture by name, the arguments each family takes, and what a model costs.
 
-Families (one module each): resnet-* (model/resnet.py), resnext-* (resnext.py), wideresnet-* (wide_resnet.py),
-densenet-* (densenet.py), r2plus1d-* (resnet2p1d.py). The names are 3D-ResNets-PyTorch's `--model`-`--model_depth`
+Families (one module each): resnet-* (model/resnet.py), preresnet-* (pre_act_resnet.py), resnext-* (resnext.py),
+wideresnet-* (wide_resnet.py), densenet-* (densenet.py), r2plus1d-* (resnet2p1d.py). The names are 3D-ResNets-PyTorch's `--model`-`--model_depth`
 (what its checkpoints store as "arch"), but for R(2+1)D, whose checkpoints say "resnet2p1d-18": canonical_arch
 reads both.
 """
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from model import densenet as densenet_mod
+from model import pre_act_resnet as preact_mod
 from model import resnet as resnet_mod
 from model import resnet2p1d as r2p1d_mod
 from model import resnext as resnext_mod
@@ -23,6 +24,7 @@ from model import wide_resnet as wide_mod
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "resnet": resnet_mod.ARCHS,
+    "preresnet": preact_mod.ARCHS,
     "resnext": resnext_mod.ARCHS,
     "wideresnet": wide_mod.ARCHS,
     "densenet": densenet_mod.ARCHS,
@@ -34,7 +36,7 @@ ARCH_ALIASES: dict[str, str] = {f"resnet2p1d-{a.split('-')[1]}": a for a in r2p1
 
 # The build_model arguments that only some families have, with the default every other family must leave alone.
 FAMILY_ARGS: dict[str, tuple[str, Any, tuple[str, ...]]] = {  # argument: (default, families that take it)
-    "shortcut": ("A", ("resnet", "resnext", "wideresnet", "r2plus1d")),
+    "shortcut": ("A", ("resnet", "preresnet", "resnext", "wideresnet", "r2plus1d")),
     "cardinality": (32, ("resnext",)),
     "wide_k": (2, ("wideresnet",)),
 }
@@ -142,7 +144,28 @@ def build_model(
         return wide_mod.wide_resnet(depth, n_classes, shortcut, **stem, wide_k=wide_k)
     if fam == "r2plus1d":
         return r2p1d_mod.r2plus1d(depth, n_classes, shortcut, **stem)
+    if fam == "preresnet":
+        return preact_mod.pre_act_resnet(depth, n_classes, shortcut, **stem)
     return resnet_mod.resnet(depth, n_classes, shortcut, **stem)
+
+
+def check_clip(frames: int, size: int, arch: str, conv1_t_size: int = 7, conv1_t_stride: int = 1,
+               no_max_pool: bool = False, **_: Any) -> None:
+    """ValueError (one line) when a (3, frames, size, size) clip shrinks to nothing inside the model: only DenseNet
+    can, whose three transitions each halve T, H and W, rounding down (with the max pool it needs 15 frames).
+    Shape arithmetic only; takes build_model's keyword arguments."""
+    if family(arch) != "densenet":
+        return  # padded convs and pools keep every dimension >= 1
+
+    def out(n: int, kernel: int, stride: int, pad: int) -> int:
+        return (n + 2 * pad - kernel) // stride + 1
+
+    t, hw = out(frames, conv1_t_size, conv1_t_stride, conv1_t_size // 2), out(size, 7, 2, 3)
+    if not no_max_pool:
+        t, hw = out(t, 3, 2, 1), out(hw, 3, 2, 1)
+    if min(t, hw) < 8:
+        raise ValueError(f"{arch} cannot take {frames}x{size}x{size} clips: its stem makes them {t}x{hw}x{hw}, and "
+                         "its three 2x2x2 average pools need 8 in each dimension; use more frames or a larger size")
 
 
 def fine_tuning_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:

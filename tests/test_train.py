@@ -128,7 +128,7 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
                                   "class_names", "normalisation"}
     assert set(state) == set(REQUIRED_KEYS)
     model_args = dict(arch="resnet-10", n_classes=3, shortcut="A", conv1_t_size=7, conv1_t_stride=1,
-                      no_max_pool=False, widen_factor=0.125)
+                      no_max_pool=False, widen_factor=0.125, cardinality=32, wide_k=2)  # every build_model argument
     assert (state["epoch"], state["arch"], state["model_args"]) == (3, "resnet-10", model_args)
     assert state["class_names"] == list(CLASSES)
     assert state["normalisation"] == {"value_scale": 255.0, "mean": list(MEANS["kinetics"]), "std": [1.0, 1.0, 1.0],
