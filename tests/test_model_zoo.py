@@ -345,7 +345,8 @@ LAYOUTS = [
     ("r2plus1d-18", {"shortcut": "A"}, 172),
     ("r2plus1d-18", {"shortcut": "B"}, 187),
     ("r2plus1d-50", {"shortcut": "B"}, 352),
-    # the stem options, one model of each family
+    # the stem options, one model of each family (the CVPR2018 ResNeXt and pre-activation ResNet have none: their
+    # count is the default model's, only conv1's shape changes)
     ("resnext-50", {"shortcut": "B", "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}, 267),
     ("preresnet-50", {"shortcut": "B", "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}, 267),
     ("wideresnet-50", {"shortcut": "A", "wide_k": 1, "conv1_t_size": 3, "no_max_pool": True}, 247),
@@ -364,7 +365,7 @@ def test_state_dict_is_the_references(arch: str, kw: dict, n_reference: int) -> 
     assert sum(not k.endswith("num_batches_tracked") for k in ours) == n_reference
 
 
-# Parameters at 400 classes (700 for the R(2+1)D-34), counted on 3D-ResNets-PyTorch's own models.
+# Parameters at 400 classes, counted on 3D-ResNets-PyTorch's own models.
 PARAMETERS = [
     ("preresnet-200", {"shortcut": "B"}, 127_419_088),  # preresnet-200-kinetics.pth
     ("preresnet-18", {"shortcut": "A"}, 33_234_384),
