@@ -62,6 +62,7 @@ from engine.schedule import PlateauSchedule
 from engine.step import forward, memory_format, to_device, train_step
 from model import (
     ARCHS,
+    ARCHS_HELP,
     ModelArgError,
     build_model,
     check_clip,
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-size", type=int, help="clip height and width in pixels")
     add_normalisation_flags(g, "kinetics (minus the Kinetics mean, 0-255 scale)")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=ARCHS)
+    g.add_argument("--arch", choices=ARCHS, metavar="ARCH", help=ARCHS_HELP)
     g.add_argument("--shortcut", choices=("A", "B"), help="A: zero-padding (the paper's), B: conv")
     g.add_argument("--widen-factor", type=float, help="channel multiplier (small CPU models)")
     g.add_argument("--conv1-t-size", type=int)

@@ -143,11 +143,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """--arch, --shortcut, --n-classes, --widen-factor, --conv1-t-size, --conv1-t-stride, --[no-]max-pool,
     --cardinality, --wide-k, all default None (= the checkpoint's, else build_model's defaults), in their own
     group."""
-    from model import ARCHS
+    from model import ARCHS, ARCHS_HELP
 
     g = parser.add_argument_group("the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours "
                                   "describe themselves, and these flags must agree with them")
-    g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
+    g.add_argument("--arch", choices=ARCHS, metavar="ARCH", help=f"{ARCHS_HELP}; default: the checkpoint's 'arch' "
+                   "entry")
     g.add_argument("--shortcut", choices=("A", "B"),
                    help="default A (3D-ResNets-PyTorch's checkpoints: B, but resnet-18/34-kinetics.pth)")
     g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")

@@ -10,6 +10,7 @@ from model.checkpoint import CheckpointError, LoadReport, load_weights, read_che
 from model.resnet import BasicBlock, Bottleneck, ResNet3d, ZeroPadShortcut, zero_pad_shortcut
 from model.zoo import (
     ARCHS,
+    ARCHS_HELP,
     FAMILIES,
     ModelArgError,
     ModelCost,
@@ -25,6 +26,7 @@ from model.zoo import (
 
 __all__ = [
     "ARCHS",
+    "ARCHS_HELP",
     "FAMILIES",
     "BasicBlock",
     "Bottleneck",

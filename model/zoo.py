@@ -31,6 +31,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "r2plus1d": r2p1d_mod.ARCHS,
 }
 ARCHS: tuple[str, ...] = tuple(arch for archs in FAMILIES.values() for arch in archs)
+# "resnet-10|18|34|50|101|152|200, preresnet-18|...": ARCHS in a line, for help texts.
+ARCHS_HELP = ", ".join(f"{name}-" + "|".join(a.rsplit("-", 1)[1] for a in archs) for name, archs in FAMILIES.items())
 # 3D-ResNets-PyTorch's own names, as its checkpoints' "arch" entry spells them, where ours differ.
 ARCH_ALIASES: dict[str, str] = {f"resnet2p1d-{a.split('-')[1]}": a for a in r2p1d_mod.ARCHS}
 
