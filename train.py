@@ -39,6 +39,7 @@ from torch import nn
 
 from engine import distributed
 from engine.checkpoint import (
+    MODEL_ARGS,
     CheckpointError,
     RunRecord,
     TrainingState,
@@ -55,10 +56,12 @@ from engine.cli import (
     NORM_RANGES,
     Range,
     add_device_flags,
+    add_family_flags,
     add_loader_flags,
     add_normalisation_flags,
     as_flag,
     check_numeric_flags,
+    model_arg_message,
     resolve_device_flags,
     resolve_normalisation,
     shown_config,
@@ -69,7 +72,18 @@ from engine.plots import plot_curves
 from engine.progress import StepBar, make_console
 from engine.schedule import PlateauSchedule
 from engine.step import forward, memory_format, to_device, train_step
-from model import ARCHS, build_model, load_weights, read_checkpoint
+from model import (
+    ARCHS,
+    ARCHS_HELP,
+    ModelArgError,
+    build_model,
+    check_clip,
+    check_model_args,
+    fine_tuning_modules,
+    load_weights,
+    model_cost,
+    read_checkpoint,
+)
 from pipeline import DatasetError, LoaderBase, build_loader
 from pipeline.atomic import NoSpace, atomic_write
 from pipeline.normalisation import PRESETS, Normalisation
@@ -90,6 +104,8 @@ class TrainConfig:
     conv1_t_size: int = 7
     conv1_t_stride: int = 1
     no_max_pool: bool = False
+    cardinality: int = 32  # resnext-* only
+    wide_k: int = 2  # wideresnet-* only
     # input (the loader's sampling; stored with every checkpoint)
     sample_duration: int = 16
     sample_size: int = 112
@@ -137,8 +153,8 @@ class TrainConfig:
 # backend, processes and devices (the global batch stays), precision, logging, and --epochs / --lr-reductions
 # to extend or shorten it.
 DEFINES_THE_RUN = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
-                   "sample_duration", "sample_size", "normalisation", "batch_size", "lr", "momentum",
-                   "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
+                   "cardinality", "wide_k", "sample_duration", "sample_size", "normalisation", "batch_size", "lr",
+                   "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
 MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
                         "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
                         "inject_nan_step")  # fmt: skip
@@ -171,7 +187,7 @@ def _as_flag(name: str, value: object) -> str:
 # class count, which follows the data) and its input normalisation. The weights come from --resume's last.pt (its
 # config) or else --pretrained when it is one of ours (its run record); a 3D-ResNets-PyTorch checkpoint says
 # nothing, and the flags (or their defaults) describe it. A model flag that contradicts our checkpoint is refused.
-ARCH_ARGS = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+ARCH_ARGS = tuple(k for k in MODEL_ARGS if k != "n_classes")
 FROM_THE_WEIGHTS = (*ARCH_ARGS, "normalisation")
 # Fields that parse_args works out from flags (or that have no default): the parser's own defaults are None,
 # "auto" or required.
@@ -180,7 +196,7 @@ RESOLVED_IN_PARSE_ARGS = ("data", "out", "device", "amp", "channels_last", *FROM
 RANGES = {
     **LOADER_RANGES, **DEVICE_RANGES, **NORM_RANGES,
     **{name: Range(min=1) for name in ("sample_duration", "sample_size", "conv1_t_size", "conv1_t_stride", "epochs",
-                                       "batch_size", "log_every")},
+                                       "batch_size", "log_every", "cardinality", "wide_k")},
     "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
     "lr": Range(above=0),
     "momentum": Range(min=0, below=1),
@@ -204,13 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_normalisation_flags(g, "kinetics (minus the Kinetics mean, 0-255 scale)")
     g = p.add_argument_group("model (default: what our --pretrained checkpoint, or the run --resume continues, "
                              "says; else resnet-18, A, 1, 7, 1, max pool)")
-    g.add_argument("--arch", choices=ARCHS)
+    g.add_argument("--arch", choices=ARCHS, metavar="ARCH", help=ARCHS_HELP)
     g.add_argument("--shortcut", choices=("A", "B"), help="A: zero-padding (the paper's), B: conv")
     g.add_argument("--widen-factor", type=float, help="channel multiplier (small CPU models)")
     g.add_argument("--conv1-t-size", type=int)
     g.add_argument("--conv1-t-stride", type=int)
     g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
     g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
+    add_family_flags(g)
     g.add_argument("--pretrained", help="initial weights: our checkpoint (its model and normalisation come with it) "
                                         "or a 3D-ResNets-PyTorch one (describe it with the flags above)")
     g.add_argument("--ft-begin", help="train from this module on (e.g. layer4 or fc), freeze the pretrained ones "
@@ -272,6 +289,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             p.error(message)
+    try:
+        check_model_args(**model_kwargs(cfg, n_classes=1))
+    except ModelArgError as e:
+        p.error(model_arg_message(e))
     return cfg
 
 
@@ -301,27 +322,31 @@ def described_by_the_weights(last: Path | None, pretrained: str | None, given: d
     return {**{k: record.model_args[k] for k in ARCH_ARGS}, "normalisation": record.normalisation}
 
 
+def model_kwargs(cfg: TrainConfig, n_classes: int) -> dict:
+    """model.build_model's keyword arguments for this run."""
+    return {k: getattr(cfg, k) for k in MODEL_ARGS if k != "n_classes"} | {"n_classes": n_classes}
+
+
 def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
     """(raw model on d.device, build_model kwargs, frozen modules). Same seed on every rank: same weights; those
     of --pretrained unless resuming (last.pt's replace them)."""
-    model_args = dict(arch=cfg.arch, n_classes=n_classes, shortcut=cfg.shortcut, conv1_t_size=cfg.conv1_t_size,
-                      conv1_t_stride=cfg.conv1_t_stride, no_max_pool=cfg.no_max_pool,
-                      widen_factor=cfg.widen_factor)
+    args = model_kwargs(cfg, n_classes)
     torch.manual_seed(cfg.seed)
-    raw = build_model(**model_args)
+    raw = build_model(**args)
     if cfg.pretrained and not cfg.resuming():  # parse_args took the model from its run record (ours)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
-        names = [name for name, _ in raw.named_children()]
+        modules = fine_tuning_modules(raw)  # in forward order; DenseNet's are inside `features`
+        names = [name for name, _ in modules]
         if cfg.ft_begin not in names:
             raise SystemExit(f"error: --ft-begin {cfg.ft_begin}: not a module of the model; one of {names}")
-        for name, child in raw.named_children():
+        for name, child in modules:
             if name == cfg.ft_begin:
                 break
             child.requires_grad_(False)
             frozen.append(child)
-    return raw.to(d.device, memory_format=memory_format(cfg.channels_last)), model_args, frozen
+    return raw.to(d.device, memory_format=memory_format(cfg.channels_last)), args, frozen
 
 
 class NonFiniteLoss(RuntimeError):
@@ -528,11 +553,14 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             tmp.write_text(json.dumps(config, indent=2) + "\n")
 
     stop_together(write_on_rank_0(d, write_config, cfg, epoch))
-    n_params, n_trained = (sum(p.numel() for p in ps) / 1e6 for ps in (raw.parameters(), params))
+    n_trained = sum(p.numel() for p in params) / 1e6
+    cost = model_cost(cfg.sample_duration, cfg.sample_size, **model_args)  # on the meta device: no compute
     console.print(f"config: {json.dumps(shown_config(config))}", highlight=False)
-    console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
-                  f"classes | {d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = "
-                  f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
+    clip = f"{cfg.sample_duration}x{cfg.sample_size}x{cfg.sample_size}"
+    console.print(f"{cfg.arch}: {cost.parameters / 1e6:.2f} M parameters ({n_trained:.2f} M trained), "
+                  f"{cost.macs / 1e9:.2f} G multiply-adds per {clip} clip (forward), {len(class_names)} classes | "
+                  f"{d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = {d.world_size} x "
+                  f"{cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
                   f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
 
     saved = epoch  # the epoch that last.pt holds (0: none yet)
@@ -663,6 +691,10 @@ def main(argv: list[str] | None = None) -> None:
             resume_from(cfg)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    try:  # clips the model cannot take (DenseNet's transitions need 15 frames): one line now, not a traceback later
+        check_clip(cfg.sample_duration, cfg.sample_size, **model_kwargs(cfg, n_classes=1))
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (--sample-duration, --sample-size)") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
                        user_errors=(CheckpointError, DatasetError))
 

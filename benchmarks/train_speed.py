@@ -1,5 +1,6 @@
-"""Training throughput of the 3D ResNets: train.py's training step (engine.step: host-to-device copy, forward,
-backward, SGD step), in clips/s, and peak memory.
+"""Training throughput of the model zoo (the 3D ResNets and the other families of model/): train.py's training step
+(engine.step: host-to-device copy, forward, backward, SGD step), in clips/s, and peak memory; each model's
+parameters and forward multiply-adds per clip are printed first (model.model_cost).
 
 Synthetic mode (this file): one pre-generated batch of (N, 3, 16, 112, 112) float32 clips is reused
 every step, so the number is the model's ceiling with a free loader. `time_training_steps` takes any
@@ -7,6 +8,8 @@ iterator of (clips, labels[, ...]) batches, so an end-to-end mode can pass the r
 and compare against this baseline.
 
     python benchmarks/train_speed.py --arch resnet-18,resnet-34 --batch-size 8 --device cpu
+    python benchmarks/train_speed.py --arch zoo --batch-size 32 --precision bf16 --channels-last  # one per family
+    python benchmarks/train_speed.py --arch zoo --shortcut B --cost-only   # parameters and MACs only, no timing
     python benchmarks/train_speed.py --arch resnet-18 --batch-size 64,128 --precision bf16 --channels-last --compile
 
 End-to-end mode (--data DST): the same training steps fed by the real loader (pipeline.build_loader, train
@@ -40,8 +43,9 @@ from rich.table import Table
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from engine.cli import model_arg_message  # noqa: E402
 from engine.step import memory_format, to_device, train_step  # noqa: E402
-from model import ARCHS, build_model  # noqa: E402
+from model import ARCHS, ModelArgError, ModelCost, build_model, check_model_args, model_cost, takes  # noqa: E402
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity), matched against the
 # device name in order; --peak-tflops overrides.
@@ -53,6 +57,8 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),
 )
 TRAIN_FLOPS_PER_FWD_MAC = 6  # 1 MAC = 2 FLOPs; backward ~2x forward (grads w.r.t. inputs and weights)
+# --arch zoo: one depth of each family, those with published Kinetics weights, next to the paper's two ResNets.
+ZOO = ("resnet-18", "resnet-34", "preresnet-200", "resnext-101", "wideresnet-50", "densenet-121", "r2plus1d-18")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class Config:
     data: Path | None = None  # end-to-end mode: a prepare_data.py output folder
     backend: str = "dali"
     loader_threads: int = 4
+    cost_only: bool = False  # print each model's parameters and multiply-adds per clip, time nothing
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,17 @@ def _csv(kind: type) -> Any:
     return lambda text: tuple(kind(v) for v in text.split(",") if v)
 
 
+def _archs(text: str) -> tuple[str, ...]:
+    """--arch: a comma list of architectures, where "zoo" stands for ZOO."""
+    return tuple(a for name in _csv(str)(text) for a in (ZOO if name == "zoo" else (name,)))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("what to measure (comma lists: every combination is a row)")
     g.add_argument(
-        "--arch", type=_csv(str), default=("resnet-18", "resnet-34"), help="resnet-10|18|34|50|101|152|200"
+        "--arch", type=_archs, default=("resnet-18", "resnet-34"),
+        help=f"any of model.ARCHS (resnet-18, resnext-101, ...); zoo = {','.join(ZOO)}"
     )
     g.add_argument("--batch-size", type=_csv(int), default=(8,))
     g.add_argument("--precision", type=_csv(str), default=("fp32",), help="fp32 | bf16 (autocast)")
@@ -109,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     g = p.add_argument_group("model and input")
     g.add_argument("--n-classes", type=int, default=400)
     g.add_argument("--widen-factor", type=float, default=1.0)
-    g.add_argument("--shortcut", choices=("A", "B"), default="A")
+    g.add_argument("--shortcut", choices=("A", "B"), default="A", help="for the families that have shortcuts")
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--size", type=int, default=112)
     g = p.add_argument_group("timing")
@@ -121,6 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not in the table"
     )
     g.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    g.add_argument("--cost-only", action="store_true",
+                   help="only count each model's parameters and forward multiply-adds per clip (meta device)")
     g = p.add_argument_group("end-to-end mode: real loader vs synthetic tensors")
     g.add_argument("--data", type=Path, default=None, help="prepared dataset (prepare_data.py --out); enables the mode")
     g.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
@@ -133,7 +148,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA device; use --device cpu")
     if bad := [x for x in a.arch if x not in ARCHS]:
-        p.error(f"unknown --arch {', '.join(bad)}; choose from {', '.join(ARCHS)}")
+        p.error(f"unknown --arch {', '.join(bad)}; choose from {', '.join(ARCHS)} or zoo")
+    for arch in a.arch:
+        try:
+            check_model_args(**model_args(arch, a.n_classes, a.shortcut, a.widen_factor))
+        except ModelArgError as e:
+            p.error(f"--arch {arch}: {model_arg_message(e)}")
     if bad := [x for x in a.precision if x not in ("fp32", "bf16")]:
         p.error(f"unknown --precision {', '.join(bad)}; choose fp32 or bf16")
     if min(a.batch_size, default=0) < 1 or a.iters < 1 or a.repeats < 1 or a.warmup < 0:
@@ -159,24 +179,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         data=a.data,
         backend=a.backend,
         loader_threads=a.loader_threads,
+        cost_only=a.cost_only,
     )
 
 
 # ---------------------------------------------------------------- measuring
 
 
-def forward_macs_per_clip(arch: str, frames: int, size: int, widen_factor: float, n_classes: int) -> float:
-    """Multiply-adds of one forward pass on a (3, frames, size, size) clip, convs and fc only (BN, ReLU,
-    pooling are < 1% and not counted). Counted on the meta device: no memory, no compute."""
-    from torch.utils.flop_counter import FlopCounterMode
+def model_args(arch: str, n_classes: int, shortcut: str, widen_factor: float) -> dict[str, Any]:
+    """build_model's arguments for one row: --shortcut where the family has shortcuts (not DenseNet)."""
+    return {"arch": arch, "n_classes": n_classes, "widen_factor": widen_factor,
+            "shortcut": shortcut if takes(arch, "shortcut") else "A"}
 
-    with torch.device("meta"):
-        # eval(): with one clip, train-mode BatchNorm fails where the last stage is 1x1x1 (small --size)
-        net = build_model(arch, n_classes, widen_factor=widen_factor).eval()
-        clip = torch.empty(1, 3, frames, size, size)
-    with FlopCounterMode(display=False) as counter:
-        net(clip)
-    return counter.get_total_flops() / 2
+
+def cost_per_clip(cfg: Config, arch: str) -> ModelCost:
+    """Parameters and forward multiply-adds of one (3, frames, size, size) clip, convs and fc only (BN, ReLU,
+    pooling are < 1% and not counted). Counted on the meta device: no memory, no compute."""
+    return model_cost(cfg.frames, cfg.size, **model_args(arch, cfg.n_classes, cfg.shortcut, cfg.widen_factor))
 
 
 def synthetic_batches(
@@ -236,7 +255,7 @@ def _peak_memory_mib(device: torch.device) -> float:
 def build_for_training(cfg: Config, arch: str, n_classes: int, device: torch.device) -> tuple[nn.Module, Any]:
     """(the model to run, possibly compiled; its SGD optimiser), laid out as cfg says."""
     torch.manual_seed(0)
-    model = build_model(arch, n_classes, shortcut=cfg.shortcut, widen_factor=cfg.widen_factor)
+    model = build_model(**model_args(arch, n_classes, cfg.shortcut, cfg.widen_factor))
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
     # The paper's optimiser settings; lr 0.01 rather than 0.1 so random labels do not blow up the weights.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
@@ -244,7 +263,7 @@ def build_for_training(cfg: Config, arch: str, n_classes: int, device: torch.dev
 
 
 def bench_case(
-    cfg: Config, arch: str, batch_size: int, precision: str, macs: float, peak: float | None
+    cfg: Config, arch: str, batch_size: int, precision: str, cost: ModelCost, peak: float | None
 ) -> dict:
     """Build the model, warm up, time `repeats` runs; one table row."""
     device = torch.device(cfg.device)
@@ -255,7 +274,8 @@ def bench_case(
         "channels_last": cfg.channels_last,
         "compile": cfg.compile,
         "device": cfg.device,
-        "fwd_gmacs_per_clip": round(macs / 1e9, 3),
+        "params_m": round(cost.parameters / 1e6, 3),
+        "fwd_gmacs_per_clip": round(cost.macs / 1e9, 3),
     }
     run, optimizer = build_for_training(cfg, arch, cfg.n_classes, device)
     batches = synthetic_batches(batch_size, cfg.n_classes, cfg.frames, cfg.size, device)
@@ -268,7 +288,7 @@ def bench_case(
         return row | {"error": "out of memory"}
     rates = [r.clips / r.seconds for r in runs]
     median = statistics.median(rates)
-    tflops = median * TRAIN_FLOPS_PER_FWD_MAC * macs / 1e12
+    tflops = median * TRAIN_FLOPS_PER_FWD_MAC * cost.macs / 1e12
     return row | {
         "clips_per_s": round(median, 3),
         "clips_per_s_runs": [round(r, 3) for r in rates],
@@ -329,6 +349,23 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
 # ---------------------------------------------------------------- reporting
 
 
+def cost_row(cfg: Config, arch: str, cost: ModelCost) -> dict:
+    """--cost-only: one model's row (its shortcut is --shortcut's where the family has shortcuts)."""
+    args = model_args(arch, cfg.n_classes, cfg.shortcut, cfg.widen_factor)
+    return {"mode": "cost", "arch": arch, "shortcut": args["shortcut"] if takes(arch, "shortcut") else None,
+            "widen_factor": cfg.widen_factor, "n_classes": cfg.n_classes, "frames": cfg.frames, "size": cfg.size,
+            "params": cost.parameters, "fwd_macs_per_clip": cost.macs}
+
+
+def print_cost_table(console: Console, rows: list[dict], cfg: Config) -> None:
+    table = Table(title=f"cost per {cfg.frames}x{cfg.size}x{cfg.size} clip, {cfg.n_classes} classes (convs + fc)")
+    for name in ("arch", "shortcut", "parameters (M)", "forward multiply-adds (G)"):
+        table.add_column(name, justify="left" if name in ("arch", "shortcut") else "right")
+    for r in rows:
+        table.add_row(r["arch"], r["shortcut"] or "-", f"{r['params'] / 1e6:.2f}", f"{r['fwd_macs_per_clip'] / 1e9:.2f}")
+    console.print(table)
+
+
 def print_end_to_end_table(console: Console, rows: list[dict]) -> None:
     table = Table(title="end-to-end training: real loader vs synthetic tensors (median of repeats)")
     for name in ("arch", "batch", "precision", "backend", "real clips/s", "synthetic clips/s", "ratio", "data wait"):
@@ -375,6 +412,8 @@ def print_table(console: Console, rows: list[dict], show_peak: bool) -> None:
     table = Table(title="training step throughput (synthetic clips, median of repeats)")
     for name in (
         "arch",
+        "params M",
+        "GMACs/clip",
         "batch",
         "precision",
         "memory format",
@@ -389,8 +428,8 @@ def print_table(console: Console, rows: list[dict], show_peak: bool) -> None:
         table.add_column("% bf16 peak", justify="right")
     table.add_column("peak mem MiB", justify="right")
     for r in rows:
-        cells = [r["arch"], str(r["batch_size"]), r["precision"], "channels_last_3d" if r["channels_last"] else "contiguous",
-                 "yes" if r["compile"] else "no"]  # fmt: skip
+        cells = [r["arch"], f"{r['params_m']:.2f}", f"{r['fwd_gmacs_per_clip']:.2f}", str(r["batch_size"]), r["precision"],
+                 "channels_last_3d" if r["channels_last"] else "contiguous", "yes" if r["compile"] else "no"]  # fmt: skip
         if "error" in r:
             table.add_row(*cells, r["error"], *[""] * (len(table.columns) - len(cells) - 1))
             continue
@@ -418,15 +457,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"torch {env['torch']}  cuDNN {env['cudnn']}  device {cfg.device}: {env['device_name']}"
                   + (f"  ({env['cpu_threads']} threads)" if cfg.device == "cpu" else ""))  # fmt: skip
     console.print(f"config: {json.dumps(asdict(cfg), default=str)}")
-    macs = {
-        a: forward_macs_per_clip(a, cfg.frames, cfg.size, cfg.widen_factor, cfg.n_classes) for a in cfg.archs
-    }
+    try:
+        costs = {a: cost_per_clip(cfg, a) for a in cfg.archs}
+    except ValueError as e:  # a clip too small for a model (DenseNet needs 16 frames)
+        console.print(f"[red]error: {e} (--frames, --size)")
+        return 2
     console.print(
-        "TFLOP/s = clips/s x 6 x forward MACs per clip (1 MAC = 2 FLOPs, backward ~ 2x forward); forward MACs "
-        f"at {cfg.frames}x{cfg.size}x{cfg.size}, convs + fc: "
-        + ", ".join(f"{a} {m / 1e9:.2f} G" for a, m in macs.items())
+        "TFLOP/s = clips/s x 6 x forward MACs per clip (1 MAC = 2 FLOPs, backward ~ 2x forward); parameters / "
+        f"forward MACs per {cfg.frames}x{cfg.size}x{cfg.size} clip (convs + fc): "
+        + ", ".join(f"{a} {c.parameters / 1e6:.2f} M / {c.macs / 1e9:.2f} G" for a, c in costs.items())
     )
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" and not cfg.cost_only:
         console.print(
             f"bf16 dense peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown for this card (--peak-tflops)'}"
         )
@@ -439,26 +480,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.json.write_text(json.dumps({"env": env, "config": asdict(cfg), "rows": rows}, indent=2, default=str))
 
     failed = 0
-    for arch, batch_size, precision in itertools.product(cfg.archs, cfg.batch_sizes, cfg.precisions):
-        console.print(f"[dim]running {arch} batch {batch_size} {precision} ...[/dim]")
-        if cfg.data is None:
-            rows.append(bench_case(cfg, arch, batch_size, precision, macs[arch], peak))
-        else:
-            try:
-                rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
-            except Exception as e:  # the loader failed (e.g. a backend not installed): a row that says so, then the next
-                failed += 1
-                rows.append({"mode": "end-to-end", "backend": cfg.backend, "arch": arch, "batch_size": batch_size,
-                             "precision": precision, "error": f"{type(e).__name__}: {e}"[:500]})
-                console.print(f"[red]{arch} batch {batch_size} {precision} --backend {cfg.backend} failed:[/red] "
-                              f"{rows[-1]['error']}")
+    if cfg.cost_only:
+        rows += [cost_row(cfg, a, c) for a, c in costs.items()]
+        print_cost_table(console, rows, cfg)
         save()
-    if cfg.data is not None:
-        print_end_to_end_table(console, [r for r in rows if "error" not in r])
     else:
-        print_table(console, rows, show_peak=cfg.device == "cuda")
-    if cfg.device == "cpu":
-        console.print("peak mem on CPU = the process's peak RSS up to that row (ru_maxrss cannot be reset)")
+        for arch, batch_size, precision in itertools.product(cfg.archs, cfg.batch_sizes, cfg.precisions):
+            console.print(f"[dim]running {arch} batch {batch_size} {precision} ...[/dim]")
+            if cfg.data is None:
+                rows.append(bench_case(cfg, arch, batch_size, precision, costs[arch], peak))
+            else:
+                try:
+                    rows.append(bench_end_to_end(cfg, arch, batch_size, precision))
+                except Exception as e:  # the loader failed (e.g. a backend not installed): a row that says so
+                    failed += 1
+                    rows.append({"mode": "end-to-end", "backend": cfg.backend, "arch": arch, "batch_size": batch_size,
+                                 "precision": precision, "error": f"{type(e).__name__}: {e}"[:500]})
+                    console.print(f"[red]{arch} batch {batch_size} {precision} --backend {cfg.backend} failed:[/red] "
+                                  f"{rows[-1]['error']}")
+            save()
+        if cfg.data is not None:
+            print_end_to_end_table(console, [r for r in rows if "error" not in r])
+        else:
+            print_table(console, rows, show_peak=cfg.device == "cuda")
+        if cfg.device == "cpu":
+            console.print("peak mem on CPU = the process's peak RSS up to that row (ru_maxrss cannot be reset)")
     if cfg.json:
         console.print(f"wrote {cfg.json}")
     return 1 if failed else 0

@@ -24,9 +24,23 @@ from typing import Any, ClassVar
 
 import torch
 
-from engine.cli import MODEL_FLAGS, as_flag
-from model import ARCHS, build_model, read_checkpoint
-from model.checkpoint import CheckpointError, load_file  # one error type for every unusable checkpoint
+from engine.cli import MODEL_FLAGS, as_flag, model_arg_message
+from model import (
+    ARCHS,
+    ModelArgError,
+    build_model,
+    canonical_arch,
+    check_clip,
+    check_model_args,
+    read_checkpoint,
+    takes,
+)
+from model.checkpoint import (  # one error type for every unusable checkpoint
+    CheckpointError,
+    classifier_weight,
+    load_file,
+    stem_time_weight,
+)
 from pipeline.atomic import NoSpace, atomic_write, temp_path
 from pipeline.normalisation import Normalisation
 
@@ -91,7 +105,8 @@ class RunRecord:
         stride and the max pool own no weights: those would load and give a wrong model without an error)."""
         contradicting = [k for k, v in given.items() if v != self.model_args[k]]
         if contradicting:
-            itself = " ".join([self.model_args["arch"]] + [as_flag(k, self.model_args[k]) for k in MODEL_FLAGS[1:]])
+            arch = self.model_args["arch"]
+            itself = " ".join([arch] + [as_flag(k, self.model_args[k]) for k in MODEL_FLAGS[1:] if takes(arch, k)])
             shown = [as_flag(k, given[k]) for k in contradicting]
             verb = "contradicts" if len(shown) == 1 else "contradict"
             raise CheckpointError(f"{path}: the checkpoint describes itself: {itself}; {', '.join(shown)} {verb} "
@@ -251,8 +266,8 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
             raise CheckpointError(f"{path}: trained on {len(saved_classes)} classes {saved_classes[:4]}..., but "
                                   f"{data} has {len(class_names)} {class_names[:4]}...; use the same classes")
     else:
-        fc = state_dict.get("fc.weight")
-        arch = given.get("arch") or meta.get("arch")
+        fc = classifier_weight(state_dict)  # (n_classes, C)
+        arch = given.get("arch") or canonical_arch(meta.get("arch"))
         if arch not in ARCHS:
             raise CheckpointError(f"{path}: architecture {arch!r} unknown; HINT: add --arch "
                                   f"(one of {', '.join(ARCHS)})")
@@ -262,14 +277,23 @@ def checkpoint_record(path: str | Path, flags: Mapping[str, Any], class_names: l
         if not n_classes:
             raise CheckpointError(f"{path}: no fc layer to count the classes; HINT: add --n-classes")
         model_args = {**MODEL_DEFAULTS, **given, "arch": arch, "n_classes": n_classes}
-        conv1 = state_dict.get("conv1.weight")  # (C, 3, T, H, W)
+        try:
+            check_model_args(**model_args)
+        except ModelArgError as e:
+            raise CheckpointError(f"{path}: {model_arg_message(e)}") from None
+        conv1 = stem_time_weight(state_dict)  # (C, C_in, T, H, W): conv1's, R(2+1)D's conv1_t, DenseNet's
         if conv1 is not None and conv1.ndim == 5 and conv1.shape[2] != model_args["conv1_t_size"]:
             raise CheckpointError(f"{path}: its conv1 spans {conv1.shape[2]} frames, the model's "
                                   f"{model_args['conv1_t_size']}; HINT: add --conv1-t-size {conv1.shape[2]} (and "
                                   "--conv1-t-stride, --no-max-pool if it was trained with them)")
         names = class_names if class_names is not None else [str(k) for k in range(n_classes)]
         record = RunRecord(model_args=model_args, class_names=tuple(names), **REFERENCE_CLIPS)
-    return dataclasses.replace(record, **{k: flags[k] for k in CLIP_FIELDS if flags.get(k) is not None})
+    record = dataclasses.replace(record, **{k: flags[k] for k in CLIP_FIELDS if flags.get(k) is not None})
+    try:
+        check_clip(record.sample_duration, record.sample_size, **record.model_args)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e} (--sample-duration, --sample-size)") from None
+    return record
 
 
 def run_dir(checkpoint: str | Path) -> Path:

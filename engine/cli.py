@@ -113,9 +113,10 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 # The model flags, as model.build_model's keyword arguments: they describe a checkpoint without a run record
 # (3D-ResNets-PyTorch's); ours describe themselves, and the flags must agree with them.
-MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool")
+MODEL_FLAGS = ("arch", "shortcut", "n_classes", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
+               "cardinality", "wide_k")
 MODEL_RANGES = {
-    **{name: Range(min=1) for name in ("n_classes", "conv1_t_size", "conv1_t_stride")},
+    **{name: Range(min=1) for name in ("n_classes", "conv1_t_size", "conv1_t_stride", "cardinality", "wide_k")},
     "widen_factor": Range(min=1 / 64, why="conv1 needs one of its 64 channels"),
 }
 NORM_RANGES = {"value_scale": Range(above=0), "mean_values": Range(), "std_values": Range(above=0)}
@@ -135,26 +136,41 @@ class CheckpointOverrides:
     conv1_t_size: int | None = None
     conv1_t_stride: int | None = None
     no_max_pool: bool | None = None
+    cardinality: int | None = None
+    wide_k: int | None = None
     sample_duration: int | None = None
     sample_size: int | None = None
     normalisation: Normalisation | None = None
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--arch, --shortcut, --n-classes, --widen-factor, --conv1-t-size, --conv1-t-stride, --[no-]max-pool, all
-    default None (= the checkpoint's, else build_model's defaults), in their own group."""
-    from model import ARCHS
+    """--arch, --shortcut, --n-classes, --widen-factor, --conv1-t-size, --conv1-t-stride, --[no-]max-pool,
+    --cardinality, --wide-k, all default None (= the checkpoint's, else build_model's defaults), in their own
+    group."""
+    from model import ARCHS, ARCHS_HELP
 
     g = parser.add_argument_group("the model, for checkpoints without a run record (3D-ResNets-PyTorch's); ours "
                                   "describe themselves, and these flags must agree with them")
-    g.add_argument("--arch", choices=ARCHS, help="default: the checkpoint's 'arch' entry")
-    g.add_argument("--shortcut", choices=("A", "B"), help="default A (3D-ResNets-PyTorch's later checkpoints: B)")
+    g.add_argument("--arch", choices=ARCHS, metavar="ARCH", help=f"{ARCHS_HELP}; default: the checkpoint's 'arch' "
+                   "entry")
+    g.add_argument("--shortcut", choices=("A", "B"),
+                   help="default A (3D-ResNets-PyTorch's checkpoints: B, but resnet-18/34-kinetics.pth)")
     g.add_argument("--n-classes", type=int, help="default: the size of the checkpoint's fc layer")
     g.add_argument("--widen-factor", type=float, help="default 1")
     g.add_argument("--conv1-t-size", type=int, help="conv1's temporal kernel size, default 7")
     g.add_argument("--conv1-t-stride", type=int, help="conv1's temporal stride, default 1")
     g.add_argument("--no-max-pool", action="store_true", default=None, help="no max pool after conv1")
     g.add_argument("--max-pool", dest="no_max_pool", action="store_false", default=None, help="(the default)")
+    add_family_flags(g)
+
+
+def add_family_flags(group: argparse._ActionsContainer) -> None:
+    """--cardinality (ResNeXt's groups) and --wide-k (Wide ResNet's stage widening): the model flags that only one
+    family takes; train.py's model group has them too."""
+    group.add_argument("--cardinality", type=int, help="resnext-*: groups of each block's 3x3x3 conv, default 32")
+    group.add_argument("--wide-k", type=int,
+                       help="wideresnet-*: stage width factor k, default 2 (3D-ResNets-PyTorch's master branch "
+                            "widens the stem too: its k is --wide-k 1 --widen-factor k)")
 
 
 def add_clip_flags(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +226,12 @@ def as_flag(name: str, value: object) -> str:
     return f"--{name.replace('_', '-')} {value}"
 
 
+def model_arg_message(error) -> str:  # error: model.ModelArgError
+    """A build_model argument that does not fit the architecture, as its flag: "--cardinality 16: resnet-50 has no
+    cardinality to set (only resnext-* do); leave it at 32"."""
+    return f"{as_flag(error.name, error.value)}: {error.why}"
+
+
 # The loader's and load_weights' messages end in hints for Python callers; on the command line the same hint
 # is a flag. Keyed by the exact phrases of pipeline/loader.py and model/checkpoint.py.
 _API_HINTS_AS_FLAGS = {
@@ -219,7 +241,7 @@ _API_HINTS_AS_FLAGS = {
     " (strict_head=True)": "",
     "Build the model with the checkpoint's arch, shortcut type and widen_factor.":
         "HINT: give --arch, --shortcut and --widen-factor of the checkpoint (and --conv1-t-size, "
-        "--conv1-t-stride, --no-max-pool if it was built with them).",
+        "--conv1-t-stride, --no-max-pool, --cardinality, --wide-k if it was built with them).",
 }
 
 

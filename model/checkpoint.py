@@ -1,15 +1,18 @@
-"""Load weights into a 3D ResNet from our checkpoints or 3D-ResNets-PyTorch ones.
+"""Load weights into a model of the zoo from our checkpoints or 3D-ResNets-PyTorch ones.
 
 Accepted file contents (read with `torch.load(weights_only=True)`, so no code runs on load):
   - ours:       {"model": state_dict, "optimizer": ..., "config": {...}, ...}
   - reference:  {"state_dict": state_dict, "arch": "resnet-18", "epoch": ..., ...}
   - a raw state_dict.
-Keys may carry `module.` (DataParallel / DDP) and `_orig_mod.` (torch.compile) prefixes.
+Keys may carry `module.` (DataParallel / DDP) and `_orig_mod.` (torch.compile) prefixes. DenseNet checkpoints of
+3D-ResNets-PyTorch's CVPR2018 branch (densenet-121-kinetics.pth, ...) name their layers as torchvision did in
+2017 (features.conv0, denselayer1.norm.1, ...): read_checkpoint renames them to the master branch's names, ours.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-HEAD_KEYS = ("fc.weight", "fc.bias")
+from model.zoo import canonical_arch
+
+HEAD_KEYS = ("fc.weight", "fc.bias", "classifier.weight", "classifier.bias")  # the classifier (DenseNet's)
+# The first conv that spans time, per family: conv1 (residual networks), conv1_t (R(2+1)D), features.conv1
+# (DenseNet). Its weight is (C_out, C_in, T, H, W).
+STEM_TIME_KEYS = ("conv1.weight", "conv1_t.weight", "features.conv1.weight")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _STATE_DICT_KEYS = ("model", "state_dict")
 # Large or non-metadata entries that load_weights does not hand back.
@@ -41,11 +49,12 @@ class LoadReport:
 
     @property
     def arch(self) -> str | None:
-        """The architecture the file says it holds ("resnet-18"), from `arch` or `config["arch"]`."""
+        """The architecture the file says it holds ("resnet-18"), from `arch` or `config["arch"]`, in our
+        spelling (3D-ResNets-PyTorch's "resnet2p1d-18" is "r2plus1d-18")."""
         arch = self.metadata.get("arch")
         if arch is None and isinstance(self.metadata.get("config"), Mapping):
             arch = self.metadata["config"].get("arch")
-        return arch
+        return canonical_arch(arch)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -71,6 +80,37 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
                     key, stripped = key[len(prefix) :], True
         out[key] = value
     return out
+
+
+# 3D-ResNets-PyTorch's CVPR2018 DenseNet -> its master DenseNet (ours): the stem's conv0/norm0 became conv1/norm1,
+# a dense layer's norm.1, conv.1, norm.2, conv.2 became norm1, conv1, norm2, conv2 (PyTorch >= 0.4 refuses dots
+# in module names). Our DenseNet has no key the old names match, so renaming is safe on any checkpoint.
+_LEGACY_DENSENET = (
+    (re.compile(r"^features\.(conv|norm)0\."), r"features.\g<1>1."),
+    (re.compile(r"(\.denselayer\d+\.(?:norm|conv))\.([12])\."), r"\1\2."),
+)
+
+
+def rename_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with the CVPR2018 branch's DenseNet names replaced by ours (features.conv0.weight ->
+    features.conv1.weight, features.denseblock1.denselayer1.norm.1.weight -> ...denselayer1.norm1.weight);
+    other keys unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _LEGACY_DENSENET:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+def classifier_weight(state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The classifier's weight (n_classes, C): fc.weight, or DenseNet's classifier.weight; None without one."""
+    return next((state_dict[k] for k in ("fc.weight", "classifier.weight") if k in state_dict), None)
+
+
+def stem_time_weight(state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The weight (C_out, C_in, T, H, W) of the first conv that spans time (STEM_TIME_KEYS); None without one."""
+    return next((state_dict[k] for k in STEM_TIME_KEYS if k in state_dict), None)
 
 
 def load_file(path: str | Path) -> Any:
@@ -102,7 +142,8 @@ def load_file(path: str | Path) -> Any:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read `path` -> (state_dict with wrapper prefixes stripped, metadata). Raises CheckpointError."""
+    """Read `path` -> (state_dict with wrapper prefixes stripped and legacy DenseNet names renamed, metadata).
+    Raises CheckpointError."""
     path = Path(path)
     obj = load_file(path)
     if not isinstance(obj, Mapping):
@@ -120,7 +161,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"{path}: no state dict found (expected a 'model' or 'state_dict' entry, or a dict of tensors); "
             f"top-level keys: {_sample(list(obj))}"
         )
-    return strip_wrapper_prefixes(state_dict), metadata
+    return rename_legacy_keys(strip_wrapper_prefixes(state_dict)), metadata
 
 
 def load_weights(
@@ -128,7 +169,7 @@ def load_weights(
 ) -> LoadReport:
     """Copy the weights in `path` into `model` (any DDP / compile wrapper is looked through).
 
-    When only the classifier (fc) shape differs, e.g. fine-tuning a Kinetics-400 checkpoint to 10
+    When only the classifier (fc, DenseNet's classifier) shape differs, e.g. fine-tuning a Kinetics-400 checkpoint to 10
     classes, the model keeps its freshly initialised fc, everything else loads, and one line says so
     (`strict_head=True` makes that an error instead). Any other missing, unexpected or mis-shaped key
     raises CheckpointError listing the keys. Checkpoints without BatchNorm's `num_batches_tracked`
@@ -166,16 +207,17 @@ def load_weights(
 
     head_replaced = bool(head_mismatch)
     to_load = dict(state_dict)
+    head = [k for k in HEAD_KEYS if k in own]
     if head_replaced:
-        for k in HEAD_KEYS:
+        for k in head:
             to_load[k] = own[k]  # keep the model's fresh head
     target.load_state_dict(to_load, strict=True)
-    n_loaded = len(state_dict) - (len(HEAD_KEYS) if head_replaced else 0)
+    n_loaded = len(state_dict) - (len(head) if head_replaced else 0)
     if head_replaced and verbose:
         k = head_mismatch[0]
         print(
             f"load_weights: {path}: classifier has {state_dict[k].shape[0]} classes, the model "
-            f"{own[k].shape[0]}; kept the model's new fc, loaded the other {n_loaded} tensors"
+            f"{own[k].shape[0]}; kept the model's new {k.split('.')[0]}, loaded the other {n_loaded} tensors"
         )
     return LoadReport(path=path, n_loaded=n_loaded, head_replaced=head_replaced, metadata=metadata)
 

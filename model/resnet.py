@@ -7,29 +7,38 @@ The module tree (and so every `state_dict()` key and shape) matches 3D-ResNets-P
 without renaming. One deliberate difference: the type-A shortcut lets gradients flow; the reference
 concatenates `out.data`, which detaches the shortcut from the graph.
 
+ResNet3d is also the skeleton of the other residual families (model/resnext.py, wide_resnet.py,
+resnet2p1d.py): they pass their own block, stage widths and stem.
+
 Input (N, 3, T, H, W) float; output (N, n_classes) logits. The paper's setting is T=16, H=W=112.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# depth -> (block type, blocks per stage); BasicBlock up to 34, Bottleneck from 50.
-_LAYERS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+# Blocks per stage of the bottleneck networks, shared by ResNet, ResNeXt and Wide ResNet of the same depth.
+BOTTLENECK_LAYERS: dict[int, tuple[int, int, int, int]] = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+# depth -> (block type, blocks per stage); BasicBlock up to 34, Bottleneck from 50. R(2+1)D uses the same table.
+LAYERS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
+    **{depth: ("bottleneck", layers) for depth, layers in BOTTLENECK_LAYERS.items()},
 }
-ARCHS: tuple[str, ...] = tuple(f"resnet-{depth}" for depth in _LAYERS)
+ARCHS: tuple[str, ...] = tuple(f"resnet-{depth}" for depth in LAYERS)
 STAGE_PLANES: tuple[int, int, int, int] = (64, 128, 256, 512)
+STEM_PLANES = 64  # conv1's output channels (before widen_factor)
 
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
@@ -121,11 +130,16 @@ class ResNet3d(nn.Module):
 
     forward: (N, 3, T, H, W) float -> (N, n_classes) logits. Stages 2-4 halve T, H and W; the stem
     halves H and W (and T when conv1_t_stride=2), the max pool halves all three unless no_max_pool.
+
+    The other residual families reuse it: `block` is any module class taking (in_planes, planes, stride,
+    downsample, **block_args) with a class attribute `expansion` (output channels = planes x expansion);
+    `stage_planes` and `stem_planes` are the widths before `widen_factor`; a subclass may replace the stem
+    (make_stem and stem, as R(2+1)D does).
     """
 
     def __init__(
         self,
-        block: type[BasicBlock | Bottleneck],
+        block: type[nn.Module],
         layers: Sequence[int],
         n_classes: int,
         shortcut: str = "A",
@@ -133,22 +147,19 @@ class ResNet3d(nn.Module):
         conv1_t_stride: int = 1,
         no_max_pool: bool = False,
         widen_factor: float = 1.0,
+        *,
+        stage_planes: Sequence[int] = STAGE_PLANES,
+        stem_planes: int = STEM_PLANES,
+        block_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        planes = [int(p * widen_factor) for p in STAGE_PLANES]
-        self.in_planes = planes[0]  # channels entering the next stage; _make_layer updates it
+        planes = [int(p * widen_factor) for p in stage_planes]
+        self.in_planes = int(stem_planes * widen_factor)  # channels entering the next stage; _make_layer updates it
         self.shortcut = shortcut
         self.no_max_pool = no_max_pool
+        self.block_args = dict(block_args or {})
 
-        self.conv1 = nn.Conv3d(
-            3,
-            self.in_planes,
-            kernel_size=(conv1_t_size, 7, 7),
-            stride=(conv1_t_stride, 2, 2),
-            padding=(conv1_t_size // 2, 3, 3),
-            bias=False,
-        )
-        self.bn1 = nn.BatchNorm3d(self.in_planes)
+        self.make_stem(self.in_planes, conv1_t_size, conv1_t_stride)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, planes[0], layers[0], stride=1)
@@ -166,9 +177,24 @@ class ResNet3d(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(
-        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int
-    ) -> nn.Sequential:
+    def make_stem(self, planes: int, conv1_t_size: int, conv1_t_stride: int) -> None:
+        """conv1 (conv1_t_size x 7 x 7, stride (conv1_t_stride, 2, 2)) and bn1, registered before the stages
+        so that the state_dict's key order is the reference's."""
+        self.conv1 = nn.Conv3d(
+            3,
+            planes,
+            kernel_size=(conv1_t_size, 7, 7),
+            stride=(conv1_t_stride, 2, 2),
+            padding=(conv1_t_size // 2, 3, 3),
+            bias=False,
+        )
+        self.bn1 = nn.BatchNorm3d(planes)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, T, H, W) -> (N, C, T / conv1_t_stride, H / 2, W / 2), before the max pool."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample: nn.Module | None = None
         if stride != 1 or self.in_planes != out_planes:
@@ -178,14 +204,14 @@ class ResNet3d(nn.Module):
                 downsample = nn.Sequential(
                     conv1x1x1(self.in_planes, out_planes, stride), nn.BatchNorm3d(out_planes)
                 )
-        layers: list[nn.Module] = [block(self.in_planes, planes, stride, downsample)]
+        layers: list[nn.Module] = [block(self.in_planes, planes, stride, downsample, **self.block_args)]
         self.in_planes = out_planes
-        layers += [block(self.in_planes, planes) for _ in range(1, blocks)]
+        layers += [block(self.in_planes, planes, **self.block_args) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, T, H, W) float
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.stem(x)
         if not self.no_max_pool:
             x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -193,8 +219,8 @@ class ResNet3d(nn.Module):
         return self.fc(x)  # (N, n_classes)
 
 
-def build_model(
-    arch: str,
+def resnet(
+    depth: int,
     n_classes: int,
     shortcut: str = "A",
     conv1_t_size: int = 7,
@@ -202,28 +228,8 @@ def build_model(
     no_max_pool: bool = False,
     widen_factor: float = 1.0,
 ) -> ResNet3d:
-    """Build a 3D ResNet: `arch` in resnet-10|18|34|50|101|152|200, `shortcut` "A" (zero-pad) or "B" (conv+BN).
-
-    Defaults are the paper's Table 1 (conv1 7x7x7 stride (1, 2, 2), max pool, type-A shortcuts).
-    The keyword names mirror 3D-ResNets-PyTorch's options (`--resnet_shortcut`, `--conv1_t_size`, ...).
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if shortcut not in ("A", "B"):
-        raise ValueError(
-            f"shortcut must be 'A' (zero-padding, the paper's) or 'B' (1x1x1 conv + BN), got {shortcut!r}"
-        )
-    if n_classes < 1:
-        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-    if conv1_t_size < 1 or conv1_t_stride < 1:
-        raise ValueError(
-            f"conv1_t_size and conv1_t_stride must be >= 1, got {conv1_t_size}, {conv1_t_stride}"
-        )
-    if int(STAGE_PLANES[0] * widen_factor) < 1:
-        raise ValueError(
-            f"widen_factor {widen_factor} leaves conv1 with no channels; use >= {1 / STAGE_PLANES[0]}"
-        )
-    kind, layers = _LAYERS[int(arch.removeprefix("resnet-"))]
+    """3D ResNet-`depth` (10, 18, 34, 50, 101, 152, 200); model.build_model checks the arguments."""
+    kind, layers = LAYERS[depth]
     block = BasicBlock if kind == "basic" else Bottleneck
     return ResNet3d(
         block,

@@ -551,7 +551,7 @@ BAD_VALUES = {  # flag: values outside its range (evaluate.RANGES)
     "--batch-size": ["0"], "--num-threads": ["-1"], "--n-classes": ["0"], "--widen-factor": ["0", "nan"],
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--sample-duration": ["0"], "--sample-size": ["0"],
     "--gpus": ["0"], "--nproc": ["0"], "--clips": ["0"], "--crops": ["0"], "--value-scale": ["0", "-1"],
-    "--mean-values": ["1 inf 1"], "--std-values": ["1 0 1"],
+    "--mean-values": ["1 inf 1"], "--std-values": ["1 0 1"], "--cardinality": ["0"], "--wide-k": ["0"],
 }  # fmt: skip
 
 

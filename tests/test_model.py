@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import model.resnet as resnet_mod
-from model import ARCHS, BasicBlock, Bottleneck, CheckpointError, ZeroPadShortcut, build_model, load_weights
+from model import BasicBlock, Bottleneck, CheckpointError, ZeroPadShortcut, build_model, load_weights
 from model.checkpoint import unwrap_model
+from model.resnet import ARCHS  # the other families: tests/test_model_zoo.py
 
 # The paper's input: (N, 3, T=16, H=112, W=112).
 CLIP = (3, 16, 112, 112)

@@ -129,7 +129,7 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
                                   "class_names", "normalisation"}
     assert set(state) == set(REQUIRED_KEYS)
     model_args = dict(arch="resnet-10", n_classes=3, shortcut="A", conv1_t_size=7, conv1_t_stride=1,
-                      no_max_pool=False, widen_factor=0.125)
+                      no_max_pool=False, widen_factor=0.125, cardinality=32, wide_k=2)  # every build_model argument
     assert (state["epoch"], state["arch"], state["model_args"]) == (3, "resnet-10", model_args)
     assert state["class_names"] == list(CLASSES)
     assert state["normalisation"] == {"value_scale": 255.0, "mean": list(MEANS["kinetics"]), "std": [1.0, 1.0, 1.0],
@@ -599,6 +599,7 @@ BAD_VALUES = {  # flag: values outside its range (train.RANGES)
     "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
     "--lr-reductions": ["-1"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
     "--inject-nan-step": ["-2"], "--value-scale": ["0"], "--mean-values": ["0 nan 0"], "--std-values": ["1 0 1"],
+    "--cardinality": ["0"], "--wide-k": ["0"],
 }  # fmt: skip
 
 
