@@ -16,6 +16,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from model import ModelCost
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -396,7 +398,7 @@ def test_train_speed_saves_each_row_and_records_a_failed_one(tmp_path, monkeypat
                 "data_wait_share": 0.5}
 
     monkeypatch.setattr(train_speed, "bench_end_to_end", fake)
-    monkeypatch.setattr(train_speed, "forward_macs_per_clip", lambda *a: 1e9)
+    monkeypatch.setattr(train_speed, "cost_per_clip", lambda *a: ModelCost(parameters=1, macs=10**9))
     code = train_speed.main(["--data", str(data), "--backend", "nvdec", "--arch", "resnet-18,resnet-34,resnet-10",
                              "--device", "cpu", "--json", str(out)])
     assert code == 1
