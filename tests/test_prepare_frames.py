@@ -172,3 +172,14 @@ def test_a_full_range_video_source_keeps_its_levels(tmp_path):
     with av.open(str(dst / "videos/train/k/mjpeg.webm")) as c:
         first = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
     assert np.abs(first - frame_rgb(0, W, H).astype(int)).mean() < 4
+
+
+def test_frame_folders_in_two_shards_give_the_same_manifests(frames_src, tmp_path):
+    single, dst = tmp_path / "single", tmp_path / "dst"
+    assert prepare(frames_src, single) == 0
+    assert prepare(frames_src, dst, "--shard", "1/2") == 0
+    assert prepare(frames_src, dst, "--shard", "0/2") == 0
+    for name in ("train.csv", "val.csv", "test.csv", "classes.csv", "rejected.csv"):
+        assert (dst / name).read_bytes() == (single / name).read_bytes(), name
+    r, one = (json.loads((d / "prepare_report.json").read_text()) for d in (dst, single))
+    assert (r["videos"], r["listing"], r["notes"]) == (one["videos"], one["listing"], one["notes"])

@@ -231,3 +231,18 @@ def test_hmdb51_bad_code_is_a_one_line_error(tmp_path, capsys, wide):
     (src / "splits" / "kiss_test_split1.txt").write_text("a.avi 3 \n")
     assert prepare(src, tmp_path / "dst", "--format", "hmdb51", "--split", "1") == 2
     assert f"{src}/splits/kiss_test_split1.txt:1: expected '<video>.avi 0|1|2', got 'a.avi 3'\n" in capsys.readouterr().out
+
+
+def test_ucf101_in_two_shards_gives_the_same_manifests(ucf101, tmp_path):
+    """Shards through the merge: every split's manifest as one run writes it (a video in several manifests)."""
+    single, dst = tmp_path / "single", tmp_path / "dst"
+    assert prepare(ucf101, single) == 0
+    assert prepare(ucf101, dst, "--shard", "0/2") == 0
+    assert not (dst / "train1.csv").exists()  # shard 1/2 has not run: nothing merged yet
+    assert prepare(ucf101, dst, "--shard", "1/2") == 0
+    names = sorted(p.name for p in single.glob("*.csv"))
+    assert sorted(p.name for p in dst.glob("*.csv")) == names
+    for name in names:
+        assert (dst / name).read_bytes() == (single / name).read_bytes(), name
+    r, one = (json.loads((d / "prepare_report.json").read_text()) for d in (dst, single))
+    assert (r["videos"], r["rows"], r["listing"]) == (one["videos"], one["rows"], one["listing"])

@@ -101,7 +101,7 @@ def print_summary(r: dict, console: Console) -> None:
     ]:
         table.add_row(name, str(value))
     listing = r.get("listing", {})
-    if "not_used" in listing:
+    if listing.get("not_used", {}).get("count"):
         table.add_row("listed but not used by the splits", f"{listing['not_used']['count']} (not prepared)")
     if "fps" in listing:
         table.add_row("frame rate of the frame folders",
