@@ -118,6 +118,8 @@ def test_fps_flag_sets_the_rate_and_the_report_says_so(frames_src, tmp_path):
     assert (r["listing"]["fps"], r["listing"]["fps_given"]) == (25.0, True)
     with av.open(str(dst / "videos/walk/vid_a.webm")) as c:
         assert c.streams.video[0].average_rate == 25
+    assert prepare(frames_src, dst, "--fps", "25") == 0  # the same again: every video reused
+    assert json.loads((dst / "prepare_report.json").read_text())["videos"]["reused"] == 4
     # another rate is another output: a rerun at 30 fps redoes every video
     assert prepare(frames_src, dst) == 0
     assert json.loads((dst / "prepare_report.json").read_text())["videos"]["prepared"] == 4

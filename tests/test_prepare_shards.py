@@ -141,6 +141,7 @@ def test_a_shard_killed_with_kill_9_and_run_again_gives_the_same_result(tmp_path
     done_before = sum((dst / out).exists() for out in mine)
     assert 1 <= done_before < len(mine) - 1, "shard 1 was not interrupted mid-way; make the videos longer"
     assert not (dst / "train.csv").exists() and 1 not in shards.read_states(dst, 3)
+    assert prepare_data.main(["--merge", str(dst)]) == 1  # "shards not finished (of 3: 1/3 (not ended))"
     done = runs(command(src, dst, "--shard", "1/3", height=120))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "merged the 3 shards' results into" in done.stdout
@@ -218,3 +219,24 @@ def test_bad_shard_flags(text, message):
         shards.parse_shard(text)
     assert str(e.value).startswith(message)
     assert shards.parse_shard(" 2/8 ") == shards.Shard(2, 8)
+
+
+def test_shards_with_other_settings_are_not_merged_and_merge_needs_shards(src_and_single, tmp_path, capsys,
+                                                                           monkeypatch):
+    from rich.console import Console
+
+    console = Console(width=1000)
+    monkeypatch.setattr(prepare_data, "console", lambda: console)
+    src, _ = src_and_single
+    dst = tmp_path / "dst"
+    base = [str(src), "--out", str(dst), "--workers", "1"]
+    assert prepare_data.main([*base, "--height", "32", "--shard", "0/2"]) == 0
+    assert prepare_data.main([*base, "--height", "48", "--shard", "1/2"]) == 1
+    out = capsys.readouterr().out
+    assert "error: not merged: shard 0/2 ran with other settings: settings {" in out
+    assert "HINT: run it again with the same flags as the others" in out
+    assert not (dst / "train.csv").exists()
+    with pytest.raises(SystemExit) as e:
+        prepare_data.main(["--merge", str(tmp_path / "nothing")])
+    assert e.value.code == 2
+    assert f"--merge {tmp_path / 'nothing'}: no shards ran there" in capsys.readouterr().out

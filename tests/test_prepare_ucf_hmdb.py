@@ -246,3 +246,17 @@ def test_ucf101_in_two_shards_gives_the_same_manifests(ucf101, tmp_path):
         assert (dst / name).read_bytes() == (single / name).read_bytes(), name
     r, one = (json.loads((d / "prepare_report.json").read_text()) for d in (dst, single))
     assert (r["videos"], r["rows"], r["listing"]) == (one["videos"], one["rows"], one["listing"])
+
+
+def test_an_interrupted_preparation_hint_repeats_the_split_flag(tmp_path):
+    from pipeline.prepare.run import interrupted_preparation
+
+    config = {"src": "/d/ucf101", "out": str(tmp_path), "layout": "ucf101", "codec": "vp9", "height": 360, "gop": 16,
+              "crf": 32, "splits": [1], "annotations": [], "fps": None}
+    report = {"interrupted": True, "config": config, "videos": {"prepared": 3, "reused": 0, "listed": 9}}
+    (tmp_path / "prepare_report.json").write_text(json.dumps(report))
+    assert ("finish it with `python prepare_data.py /d/ucf101 --out " + str(tmp_path) + " --format ucf101 --codec vp9 "
+            "--height 360 --gop 16 --crf 32 --split 1`") in interrupted_preparation(tmp_path)
+    report["config"] |= {"layout": "jpg-frames", "annotations": ["/a/u1.json", "/a/u2.json"], "fps": 25.0}
+    (tmp_path / "prepare_report.json").write_text(json.dumps(report))
+    assert "--crf 32 --annotations /a/u1.json --annotations /a/u2.json --fps 25`" in interrupted_preparation(tmp_path)
