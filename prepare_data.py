@@ -16,7 +16,8 @@ Output (relied on by pipeline/ and train.py; see design.md 3):
     DST/classes.csv (index,name)   DST/rejected.csv (source,reason)   DST/prepare_report.json
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
 Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
-One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2.
+One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2. Shards of a --shard run
+share DST (pipeline/prepare/shards.py); the same shard twice does not.
 Exit status: 0 when anything usable came out, 1 when nothing did or DST could not be written, 2 for usage errors
 or DST in use by another run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 """
