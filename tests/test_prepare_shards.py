@@ -240,3 +240,19 @@ def test_shards_with_other_settings_are_not_merged_and_merge_needs_shards(src_an
         prepare_data.main(["--merge", str(tmp_path / "nothing")])
     assert e.value.code == 2
     assert f"--merge {tmp_path / 'nothing'}: no shards ran there" in capsys.readouterr().out
+
+
+def test_a_shard_removes_only_its_own_partial_files(tmp_path):
+    """What a killed shard left, but not the temp files another shard is writing right now."""
+    from pipeline import atomic
+
+    a, b = (run.Job(Source(n, tmp_path / f"{n}.avi", "train", "k"), f"videos/train/k/{n}.webm") for n in "ab")
+    mine = [atomic.temp_path(tmp_path / a.output), atomic.temp_path(run._record_path(tmp_path, a)),
+            run._started_marker(tmp_path, a), atomic.temp_path(tmp_path / "train.csv")]
+    others = [atomic.temp_path(tmp_path / b.output), atomic.temp_path(run._record_path(tmp_path, b)),
+              run._started_marker(tmp_path, b)]
+    for p in mine + others:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    assert run.remove_partials(tmp_path, [a]) == len(mine)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(others)
