@@ -56,7 +56,7 @@ from engine.progress import StepBar, make_console
 from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
-from pipeline.manifest import load_classes
+from pipeline.manifest import held_out_manifest, load_classes, manifest_names
 from pipeline.prepare.run import interrupted_preparation
 from pipeline.sampling import VIEW_CROPS, eval_starts
 
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a prepare_data.py output folder")
     p.add_argument("--checkpoint", required=True, help="train.py's best.pt/last.pt, or a 3D-ResNets-PyTorch one")
-    p.add_argument("--split", default="val", help="manifest to evaluate: train, val or test")
+    p.add_argument("--split", default="val", help="manifest to evaluate: train, val, test, ... (DST/<split>.csv), "
+                   "or a split number K: testK.csv (valK.csv where there is none)")
     p.add_argument("--out", default="", help="output folder (default: RUN_DIR/eval-<checkpoint>-<split>)")
     p.add_argument("--batch-size", type=int, default=64, help="clips per step, split evenly across processes")
     g = p.add_argument_group("protocol (default: the paper's, every non-overlapping window, centre crop)")
@@ -146,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
+    a.split = held_out_manifest(Path(a.data), a.split)
+    if Path(a.data).is_dir() and not (Path(a.data) / f"{a.split}.csv").is_file():
+        names = manifest_names(Path(a.data))
+        p.error(f"{a.data}/{a.split}.csv not found; manifests there: {', '.join(names) or 'none'}"
+                + ("; HINT: --split K evaluates testK.csv" if any(n.removeprefix("test").isdigit() for n in names)
+                   else ""))
     out = a.out or str(run_dir(ckpt) / f"eval-{ckpt.stem}-{a.split}")
     skip = ("device", "amp", "out", "views", "clips", "crops", "norm", "value_scale", "mean_values", "std_values")
     fields = {k: v for k, v in vars(a).items() if k not in skip}

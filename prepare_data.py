@@ -1,17 +1,23 @@
 """Prepare a raw video dataset for training: short-GOP 360p VP9 WebM (or H.264/HEVC MP4) files plus manifests.
 
-    python prepare_data.py SRC --out DST               # Kinetics, class folders or ActivityNet (auto-detected)
+    python prepare_data.py SRC --out DST               # Kinetics, class folders, ActivityNet, UCF101, HMDB51 or
+                                                       # 3D-ResNets-PyTorch's JPEG frames (auto-detected)
+    python prepare_data.py SRC --out DST --shard K/N   # only shard K of N (0-based), e.g. one per machine; the
+                                                       # last shard to end merges the manifests
+    python prepare_data.py --merge DST                 # merge the shards' manifests explicitly
     python prepare_data.py --make-sample RAW [--seed 0]  # write the built-in synthetic raw dataset
 
 Output (relied on by pipeline/ and train.py; see design.md 3):
     DST/videos/<split>/<label>/<video_id>.webm   VP9 yuv420p, keyframe every --gop frames, CFR, height --height
-    DST/{train,val,test}.csv                     video_id,path,label,label_name,split,num_frames,fps,width,height,
+    DST/{train,val,test}.csv                     (ucf101/hmdb51: train1.csv, test1.csv, ... per split)
+                                                 video_id,path,label,label_name,split,num_frames,fps,width,height,
                                                  start_frame,end_frame  (num_frames: frames the encoder wrote, one
                                                  packet each; --verify also decodes every output to check)
     DST/classes.csv (index,name)   DST/rejected.csv (source,reason)   DST/prepare_report.json
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
 Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
-One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2.
+One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2. Shards of a --shard run
+share DST (pipeline/prepare/shards.py); the same shard twice does not.
 Exit status: 0 when anything usable came out, 1 when nothing did or DST could not be written, 2 for usage errors
 or DST in use by another run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 """
@@ -23,14 +29,13 @@ import functools
 import os
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.atomic import NoSpace
-from pipeline.prepare import layouts, run
-from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
+from pipeline.prepare import layouts, report, run, shards
+from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,7 +55,7 @@ def console() -> Console:
 class PrepareConfig:
     src: Path
     out: Path
-    layout: str  # auto | kinetics | folders | activitynet
+    layout: str  # kinetics | folders | activitynet | ucf101 | hmdb51 | jpg-frames (detected unless --format)
     codec: str  # vp9 | h264 | hevc
     height: int
     gop: int
@@ -60,10 +65,29 @@ class PrepareConfig:
     cores: int  # usable by this process: each worker's source decoder gets the cores no other worker uses
     timeout_s: int  # per video; 0 = none
     verify: bool  # decode every new output again to check its frame count
+    splits: tuple[int, ...] = (1, 2, 3)  # ucf101, hmdb51: the official splits to write manifests for
+    annotations: tuple[Path, ...] = ()  # jpg-frames: the annotation JSONs (none: found next to SRC)
+    fps: float | None = None  # jpg-frames: the rate of the frame folders (None: frames.DEFAULT_FPS, reported)
+    shard: shards.Shard | None = None  # --shard K/N: prepare only this shard's videos
 
     def encode_settings(self) -> EncodeSettings:
         return EncodeSettings(codec=self.codec, height=self.height, gop=self.gop, crf=self.crf, threads=self.threads,
                               decode_threads=max(self.threads, self.cores // self.workers), verify=self.verify)
+
+    def as_json(self) -> dict:
+        """The fields as JSON values (the report's "config", a shard's state)."""
+        out = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return out | {"splits": list(self.splits), "annotations": [str(p) for p in self.annotations],
+                      "shard": None if self.shard is None else str(self.shard)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PrepareConfig:
+        """as_json's inverse (prepare_data.py --merge rebuilds the shards' run from a state)."""
+        paths = {"src": Path(d["src"]), "out": Path(d["out"]), "annotations": tuple(map(Path, d["annotations"]))}
+        return cls(**{**d, **paths, "splits": tuple(d["splits"]), "shard": None})
+
+    def listing(self) -> layouts.Listing:
+        return layouts.list_sources(self.src, self.layout, self.splits, self.annotations, self.fps)
 
 
 def usable_cores() -> int:
@@ -80,6 +104,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("input / output")
     g.add_argument("--out", type=Path, help="output folder (default: <SRC>_prepared next to SRC)")
     g.add_argument("--format", default="auto", choices=("auto", *layouts.LAYOUTS), help="force the input layout")
+    g.add_argument("--split", default="1,2,3", metavar="K[,K...]",
+                   help="ucf101, hmdb51: the official splits to write manifests for (train<K>.csv, test<K>.csv; "
+                   "each video is prepared once)")
+    g.add_argument("--annotations", type=Path, nargs="+", action="extend", metavar="JSON", default=[],
+                   help="jpg-frames: 3D-ResNets-PyTorch's annotation JSON(s) (default: the one in SRC or next to "
+                   "it); several (e.g. ucf101_01.json ucf101_02.json ucf101_03.json): train1/val1.csv, ... each")
+    g.add_argument("--fps", type=float, help="jpg-frames: the frame rate of the frame folders (they do not record "
+                   "it; default 30, said in the report)")
     g = p.add_argument_group("encoding")
     g.add_argument("--codec", default="vp9", choices=("vp9", "h264", "hevc"),
                    help="vp9 (WebM; decodable by DALI on CPU and GPU), h264 or hevc (MP4; DALI decodes them on GPU "
@@ -96,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                    help="decode every new output again and check its frame count and size (~10%% slower; the "
                    "count written without it is the encoder's, exact for every --codec)")
+    g = p.add_argument_group("several machines (one shared DST)")
+    g.add_argument("--shard", metavar="K/N", help="prepare only shard K of N (K from 0), e.g. "
+                   "$SLURM_ARRAY_TASK_ID/8; the last shard to end writes the manifests")
+    g.add_argument("--merge", type=Path, metavar="DST", help="write DST's manifests from its finished shards, and exit")
     g = p.add_argument_group("built-in sample dataset (design.md 6)")
     g.add_argument("--make-sample", type=Path, metavar="RAW_DIR", help="write the synthetic raw dataset and exit")
     g.add_argument("--seed", type=int, default=0, help="sample dataset seed")
@@ -132,16 +168,37 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
         fail(f"--crf {crf}: must be in [0, {max_crf}] for {args.codec}")
     if args.workers < 1 or args.threads < 1 or args.timeout < 0:
         fail("--workers and --threads must be >= 1, --timeout >= 0")
+    try:
+        splits = tuple(sorted({int(k) for k in args.split.split(",")}))
+    except ValueError:
+        splits = ()
+    if not splits or min(splits) < 1:
+        fail(f"--split {args.split}: expected split numbers from 1, e.g. 1 or 1,2,3")
+    try:
+        shard = None if args.shard is None else shards.parse_shard(args.shard)
+    except ValueError as e:
+        fail(str(e))
+    if args.fps is not None and not 1 <= args.fps <= 240:
+        fail(f"--fps {args.fps:g}: must be in [1, 240]")
+    for a in args.annotations:
+        if not a.is_file():
+            fail(f"--annotations {a}: no such file")
     layout = args.format
     if layout == "auto":
         try:
             layout = layouts.detect_layout(src)
         except (layouts.LayoutError, OSError) as e:
             fail(str(e))
+    given = {"--split": args.split != "1,2,3" and layout not in ("ucf101", "hmdb51"),
+             "--annotations": bool(args.annotations) and layout != "jpg-frames",
+             "--fps": args.fps is not None and layout != "jpg-frames"}
+    if unused := [flag for flag, bad in given.items() if bad]:
+        fail(f"{' and '.join(unused)} do(es) not apply to the {layout} layout (--split: ucf101 and hmdb51; "
+             "--annotations and --fps: jpg-frames)")
     return PrepareConfig(src=src, out=out, layout=layout, codec=args.codec, height=args.height, gop=args.gop,
                          crf=crf, workers=args.workers, threads=args.threads, cores=usable_cores(),
-                         timeout_s=args.timeout,
-                         verify=args.verify)
+                         timeout_s=args.timeout, verify=args.verify, splits=splits,
+                         annotations=tuple(a.resolve() for a in args.annotations), fps=args.fps, shard=shard)
 
 
 def make_sample(args: argparse.Namespace) -> int:
@@ -162,10 +219,15 @@ def make_sample(args: argparse.Namespace) -> int:
 
 
 def prepare(cfg: PrepareConfig) -> int:
-    """Run prepare_locked holding DST's lock, with SIGINT and SIGTERM turned into a clean stop."""
+    """Run prepare_locked holding DST's lock (a shard: its own and DST's, shared), with SIGINT and SIGTERM turned
+    into a clean stop."""
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        lock, locked = run.lock_dst(cfg.out)  # before anything in DST is removed or rewritten
+        if cfg.shard is None:
+            lock, locked = run.lock_dst(cfg.out)  # before anything in DST is removed or rewritten
+        else:
+            lock = shards.ShardLocks(cfg.out, cfg.shard, wait=console().print)
+            locked = lock.locked
     except run.Busy as e:
         console().print(f"[red]error:[/] {e}", soft_wrap=True)
         return 2
@@ -178,7 +240,7 @@ def prepare(cfg: PrepareConfig) -> int:
                       "prepare_data.py on it at once", soft_wrap=True)
     with lock, run.StopSignals() as stop:
         try:
-            return prepare_locked(cfg, stop)
+            return prepare_locked(cfg, stop, lock)
         except run.Interrupted as e:  # while listing and checking: nothing started, DST unchanged
             console().print("interrupted before any video was started; run the same command again", soft_wrap=True)
             return 128 + e.signum
@@ -191,21 +253,27 @@ def prepare(cfg: PrepareConfig) -> int:
             return 1
 
 
-def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
-    t0 = time.perf_counter()
+def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals, lock) -> int:
+    t0, started = time.perf_counter(), time.time()
     settings = cfg.encode_settings()
     try:
-        listing = layouts.list_sources(cfg.src, cfg.layout)
+        listing = cfg.listing()
     except (layouts.LayoutError, ValueError, KeyError) as e:
         console().print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
         return 2
-    stale = run.remove_partials(cfg.out)
     jobs = run.plan_jobs(listing, settings)
+    listed = len(jobs)
+    if cfg.shard is not None:
+        jobs = shards.select(jobs, cfg.src, cfg.shard)
+        shards.clear_state(cfg.out, cfg.shard)
+    stale = run.remove_partials(cfg.out, None if cfg.shard is None else jobs)
     reused = [o for o in (run.load_reusable(cfg.out, j, settings) for j in jobs) if o is not None]
     done_jobs = {o.job for o in reused}
     todo = [j for j in jobs if j not in done_jobs]
-    console().print(f"{cfg.layout}: {len(jobs)} videos, {len(listing.classes)} classes, "
-                  f"{len(listing.rejected)} listed but unusable; {len(reused)} already prepared, {len(todo)} to do"
+    console().print(f"{cfg.layout}: {listed} videos, {len(listing.classes)} classes, "
+                  f"{len(listing.rejected)} listed but unusable; "
+                  + (f"shard {cfg.shard}: {len(jobs)} of the videos, " if cfg.shard else "")
+                  + f"{len(reused)} already prepared, {len(todo)} to do"
                   + (f"; removed {stale} partial files of an interrupted run" if stale else ""))
     stop.raising = False  # from here a signal stops run_jobs at a safe point, and the outputs are written whole
 
@@ -216,7 +284,8 @@ def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
     frames = [0]
     t_work = time.perf_counter()
     with rp.Progress(*columns, console=console()) as progress:
-        task = progress.add_task("videos", total=len(todo), fps=0.0)
+        task = progress.add_task("videos" if cfg.shard is None else f"videos of shard {cfg.shard}", total=len(todo),
+                                 fps=0.0)
 
         def on_done(o: run.Outcome) -> None:
             frames[0] += o.info.num_frames if o.info else 0
@@ -224,105 +293,97 @@ def prepare_locked(cfg: PrepareConfig, stop: run.StopSignals) -> int:
 
         outcomes = reused + run.run_jobs(todo, cfg.out, settings, cfg.workers, cfg.timeout_s, on_done, stop=stop)
 
-    rows, segment_rejects = run.manifest_rows(outcomes, listing.classes)
-    rejected = listing.rejected + [(str(o.job.source.path), o.reason) for o in outcomes if o.info is None]
-    rejected += segment_rejects
-    per_split = run.write_outputs(cfg.out, listing, rows, rejected)
-    report = make_report(cfg, listing, outcomes, rejected, per_split, time.perf_counter() - t0)
-    report["interrupted"] = stop.signum is not None  # then the manifests list only the videos done so far
-    run.write_json(report, cfg.out / "prepare_report.json")
-    print_summary(report)
+    if cfg.shard is not None:
+        return end_shard(cfg, settings, listing, jobs, outcomes, stop, lock, started)
+    r = report.write_results(cfg.out, cfg.as_json(), listing, outcomes, time.perf_counter() - t0,
+                             interrupted=stop.signum is not None)
+    report.print_summary(r, console())
     if stop.signum:
         console().print(f"interrupted: {len(outcomes)} of {len(jobs)} done; run the same command again to finish",
                       soft_wrap=True)
         return 128 + stop.signum
-    if not rows:
+    if not any(r["rows"].values()):
         console().print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
         return 1
     return 0
 
 
-# What a user should know about some outputs (transcode.video_notes), by kind: the summary's wording.
-NOTE_KINDS = {
-    "upscaled": "upscaled (source lower than --height)",
-    "single_frame": "1-frame sources (still images)",
-    "small": "too small for the GPU decoder",
-    "rotated": "rotated/flipped as the source's display matrix says",
-    "retimed": "retimed to a constant rate (VFR, dropped frames)",
-    "timestamps_guessed": "frames without usable timestamps (counted)",
-    "fps_unknown": "frame rate unknown (30 fps used)",
-}
+def end_shard(cfg: PrepareConfig, settings: EncodeSettings, listing: layouts.Listing, jobs: list[run.Job],
+              outcomes: list[run.Outcome], stop: run.StopSignals, lock: shards.ShardLocks, started: float) -> int:
+    """Record how the shard ended; the last shard to end merges (shards.py)."""
+    shards.write_state(cfg.out, cfg.shard, cfg.as_json(), settings, listing, jobs, outcomes, started,
+                       complete=stop.signum is None)
+    new = sum(bool(o.info) and not o.reused for o in outcomes)
+    console().print(f"shard {cfg.shard}: {len(outcomes)} of its {len(jobs)} videos done ({new} prepared now, "
+                    f"{sum(o.reused for o in outcomes)} reused, {sum(o.info is None for o in outcomes)} rejected)",
+                    soft_wrap=True)
+    if stop.signum:
+        console().print("interrupted: run the same command again to finish this shard", soft_wrap=True)
+        return 128 + stop.signum
+    if not lock.take_exclusive():
+        console().print("other shards are still running: the last to end writes the manifests (or run "
+                        f"`python prepare_data.py --merge {cfg.out}` once they have)", soft_wrap=True)
+        return 0
+    return merge_shards(cfg, listing, cfg.shard.count)
 
 
-def make_notes(ok: list[run.Outcome], codec: str) -> dict:
-    """{kind: {"count": videos, "files": {source: detail}}} for every kind; retimed also totals its frames."""
-    out = {kind: {"count": 0, "files": {}} for kind in NOTE_KINDS}
-    for o in sorted(ok, key=lambda o: str(o.job.source.path)):
-        for kind, text in video_notes(o.info, codec).items():
-            out[kind]["files"][str(o.job.source.path)] = text
-    for entry in out.values():
-        entry["count"] = len(entry["files"])
-    out["retimed"] = {"count": out["retimed"]["count"], "frames_duplicated": sum(o.info.duplicated for o in ok),
-                      "frames_dropped": sum(o.info.dropped for o in ok), "files": out["retimed"]["files"]}
-    return out
+def merge_shards(cfg: PrepareConfig, listing: layouts.Listing, count: int, force: bool = False) -> int:
+    """Merge the N = count shards' results into DST's manifests and report (holding DST's lock exclusively)."""
+    try:
+        r = shards.merge(cfg.out, cfg.as_json(), listing, cfg.encode_settings(), count, force=force)
+    except shards.MergeError as e:
+        if e.waiting:
+            console().print(f"{e}: the last to end writes the manifests", soft_wrap=True)
+            return 0
+        console().print(f"[red]error:[/] not merged: {e}", soft_wrap=True, highlight=False)
+        return 1
+    if r is None:
+        console().print("the shards' manifests were written already (by a shard that ended at the same time)")
+        return 0
+    report.print_summary(r, console())
+    console().print(f"merged the {count} shards' results into {cfg.out}", soft_wrap=True)
+    if not any(r["rows"].values()):
+        console().print(f"[red]Nothing usable came out.[/] See {cfg.out / 'rejected.csv'} for the reasons.")
+        return 1
+    return 0
 
 
-def make_report(cfg: PrepareConfig, listing: layouts.Listing, outcomes: list[run.Outcome],
-                rejected: list[tuple[str, str]], per_split: dict[str, int], seconds: float) -> dict:
-    """The run's numbers (prepare_report.json). videos: listed = prepared + reused + rejected once every job
-    has finished (an interrupted run lists more than it finished); rejected counts videos (rejected.csv also has
-    a row per empty segment, counted in rejected_by_reason)."""
-    ok = [o for o in outcomes if o.info]
-    new = [o for o in ok if not o.reused]
-    new_frames = sum(o.info.num_frames for o in new)
-    return {
-        "layout": cfg.layout, "src": str(cfg.src), "dst": str(cfg.out),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "videos": {"listed": len(listing.sources) + len(listing.rejected), "prepared": len(new),
-                   "reused": len(ok) - len(new), "rejected": len(listing.rejected) + len(outcomes) - len(ok)},
-        "rows": per_split, "classes": len(listing.classes),
-        "frames": sum(o.info.num_frames for o in ok), "frames_transcoded": new_frames,
-        "bytes_in": sum(o.info.bytes_in for o in ok), "bytes_out": sum(o.info.bytes_out for o in ok),
-        "seconds": round(seconds, 2),
-        "frames_per_s": round(new_frames / seconds, 1) if seconds > 0 else 0.0,
-        "rejected_by_reason": dict(Counter(reason.split(":")[0] for _, reason in rejected).most_common()),
-        "notes": make_notes(ok, cfg.codec),
-        "decode_errors": sorted(f"{o.job.source.path}: {o.info.decode_errors}" for o in ok if o.info.decode_errors),
-    }
-
-
-def print_summary(r: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"prepare_data.py: {r['layout']} -> {r['dst']}", show_header=False)
-    v = r["videos"]
-    for name, value in [
-        ("videos prepared now / reused / rejected", f"{v['prepared']} / {v['reused']} / {v['rejected']}"),
-        ("manifest rows per split", ", ".join(f"{k} {n}" for k, n in r["rows"].items()) or "none"),
-        ("classes", r["classes"]),
-        ("frames in manifests / transcoded now", f"{r['frames']} / {r['frames_transcoded']}"),
-        ("size in -> out", f"{r['bytes_in'] / 1e6:.1f} MB -> {r['bytes_out'] / 1e6:.1f} MB"),
-        ("time, speed", f"{r['seconds']:.1f} s, {r['frames_per_s']:.0f} frames/s"),
-        ("rejected by reason", ", ".join(f"{k} {n}" for k, n in r["rejected_by_reason"].items()) or "none"),
-    ]:
-        table.add_row(name, str(value))
-    for kind, entry in r["notes"].items():
-        if entry["count"]:
-            extra = (f" ({entry['frames_duplicated']} frames duplicated, {entry['frames_dropped']} dropped)"
-                     if kind == "retimed" else "")
-            table.add_row(NOTE_KINDS[kind], f"{entry['count']}{extra}")
-    console().print(table)
-    for kind, entry in r["notes"].items():
-        for source, text in list(entry["files"].items())[:3]:
-            console().print(f"note: {source}: {text}")
-        if entry["count"] > 3:
-            console().print(f"note: ... {entry['count'] - 3} more {kind} in prepare_report.json")
+def merge_command(dst: Path) -> int:
+    """prepare_data.py --merge DST: merge the shards of the sharding whose shards have all ended."""
+    dst = dst.resolve()
+    counts = shards.shard_counts(dst)
+    if not counts:
+        fail(f"--merge {dst}: no shards ran there (no {dst / run.RECORDS / shards.SHARDS}). HINT: run "
+             "prepare_data.py SRC --out DST --shard K/N for K = 0 .. N-1 first")
+    try:
+        lock, _ = run.lock_dst(dst, role="merge")
+    except run.Busy as e:
+        console().print(f"[red]error:[/] {e}", soft_wrap=True)
+        return 2
+    with lock:
+        states = {n: shards.read_states(dst, n) for n in counts}
+        ready = [n for n in counts if not shards.unfinished(states[n], n)]
+        if not ready:
+            left = "; ".join(f"of {n}: {', '.join(shards.unfinished(states[n], n))}" for n in counts)
+            console().print(f"[red]error:[/] --merge {dst}: shards not finished ({left}). HINT: run each again "
+                            "(the same command with its --shard K/N); the last to end merges", soft_wrap=True)
+            return 1
+        n = max(ready, key=lambda c: max(s["ended"] for s in states[c].values()))  # the latest sharding to end
+        cfg = replace(PrepareConfig.from_json(states[n][0]["config"]), out=dst)
+        try:
+            listing = cfg.listing()
+        except (layouts.LayoutError, ValueError, KeyError, OSError) as e:
+            console().print(f"[red]error:[/] {cfg.src}: cannot read it as {cfg.layout}: {e}")
+            return 2
+        return merge_shards(cfg, listing, n, force=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.make_sample is not None:
         return make_sample(args)
+    if args.merge is not None:
+        return merge_command(args.merge)
     cfg = make_config(args)
     console().print(cfg)
     return prepare(cfg)

@@ -7,6 +7,7 @@ paper's recipe.
       train.py --data DST --out runs/r34 --arch resnet-34              # multi-node: same line on every node
   python train.py --data DST --out runs/tiny --nproc 2                 # 2 CPU processes, DDP over gloo
   python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
+  python train.py --data DST --out runs/ft --split 1 ...               # UCF101/HMDB51 split 1: train1.csv, test1.csv
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
 RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). The learning rate follows
@@ -86,6 +87,7 @@ from model import (
 )
 from pipeline import DatasetError, LoaderBase, build_loader
 from pipeline.atomic import NoSpace, atomic_write
+from pipeline.manifest import manifest_names, split_manifests
 from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.prepare.run import interrupted_preparation
 
@@ -97,6 +99,7 @@ METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 class TrainConfig:
     data: str
     out: str
+    split: str = ""  # --split K: train on trainK.csv, validate on valK.csv (testK.csv where there is none)
     # model (model.build_model arguments)
     arch: str = "resnet-18"
     shortcut: str = "A"
@@ -152,7 +155,7 @@ class TrainConfig:
 # goes on, and may change on --resume (config.json and the next checkpoints record the new values): threads,
 # backend, processes and devices (the global batch stays), precision, logging, and --epochs / --lr-reductions
 # to extend or shorten it.
-DEFINES_THE_RUN = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
+DEFINES_THE_RUN = ("split", "arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
                    "cardinality", "wide_k", "sample_duration", "sample_size", "normalisation", "batch_size", "lr",
                    "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
 MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
@@ -214,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="a prepare_data.py output folder (train.csv, val.csv, ...)")
     g.add_argument("--out", required=True, help="run folder for checkpoints, metrics and plots")
+    g.add_argument("--split", help="split number K of a dataset with several (UCF101, HMDB51): train on "
+                   "trainK.csv, validate on valK.csv, or testK.csv where there is none (these datasets have no "
+                   "validation split)")
     add_loader_flags(g)
     g.add_argument("--sample-duration", type=int, help="frames per clip")
     g.add_argument("--sample-size", type=int, help="clip height and width in pixels")
@@ -281,10 +287,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                       device=device, amp=amp,
                       channels_last=device == "cuda" if a.channels_last is None else a.channels_last)
     world, data = cfg.world_size(), Path(cfg.data)
+    train_split, val_split = split_manifests(data, cfg.split)
+    names = manifest_names(data)
+    hint = f"manifests there: {', '.join(names)}" if names else f"HINT: prepare_data.py SRC --out {data}"
+    if not cfg.split and any(n.removeprefix("train").isdigit() for n in names):
+        hint += "; HINT: --split K trains on trainK.csv"
     checks = [
+        (not cfg.split or cfg.split.isdigit(), f"--split {cfg.split}: expected a split number, e.g. 1"),
         (cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"),
-        ((data / "train.csv").is_file(), f"{data}/train.csv not found; HINT: prepare_data.py SRC --out {data}"),
-        ((data / "val.csv").is_file(), f"{data}/val.csv not found: the lr schedule needs a validation split"),
+        ((data / f"{train_split}.csv").is_file(), f"{data}/{train_split}.csv not found; {hint}"),
+        ((data / f"{val_split}.csv").is_file(), f"{data}/{val_split}.csv not found: the lr schedule needs a "
+                                                 f"validation split; {hint}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -516,8 +529,11 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                        seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
                        sample_size=cfg.sample_size, normalisation=cfg.normalisation, skip_bad=cfg.skip_bad,
                        device_id=d.local_rank if on_gpu else None, progress=d.is_main)
-    train_loader = build_loader(Path(cfg.data), split="train", mode="train", **loader_args)
-    val_loader = build_loader(Path(cfg.data), split="val", mode="val", **loader_args)
+    train_split, val_split = split_manifests(Path(cfg.data), cfg.split)
+    if cfg.split:
+        console.print(f"split {cfg.split}: training on {train_split}.csv, validating on {val_split}.csv")
+    train_loader = build_loader(Path(cfg.data), split=train_split, mode="train", **loader_args)
+    val_loader = build_loader(Path(cfg.data), split=val_split, mode="val", **loader_args)
     class_names = tuple(train_loader.class_names)
 
     raw, model_args, frozen = setup_model(cfg, len(class_names), d)

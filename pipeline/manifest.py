@@ -96,3 +96,25 @@ def load_manifest(data: Path, split: str, num_classes: int, allow_unlabelled: bo
     root = str(Path(data).resolve())
     df["file"] = [os.path.normpath(os.path.join(root, p)) for p in df["path"].tolist()]
     return df
+
+
+def split_manifests(data: Path, split: str = "") -> tuple[str, str]:
+    """The (training, validation) manifests of train.py --split: "" -> (train, val); K -> (trainK, valK), or
+    (trainK, testK) where DST has no valK.csv: UCF101 and HMDB51 have no validation split, and 3D-ResNets-PyTorch
+    (ucf101_json.py, hmdb51_json.py) validates on the test list too."""
+    if not split:
+        return "train", "val"
+    return f"train{split}", f"val{split}" if (Path(data) / f"val{split}.csv").is_file() else f"test{split}"
+
+
+def held_out_manifest(data: Path, split: str) -> str:
+    """evaluate.py --split: a manifest name as is (val, test1, ...); a split number K -> testK, or valK where DST has
+    no testK.csv (3D-ResNets-PyTorch's frame-folder JSONs call the test list "validation")."""
+    if not split.isdigit():
+        return split
+    return f"test{split}" if (Path(data) / f"test{split}.csv").is_file() else f"val{split}"
+
+
+def manifest_names(data: Path) -> list[str]:
+    """The manifests in DST (<name>.csv but classes.csv and rejected.csv), for messages."""
+    return sorted(p.stem for p in Path(data).glob("*.csv") if p.stem not in ("classes", "rejected"))

@@ -450,7 +450,7 @@ def test_workers_that_die_before_any_job_starts_stop_the_run_instead_of_retrying
                      worker=_die_at_once)
 
 
-def _stuck_opening(src: Path, dst: Path, settings: EncodeSettings):
+def _stuck_opening(src: Path, dst: Path, settings: EncodeSettings, frame_rate: float | None = None):
     """Stand-in transcode: stuck opening the source, in code that reads an OSError there as bad input."""
     try:
         time.sleep(30)

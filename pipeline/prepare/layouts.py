@@ -11,7 +11,10 @@ Layouts (detect_layout picks the first that matches; prepare_data.py --format fo
                  the CSVs' sorted order) already listed is rejected as a duplicate: the first is kept.
     folders      SRC/<split>/<class>/<video> (UCF101/HMDB51 style, Kinetics downloaded per class);
                  video_id is the file name without extension (made unique within a split with _2, _3, ...).
-Splits: train/training, val/valid/validation/validate, test/testing. Classes: sorted names, index = position.
+    ucf101, hmdb51  the datasets as distributed, with their official split files (ucf_hmdb.py); tried first.
+    jpg-frames   3D-ResNets-PyTorch's JPEG frame folders and annotation JSON (frames.py); tried after them.
+Splits: train/training, val/valid/validation/validate, test/testing. Classes: sorted names, index = position
+(ucf101: classInd.txt's order; jpg-frames: the JSON's "labels" order).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".m
                     ".wmv"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "validate": "val", "test": "test", "testing": "test"}
-LAYOUTS = ("kinetics", "folders", "activitynet")
+LAYOUTS = ("kinetics", "folders", "activitynet", "ucf101", "hmdb51", "jpg-frames")
 UNLABELLED = "_unlabelled"  # output folder of videos without a label (label -1, label_name "")
 MULTIPLE = "_multiple"  # output folder of untrimmed videos whose segments carry different labels
 
@@ -48,15 +51,25 @@ class Source:
     """One source video and where its rows go. segments=None: a trimmed video, one row for the whole file."""
 
     video_id: str
-    path: Path
-    split: str
+    path: Path  # a video file, or (frame_rate set) a folder of JPEG frames
+    split: str  # its folder under videos/; "" where a video belongs to several splits (see manifests)
     label_name: str  # "" when unknown; for untrimmed videos the output folder's label
     segments: tuple[Segment, ...] | None = None
+    # The manifests (<name>.csv) that list it, when not just `split`'s: ucf101 and hmdb51 list one video in
+    # several, e.g. ("train1", "test2", "train3"), and it is prepared once.
+    manifests: tuple[str, ...] = ()
+    frame_rate: float | None = None  # jpg-frames: the rate its frames are encoded at (--fps)
+    frame_range: tuple[int, int] | None = None  # jpg-frames: the [start, end) frames its rows cover (0-based)
 
     @property
     def folder(self) -> str:
-        """Output folder name under videos/<split>/."""
+        """Output folder name under videos/<split>/ (or videos/ where split is "")."""
         return safe_name(self.label_name) if self.label_name else UNLABELLED
+
+    @property
+    def lists(self) -> tuple[str, ...]:
+        """The manifests that list it."""
+        return self.manifests or (self.split,)
 
 
 @dataclass
@@ -67,6 +80,7 @@ class Listing:
     sources: list[Source]
     classes: list[str]
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # what the layout's reader wants the report to say (JSON values)
 
 
 def safe_name(name: str) -> str:
@@ -79,6 +93,14 @@ def detect_layout(src: Path) -> str:
     """The layout of src (see the module docstring); raise LayoutError with a hint when none matches."""
     if not src.is_dir():
         raise LayoutError(f"{src}: not a directory. HINT: pass the dataset's root folder")
+    from pipeline.prepare import frames, ucf_hmdb  # here: they import this module's Source and Listing
+
+    if ucf_hmdb.ucf101_lists(src) is not None:
+        return "ucf101"
+    if ucf_hmdb.hmdb51_lists(src) is not None:
+        return "hmdb51"
+    if frames.looks_like_frames(src):  # before activitynet: its annotation JSON has a "database" key too
+        return "jpg-frames"
     if _activitynet_json(src) is not None:
         return "activitynet"
     if _kinetics_csvs(src):
@@ -88,12 +110,24 @@ def detect_layout(src: Path) -> str:
     raise LayoutError(
         f"{src}: no known layout. Expected one of: SRC/annotations/<split>.csv with a youtube_id column "
         "(Kinetics); SRC/<split>/<class>/<video> with split in train/val/test (class folders); SRC/*.json "
-        "with a 'database' key (ActivityNet). HINT: pass --format to force one")
+        "with a 'database' key (ActivityNet); SRC/ucfTrainTestlist/classInd.txt (UCF101); "
+        "SRC/testTrainMulti_7030_splits/ (HMDB51); SRC/<label>/<video>/image_00001.jpg (3D-ResNets-PyTorch's "
+        "frames). HINT: pass --format to force one")
 
 
-def list_sources(src: Path, layout: str) -> Listing:
-    """All source videos of src in the given layout, sorted by (split, video_id)."""
-    listing = {"kinetics": _list_kinetics, "folders": _list_folders, "activitynet": _list_activitynet}[layout](src)
+def list_sources(src: Path, layout: str, splits: tuple[int, ...] = (1, 2, 3), annotations: tuple[Path, ...] = (),
+                 fps: float = 30.0) -> Listing:
+    """All source videos of src in the given layout, sorted by (split, video_id).
+
+    splits: the official splits to list (ucf101, hmdb51); annotations: the JSON files (jpg-frames; none: found
+    next to src); fps: the frame rate of frame folders (jpg-frames). Other layouts ignore them.
+    """
+    from pipeline.prepare import frames, ucf_hmdb
+
+    listers = {"kinetics": _list_kinetics, "folders": _list_folders, "activitynet": _list_activitynet,
+               "ucf101": lambda s: ucf_hmdb.list_ucf101(s, splits), "hmdb51": lambda s: ucf_hmdb.list_hmdb51(s, splits),
+               "jpg-frames": lambda s: frames.list_frames(s, annotations, fps)}
+    listing = listers[layout](src)
     listing.sources.sort(key=lambda s: (s.split, s.video_id))
     listing.rejected.sort()
     return listing

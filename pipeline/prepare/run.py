@@ -89,12 +89,14 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def lock_dst(dst: Path) -> tuple[IO[str], bool]:
+def lock_dst(dst: Path, role: str = "") -> tuple[IO[str], bool]:
     """Take DST's lock for this process: (the open lock file, False where the file system has no locks).
 
     Raises Busy at once if another run holds it. The lock lives as long as the file stays open: close it when
     done; a killed process never leaves it held. Workers do not inherit it (Python opens files non-inheritable
-    and the spawn context passes only its own pipes), so orphaned workers cannot keep it either.
+    and the spawn context passes only its own pipes), so orphaned workers cannot keep it either. The file then
+    says "<pid>" ("<pid> <role>" with a role: shards.py's "merge"). Shards of a --shard run hold it shared
+    (shards.py): an unsharded run or a merge cannot start while any shard runs.
     """
     path = dst / RECORDS / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,14 +105,14 @@ def lock_dst(dst: Path) -> tuple[IO[str], bool]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        pid = f.read().strip()
+        pid = (f.read().split() or [""])[0]  # "": shards hold it (shared), and none wrote a pid
         f.close()
-        raise Busy(f"{dst}: another prepare_data.py{f' (pid {pid})' if pid else ''} is running on it. "
-                   "HINT: wait for it to end, or stop it, then run again") from None
+        raise Busy(f"{dst}: another prepare_data.py{f' (pid {pid})' if pid else ' (or shards of a --shard run)'} "
+                   "is running on it. HINT: wait for it to end, or stop it, then run again") from None
     except OSError:  # a file system without locks: go on, the caller warns
         return f, False
     f.truncate(0)
-    f.write(f"{os.getpid()}\n")  # for the message above
+    f.write(f"{os.getpid()}{f' {role}' if role else ''}\n")  # for the message above
     f.flush()
     return f, True
 
@@ -145,35 +147,42 @@ class StopSignals:
 
 
 def plan_jobs(listing: Listing, settings: EncodeSettings) -> list[Job]:
-    return [Job(s, f"videos/{s.split}/{s.folder}/{safe_name(s.video_id)}{settings.extension}")
-            for s in listing.sources]
+    """One job per source: videos/<split>/<label>/<video_id><ext>, or videos/<label>/... for a source of several
+    splits (Source.split "")."""
+    return [Job(s, "/".join(p for p in ("videos", s.split, s.folder) if p) + f"/{safe_name(s.video_id)}"
+                f"{settings.extension}") for s in listing.sources]
 
 
-def _fingerprint(path: Path) -> list[int] | None:
+def _fingerprint(source: Source) -> list | None:
+    """What says the source is unchanged: size, mtime and mode; for a frame folder its own (a frame added,
+    removed or renamed changes its mtime; one rewritten in place does not) and the rate it is encoded at."""
     try:
-        st = path.stat()
+        st = source.path.stat()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_mode]
+    fingerprint = [st.st_size, st.st_mtime_ns, st.st_mode]
+    return fingerprint if source.frame_rate is None else [*fingerprint, source.frame_rate]
 
 
 def _record_path(dst: Path, job: Job) -> Path:
     return dst / RECORDS / f"{job.output}.json"
 
 
-def load_reusable(dst: Path, job: Job, settings: EncodeSettings) -> Outcome | None:
+def load_reusable(dst: Path, job: Job, settings: EncodeSettings, retry: bool = True) -> Outcome | None:
     """The recorded outcome of job if it is still valid for the current source and settings, else None.
 
     A record that cannot be read as this code writes it (damaged, hand-edited, or with a VideoInfo field this
-    revision does not know) means "redo", like a missing one.
+    revision does not know) means "redo", like a missing one. retry=False: a rejection that a run would try again
+    (RETRIED) is returned too (a merge of shards reports what the shards' runs found).
     """
     try:
         rec = json.loads(_record_path(dst, job).read_text(encoding="utf-8"))
-        if rec["source_fingerprint"] != _fingerprint(job.source.path) or rec["settings"] != settings.identity():
+        if rec["source_fingerprint"] != _fingerprint(job.source) or rec["settings"] != settings.identity():
             return None
         if rec["info"] is None:  # a rejection: reuse it unless it may go away on a retry
             reason = str(rec["reason"])
-            return None if reason.split(":")[0] in RETRIED else Outcome(job, None, reason, reused=True)
+            retried = retry and reason.split(":")[0] in RETRIED
+            return None if retried else Outcome(job, None, reason, reused=True)
         info = VideoInfo(**rec["info"])
     except (OSError, ValueError, TypeError, KeyError):  # TypeError: not a dict, or an unknown VideoInfo field
         return None
@@ -186,7 +195,7 @@ def load_reusable(dst: Path, job: Job, settings: EncodeSettings) -> Outcome | No
 def _write_record(dst: Path, outcome: Outcome, settings: EncodeSettings) -> None:
     path = _record_path(dst, outcome.job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rec = {"source": str(outcome.job.source.path), "source_fingerprint": _fingerprint(outcome.job.source.path),
+    rec = {"source": str(outcome.job.source.path), "source_fingerprint": _fingerprint(outcome.job.source),
            "settings": settings.identity(), "info": asdict(outcome.info) if outcome.info else None,
            "reason": outcome.reason, "seconds": round(outcome.seconds, 3)}
     with atomic_write(path) as tmp:
@@ -212,7 +221,7 @@ def work(job: Job, dst: Path, settings: EncodeSettings, timeout_s: int) -> Outco
     signal.alarm(timeout_s)  # PyAV returns to Python between packets, so the alarm interrupts a stuck decode
     try:
         try:
-            info, reason = transcode(job.source.path, dst / job.output, settings), ""
+            info, reason = transcode(job.source.path, dst / job.output, settings, job.source.frame_rate), ""
         finally:
             signal.alarm(0)  # before the handlers below: an alarm inside one of them would escape them all
     except Rejected as e:
@@ -268,19 +277,29 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def remove_partials(dst: Path) -> int:
+def remove_partials(dst: Path, jobs: list[Job] | None = None) -> int:
     """Delete temp files and markers left by a killed run (never referenced by a manifest). Returns how many.
 
     Temp files (pipeline.atomic: ".<name>.partial-...") of videos and records, and of the manifests and report
-    in DST itself; ".started" markers of the jobs running when the run was killed.
+    in DST itself; ".started" markers of the jobs running when the run was killed. jobs: only those of these
+    jobs' videos and records (a shard's: other shards may be writing theirs), and the manifests' (no shard
+    writes those while another runs: a merge excludes them, shards.py).
     """
     stale = [p for p in dst.glob(".*.partial-*") if p.is_file()]
+    mine = None if jobs is None else {p for j in jobs for p in (dst / j.output, _record_path(dst, j))}
     for folder in (dst / "videos", dst / RECORDS):
         if folder.is_dir():
-            stale += [p for p in folder.rglob(".*") if ".partial-" in p.name or p.name.endswith(".started")]
+            stale += [p for p in folder.rglob(".*") if (".partial-" in p.name or p.name.endswith(".started"))
+                      and (mine is None or _partial_of(p) in mine)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def _partial_of(p: Path) -> Path:
+    """The file a temp file (".<name>.partial-...") or a started marker (".<name>.started") stands for."""
+    name = p.name[1:].split(".partial-")[0].removesuffix(".started")
+    return p.with_name(name)
 
 
 def run_jobs(jobs: list[Job], dst: Path, settings: EncodeSettings, workers: int, timeout_s: int,
@@ -389,8 +408,13 @@ def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dic
         base = {"path": o.job.output, "split": s.split, "num_frames": info.num_frames, "fps": info.fps,
                 "width": info.width, "height": info.height}
         if s.segments is None:
-            rows.append({"video_id": s.video_id, "label": index.get(s.label_name, -1), "label_name": s.label_name,
-                         "start_frame": 0, "end_frame": info.num_frames, **base})
+            start, end = s.frame_range or (0, info.num_frames)
+            start, end = min(max(start, 0), info.num_frames), min(end, info.num_frames)
+            if end <= start:
+                rejected.append((str(s.path), f"empty segment: frames [{start}, {end}) of {info.num_frames}"))
+                continue
+            rows += [{"video_id": s.video_id, "label": index.get(s.label_name, -1), "label_name": s.label_name,
+                      "start_frame": start, "end_frame": end, **base, "split": split} for split in s.lists]
             continue
         for k, seg in enumerate(s.segments):
             start = min(max(round(seg.start_s * info.fps), 0), info.num_frames)
@@ -405,12 +429,13 @@ def manifest_rows(outcomes: list[Outcome], classes: list[str]) -> tuple[list[dic
 
 
 def write_outputs(dst: Path, listing: Listing, rows: list[dict], rejected: list[tuple[str, str]]) -> dict[str, int]:
-    """Write {split}.csv (sorted by video_id), classes.csv and rejected.csv; return rows per split."""
+    """Write <split>.csv for each manifest (sorted by video_id), classes.csv and rejected.csv; return rows per
+    manifest."""
     import pandas as pd  # here, not at the top: the worker processes import this module and never need it
 
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     counts = {}
-    for split in sorted({s.split for s in listing.sources}):
+    for split in sorted({name for s in listing.sources for name in s.lists}):
         part = df[df["split"] == split].sort_values("video_id", kind="stable")
         _write_csv(part, dst / f"{split}.csv")
         counts[split] = len(part)
@@ -435,12 +460,24 @@ def interrupted_preparation(dst: Path) -> str | None:
         done = v["prepared"] + v["reused"]
         command = shlex.join(["python", "prepare_data.py", c["src"], "--out", c["out"], "--format", c["layout"],
                               "--codec", c["codec"], "--height", str(c["height"]), "--gop", str(c["gop"]),
-                              "--crf", str(c["crf"])])
+                              "--crf", str(c["crf"]), *layout_flags(c)])
     except (OSError, ValueError, KeyError, TypeError):  # no report (prepared by hand, older): nothing to say
         return None
     return (f"{dst} comes from a prepare_data.py run that was interrupted: its manifests list the {done} videos "
             f"prepared by then, of {v['listed']} listed; HINT: finish it with `{command}` (it reuses the videos "
             "done)")
+
+
+def layout_flags(config: dict) -> list[str]:
+    """The flags of prepare_data.py that say how the layout was read (--split, --annotations, --fps), from a
+    report's config: a command repeating the run needs them."""
+    flags = []
+    if config.get("layout") in ("ucf101", "hmdb51"):
+        flags += ["--split", ",".join(map(str, config["splits"]))]
+    if config.get("layout") == "jpg-frames":
+        flags += [x for a in config.get("annotations", []) for x in ("--annotations", a)]
+        flags += ["--fps", f"{config['fps']:g}"] if config.get("fps") else []
+    return flags
 
 
 def write_json(obj: dict, path: Path) -> None:

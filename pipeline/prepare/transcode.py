@@ -35,7 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import ColorRange, VideoReformatter
 
 from pipeline.atomic import atomic_write
 
@@ -51,7 +51,8 @@ MAX_CRF = {"vp9": 63, "h264": 51, "hevc": 51}
 FALLBACK_FPS = Fraction(30)
 MAX_DECODE_ERRORS = 50  # a source with this many decode errors and no frame yet is given up on
 # Bump when a change here changes the outputs or VideoInfo's fields: records of another revision are redone.
-REVISION = 2  # 2: retimed by presentation time, display matrix applied, structured notes
+REVISION = 3  # 2: retimed by presentation time, display matrix applied, structured notes; 3: full-range sources
+# brought to the limited range (the outputs of limited-range sources are the same bytes as in 2)
 # A timestamp this late still counts as on time, in output frame periods. Timestamps are rounded to the
 # container's tick (Matroska: 1 ms, so a 30 fps frame due at 66.67 ms says 67 ms); a quarter period absorbs
 # that and never moves a frame by more than a quarter of a frame.
@@ -342,13 +343,21 @@ def keyframe_indices(path: Path) -> list[int]:
     return [i for i, p in enumerate(packets) if p.is_keyframe]
 
 
-def transcode(src: Path, dst: Path, s: EncodeSettings) -> VideoInfo:
-    """Re-encode src to dst (written to a temp name in dst's folder, then renamed). Raise Rejected on bad input."""
-    bytes_in = check_readable(src)
+def transcode(src: Path, dst: Path, s: EncodeSettings, frame_rate: float | None = None) -> VideoInfo:
+    """Re-encode src to dst (written to a temp name in dst's folder, then renamed). Raise Rejected on bad input.
+
+    frame_rate: src is a folder of JPEG frames (frames.py), read as a video at this rate.
+    """
+    if frame_rate is None:
+        bytes_in = check_readable(src)
+    else:
+        from pipeline.prepare import frames  # here, not at the top: frames imports Rejected from this module
+
+        bytes_in = frames.check_frames(src)[1]
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_write(dst) as tmp:  # a rejected, timed-out or failed encode leaves no file
-            info = _encode(src, tmp, s, bytes_in)
+            info = _encode(src, tmp, s, bytes_in, frame_rate)
             if s.verify:
                 n, w, h = count_frames(tmp)
                 if (n, w, h) != (info.num_frames, info.width, info.height):
@@ -363,9 +372,14 @@ def _ffmpeg_message(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int) -> VideoInfo:
+def _encode(src: Path, tmp: Path, s: EncodeSettings, bytes_in: int, frame_rate: float | None = None) -> VideoInfo:
     try:
-        inp = av.open(str(src), metadata_errors="ignore")
+        if frame_rate is None:
+            inp = av.open(str(src), metadata_errors="ignore")
+        else:
+            from pipeline.prepare import frames
+
+            inp = frames.open_frames(src, frame_rate)
     except PermissionError as e:
         raise Rejected(f"unreadable: {e.strerror}") from None
     except (av.FFmpegError, OSError) as e:
@@ -456,8 +470,12 @@ class _Output:
         if count <= 0:
             return
         w, h = (self.height, self.width) if self.transform[0] else (self.width, self.height)
+        # Full-range pixels (JPEG frames, MJPEG, some phones' H.264) are brought to the limited range the output
+        # is read in; without the two ranges swscale copied them as they were, and the output's blacks and whites
+        # came out clipped. A source without a range is limited (swscale's and players' reading).
         f = self.scaler.reformat(frame, width=w, height=h, format="yuv420p", interpolation="BICUBIC",
-                                 threads=self.threads)
+                                 threads=self.threads, src_color_range=frame.color_range,
+                                 dst_color_range=ColorRange.MPEG)
         f = orient(f, self.transform)
         f.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force keys
         for _ in range(count):
