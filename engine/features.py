@@ -116,9 +116,11 @@ class FeatureRow:
         return cls(*typed)
 
 
-def describe(record: RunRecord, checkpoint: str | Path, net: nn.Module, amp: bool, videos: str) -> dict[str, Any]:
+def describe(record: RunRecord, checkpoint: str | Path, net: nn.Module, amp: bool, videos: str,
+             video_height: int | None = None) -> dict[str, Any]:
     """features.json: what makes the features. net: the model (its head names the layer); videos: where the frames
-    come from (said, not compared)."""
+    come from (said, not compared); video_height: the height infer.py resizes every file to (compared; None for
+    prepared videos, whose height preparation chose)."""
     entries = record.to_dict()
     head = next(name for name, m in net.named_children() if m is net.head)
     t, s = record.sample_duration, record.sample_size
@@ -132,7 +134,8 @@ def describe(record: RunRecord, checkpoint: str | Path, net: nn.Module, amp: boo
         "features": {"layer": f"input of {head} (the global average pool of the last stage)",
                      "dim": net.head.in_features, "dtype": "float32", "window_frames": t, "window_stride": t,
                      "crop": f"centre square at the maximum scale, resized to {s}x{s}",
-                     "short_videos": f"a video shorter than {t} frames gives one window, looped from frame 0"},
+                     "short_videos": f"a video shorter than {t} frames gives one window, looped from frame 0",
+                     **({} if video_height is None else {"video_height": video_height})},
         "precision": "bf16 autocast" if amp else "float32",
         "videos": videos,
     }
