@@ -428,6 +428,10 @@ class DatasetFeatures:
             if len(every) != len(set(every)) or set(every) != expected:
                 raise RuntimeError(f"the ranks wrote {len(every)} feature files ({len(set(every))} distinct), "
                                    f"expected each of {len(expected)} once")
-            fdir.finish(self.ids)
+            try:
+                fdir.finish(self.ids)
+            except OSError as e:  # the .npy files and their rows (in the journals) are kept: the next run merges
+                raise SystemExit(f"error: cannot write {self.root / CSV_NAME} ({e}); the features are kept; HINT: "
+                                 "free space, then run the same command again (it writes it)") from None
         return {"written": [len(w) for w in written], "stored": self.n_stored}
 

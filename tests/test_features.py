@@ -226,6 +226,26 @@ def extracted(data, tmp_path_factory):
     return tmp, ckpt
 
 
+def test_loader_only_videos_loads_whole_videos_in_manifest_order(data):
+    """loader.only_videos (evaluate.py --features): every window of the videos named, whatever the rank; [] loads
+    nothing; eval mode only."""
+    from pipeline import build_loader
+
+    with build_loader(data, split="val", mode="eval", batch_size=2, num_threads=1, sample_size=32, rank=1,
+                      world_size=2) as loader:
+        loader.only_videos(np.array([2, 0]))
+        plan = loader.plan
+        assert plan.rows.tolist() == [0, 0, 2, 2, 2] and plan.starts.tolist() == [0, 16, 0, 16, 32]
+        assert len(loader) == 3
+        got = [v for _, _, video_idx in loader for v in video_idx.tolist()]
+        assert got == [0, 0, 2, 2, 2]
+        loader.only_videos([])
+        assert len(loader) == 0 and list(loader) == []
+    with build_loader(data, split="val", mode="val", batch_size=2, num_threads=1, sample_size=32) as loader:
+        with pytest.raises(ValueError, match="only_videos is for eval mode, not 'val'"):
+            loader.only_videos([0])
+
+
 def test_evaluate_writes_each_windows_pooled_output(data, extracted):
     """One .npy per video, one row per window; row k is the model's pooled output for window k's clip, as the
     loader gives it in eval mode (a direct forward on the same clip tensor)."""
