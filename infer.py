@@ -102,6 +102,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 # Taken from folders too, to be refused as stills (Frames) the same way as when named: one line each, exit status 1,
 # rather than skipped without a word. An animated GIF or WebP that decodes to several frames is read as a video.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+STILL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # one frame always (not GIF, WebP)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
     if a.features:
         seen: dict[str, str] = {}
         for v in videos:
+            if Path(v).suffix.lower() in STILL_EXTENSIONS:  # refused as a still later: never gets features
+                continue
             if (other := seen.setdefault(video_id(v), v)) != v:
                 p.error(f"--features: {other} and {v} would both be {video_id(v)!r} ({file_name(video_id(v))}); "
                         "HINT: give them separate --features folders (one run each)")

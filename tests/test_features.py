@@ -440,12 +440,18 @@ def test_infer_refuses_two_files_with_one_name(raw, tmp_path, capsys):
 
     other = write_video(tmp_path / "elsewhere" / "short.webm", 20)
     ckpt = tiny_checkpoint(tmp_path / "best.pt")
-    code, _, err = run_infer([str(raw), str(other), "--checkpoint", str(ckpt), "--features", str(tmp_path / "f")],
-                             capsys)
+    (tmp_path / "elsewhere" / "long:one.jpg").write_bytes(b"")  # a thumbnail: refused as a still, no features
+    code, _, err = run_infer([str(raw), str(other), str(tmp_path / "elsewhere" / "long:one.jpg"), "--checkpoint",
+                              str(ckpt), "--features", str(tmp_path / "f")], capsys)
     assert code == 2
     assert err.strip().splitlines()[-1].endswith(
         f"error: --features: {raw}/short.mp4 and {other} would both be 'short' (short.npy); HINT: give them separate "
         "--features folders (one run each)")
+    # An image never gets features (a still, refused in one line), so its name takes no video's
+    code, _, err = run_infer([f"{raw}/long:one.webm", str(tmp_path / "elsewhere" / "long:one.jpg"), "--checkpoint",
+                              str(ckpt), "--out", str(tmp_path / "out"), "--features", str(tmp_path / "f")], capsys)
+    assert code == 1 and f"error: {tmp_path / 'elsewhere' / 'long:one.jpg'}: " in err
+    assert (tmp_path / "f" / "features.csv").read_text().splitlines()[1].startswith("long:one,long%3Aone.npy,")
 
 
 KILLED_RUN = """
