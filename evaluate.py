@@ -10,10 +10,16 @@ view_boxes, which name the PySlowFast functions they reproduce).
   python evaluate.py --data DST --checkpoint resnet-34-kinetics.pth --arch resnet-34 --norm activitynet
   python evaluate.py --data DST --checkpoint r3d18_K_200ep.pth --arch resnet-18 --shortcut B --norm kinetics-0-1
   python evaluate.py --data DST --checkpoint CKPT --gpus 4    (or --nproc 2 on CPU, or under torchrun)
+  python evaluate.py --data DST --checkpoint CKPT --split train --features feats/   # + every window's features
 
 Writes OUT/metrics.json (with the protocol used), OUT/predictions.json (3D-ResNets-PyTorch format, top 5 per
 video), OUT/per_class.csv, and for a split with labels OUT/confusion.csv (counts, row = true class) and
 OUT/confusion.png, and prints a Table-2-style summary. OUT is checked to be writable before any work.
+
+--features DIR also writes the pooled features (the classifier's input) of every window of every video, one
+DIR/<video_id>.npy each, plus DIR/features.csv and DIR/features.json (engine/features.py). Each video is computed
+whole by one rank; a video already in DIR is not decoded again (the metrics take its logits from its features), so
+an interrupted run is finished by running the same command again.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from engine.cli import (
     with_flag_hints,
 )
 from engine.distributed import Dist, Interrupted
+from engine.features import DatasetFeatures, FeatureDir, FeaturesError, describe
 from engine.metrics import VideoAccumulator, confusion_matrix, per_class_rows, reference_predictions
 from engine.plots import plot_confusion
 from engine.progress import StepBar, make_console
@@ -73,6 +80,7 @@ class EvalConfig(CheckpointOverrides):
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
     skip_bad: bool = False
+    features: str | None = None  # --features DIR: also write every window's pooled features there
     # the model and clips (arch ... normalisation): CheckpointOverrides
     # run
     device: str = "cpu"
@@ -124,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "3: both ends and centre), e.g. 10,3")
     g.add_argument("--clips", type=int, help="K of --views (--crops defaults to 1)")
     g.add_argument("--crops", type=int, help="C of --views (needs --clips)")
+    p.add_argument("--features", metavar="DIR", help="also write the pooled features of every window of every "
+                                                      "video to DIR (<video_id>.npy, features.csv, features.json); "
+                                                      "videos already there are not computed again")
     add_loader_flags(p)
     add_model_flags(p)
     add_clip_flags(p)
@@ -144,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     if a.crops is not None and a.crops not in VIEW_CROPS:
         p.error(f"--crops {a.crops}: must be 1 (centre) or 3 (both ends and the centre)")
     clips, crops = a.views if a.views else (a.clips, None if a.clips is None else (a.crops or 1))
+    if a.features and clips is not None:
+        p.error("--features: the features are those of the paper's windows; drop --views/--clips/--crops")
     ckpt = Path(a.checkpoint)
     if not ckpt.is_file():
         p.error(f"--checkpoint {ckpt}: no such file")
@@ -203,6 +216,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     distributed.share_cpu_threads(d)
     class_names = load_classes(Path(cfg.data))
     model, record, name = load_model(cfg, class_names, d)
+    fdir = open_features(cfg, record, model, d) if cfg.features else None
     views = None if cfg.clips is None else cfg.clips * cfg.crops
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
                           clips=cfg.clips or 1, crops=cfg.crops or 1, backend=cfg.backend,
@@ -223,20 +237,36 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                            "rejected.csv)")
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
+    feats = None
+    if cfg.features:  # whole videos per rank, those not in DIR yet
+        feats = DatasetFeatures(cfg.features, loader.videos, expected_clips(loader.videos, record.sample_duration)
+                                .numpy(), None if fdir is None else fdir.done, cfg.data, record.sample_duration,
+                                d.rank, d.world_size)
+        loader.only_videos(feats.compute)
+        console.print(f"features: {feats.n_todo} videos to compute into {cfg.features}, {feats.n_stored} there "
+                      "already", highlight=False)
     done = 0  # steps
     try:
+        if feats is not None:  # the videos written before count with the logits of their stored features
+            for v, logits in feats.stored_logits(model, d.device):
+                acc.add(logits, torch.full((len(logits),), int(loader.labels[v]), device=d.device),
+                        torch.full((len(logits),), v, device=d.device))
         with StepBar(console, "eval", len(loader)) as bar:
             for step, (clips, labels, video_idx) in enumerate(loader):  # (N, 3, T, S, S) float32, (N,), (N,) int64
                 clips, labels = to_device(clips, labels, d.device, channels_last=on_gpu)
-                acc.add(forward(model, clips, cfg.amp), labels, video_idx.to(d.device))  # logits (N, K)
+                logits = (forward(model, clips, cfg.amp) if feats is None
+                          else feats.run(model, clips, video_idx, cfg.amp))  # (N, K)
+                acc.add(logits, labels, video_idx.to(d.device))
                 done = step + 1
                 bar.update(done)
         states = distributed.all_gather_objects(acc.state())  # the one CPU-GPU sync of the run
+        features_done = feats.finish(fdir) if feats is not None else None  # collective; rank 0 writes features.csv
     except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised
         if not distributed.interrupted():
             raise
+        kept = f"; the features written so far are kept in {cfg.features}" if cfg.features else ""
         raise Interrupted(f"interrupted after {done} of {len(loader)} steps; nothing was written (the files come "
-                          "at the end); run the same command again") from None
+                          f"at the end){kept}; run the same command again") from None
     finally:
         loader.close()  # DALI threads / decord worker processes end here; loader.videos stays usable
     if not d.is_main:
@@ -267,7 +297,27 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
         console.print(f"no confusion matrix: no video of the {cfg.split} split has a label (label -1)")
     print_summary(console, metrics, cfg.data)
     console.print(f"wrote {out}/{{{', '.join(written)}}}", highlight=False)
+    if features_done is not None:
+        per_rank = f" ({', '.join(f'rank {r}: {n}' for r, n in enumerate(features_done['written']))})"
+        console.print(f"features: wrote {sum(features_done['written'])} videos"
+                      f"{per_rank if d.world_size > 1 else ''}, {features_done['stored']} there already; "
+                      f"{cfg.features}/{{features.csv, features.json, <video_id>.npy}}", highlight=False)
     return metrics
+
+
+def open_features(cfg: EvalConfig, record: RunRecord, model: torch.nn.Module, d: Dist) -> FeatureDir | None:
+    """--features DIR, taken by rank 0 (FeatureDir: lock, features.json, the videos written before; None on the
+    other ranks); all ranks stop together, with one line, when it cannot be used."""
+    fdir, problem = None, None
+    if d.is_main:
+        try:
+            fdir = FeatureDir(cfg.features, describe(record, cfg.checkpoint, model, cfg.amp,
+                                                     videos=f"evaluate.py: {cfg.data} {cfg.split}"))
+        except FeaturesError as e:
+            problem = str(e)
+    if problem := distributed.first_problem(problem):
+        raise SystemExit(f"error: {problem}")
+    return fdir
 
 
 def write_results(out: Path, metrics: dict, probs: torch.Tensor, video_ids: list[str], video_labels: torch.Tensor,
@@ -315,8 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun, where
     # every process runs main(): there evaluate() checks, all ranks together.
-    if not distributed.launched_by_torchrun() and (problem := unwritable_folder(Path(cfg.out))):
-        raise SystemExit(f"error: {problem}")
+    if not distributed.launched_by_torchrun():
+        for folder in (cfg.out, cfg.features):
+            if folder and (problem := unwritable_folder(Path(folder))):
+                raise SystemExit(f"error: {problem}")
     try:
         run_record(cfg, load_classes(Path(cfg.data)))
     except (CheckpointError, DatasetError) as e:

@@ -4,6 +4,7 @@
   python infer.py videos/ phone.mov --checkpoint CKPT --top-k 3 --out preds
   python infer.py clip.mp4 --checkpoint r3d18_K_200ep.pth --arch resnet-18 --shortcut B --norm kinetics-0-1 \\
       --classes kinetics700.txt
+  python infer.py videos/ --checkpoint CKPT --features feats/   # + every window's pooled features, per file
 
 Each file (or every video file under a folder) is read with PyAV and streamed the way prepare_data.py stores
 videos (pipeline/prepare/transcode.py's functions): upright (its display matrix applied), at a constant frame
@@ -21,6 +22,12 @@ the command line), OUT/timeline.csv (file, start_s, label, score: each window's 
 checked to be writable before any file runs. A file that cannot be read is one line naming it and the reason, and
 the others still run; so is a still image (a file that decodes to one frame), named or in a folder. Exit status: 1 if any
 file failed, 0 otherwise, 2 for usage errors (a bad flag, an unusable checkpoint), 130 on Ctrl-C (one line).
+
+--features DIR also writes the pooled features (the classifier's input) of every window, one DIR/<video_id>.npy
+per file (video_id: the file's name without its extension; two files with one name are a usage error), plus
+DIR/features.csv and DIR/features.json (engine/features.py). A file whose features are in DIR already is not
+decoded again: its predictions and timeline come from its stored features, so an interrupted run is finished by
+running the same command again.
 """
 
 from __future__ import annotations
@@ -59,10 +66,22 @@ from engine.cli import (
     with_flag_hints,
 )
 from engine.distributed import INTERRUPTED_EXIT
+from engine.features import (
+    FeatureDir,
+    FeatureRow,
+    FeaturesError,
+    FeatureWriter,
+    describe,
+    features_and_logits,
+    file_name,
+    head_logits,
+    load_features,
+)
 from engine.metrics import reference_predictions
 from engine.progress import make_console
 from engine.step import forward, memory_format
 from model import CheckpointError, build_model, load_weights
+from pipeline.atomic import NoSpace
 from pipeline.augment import augment_nv12
 from pipeline.prepare.transcode import (
     MAX_DECODE_ERRORS,
@@ -83,6 +102,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 # Taken from folders too, to be refused as stills (Frames) the same way as when named: one line each, exit status 1,
 # rather than skipped without a word. An animated GIF or WebP that decodes to several frames is read as a video.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+STILL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # one frame always (not GIF, WebP)
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,7 @@ class InferConfig(CheckpointOverrides):
     batch_size: int = 16  # windows per forward pass
     classes: str | None = None  # class names, one per line; default the checkpoint's (ours), else "0", "1", ...
     height: int | None = None  # video height in pixels; default the checkpoint's (ours), else 360
+    features: str | None = None  # --features DIR: also write every window's pooled features there
     # the model and clips (arch ... normalisation), as evaluate.py's: CheckpointOverrides
     device: str = "cpu"
     amp: bool = False
@@ -112,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="16-frame windows per forward pass")
     p.add_argument("--classes", help="class names, one per line (default: the checkpoint's, else 0, 1, ...)")
     p.add_argument("--height", type=int, help="resize videos to this height (default: the checkpoint's, else 360)")
+    p.add_argument("--features", metavar="DIR", help="also write the pooled features of every window of every file "
+                                                      "to DIR (<name>.npy, features.csv, features.json); files "
+                                                      "already there are not decoded again")
     add_model_flags(p)
     add_clip_flags(p)
     add_device_flags(p.add_argument_group("run"), processes=False)
@@ -130,6 +154,11 @@ def video_files(paths: list[str]) -> list[str]:
         else:
             out.append(name)
     return list(dict.fromkeys(out))  # each once, in order
+
+
+def video_id(path: str) -> str:
+    """A file's video_id for --features: its name without the extension (as the datasets' ids are)."""
+    return Path(path).stem
 
 
 def read_classes(path: str) -> list[str]:
@@ -155,10 +184,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
         p.error(f"--classes {a.classes}: no such file")
     videos = video_files(a.videos)
     out = a.out or str(run_dir(ckpt) / f"infer-{ckpt.stem}")
-    if problem := unwritable_folder(Path(out)):  # now, not after all the files have run
-        p.exit(2, f"error: {problem}\n")
+    for folder in (out, a.features):
+        if folder and (problem := unwritable_folder(Path(folder))):  # now, not after all the files have run
+            p.exit(2, f"error: {problem}\n")
     if not videos:
         p.error(f"no video files in {' '.join(a.videos)} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    if a.features:
+        seen: dict[str, str] = {}
+        for v in videos:
+            if Path(v).suffix.lower() in STILL_EXTENSIONS:  # refused as a still later: never gets features
+                continue
+            if (other := seen.setdefault(video_id(v), v)) != v:
+                p.error(f"--features: {other} and {v} would both be {video_id(v)!r} ({file_name(video_id(v))}); "
+                        "HINT: give them separate --features folders (one run each)")
     skip = ("videos", "device", "amp", "out", "norm", "value_scale", "mean_values", "std_values")
     cfg = InferConfig(**{k: v for k, v in vars(a).items() if k not in skip}, videos=tuple(videos),
                       out=out, device=device, amp=amp,
@@ -296,33 +334,49 @@ def windows(frames: Iterator[tuple[np.ndarray, np.ndarray]], length: int) -> Ite
 # ---- the model over windows ---------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def window_probabilities(model: torch.nn.Module, batch: list[tuple[int, np.ndarray, np.ndarray]], record,
-                         device: torch.device, amp: bool) -> np.ndarray:
-    """(N, K) float64 class probabilities of N windows (start, y (T, H, W), uv (T, H/2, W)) of one file."""
+def window_clips(batch: list[tuple[int, np.ndarray, np.ndarray]], record, device: torch.device) -> torch.Tensor:
+    """(N, 3, T, S, S) float32 clips on device of N windows (start, y (T, H, W), uv (T, H/2, W)) of one file:
+    the centre square at the maximum scale, resized and normalised as in training."""
     y = torch.from_numpy(np.stack([w[1] for w in batch])).to(device, non_blocking=True)  # (N, T, H, W) uint8
     uv = torch.from_numpy(np.stack([w[2] for w in batch])).to(device, non_blocking=True)  # (N, T, H/2, W)
     n, _, h, w = y.shape
     box = crop_box(w, h, CENTER, 1.0)  # the centre square at the maximum scale
     clips = augment_nv12(y, uv, [[h, w]] * n, [box] * n, [False] * n, record.sample_size, record.normalisation)
-    clips = clips.contiguous(memory_format=memory_format(device.type == "cuda"))  # (N, 3, T, S, S) float32
-    probs = forward(model, clips, amp).softmax(1).double()  # (N, K)
-    return probs.cpu().numpy()  # CPU-GPU sync: once per batch (the timeline needs every window's scores)
+    return clips.contiguous(memory_format=memory_format(device.type == "cuda"))
 
 
-def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Progress, task) -> dict:
+@torch.no_grad()
+def window_outputs(model: torch.nn.Module, batch: list[tuple[int, np.ndarray, np.ndarray]], record,
+                   device: torch.device, amp: bool, features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """((N, K) float64 class probabilities, (N, C) float32 pooled features or None) of N windows of one file;
+    with features, the logits are the head's on the float32 features (engine.features.features_and_logits)."""
+    clips = window_clips(batch, record, device)
+    if features:
+        feats, logits = features_and_logits(model, clips, amp)
+    else:
+        feats, logits = None, forward(model, clips, amp)
+    probs = logits.softmax(1).double()  # (N, K)
+    # CPU-GPU sync: once per batch (the timeline needs every window's scores)
+    return probs.cpu().numpy(), None if feats is None else feats.cpu().numpy()
+
+
+def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Progress, task,
+               writer: FeatureWriter | None = None) -> dict:
     """One file's result: {"probs": (K,) float64 mean window probability, "windows": [(start_s, (K,) probs)],
-    "seconds": duration at the constant rate}; Unreadable when it gives no frames."""
+    "seconds": duration at the constant rate}; Unreadable when it gives no frames. writer: --features, where the
+    file's window features go once all are computed."""
     frames = Frames(path, record.video_height)
-    total, rows, batch, n_windows = np.zeros(len(record.class_names)), [], [], 0
+    total, rows, batch, n_windows, feats = np.zeros(len(record.class_names)), [], [], 0, []
     progress.update(task, completed=0, total=None, description=f"{Path(path).name[:40]}")
 
     def run() -> None:
         nonlocal n_windows
-        for (start, _, _), p in zip(batch, window_probabilities(model, batch, record, device, cfg.amp),
-                                    strict=True):
+        probs, f = window_outputs(model, batch, record, device, cfg.amp, features=writer is not None)
+        for (start, _, _), p in zip(batch, probs, strict=True):
             total[:] += p
             rows.append((float(start / frames.rate), p))
+        if f is not None:
+            feats.append(f)
         n_windows += len(batch)
         batch.clear()
         progress.update(task, completed=n_windows,
@@ -336,7 +390,21 @@ def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Pro
         run()
     if frames.errors:
         print(f"warning: {path}: {frames.errors} packets did not decode (their frames are lost)", file=sys.stderr)
+    if writer is not None:
+        vid, fps, f = video_id(path), float(frames.rate), np.concatenate(feats)  # (windows, C) float32
+        writer.write(FeatureRow(video_id=vid, file=file_name(vid), source=path, frames=frames.count,
+                                windows=len(f), dim=f.shape[1], fps=fps, start_s=0.0,
+                                seconds_per_window=record.sample_duration / fps), f)
     return {"probs": total / n_windows, "windows": rows, "seconds": float(frames.count / frames.rate)}
+
+
+@torch.no_grad()
+def stored_result(row: FeatureRow, root: str, model, device: torch.device) -> dict:
+    """infer_file's result for a file whose features are in DIR (row: its features.csv row), from them: the head's
+    probabilities of each stored window, no decoding. FeaturesError when its .npy is unreadable."""
+    probs = head_logits(model, load_features(Path(root), row), device).softmax(1).double().cpu().numpy()  # (W, K)
+    return {"probs": probs.mean(0), "seconds": row.frames / row.fps,
+            "windows": [(row.start_s + k * row.seconds_per_window, p) for k, p in enumerate(probs)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return predict(cfg, record)
     except KeyboardInterrupt:  # one line, not a traceback (the exit statuses: the module docstring)
-        print("interrupted: nothing was written (the files come at the end); run the same command again",
+        kept = f" (but the features of the files finished, kept in {cfg.features})" if cfg.features else ""
+        print(f"interrupted: nothing was written{kept} (the files come at the end); run the same command again",
               file=sys.stderr)
         return INTERRUPTED_EXIT
 
@@ -362,23 +431,60 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
         print(f"error: {with_flag_hints(str(e))}", file=sys.stderr)
         return 2
     model = model.to(device, memory_format=memory_format(device.type == "cuda")).eval()
+    fdir = writer = None
+    if cfg.features:
+        try:
+            fdir = FeatureDir(cfg.features, describe(record, cfg.checkpoint, model, cfg.amp,
+                                                     videos="infer.py: video files", video_height=record.video_height))
+        except FeaturesError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        writer = FeatureWriter(cfg.features)
+        try:
+            return predict_files(cfg, record, model, device, console, fdir, writer)
+        finally:  # also on Ctrl-C: features.csv lists the files finished
+            writer.close()
+            try:
+                fdir.finish([video_id(v) for v in cfg.videos])
+            except OSError as e:  # the .npy files and their rows (in the journal) are kept: the next run merges
+                print(f"warning: cannot write {cfg.features}/features.csv ({e}); the next run writes it",
+                      file=sys.stderr)
+    return predict_files(cfg, record, model, device, console)
+
+
+def predict_files(cfg: InferConfig, record: RunRecord, model, device: torch.device, console,
+                  fdir: FeatureDir | None = None, writer: FeatureWriter | None = None) -> int:
+    """predict's part after the model is built: the files, the outputs and the table."""
     console.print(f"{record.model_args['arch']}-{record.model_args['shortcut']}, {len(record.class_names)} classes, "
                   f"clips {record.sample_duration} x {record.sample_size} px from videos {record.video_height} px "
                   f"high | normalisation {record.normalisation.describe()} | {len(cfg.videos)} file(s) on "
                   f"{device.type}", highlight=False)
-    results, failed = {}, []
+    results, failed, stored = {}, [], 0
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=console.quiet) as progress:
         files = progress.add_task("files", total=len(cfg.videos))
         task = progress.add_task("windows", total=None)
         for path in cfg.videos:
             try:
-                results[path] = infer_file(path, cfg, record, model, device, progress, task)
+                if fdir is not None and video_id(path) in fdir.done:  # written by an earlier run: not decoded
+                    results[path] = stored_result(fdir.done[video_id(path)], cfg.features, model, device)
+                    stored += 1
+                else:
+                    results[path] = infer_file(path, cfg, record, model, device, progress, task, writer)
             except Unreadable as e:
                 failed.append(path)
                 print(f"error: {path}: {e}", file=sys.stderr)  # (rich's live display shows it above the bars)
+            except (FeaturesError, OSError) as e:  # a stored .npy unreadable, or the disk full: nothing else can go on
+                if isinstance(e, OSError) and not isinstance(e, NoSpace):
+                    raise
+                print(f"error: {e}; the features written so far are kept; HINT: fix it, then run the same command "
+                      "again", file=sys.stderr)
+                return 1
             progress.advance(files)
         progress.update(task, visible=False)
+    if writer is not None:
+        console.print(f"features: wrote {len(writer.written)} file(s), {stored} there already; {cfg.features}/"
+                      "{features.csv, features.json, <video_id>.npy}", highlight=False)
     if results:
         print_table(console, results, record.class_names, cfg.top_k)
         try:

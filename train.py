@@ -8,9 +8,11 @@ paper's recipe.
   python train.py --data DST --out runs/tiny --nproc 2                 # 2 CPU processes, DDP over gloo
   python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
   python train.py --data DST --out runs/ft --split 1 ...               # UCF101/HMDB51 split 1: train1.csv, test1.csv
+  python train.py --data DST --out runs/r34 --tensorboard              # + curves in runs/r34/tb (TensorBoard)
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
-RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents). The learning rate follows
+RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents), and with --tensorboard
+RUN_DIR/tb (engine/tensorboard.py: metrics.csv's columns per epoch, the loss per log point). The learning rate follows
 the paper's plateau rule (engine/schedule.py). --resume refuses settings that would make another run
 (DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130). RUN_DIR is checked to be
 writable before any work; a full disk while saving is one line naming the file and the space it needs, and never
@@ -73,6 +75,8 @@ from engine.plots import plot_curves
 from engine.progress import StepBar, make_console
 from engine.schedule import PlateauSchedule
 from engine.step import forward, memory_format, to_device, train_step
+from engine.tensorboard import TensorBoardLog
+from engine.tensorboard import missing as tensorboard_missing
 from model import (
     ARCHS,
     ARCHS_HELP,
@@ -136,6 +140,7 @@ class TrainConfig:
     channels_last: bool = False  # channels_last_3d; default on for CUDA
     compile: bool = False
     log_every: int = 10  # steps between synchronising log points on the GPU (the CPU checks every step)
+    tensorboard: bool = False  # also write the curves to OUT/tb (engine/tensorboard.py)
     inject_nan_step: int = -1  # testing hook: make the loss inf at this global step (0-based); -1 = never
 
     def world_size(self) -> int:
@@ -160,7 +165,7 @@ DEFINES_THE_RUN = ("split", "arch", "shortcut", "widen_factor", "conv1_t_size", 
                    "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
 MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
                         "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
-                        "inject_nan_step")  # fmt: skip
+                        "tensorboard", "inject_nan_step")  # fmt: skip
 
 
 def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
@@ -256,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(GPU: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
     g.add_argument("--log-every", type=int, help="steps between log points on the GPU")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   help="also write the curves to OUT/tb for TensorBoard (rank 0; --resume continues them)")
     g.add_argument("--inject-nan-step", type=int, help=argparse.SUPPRESS)  # testing hook
     p.set_defaults(**{f.name: f.default for f in fields(TrainConfig) if f.name not in RESOLVED_IN_PARSE_ARGS})
     return p
@@ -268,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a = p.parse_args(argv)
     check_numeric_flags(p, a, RANGES)
     device, amp = resolve_device_flags(p, a)
+    if a.tensorboard and (problem := tensorboard_missing()):
+        p.error(problem)
     if a.ft_begin and not a.pretrained:
         p.error(f"--ft-begin {a.ft_begin} without --pretrained would freeze randomly initialised layers; HINT: add "
                 "--pretrained CHECKPOINT, or drop --ft-begin to train every layer")
@@ -367,9 +376,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(cfg: TrainConfig, d: Dist, net: nn.Module, frozen: list[nn.Module], loader: LoaderBase,
-                    optimizer: torch.optim.Optimizer, epoch: int, step0: int, bar: StepBar | None) -> dict:
+                    optimizer: torch.optim.Optimizer, epoch: int, step0: int, bar: StepBar | None,
+                    tb: TensorBoardLog | None = None) -> dict:
     """One pass over the training loader (step0: global index of its first step); the epoch's metrics summed
-    over ranks: train_loss, train_acc, epoch_seconds, clips_per_s, data_wait_share."""
+    over ranks: train_loss, train_acc, epoch_seconds, clips_per_s, data_wait_share. tb: gets each log point."""
     net.train()
     for m in frozen:
         m.eval()  # frozen layers keep their BatchNorm statistics too
@@ -396,6 +406,8 @@ def train_one_epoch(cfg: TrainConfig, d: Dist, net: nn.Module, frozen: list[nn.M
                 elapsed, lr = time.perf_counter() - t0, optimizer.param_groups[0]["lr"]
                 bar.update(step + 1, f"loss {loss_sum / n:.4f}  acc {correct / n:.3f}  lr {lr:.3g}  "
                                      f"{n / elapsed:.1f} clips/s  data wait {wait / elapsed:.0%}")
+            if tb is not None:
+                tb.log_point(step0 + step, loss_sum, correct, n, optimizer.param_groups[0]["lr"])
     seconds = time.perf_counter() - t0
     loss_sum, correct, n, wait_sum = all_reduce_sum(torch.cat([sums, sums.new_tensor([n_clips, wait])])).tolist()
     return dict(train_loss=loss_sum / n, train_acc=correct / n, epoch_seconds=seconds,
@@ -580,6 +592,11 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
 
     saved = epoch  # the epoch that last.pt holds (0: none yet)
+    tb = None
+    if cfg.tensorboard and d.is_main:
+        tb = TensorBoardLog(out / "tb", len(train_loader), history,
+                            warn=lambda line: console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False))
+        console.print(f"tensorboard: {out / 'tb'} (tensorboard --logdir {out / 'tb'})", highlight=False)
     try:
         while True:
             verdict = schedule.after([row["val_loss"] for row in history])  # the lr rule reads the val losses
@@ -593,7 +610,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             with StepBar(console, f"epoch {epoch}/{cfg.epochs}", len(train_loader)) as bar:
                 try:
                     row = train_one_epoch(cfg, d, train_net, frozen, train_loader, optimizer, epoch,
-                                          (epoch - 1) * len(train_loader), bar)
+                                          (epoch - 1) * len(train_loader), bar, tb)
                     distributed.broadcast_buffers(raw)  # all ranks validate (and rank 0 saves) rank 0's BN stats
                     row.update(validate(cfg, d, net, val_loader, epoch), epoch=epoch, lr=lr)
                 except NonFiniteLoss as e:
@@ -615,6 +632,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             saved = epoch if problem is None else saved  # at once: a Ctrl-C from here on says last.pt has it
             stop_together(problem)
             stop_together(write_on_rank_0(d, partial(save_records, cfg, state, is_best, console), cfg, saved))
+            if tb is not None:
+                tb.epoch(row)
     except BaseException:  # Ctrl-C: KeyboardInterrupt, or what the C call it interrupted raised (torch.save)
         if not distributed.interrupted():
             raise
@@ -622,6 +641,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     finally:
         train_loader.close()  # DALI threads / decord worker processes end here, also on errors and Ctrl-C
         val_loader.close()
+        if tb is not None:
+            tb.close()
     why = (f"the val loss saturated at lr {verdict.lr:.3g}, after {verdict.divisions} divisions by 10"
            if verdict.stop else f"--epochs {cfg.epochs}")
     best_acc = max(history, key=selection_key)["val_acc"] if history else float("nan")

@@ -3,7 +3,9 @@ workshops) and the rest of their model zoo (CVPR 2018 and later): ResNeXt, Wide 
 
 Usage: `net = build_model("resnet-18", n_classes=400)` gives the paper's Table 1 network (type-A
 shortcuts); `build_model("resnext-101", 400, shortcut="B")` the CVPR 2018 paper's best Kinetics model;
-`report = load_weights(net, path)` loads our checkpoints or 3D-ResNets-PyTorch's.
+`report = load_weights(net, path)` loads our checkpoints or 3D-ResNets-PyTorch's. Every model has
+`net.pooled_features(clips)` ((N, C): the classifier's input, features for downstream work) and `net.head` (the
+classifier, so `net(clips) == net.head(net.pooled_features(clips))`).
 """
 
 from model.checkpoint import CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_model

@@ -79,7 +79,7 @@ class Transition(nn.Sequential):
 class DenseNet3d(nn.Module):
     """features (stem, dense blocks with transitions between them, norm5), ReLU, global average pool, classifier.
 
-    forward: (N, 3, T, H, W) float -> (N, n_classes) logits.
+    forward: (N, 3, T, H, W) float -> (N, n_classes) logits; pooled_features: -> (N, C), the classifier's input.
     """
 
     def __init__(
@@ -123,11 +123,21 @@ class DenseNet3d(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.constant_(m.bias, 0)
 
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, T, H, W) float -> (N, C) float: norm5's output after the ReLU, averaged over T, H and W, i.e. the
+        input of the classifier (C = 1024 for DenseNet-121, 1664 for 169, 1920 for 201, 2688 for 264, at
+        widen_factor 1). Features for downstream work (engine/features.py)."""
+        x = F.relu(self.features(x))  # features end with a BN: the ReLU comes after it, outside
+        return F.adaptive_avg_pool3d(x, 1).flatten(1)  # (N, C)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The classifier: (N, C) pooled features -> (N, n_classes) logits."""
+        return self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, T, H, W) float
-        x = F.relu(self.features(x))  # features end with a BN: the ReLU comes after it, outside
-        x = F.adaptive_avg_pool3d(x, 1).flatten(1)  # (N, C)
-        return self.classifier(x)  # (N, n_classes)
+        return self.classifier(self.pooled_features(x))  # (N, n_classes)
 
 
 def densenet(

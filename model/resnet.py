@@ -128,8 +128,8 @@ class Bottleneck(nn.Module):
 class ResNet3d(nn.Module):
     """Stem (conv1, bn1, relu, maxpool), four stages (layer1..layer4), global average pool, fc.
 
-    forward: (N, 3, T, H, W) float -> (N, n_classes) logits. Stages 2-4 halve T, H and W; the stem
-    halves H and W (and T when conv1_t_stride=2), the max pool halves all three unless no_max_pool.
+    forward: (N, 3, T, H, W) float -> (N, n_classes) logits, fc of pooled_features (N, C). Stages 2-4 halve T, H
+    and W; the stem halves H and W (and T when conv1_t_stride=2), the max pool halves all three unless no_max_pool.
 
     The other residual families reuse it: `block` is any module class taking (in_planes, planes, stride,
     downsample, **block_args) with a class attribute `expansion` (output channels = planes x expansion);
@@ -209,14 +209,24 @@ class ResNet3d(nn.Module):
         layers += [block(self.in_planes, planes, **self.block_args) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, 3, T, H, W) float
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, T, H, W) float -> (N, C) float: the last stage's output averaged over T, H and W, i.e. the input
+        of fc (C = 512 x widen_factor for the BasicBlock depths, 2048 x widen_factor for the Bottleneck ones; the
+        families' own: head.in_features). Features for downstream work (engine/features.py)."""
         x = self.stem(x)
         if not self.no_max_pool:
             x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.avgpool(x).flatten(1)  # (N, C)
-        return self.fc(x)  # (N, n_classes)
+        return self.avgpool(x).flatten(1)  # (N, C)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The classifier, fc: (N, C) pooled features -> (N, n_classes) logits."""
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, T, H, W) float
+        return self.fc(self.pooled_features(x))  # (N, n_classes)
 
 
 def resnet(

@@ -123,7 +123,8 @@ def build_model(
     cardinality: int = 32,
     wide_k: int = 2,
 ) -> nn.Module:
-    """Build `arch` (one of ARCHS) for n_classes; (N, 3, T, H, W) float clips -> (N, n_classes) logits.
+    """Build `arch` (one of ARCHS) for n_classes; (N, 3, T, H, W) float clips -> (N, n_classes) logits. Its
+    pooled_features(clips) gives (N, C), the input of its classifier `head` (C = head.in_features).
 
     shortcut: "A" (zero-padding, the ICCV 2017 paper's) or "B" (1x1x1 conv + BN, 3D-ResNets-PyTorch's default
     and its checkpoints' from ResNet-50 on), for every family but DenseNet (which has no shortcuts).

@@ -162,6 +162,7 @@ class LoaderBase:
         self.labels = self.videos["label"].to_numpy(np.int64)  # (V,) int64
         self.epoch = 0
         self._plan: Plan | None = None
+        self._only: np.ndarray | None = None  # only_videos
         if config.mode == "train" and train_steps(len(self.videos), config.world_size, config.batch_size) == 0:
             raise DatasetError(
                 f"{manifest}: {len(self.videos)} usable video(s) give no full batch of {config.batch_size} per rank "
@@ -213,18 +214,30 @@ class LoaderBase:
             self.epoch = epoch
             self._plan = None
 
+    def only_videos(self, rows: np.ndarray) -> None:
+        """Eval mode: from now on this rank loads every window of the videos `rows` (indices into self.videos),
+        whole and in manifest order, instead of its share of all windows (rank, world_size); [] loads nothing.
+        For evaluate.py --features, where each video is written by the one rank that computes all of it."""
+        if self.config.mode != "eval":
+            raise ValueError(f"only_videos is for eval mode, not {self.config.mode!r}")
+        self._only = np.unique(np.asarray(rows, np.int64))
+        self._plan = None
+
     @property
     def plan(self) -> Plan:
         """This rank's clips for the current epoch."""
         if self._plan is None:
             c = self.config
+            rank, world = (0, 1) if self._only is not None else (c.rank, c.world_size)
             self._plan = plan_epoch(
                 (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
                 self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
-                mode=c.mode, epoch=self.epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
+                mode=c.mode, epoch=self.epoch, seed=c.seed, rank=rank, world=world, batch=c.batch_size,
                 length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
                 crops=c.crops,
             )
+            if self._only is not None:
+                self._plan = self._plan.take(np.isin(self._plan.rows, self._only))
         return self._plan
 
     @property
