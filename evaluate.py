@@ -57,8 +57,8 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import load_classes
-from pipeline.prepare.run import interrupted_preparation
 from pipeline.sampling import VIEW_CROPS, eval_starts
+from prepare.run import interrupted_preparation
 
 
 @dataclass(frozen=True)

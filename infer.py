@@ -6,7 +6,7 @@
       --classes kinetics700.txt
 
 Each file (or every video file under a folder) is read with PyAV and streamed the way prepare_data.py stores
-videos (pipeline/prepare/transcode.py's functions): upright (its display matrix applied), at a constant frame
+videos (prepare/transcode.py's functions): upright (its display matrix applied), at a constant frame
 rate by presentation time (the source's nominal rate, frames duplicated or dropped as needed), resized to the
 checkpoint's video height (train.py records the height of the videos it trained on; other checkpoints: 360;
 --height overrides) with the display aspect ratio kept, as yuv420p with the same bicubic scaler. It is then cut
@@ -64,7 +64,8 @@ from engine.progress import make_console
 from engine.step import forward, memory_format
 from model import CheckpointError, build_model, load_weights
 from pipeline.augment import augment_nv12
-from pipeline.prepare.transcode import (
+from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
+from prepare.transcode import (
     MAX_DECODE_ERRORS,
     Clock,
     Rejected,
@@ -76,7 +77,6 @@ from pipeline.prepare.transcode import (
     output_size,
     pick_rate,
 )
-from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv")  # fmt: skip

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.atomic import NoSpace
-from pipeline.prepare import layouts, run
-from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
+from prepare import layouts, run
+from prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings, video_notes
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -145,7 +145,7 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
 
 
 def make_sample(args: argparse.Namespace) -> int:
-    from pipeline.prepare.sample import make_sample_dataset
+    from prepare.sample import make_sample_dataset
 
     if args.seed < 0 or args.sample_train < 0 or args.sample_val < 0 or args.workers < 1:
         fail("--seed, --sample-train and --sample-val must be >= 0, --workers >= 1")

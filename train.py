@@ -87,7 +87,7 @@ from model import (
 from pipeline import DatasetError, LoaderBase, build_loader
 from pipeline.atomic import NoSpace, atomic_write
 from pipeline.normalisation import PRESETS, Normalisation
-from pipeline.prepare.run import interrupted_preparation
+from prepare.run import interrupted_preparation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip

@@ -160,7 +160,7 @@ def prepare_format(cfg: Config, fmt: str) -> Path:
 
 def build_index(data: Path) -> None:
     """Index the packets of every train and val row now (cached in data/.cache), so no row's build pays it."""
-    from pipeline.loader import LoaderBase, LoaderConfig
+    from pipeline.base import LoaderBase, LoaderConfig
 
     for split in ("train", "val"):
         LoaderBase(LoaderConfig(data=data, split=split, mode="eval", progress=False)).close()  # (no backend needed)
@@ -172,8 +172,8 @@ def build_index(data: Path) -> None:
 def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, rank: int = 0, world: int = 1,
                 threads: int | None = None):
     """The DALI backend's loader; build_index=False builds the same graph with decoders.video(build_index=False)."""
-    from pipeline.dali_loader import DaliLoader
-    from pipeline.loader import LoaderConfig
+    from pipeline.backends.dali import DaliLoader
+    from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="dali", device=device,
                           batch_size=cfg.batch_size, num_threads=threads or cfg.threads, rank=rank,
@@ -196,8 +196,8 @@ def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, 
 
 
 def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str | None = None, latency: str = "native"):
-    from pipeline.loader import LoaderConfig
-    from pipeline.nvdec_loader import NvdecLoader
+    from pipeline.backends.nvdec import NvdecLoader
+    from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="nvdec", device=device,
                           batch_size=cfg.batch_size, num_threads=cfg.threads, sample_size=cfg.sample_size,
@@ -221,7 +221,7 @@ def skip_reason(strategy: str, codec: str, gpu: bool) -> str:
             return "needs a GPU"
         if strategy != "augment":
             try:
-                from pipeline.nvdec_loader import import_nvc
+                from pipeline.backends.nvdec import import_nvc
 
                 import_nvc()
             except ImportError as e:
@@ -434,7 +434,7 @@ def versions(nvdec: bool = False) -> dict:
             out[name] = f"unavailable ({type(e).__name__})"
     if nvdec:
         try:
-            from pipeline.nvdec_loader import nvdec_limits
+            from pipeline.backends.nvdec import nvdec_limits
 
             limits, engines = nvdec_limits(["vp9", "h264", "hevc"], 0)
             out["nvdec"] = {"engines": engines, **{c: list(v) for c, v in limits.items()}}

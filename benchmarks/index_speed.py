@@ -58,7 +58,7 @@ def write_source(path: Path, frames: int, width: int = 128, height: int = 72, go
     import numpy as np
 
     from pipeline.atomic import atomic_write
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     base = np.broadcast_to(np.linspace(0, 255, width, dtype=np.uint8)[None, :, None], (height, width, 3))
 
@@ -77,8 +77,8 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
     import numpy as np
     import pandas as pd
 
+    from pipeline.index.table import PacketTable, _read_cache, _stat_keys, _write_cache, index_file
     from pipeline.manifest import COLUMNS, load_manifest
-    from pipeline.packets import PacketTable, _read_cache, _stat_keys, _write_cache, index_file
 
     data = root / f"{videos}x{packets}"
     cache = data / ".cache" / "packets-train.idx"
@@ -130,20 +130,20 @@ def measure(config: str, data: Path) -> dict:
     import nvidia.dali  # noqa: F401  (imports are not start-up cost of the index: warm them all first)
     import torch  # noqa: F401
 
-    import pipeline.packets
+    import pipeline.index.table
     from pipeline import build_loader
-    from pipeline.decord_loader import import_decord
+    from pipeline.backends.decord import import_decord
     from pipeline.manifest import load_manifest
 
     import_decord()
-    index_files = pipeline.packets._index_files
+    index_files = pipeline.index.table._index_files
 
     def must_not_index(todo, workers, progress):
         if todo:
             raise RuntimeError(f"the cache was not used: {len(todo)} file(s) to index, first {todo[0]}")
         return index_files(todo, workers, progress)
 
-    pipeline.packets._index_files = must_not_index
+    pipeline.index.table._index_files = must_not_index
     before = _status_mb()
     peak = [before["RssAnon"]]
     done = threading.Event()

@@ -35,9 +35,9 @@ Memory, over the configuration's whole life (build, warm-up, runs):
   worker MB: getrusage(RUSAGE_CHILDREN).ru_maxrss, the peak RSS of the largest reaped child (exact, not
     sampled); 0 for DALI (threads, no worker processes).
   Neither sum includes decord batches that a worker has finished into shared memory and the consumer has not
-    mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/decord_loader.py).
+    mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/backends/decord.py).
 Configurations: dali-cpu (GOP slices), dali-cpu-file (whole file to the decoder), decord-cpu, and with CUDA
-also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/nvdec_loader.py). frames/s (JSON) = clips/s x T.
+also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/backends/nvdec.py). frames/s (JSON) = clips/s x T.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ class BenchConfig:
 
 
 def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: int) -> Path:
-    """VP9 WebM videos in prepare_data.py's structure and quality (pipeline.prepare.sample.write_video with gop)
+    """VP9 WebM videos in prepare_data.py's structure and quality (prepare.sample.write_video with gop)
     + manifests, cached."""
     import numpy as np
     import pandas as pd
 
     from pipeline.manifest import COLUMNS
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     width = (height * 16 // 9) // 2 * 2
     n = int(round(seconds * fps))
@@ -262,7 +262,7 @@ def spread(values: list[float]) -> dict:
 def in_flight(backend: str, threads: int, prefetch: int) -> int:
     """Most batches the loader builds or buffers ahead of the consumer."""
     if backend == "decord":
-        from pipeline.decord_loader import batches_in_flight
+        from pipeline.backends.decord import batches_in_flight
 
         return batches_in_flight(threads)
     return prefetch  # DALI's prefetch_queue_depth; NVDEC's batches decoded ahead
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"config: {json.dumps(asdict(cfg))}\ndata: {data}\nload average (1, 5, 15 min): {load_start}")
     import torch
 
-    from pipeline.loader import LoaderBase, LoaderConfig
+    from pipeline.base import LoaderBase, LoaderConfig
 
     for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
         LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)

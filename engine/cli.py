@@ -233,7 +233,7 @@ def model_arg_message(error) -> str:  # error: model.ModelArgError
 
 
 # The loader's and load_weights' messages end in hints for Python callers; on the command line the same hint
-# is a flag. Keyed by the exact phrases of pipeline/loader.py and model/checkpoint.py.
+# is a flag. Keyed by the exact phrases of pipeline/base.py and model/checkpoint.py.
 _API_HINTS_AS_FLAGS = {
     "or pass skip_bad=True": "or add --skip-bad",
     "lower batch_size": "lower --batch-size",

@@ -10,7 +10,7 @@
 Leaving the `with` block (or loader.close()) frees the loader's threads (DALI, NVDEC) or decord's worker
 processes. Sampling and augmentation parameters: pipeline.sampling (pure numpy, shared by every backend).
 
-The names below are imported on first use (PEP 562), not with the package: pipeline.prepare's worker
+The names below are imported on first use (PEP 562), not with the package: prepare's worker
 processes and pipeline.atomic's users import submodules of this package and must not pay for pandas
 (~0.3 CPU-s per process) that only the loader needs.
 """
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 __all__ = ["ACTIVITYNET_MEAN", "KINETICS_MEAN", "Batch", "DatasetError", "LoaderBase", "LoaderConfig",
            "build_loader"]
-_HOME = {name: "pipeline.loader" for name in __all__} | {"DatasetError": "pipeline.manifest"}  # where each lives
+_HOME = {name: "pipeline.base" for name in __all__} | {"DatasetError": "pipeline.manifest"}  # where each lives
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports them
-    from pipeline.loader import ACTIVITYNET_MEAN, KINETICS_MEAN, Batch, LoaderBase, LoaderConfig, build_loader
+    from pipeline.base import ACTIVITYNET_MEAN, KINETICS_MEAN, Batch, LoaderBase, LoaderConfig, build_loader
     from pipeline.manifest import DatasetError
 
 

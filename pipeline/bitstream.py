@@ -1,5 +1,5 @@
 """The bytes a decoder is given for one clip: packets keyframe..last frame of a file, cut out with the packet
-index (pipeline/packets.py) in one read, then wrapped for the decoder that takes them.
+index (pipeline/index/table.py) in one read, then wrapped for the decoder that takes them.
 
     read_span     the file bytes covering packets first..last (one seek, one read)
     ivf_slice     VP8/VP9 packets as an in-memory IVF stream, for DALI's fn.decoders.video (the DALI backend:
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # not at run time: pipeline.packets uses parameter_sets when it indexes a file
-    from pipeline.packets import VideoIndex
+if TYPE_CHECKING:  # not at run time: pipeline.index.table uses parameter_sets when it indexes a file
+    from pipeline.index.table import VideoIndex
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}

@@ -125,7 +125,7 @@ def test_nv12_conversion_matches_dali_cpu_within_one_level(tmp_path):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     h, w = 64, 96
     rng = np.random.default_rng(4)

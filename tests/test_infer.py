@@ -115,7 +115,7 @@ def test_windows_are_the_papers_and_streamed_one_at_a_time():
 def test_frames_are_what_prepare_data_stores(tmp_path, name, kw):
     """The frames infer.py sees are prepare_data.py's output frames: the same count at the same constant rate
     (retimed by presentation time), the same upright size and the same pictures (codec noise only)."""
-    from pipeline.prepare.transcode import EncodeSettings, transcode
+    from prepare.transcode import EncodeSettings, transcode
 
     n = kw.pop("n", len(kw.get("times", [])))
     src = write_source(tmp_path / name, n, **kw)

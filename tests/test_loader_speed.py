@@ -12,7 +12,7 @@ import torch
 from videos import make_dataset
 
 from pipeline import build_loader
-from pipeline.decord_loader import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
+from pipeline.backends.decord import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import loader_speed as bench  # noqa: E402

@@ -13,8 +13,7 @@ from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_hidden_f
 
 from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
-from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
-from pipeline.nvdec_loader import (
+from pipeline.backends.nvdec import (
     STATIC_LIMITS,
     DecodeError,
     NvdecLoader,
@@ -25,7 +24,8 @@ from pipeline.nvdec_loader import (
     nv12_problem,
     row_problems,
 )
-from pipeline.packets import PacketTable, VideoIndex, index_file, load_or_build
+from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
+from pipeline.index.table import PacketTable, VideoIndex, index_file, load_or_build
 from pipeline.sampling import eval_starts
 
 T, S = 16, 24
@@ -100,7 +100,7 @@ def frame_codes(nv12: torch.Tensor) -> np.ndarray:
 
 
 def test_extradata_and_reordering_are_indexed_and_cached(files, tmp_path, monkeypatch):
-    import pipeline.packets as packets
+    import pipeline.index.table as packets
 
     bframes = str(write_pattern(tmp_path / "b.mp4", 24, "h264", bframes=2))
     paths = [files["vp9"], files["h264"], files["hevc"], bframes]
@@ -350,7 +350,7 @@ def psnr(a, b):
 def test_gpu_nvdec_matches_the_twin_on_the_same_slices(files, codec, latency):
     """One persistent decoder per codec, clips one after the other (flushed, or not with latency low):
     exactly the wanted frames, in order, and the pixels of PyAV's decoder."""
-    from pipeline.nvdec_loader import NvdecDecoder
+    from pipeline.backends.nvdec import NvdecDecoder
 
     ix = index_file(files[codec])
     nvdec = NvdecDecoder({codec: (W, H)}, torch.device("cuda", 0), latency)

@@ -1,7 +1,7 @@
 """NVDEC on what a first real run meets, checked against its CPU twin (PyAVDecoder: PyAV decoding the same
 packet slices).
 
-Data: prepare_data.py's own encoder (pipeline.prepare.transcode) at --height 360, a keyframe every 8 frames,
+Data: prepare_data.py's own encoder (prepare.transcode) at --height 360, a keyframe every 8 frames,
 40 frames of the test pattern (tests/videos.py: the pixels carry the frame index and the position), as H.264
 and HEVC (MP4, hvc1) and VP9 (WebM), 640, 480 and 202 px wide (16:9, 4:3, a 9:16 phone video), and 840 (21:9).
 H.264 and HEVC code whole 16-pixel rows, so these are coded 368 lines high and cropped to 360 (202 -> 208 and
@@ -46,13 +46,13 @@ from videos import decode_code, frame_rgb
 
 from pipeline import build_loader
 from pipeline.augment import nv12_crop_to_rgb
+from pipeline.backends.nvdec import LATENCIES, NvdecLoader, PyAVDecoder
+from pipeline.base import LoaderConfig
 from pipeline.bitstream import packet_slice
-from pipeline.loader import LoaderConfig
+from pipeline.index.table import index_file
 from pipeline.manifest import COLUMNS
-from pipeline.nvdec_loader import LATENCIES, NvdecLoader, PyAVDecoder
-from pipeline.packets import index_file
-from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import EncodeSettings, transcode
+from prepare.sample import write_video
+from prepare.transcode import EncodeSettings, transcode
 
 ROOT = Path(__file__).resolve().parent.parent
 T, HEIGHT, N, GOP = 16, 360, 40, 8
@@ -201,7 +201,7 @@ def child_main(argv: list[str]) -> None:
     kind, codec, max_w, max_h, sequence, files_json, out = argv
     files = {tuple(k.split(":")[:1]) + (int(k.split(":")[1]),): v for k, v in json.loads(files_json).items()}
     if kind == "nvdec":
-        from pipeline.nvdec_loader import NvdecDecoder
+        from pipeline.backends.nvdec import NvdecDecoder
 
         decoder = NvdecDecoder({codec: (int(max_w), int(max_h))}, torch.device("cuda", 0))
     else:
@@ -310,7 +310,7 @@ def test_child_process_decodes_a_sequence(files, tmp_path):
 
 
 def nvdec(codec: str, size: tuple[int, int], latency: str = "native"):
-    from pipeline.nvdec_loader import NvdecDecoder
+    from pipeline.backends.nvdec import NvdecDecoder
 
     return NvdecDecoder({codec: size}, torch.device("cuda", 0), latency)
 

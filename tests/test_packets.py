@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from videos import write_video
 
-import pipeline.packets as packets
-from pipeline.packets import PacketTable, index_file, load_or_build
+import pipeline.index.table as packets
+from pipeline.index.table import PacketTable, index_file, load_or_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,7 +248,7 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from pipeline.packets import _worker_pool
+        from pipeline.index.table import _worker_pool
 
         def task():
             os.write(1, b"%d\\n" % os.getpid())  # one write: the two workers' lines never interleave

@@ -273,8 +273,8 @@ def test_missing_file_is_named_or_skipped(small, capsys):
 
 def test_backend_decode_problems_follow_the_bad_row_policy(small):
     """A backend says which rows it cannot decode and why; LoaderBase fails naming the file or skips them."""
-    from pipeline.decord_loader import DecordLoader
-    from pipeline.loader import LoaderConfig
+    from pipeline.backends.decord import DecordLoader
+    from pipeline.base import LoaderConfig
 
     class Picky(DecordLoader):
         def decode_problems(self, packets):
@@ -312,12 +312,12 @@ def test_broken_files_are_found_before_the_first_step(small, damage):
 def test_packet_index_is_cached(small, monkeypatch):
     load(small)
     assert (small / ".cache" / "packets-train.idx").is_file()
-    import pipeline.packets
+    import pipeline.index.table
 
     def fail(path):
         raise AssertionError(f"re-indexed {path}")
 
-    monkeypatch.setattr(pipeline.packets, "index_file", fail)
+    monkeypatch.setattr(pipeline.index.table, "index_file", fail)
     load(small)  # everything from the cache
     victim = small / pd.read_csv(small / "train.csv")["path"][0]
     write_video(victim, 21)  # changed file -> re-indexed

@@ -23,9 +23,9 @@ from rich.console import Console
 from videos import decode_code, frame_rgb
 
 import prepare_data
-from pipeline.prepare import run
-from pipeline.prepare import transcode as transcode_module
-from pipeline.prepare.transcode import (
+from prepare import run
+from prepare import transcode as transcode_module
+from prepare.transcode import (
     CODECS,
     MAX_GAP_S,
     Clock,

@@ -31,7 +31,7 @@ import torch
 
 import train
 from pipeline.manifest import COLUMNS
-from pipeline.prepare.sample import write_video
+from prepare.sample import write_video
 
 CLASSES = ("blue", "green", "red")
 TINY = ["--arch", "resnet-10", "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "4",
@@ -646,7 +646,7 @@ def with_a_truncated_video(data: Path, dst: Path) -> Path:
 
 
 def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path):
-    """pipeline/loader.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
+    """pipeline/base.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
     bad = with_a_truncated_video(data, tmp_path / "data")
     with pytest.raises(SystemExit) as e:
         train.main(args(bad, tmp_path / "run", "--epochs", "1"))
@@ -670,7 +670,7 @@ def test_every_translated_hint_is_still_in_the_library():
     from engine import cli
 
     root = Path(train.__file__).resolve().parent
-    sources = "".join((root / f).read_text() for f in ("pipeline/loader.py", "pipeline/dali_loader.py",
+    sources = "".join((root / f).read_text() for f in ("pipeline/base.py", "pipeline/backends/dali.py",
                                                        "model/checkpoint.py"))
     for phrase in cli._API_HINTS_AS_FLAGS:
         assert phrase in sources, phrase
@@ -1021,7 +1021,7 @@ def test_a_run_on_an_interrupted_preparation_says_so_and_the_config_shows_no_hoo
     assert all(shown[k] == saved[k] for k in shown)
     report["interrupted"] = False
     (copy / "prepare_report.json").write_text(json.dumps(report))
-    from pipeline.prepare.run import interrupted_preparation
+    from prepare.run import interrupted_preparation
 
     assert interrupted_preparation(copy) is None and interrupted_preparation(tmp_path) is None
 

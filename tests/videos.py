@@ -6,7 +6,7 @@ Frame content (RGB): R = round(255 * x / (W - 1))  (horizontal position; reverse
 So after any crop, resize and flip: mean(B) gives the frame index (mod 32), mean(R) and mean(G) the centre
 of the crop box, and the sign of R's horizontal slope the flip. VP9 lossless in WebM, keyframe every `gop`
 frames (closed GOP), like prepare_data.py's output, written by the project's one writer
-(pipeline.prepare.sample.write_video).
+(prepare.sample.write_video).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.manifest import COLUMNS
-from pipeline.prepare import sample
+from prepare import sample
 
 
 def frame_rgb(i: int, width: int, height: int) -> np.ndarray:

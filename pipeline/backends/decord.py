@@ -43,7 +43,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.base import Batch, LoaderBase, LoaderConfig
 from pipeline.normalisation import Normalisation
 from pipeline.sampling import Plan
 
@@ -172,7 +172,7 @@ class DecordLoader(LoaderBase):
             # imports first, each worker has without importing it (av before decord: import_decord): measured with
             # 2 workers, the first epoch starts in 2.5 s instead of 4.5-6.4 s, and the tree's PSS is 220 MB above
             # the fork-per-epoch loader's instead of 370 (RESULTS.md). A no-op once this process's forkserver runs.
-            multiprocessing.set_forkserver_preload(["__main__", "av", "decord", "torch", "pipeline.decord_loader"])
+            multiprocessing.set_forkserver_preload(["__main__", "av", "decord", "torch", "pipeline.backends.decord"])
         # batch_size=None: an item is a whole batch, its index the batch plan (_EpochBatches).
         return torch.utils.data.DataLoader(
             ds, batch_size=None, sampler=self._sampler, num_workers=workers,

@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from pipeline.index.table import PacketTable, load_or_build
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
 from pipeline.normalisation import MEANS, PRESETS, Normalisation
-from pipeline.packets import PacketTable, load_or_build
 from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 
 # Per-channel RGB means on the 0-255 scale: pipeline/normalisation.py's, under their older names (mean=).
@@ -267,9 +267,9 @@ def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> 
     """
     config = LoaderConfig(data=Path(data), split=split, mode=mode, **options)
     if config.backend == "dali":
-        from pipeline.dali_loader import DaliLoader as backend
+        from pipeline.backends.dali import DaliLoader as backend
     elif config.backend == "nvdec":  # NVDEC decoders; on device="cpu" their CPU twin
-        from pipeline.nvdec_loader import NvdecLoader as backend
+        from pipeline.backends.nvdec import NvdecLoader as backend
     else:  # "decord"; LoaderConfig checked the name against BACKENDS
-        from pipeline.decord_loader import DecordLoader as backend
+        from pipeline.backends.decord import DecordLoader as backend
     return backend(config)

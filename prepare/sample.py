@@ -32,7 +32,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.prepare.transcode import CODECS, DEFAULT_CRF, EncodeSettings, encoder_options
+from prepare.transcode import CODECS, DEFAULT_CRF, EncodeSettings, encoder_options
 
 CLASSES = ("grow", "move_down", "move_up", "oscillate_horizontal", "oscillate_vertical", "shrink")
 FORMATS = (("mp4", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9"))

@@ -51,11 +51,11 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from pipeline.augment import augment_nv12
+from pipeline.base import Batch, LoaderBase, LoaderConfig
 from pipeline.bitstream import PacketSlice, packet_slice
 from pipeline.headers import CHROMA_420, CHROMA_NAMES, REORDER_UNKNOWN
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT, DatasetError
-from pipeline.packets import PacketTable
 from pipeline.sampling import Plan
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"

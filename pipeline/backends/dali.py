@@ -36,9 +36,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from pipeline.base import Batch, LoaderBase, LoaderConfig
 from pipeline.bitstream import IVF_FOURCC, ivf_slice, read_span
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
-from pipeline.packets import PacketTable
+from pipeline.index.table import PacketTable
 from pipeline.sampling import Plan
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI 2.4's CPU decoder accepts (measured); the GPU decodes all
