@@ -17,7 +17,7 @@ Strategies (--strategies; default: all that this machine can run):
   nvdec         the NVDEC backend: a pool of persistent PyNvVideoCodec decoders in threads, display latency
                 NATIVE with an end-of-stream packet per clip; nvdec-low: latency LOW, no end of stream
   twin          the NVDEC backend's CPU twin: PyAV decodes the same packet slices, augmentation on the CPU
-  host          the NVDEC backend's host work only (NvdecLoader.host_pass: plan, packet slices, Annex-B,
+  host          the NVDEC backend's host work only (benchmarks/common.py host_pass: plan, packet slices, Annex-B,
                 decoder submissions); clips/s is then 1 / host time per clip
   augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
 Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
@@ -52,6 +52,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import host_pass  # noqa: E402
 
 STRATEGIES = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "twin", "host", "augment")
 # What prepare_data.py writes by default first, then the other codecs at the same GOP, then GOP 8.
@@ -195,7 +196,7 @@ def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, 
     return NoIndexDaliLoader(config)
 
 
-def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str | None = None, latency: str = "native"):
+def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str = "nvdec", latency: str = "native"):
     from pipeline.backends.nvdec import NvdecLoader
     from pipeline.base import LoaderConfig
 
@@ -221,7 +222,7 @@ def skip_reason(strategy: str, codec: str, gpu: bool) -> str:
             return "needs a GPU"
         if strategy != "augment":
             try:
-                from pipeline.backends.nvdec import import_nvc
+                from pipeline.backends.nvdec_decoders import import_nvc
 
                 import_nvc()
             except ImportError as e:
@@ -342,7 +343,7 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
             while time.perf_counter() - w0 < cfg.seconds:
                 loader.set_epoch(epoch)
                 epoch += 1
-                clips += loader.host_pass()["clips"]
+                clips += host_pass(loader)["clips"]
             cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
             row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
                        frames_per_clip=slice_frames(loader))
@@ -434,7 +435,7 @@ def versions(nvdec: bool = False) -> dict:
             out[name] = f"unavailable ({type(e).__name__})"
     if nvdec:
         try:
-            from pipeline.backends.nvdec import nvdec_limits
+            from pipeline.backends.nvdec_decoders import nvdec_limits
 
             limits, engines = nvdec_limits(["vp9", "h264", "hevc"], 0)
             out["nvdec"] = {"engines": engines, **{c: list(v) for c, v in limits.items()}}

@@ -77,12 +77,14 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
     import numpy as np
     import pandas as pd
 
-    from pipeline.index.table import PacketTable, _read_cache, _stat_keys, _write_cache, index_file
+    from pipeline.index.build import index_file
+    from pipeline.index.cache import read_cache, stat_keys, write_cache
+    from pipeline.index.table import PacketTable
     from pipeline.manifest import COLUMNS, load_manifest
 
     data = root / f"{videos}x{packets}"
     cache = data / ".cache" / "packets-train.idx"
-    if _read_cache(cache) is not None:  # complete, and of this version (an older cache is written again)
+    if read_cache(cache) is not None:  # complete, and of this version (an older cache is written again)
         return data
     classes = [f"class{k:03d}" for k in range(400)]
     sources = [data / "sources" / f"src{k}.webm" for k in range(-(-videos // LINKS_PER_FILE))]
@@ -113,7 +115,7 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
         keyframes=np.tile(ix.keyframes, videos),
     )  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _write_cache(cache, [table], files, _stat_keys(files))
+    write_cache(cache, [table], files, stat_keys(files))
     return data
 
 
@@ -130,20 +132,20 @@ def measure(config: str, data: Path) -> dict:
     import nvidia.dali  # noqa: F401  (imports are not start-up cost of the index: warm them all first)
     import torch  # noqa: F401
 
-    import pipeline.index.table
+    import pipeline.index.build
     from pipeline import build_loader
     from pipeline.backends.decord import import_decord
     from pipeline.manifest import load_manifest
 
     import_decord()
-    index_files = pipeline.index.table._index_files
+    index_files = pipeline.index.build._index_files
 
     def must_not_index(todo, workers, progress):
         if todo:
             raise RuntimeError(f"the cache was not used: {len(todo)} file(s) to index, first {todo[0]}")
         return index_files(todo, workers, progress)
 
-    pipeline.index.table._index_files = must_not_index
+    pipeline.index.build._index_files = must_not_index
     before = _status_mb()
     peak = [before["RssAnon"]]
     done = threading.Event()

@@ -104,6 +104,8 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
         problem = "--nproc is for CPU processes; HINT: use --gpus N on a GPU machine"
     elif device == "cuda" and gpus > torch.cuda.device_count():
         problem = f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible"
+    elif device == "cpu" and getattr(args, "backend", "") == "nvdec":
+        problem = "--backend nvdec decodes on the GPU; on the CPU use --backend dali or decord"
     if problem:
         parser.error(problem)
     return device, device == "cuda" if args.amp is None else args.amp

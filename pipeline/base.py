@@ -1,10 +1,10 @@
-"""The one entry point, build_loader(), and what every backend shares: config, manifest and packet index,
-the bad-row policy, epoch plans, lifecycle (close / with)."""
+"""What every loader backend shares: the config (LoaderConfig), the batch (Batch) and the base class (LoaderBase:
+manifest and packet index, the bad-row policy, the epoch plan, lifecycle). pipeline.build_loader picks the backend."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.index.table import PacketTable, load_or_build
+from pipeline.index.build import load_or_build
+from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
 from pipeline.normalisation import MEANS, PRESETS, Normalisation
 from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
@@ -21,7 +22,13 @@ from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 KINETICS_MEAN = MEANS["kinetics"]
 ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
-BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch
+BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch: pipeline/backends/<name>.py
+
+
+# A backend's check of the rows it cannot decode: (config, packets) -> (V,) object array of str, why row i cannot be
+# decoded ("" = it can). Pure: it reads its arguments only. Rows whose file is missing or broken are answered for
+# already (their answer is ignored).
+Problems = Callable[["LoaderConfig", PacketTable], np.ndarray]
 
 
 class Batch(NamedTuple):
@@ -115,21 +122,18 @@ class LoaderBase:
     torch_device (where batches are delivered); epoch; plan (this rank's clips of the epoch); num_clips;
     len() = steps per epoch for this rank. Use as `with build_loader(...) as loader:` or call close().
 
-    A backend subclasses this and implements:
-      decode_problems(packets) -> (V,) object array of str, why this backend cannot decode each row ("" = it
-          can). Called from LoaderBase.__init__, before the rest of the backend's __init__: use self.config
-          and self.torch_device only. Rows whose file is missing or broken are answered for already (their answer is ignored).
-          The base class applies the policy: fail with the first bad file named, or skip and count them.
-          Default: every row is decodable.
+    A backend subclasses this, passes its module's `problems` (Problems) to __init__, and implements:
       __iter__() -> Iterator[Batch]: the epoch's batches in plan order (self.batch_plans() cuts the plan into
           batches); call self.check_open() first and after each yield (close() may come while the generator
           is suspended: the next step must say "closed", not fail on freed resources or end the epoch early).
           Threads or worker processes may start on first use and be kept between epochs; an iteration
           abandoned mid-epoch must not leak into the next one.
       close(): free them (idempotent; call super().close()). videos, plan and len() stay usable.
+    The base class applies the bad-row policy to what `problems` says: fail with the first bad file named, or
+    skip and count them (skip_bad).
     """
 
-    def __init__(self, config: LoaderConfig):
+    def __init__(self, config: LoaderConfig, problems: Problems | None = None):
         import torch  # lazy: `import pipeline` stays light for prepare_data's worker processes
 
         self.config = config
@@ -158,7 +162,8 @@ class LoaderBase:
         packets, bad_files = load_or_build(
             df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
-        self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, manifest)
+        undecodable = problems(config, packets) if problems is not None else np.full(len(packets), "", object)
+        self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, undecodable, manifest)
         self.labels = self.videos["label"].to_numpy(np.int64)  # (V,) int64
         self.epoch = 0
         self._plan: Plan | None = None
@@ -168,21 +173,18 @@ class LoaderBase:
                 f"with world_size {config.world_size}; lower batch_size or add videos"
             )
 
-    def decode_problems(self, packets: PacketTable) -> np.ndarray:
-        """(V,) object array: why this backend cannot decode row i ("" = it can). Backends override it."""
-        return np.full(len(packets), "", object)
-
     def _drop_bad_rows(
-        self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], manifest: Path
+        self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], problems: np.ndarray,
+        manifest: Path,
     ) -> tuple[pd.DataFrame, PacketTable, int]:
         """The usable rows, their packet table (row i = videos row i) and how many were skipped; bad rows raise
         (the first named) or, with skip_bad, are skipped and counted. packets: one row per df row (empty for
-        the files in bad_files). Reasons by precedence: bad file, truncated, the backend's decode_problems."""
+        the files in bad_files); problems: (V,) the backend's answers. Reasons by precedence: bad file,
+        truncated, the backend's problems."""
         cfg = self.config
         end = df["end_frame"].to_numpy()
         bad_file = df["file"].isin(list(bad_files)).to_numpy()
         truncated = ~bad_file & (packets.shown < end)  # shown frames: a hidden frame's packet is no frame
-        problems = self.decode_problems(packets)
         undecodable = ~bad_file & ~truncated & (problems != "")
         ok = ~(bad_file | truncated | undecodable)
         bad = np.flatnonzero(~ok)
@@ -215,17 +217,21 @@ class LoaderBase:
 
     @property
     def plan(self) -> Plan:
-        """This rank's clips for the current epoch."""
+        """This rank's clips for the current epoch (made once per epoch: make_plan)."""
         if self._plan is None:
-            c = self.config
-            self._plan = plan_epoch(
-                (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
-                self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
-                mode=c.mode, epoch=self.epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
-                length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
-                crops=c.crops,
-            )
+            self._plan = self.make_plan(self.epoch)
         return self._plan
+
+    def make_plan(self, epoch: int) -> Plan:
+        """This rank's clips for `epoch`, made anew (sampling.plan_epoch); `plan` caches the current epoch's."""
+        c = self.config
+        return plan_epoch(
+            (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
+            self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
+            mode=c.mode, epoch=epoch, seed=c.seed, rank=c.rank, world=c.world_size, batch=c.batch_size,
+            length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
+            crops=c.crops,
+        )
 
     @property
     def num_clips(self) -> int:
@@ -255,21 +261,3 @@ class LoaderBase:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> LoaderBase:
-    """Loader over a prepared dataset: iterate for Batch(clips, labels, video_idx); see README "Loading clips".
-
-        with build_loader(data, split="train", mode="train", backend="dali", batch_size=32) as loader:
-
-    options: the other LoaderConfig fields, by name (an unknown name is a TypeError). The loader holds
-    threads (DALI, NVDEC) or worker processes (decord): leave the `with` block or call close() to free them.
-    """
-    config = LoaderConfig(data=Path(data), split=split, mode=mode, **options)
-    if config.backend == "dali":
-        from pipeline.backends.dali import DaliLoader as backend
-    elif config.backend == "nvdec":  # NVDEC decoders; on device="cpu" their CPU twin
-        from pipeline.backends.nvdec import NvdecLoader as backend
-    else:  # "decord"; LoaderConfig checked the name against BACKENDS
-        from pipeline.backends.decord import DecordLoader as backend
-    return backend(config)

@@ -19,12 +19,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # not at run time: pipeline.index.table uses parameter_sets when it indexes a file
-    from pipeline.index.table import VideoIndex
+from pipeline.index.table import VideoIndex
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}

@@ -50,6 +50,9 @@ if rule["do"] == "parse":  # the command's own parser checks the flags (exit 2 o
     module = __import__(Path(script).stem)
     if hasattr(module, "has_cuda"):
         module.has_cuda = lambda: False  # (decode_speed.py: no torch import just to parse)
+    if script.endswith("train.py"):  # the machine gpu_check.sh runs on has a GPU (--backend nvdec needs one)
+        import torch
+        torch.cuda.is_available, torch.cuda.device_count = (lambda: True), (lambda: 1)
     module.parse_args(argv[argv.index(script) + 1:])
 for name, text in rule.get("files", {{}}).items():
     Path(name).parent.mkdir(parents=True, exist_ok=True)
@@ -396,7 +399,7 @@ def test_train_speed_saves_each_row_and_records_a_failed_one(tmp_path, monkeypat
                 "data_wait_share": 0.5}
 
     monkeypatch.setattr(train_speed, "bench_end_to_end", fake)
-    monkeypatch.setattr(train_speed, "forward_macs_per_clip", lambda *a: 1e9)
+    monkeypatch.setattr(train_speed, "cost_per_clip", lambda *a: train_speed.ModelCost(parameters=10**6, macs=10**9))
     code = train_speed.main(["--data", str(data), "--backend", "nvdec", "--arch", "resnet-18,resnet-34,resnet-10",
                              "--device", "cpu", "--json", str(out)])
     assert code == 1

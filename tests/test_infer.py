@@ -232,7 +232,7 @@ def test_any_container_and_codec_a_folder_and_bad_files(tmp_path, capsys):
     assert "h264.mp4" in stdout and "f 0.2" in stdout  # the table
 
 
-def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys):
+def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys, monkeypatch):
     """On prepared videos (VP9, the checkpoint's video height already) infer.py's frames are the stored frames and
     its pixel operations the nvdec backend's (pipeline/augment.py): the same predictions as evaluate.py --backend
     nvdec (its CPU twin decodes with PyAV too), for a model trained with the authors' later normalisation, which
@@ -243,8 +243,16 @@ def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys)
     data = make_dataset(tmp_path / "data", {"val": [{"frames": n} for n in frames]}, classes=CLASSES, width=160,
                         height=128)
     ckpt = our_checkpoint(tmp_path / "best.pt", norm=PRESETS["kinetics-0-1"], video_height=128)
+
+    def nvdec_twin(data, **kw):  # evaluate.py's loader, built as the nvdec backend with its CPU twin decoder
+        from pipeline.backends.nvdec import NvdecLoader
+        from pipeline.base import LoaderConfig
+
+        return NvdecLoader(LoaderConfig(data=Path(data), **{**kw, "backend": "nvdec"}), decoder="pyav")
+
+    monkeypatch.setattr(evaluate, "build_loader", nvdec_twin)  # ("nvdec" on the CPU is refused on the command line)
     evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"), "--backend",
-                   "nvdec", "--num-threads", "1", "--batch-size", "4"])
+                   "decord", "--num-threads", "1", "--batch-size", "4"])
     files = sorted((data / "videos").rglob("*.webm"))
     code, stdout, _ = run([*map(str, files), "--checkpoint", str(ckpt), "--out", str(tmp_path / "infer"),
                            "--top-k", "6", "--batch-size", "2"], capsys)

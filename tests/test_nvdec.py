@@ -13,10 +13,10 @@ from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_hidden_f
 
 from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
-from pipeline.backends.nvdec import (
+from pipeline.backends.nvdec import NvdecLoader
+from pipeline.backends.nvdec_decoders import (
     STATIC_LIMITS,
     DecodeError,
-    NvdecLoader,
     PyAVDecoder,
     import_nvc,
     low_latency_problems,
@@ -25,7 +25,8 @@ from pipeline.backends.nvdec import (
     row_problems,
 )
 from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
-from pipeline.index.table import PacketTable, VideoIndex, index_file, load_or_build
+from pipeline.index.build import index_file, load_or_build
+from pipeline.index.table import PacketTable, VideoIndex
 from pipeline.sampling import eval_starts
 
 T, S = 16, 24
@@ -100,7 +101,7 @@ def frame_codes(nv12: torch.Tensor) -> np.ndarray:
 
 
 def test_extradata_and_reordering_are_indexed_and_cached(files, tmp_path, monkeypatch):
-    import pipeline.index.table as packets
+    import pipeline.index.build as packets
 
     bframes = str(write_pattern(tmp_path / "b.mp4", 24, "h264", bframes=2))
     paths = [files["vp9"], files["h264"], files["hevc"], bframes]
@@ -291,9 +292,9 @@ def test_low_latency_falls_back_to_native_when_a_stream_does_not_declare_no_reor
     root = mp4_dataset(tmp_path / "ds", [("h264", 20, W, H), ("vp9", 20, W, H), ("h264", 24, W, H)])
     config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", batch_size=1, sample_size=S,
                           progress=False)
-    assert NvdecLoader(config, latency="low").latency == "low"
+    assert NvdecLoader(config, decoder="pyav", latency="low").latency == "low"
     flip_h264_bitstream_restriction(root / "videos/train/a/v2.mp4")
-    loader = NvdecLoader(config, latency="low")
+    loader = NvdecLoader(config, decoder="pyav", latency="low")
     assert (loader.latency, loader.low_latency_refused) == ("native", 1)
     assert capsys.readouterr().out.endswith(
         f"NVDEC latency 'low' would lose frames of 1 of 3 row(s) (first: {root / 'videos/train/a/v2.mp4'}: its "
@@ -350,7 +351,7 @@ def psnr(a, b):
 def test_gpu_nvdec_matches_the_twin_on_the_same_slices(files, codec, latency):
     """One persistent decoder per codec, clips one after the other (flushed, or not with latency low):
     exactly the wanted frames, in order, and the pixels of PyAV's decoder."""
-    from pipeline.backends.nvdec import NvdecDecoder
+    from pipeline.backends.nvdec_decoders import NvdecDecoder
 
     ix = index_file(files[codec])
     nvdec = NvdecDecoder({codec: (W, H)}, torch.device("cuda", 0), latency)
@@ -394,9 +395,14 @@ def data(tmp_path_factory):
 
 
 def load(data, split="train", mode="train", backend="nvdec", **kw):
+    """build_loader's loader; for backend "nvdec" on the CPU the NVDEC loader with its CPU twin decoder (PyAV):
+    everything but the hardware call (build_loader refuses "nvdec" on the CPU)."""
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
     kw.setdefault("mean", ZERO)
+    if backend == "nvdec" and kw.get("device", "cpu") == "cpu":
+        config = LoaderConfig(data=data, split=split, mode=mode, backend=backend, progress=False, **kw)
+        return NvdecLoader(config, decoder="pyav")
     return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
@@ -556,9 +562,13 @@ def test_a_file_damaged_after_indexing_is_one_named_error(tmp_path, damage):
             list(loader)
 
 
-def test_host_pass_reports_cost_per_clip(data):
+def test_host_pass_reports_cost_per_clip_and_leaves_the_plan_alone(data):
+    from benchmarks.common import host_pass
+
     with load(data, "val", "eval", batch_size=3) as loader:
-        r = loader.host_pass()
+        plan = loader.plan
+        r = host_pass(loader)
+        assert loader.plan is plan  # timed from a plan of its own: the loader's is not made again
     assert r["clips"] == loader.num_clips == 6 and r["packets"] >= 6 * T
     assert 0 < r["cpu_ms_per_clip"] < 1000
     print(f"host cost: {r['cpu_ms_per_clip']:.3f} ms CPU per clip")
@@ -571,8 +581,13 @@ def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
         assert "pip install pynvvideocodec==2.2.4" in str(e)
     root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}]}, width=W, height=H)
     config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", progress=False)
-    with pytest.raises(ValueError, match="needs device='gpu'"):
-        NvdecLoader(config, decoder="nvdec")
+    gpu_only = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='dali' or 'decord'"
+    with pytest.raises(ValueError) as refused:
+        NvdecLoader(config)
+    assert str(refused.value) == gpu_only
+    with pytest.raises(ValueError) as refused:  # "nvdec" means the hardware decoder: no silent CPU substitute
+        build_loader(root, split="train", mode="val", backend="nvdec", progress=False)
+    assert str(refused.value) == gpu_only
 
 
 # ---- the loader on the GPU -------------------------------------------------------------------------------

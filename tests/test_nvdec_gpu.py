@@ -46,10 +46,11 @@ from videos import decode_code, frame_rgb
 
 from pipeline import build_loader
 from pipeline.augment import nv12_crop_to_rgb
-from pipeline.backends.nvdec import LATENCIES, NvdecLoader, PyAVDecoder
+from pipeline.backends.nvdec import NvdecLoader
+from pipeline.backends.nvdec_decoders import LATENCIES, PyAVDecoder
 from pipeline.base import LoaderConfig
 from pipeline.bitstream import packet_slice
-from pipeline.index.table import index_file
+from pipeline.index.build import index_file
 from pipeline.manifest import COLUMNS
 from prepare.sample import write_video
 from prepare.transcode import EncodeSettings, transcode
@@ -201,7 +202,7 @@ def child_main(argv: list[str]) -> None:
     kind, codec, max_w, max_h, sequence, files_json, out = argv
     files = {tuple(k.split(":")[:1]) + (int(k.split(":")[1]),): v for k, v in json.loads(files_json).items()}
     if kind == "nvdec":
-        from pipeline.backends.nvdec import NvdecDecoder
+        from pipeline.backends.nvdec_decoders import NvdecDecoder
 
         decoder = NvdecDecoder({codec: (int(max_w), int(max_h))}, torch.device("cuda", 0))
     else:
@@ -278,7 +279,8 @@ def test_twin_loader_over_three_codecs_and_widths_delivers_the_plan(files, tmp_p
     """The loader the GPU test 4 runs, on the twin: each clip's frames, crop box and flip are the plan's."""
     root = dataset(files, tmp_path_factory.mktemp("ds360"))
     split = "train" if mode == "train" else "val"
-    with build_loader(root, split=split, mode=mode, device="cpu", mean=(0.0, 0.0, 0.0), **LOADER) as loader:
+    config = LoaderConfig(data=root, split=split, mode=mode, device="cpu", mean=(0.0, 0.0, 0.0), **LOADER)
+    with NvdecLoader(config, decoder="pyav") as loader:
         assert loader.decoder_kind == "pyav"
         plan = loader.plan
         batches = [tuple(x.numpy() for x in b) for b in loader]
@@ -310,7 +312,7 @@ def test_child_process_decodes_a_sequence(files, tmp_path):
 
 
 def nvdec(codec: str, size: tuple[int, int], latency: str = "native"):
-    from pipeline.backends.nvdec import NvdecDecoder
+    from pipeline.backends.nvdec_decoders import NvdecDecoder
 
     return NvdecDecoder({codec: size}, torch.device("cuda", 0), latency)
 

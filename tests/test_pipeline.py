@@ -40,6 +40,12 @@ def load(data, split="train", mode="train", backend="dali", **kw):
     kw.setdefault("sample_size", S)
     if "mean" not in kw:  # (the older spelling, 3 numbers: test_mean_subtraction)
         kw.setdefault("normalisation", Normalisation(ZERO))
+    if backend == "nvdec":  # on the CPU: the NVDEC loader with its CPU twin decoder (tests/test_nvdec.py)
+        from pipeline.backends.nvdec import NvdecLoader
+        from pipeline.base import LoaderConfig
+
+        config = LoaderConfig(data=data, split=split, mode=mode, backend=backend, progress=False, **kw)
+        return NvdecLoader(config, decoder="pyav")
     return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
@@ -271,23 +277,22 @@ def test_missing_file_is_named_or_skipped(small, capsys):
     assert other_rank.skipped == 1 and capsys.readouterr().out == ""  # said once, by rank 0
 
 
-def test_backend_decode_problems_follow_the_bad_row_policy(small):
-    """A backend says which rows it cannot decode and why; LoaderBase fails naming the file or skips them."""
-    from pipeline.backends.decord import DecordLoader
-    from pipeline.base import LoaderConfig
+def test_backend_problems_follow_the_bad_row_policy(small):
+    """A backend's pure problems(config, packets) says which rows it cannot decode and why; LoaderBase fails naming
+    the file or skips them."""
+    from pipeline.base import LoaderBase, LoaderConfig
 
-    class Picky(DecordLoader):
-        def decode_problems(self, packets):
-            problems = super().decode_problems(packets)
-            problems[packets.count > 25] = "too long for this backend"
-            return problems
+    def too_long(config, packets):
+        out = np.full(len(packets), "", object)
+        out[packets.count > 25] = "too long for this backend"
+        return out
 
     cfg = LoaderConfig(data=small, split="train", mode="val", backend="decord", batch_size=1, sample_size=S,
                        progress=False)
     victim = small / pd.read_csv(small / "train.csv")["path"][1]  # the 30-frame file
     with pytest.raises(DatasetError, match=f"{victim}: too long for this backend.*or pass skip_bad=True"):
-        Picky(cfg)
-    with Picky(dataclasses.replace(cfg, skip_bad=True)) as loader:
+        LoaderBase(cfg, too_long)
+    with LoaderBase(dataclasses.replace(cfg, skip_bad=True), too_long) as loader:
         assert loader.skipped == 1 and list(loader.videos["num_frames"]) == [20, 18, 25]
 
 
@@ -312,12 +317,12 @@ def test_broken_files_are_found_before_the_first_step(small, damage):
 def test_packet_index_is_cached(small, monkeypatch):
     load(small)
     assert (small / ".cache" / "packets-train.idx").is_file()
-    import pipeline.index.table
+    import pipeline.index.build
 
     def fail(path):
         raise AssertionError(f"re-indexed {path}")
 
-    monkeypatch.setattr(pipeline.index.table, "index_file", fail)
+    monkeypatch.setattr(pipeline.index.build, "index_file", fail)
     load(small)  # everything from the cache
     victim = small / pd.read_csv(small / "train.csv")["path"][0]
     write_video(victim, 21)  # changed file -> re-indexed

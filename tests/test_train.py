@@ -632,6 +632,15 @@ def test_num_threads_0_is_for_decord_only(data, tmp_path):
     assert e.value.code == 2
 
 
+def test_backend_nvdec_on_the_cpu_is_a_usage_error(data, tmp_path, capsys):
+    """"nvdec" means NVDEC's hardware decoders: on the CPU one line says which backends decode there."""
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args(data, tmp_path, "--backend", "nvdec", "--device", "cpu"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        " error: --backend nvdec decodes on the GPU; on the CPU use --backend dali or decord")
+
+
 def with_a_truncated_video(data: Path, dst: Path) -> Path:
     """A copy of data whose train.csv says its first video has more frames than its file."""
     shutil.copytree(data, dst)

@@ -80,6 +80,18 @@ class _Feed:
         return [enc, frames, anchor, shape, mirror]
 
 
+def problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
+    """(V,) object array: why DALI cannot decode row i ("" = it can): on the CPU, codecs other than VP8, VP9 and
+    MJPEG (DALI 2.4's CPU decoder drops such a file and then fails the whole pipeline; docs/design.md#dali-facts)."""
+    out = np.full(len(packets), "", object)
+    if config.device == "cpu":
+        for k, name in enumerate(packets.codecs):
+            if name not in CPU_CODECS:
+                out[packets.codec == k] = (f"codec {name} cannot be decoded by DALI on CPU (VP8/VP9/MJPEG only); "
+                                           "use backend='decord' or device='gpu'")
+    return out
+
+
 def require_dali() -> None:
     try:
         import nvidia.dali  # noqa: F401
@@ -92,7 +104,7 @@ def require_dali() -> None:
 class DaliLoader(LoaderBase):
     def __init__(self, config: LoaderConfig):
         require_dali()  # before indexing: a missing package fails at once
-        super().__init__(config)
+        super().__init__(config, problems)
         self._feed = _Feed(self.videos["file"].tolist(), self.packets, config.dali_input == "gop")
         odd = np.flatnonzero(self.packets.odd_packets > 0)
         self.whole_file_rows = len(odd) if config.dali_input == "gop" else 0  # GOP slices refused (_Feed)
@@ -102,15 +114,6 @@ class DaliLoader(LoaderBase):
                   "whole file (slower for clips late in a file; prepare_data.py writes one frame per packet)")
         self._in_epoch = False
         self._pipe = self._build_pipeline(self._feed)
-
-    def decode_problems(self, packets: PacketTable) -> np.ndarray:
-        problems = np.full(len(packets), "", object)
-        if self.config.device == "cpu":
-            for k, name in enumerate(packets.codecs):
-                if name not in CPU_CODECS:
-                    problems[packets.codec == k] = (f"codec {name} cannot be decoded by DALI on CPU "
-                                                    "(VP8/VP9/MJPEG only); use backend='decord' or device='gpu'")
-        return problems
 
     def _build_pipeline(self, feed: _Feed):  # -> nvidia.dali.Pipeline
         from nvidia.dali import fn, pipeline_def, types

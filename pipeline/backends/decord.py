@@ -44,6 +44,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipeline.base import Batch, LoaderBase, LoaderConfig
+from pipeline.index.table import PacketTable
 from pipeline.normalisation import Normalisation
 from pipeline.sampling import Plan
 
@@ -62,6 +63,11 @@ def import_decord():  # -> the decord module
     import decord
 
     return decord
+
+
+def problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
+    """(V,) object array, all "": decord (FFmpeg) decodes every row the packet index could read."""
+    return np.full(len(packets), "", object)
 
 
 def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, size: int,
@@ -157,7 +163,7 @@ class DecordLoader(LoaderBase):
             raise ImportError(
                 "backend='decord' needs decord: pip install decord==0.6.0, or use backend='dali'"
             ) from None
-        super().__init__(config)
+        super().__init__(config, problems)
         self._sampler = _EpochBatches()
         self._dataloader = None  # made on the first iteration: its workers then live until close()
 
