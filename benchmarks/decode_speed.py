@@ -278,9 +278,12 @@ def slice_frames(loader) -> float:
     """Mean packets decoded per clip of the loader's current plan (keyframe at or before the first frame .. last)."""
     import numpy as np
 
+    from pipeline.bitstream import clip_span
+
     plan, total = loader.plan, 0
     for r, fr in zip(plan.rows.tolist(), plan.frames, strict=True):
-        total += int(fr.max()) - loader.packets.video(r).keyframe_at_or_before(int(fr.min())) + 1
+        first, last = clip_span(loader.packets.video(r), fr)
+        total += last - first + 1
     return total / max(len(plan), 1) if len(plan) else float(np.nan)
 
 

@@ -135,7 +135,7 @@ def test_unreadable_files_each_say_why(tmp_path):
     (tmp_path / "garbage.mkv").write_bytes(b"\x00garbage" * 500)
     reasons = {}
     for name in ("empty.mp4", "garbage.mkv", "missing.avi"):
-        with pytest.raises(infer.Unreadable) as e:
+        with pytest.raises(infer.Rejected) as e:
             list(infer.Frames(str(tmp_path / name), 64))
         reasons[name] = str(e.value)
     assert reasons == {"empty.mp4": "empty file (0 bytes)", "missing.avi": "missing: file not found",

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_hidden_frame_ivf, write_video
+from videos import (
+    COLUMNS,
+    decode_code,
+    frame_rgb,
+    make_dataset,
+    reference_nv12,
+    write_hidden_frame_ivf,
+    write_video,
+)
 
 from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
@@ -71,21 +79,6 @@ def files(tmp_path_factory):
     return {c: str(write_pattern(root / f"{c}{EXT[c]}", 40, c)) for c in CODECS}
 
 
-def reference_nv12(path: str) -> np.ndarray:
-    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
-    import av
-
-    out = []
-    with av.open(path) as c:
-        for f in c.decode(video=0):
-            p = f.to_ndarray()
-            h, w = f.height, f.width
-            nv12 = np.empty((h * 3 // 2, w), np.uint8)
-            nv12[:h] = p[:h]
-            nv12[h:, 0::2] = p[h:h + h // 4].reshape(h // 2, w // 2)
-            nv12[h:, 1::2] = p[h + h // 4:].reshape(h // 2, w // 2)
-            out.append(nv12)
-    return np.stack(out)
 
 
 def frame_codes(nv12: torch.Tensor) -> np.ndarray:

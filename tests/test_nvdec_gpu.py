@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import videos
 from videos import decode_code, frame_rgb
 
 from pipeline import build_loader
@@ -158,21 +159,7 @@ def check_against_twin(decoder, files: dict, codec: str, steps: list) -> list[to
     return [x for _, _, x in mine]
 
 
-@functools.cache
-def reference_nv12(path: str) -> np.ndarray:
-    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
-    import av
-
-    out = []
-    with av.open(path) as c:
-        for f in c.decode(video=0):
-            p, h, w = f.to_ndarray(), f.height, f.width  # yuv420p planes, stacked
-            nv12 = np.empty((h * 3 // 2, w), np.uint8)
-            nv12[:h] = p[:h]
-            nv12[h:, 0::2] = p[h:h + h // 4].reshape(h // 2, w // 2)
-            nv12[h:, 1::2] = p[h + h // 4:].reshape(h // 2, w // 2)
-            out.append(nv12)
-    return np.stack(out)
+reference_nv12 = functools.cache(videos.reference_nv12)  # (each file decoded once per process)
 
 
 def dataset(files: dict, root: Path) -> Path:

@@ -20,10 +20,11 @@ import pytest
 import prepare_data
 from pipeline import atomic
 from pipeline.manifest import COLUMNS
+from pipeline.video import Rejected, output_size
 from prepare import run
 from prepare.layouts import Listing, Source
 from prepare.sample import write_video
-from prepare.transcode import CODECS, EncodeSettings, Rejected, keyframe_indices, output_size
+from prepare.transcode import CODECS, EncodeSettings, keyframe_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4", ".mkv": "libvpx-vp9"}

@@ -122,3 +122,13 @@ def write_hidden_frame_ivf(path: Path, num_frames: int, hide: list[int], packed:
         hidden, show = bytes([p[0] & ~0x02]) + p[1:], bytes([0b1000_1000])  # show_existing_frame, slot 0
         out += [vp9_superframe([hidden, show])] if packed else [hidden, show]
     return write_ivf(path, out, width, height)
+
+
+def reference_nv12(path: str) -> np.ndarray:
+    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
+    import av
+
+    from pipeline.video import to_nv12
+
+    with av.open(path) as c:
+        return np.stack([to_nv12(f) for f in c.decode(video=0)])

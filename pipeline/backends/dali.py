@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipeline.base import Batch, LoaderBase, LoaderConfig
-from pipeline.bitstream import IVF_FOURCC, ivf_slice, read_span
+from pipeline.bitstream import IVF_FOURCC, clip_span, ivf_slice, read_span
 from pipeline.index.table import PacketTable
 from pipeline.sampling import Plan
 
@@ -66,8 +66,7 @@ class _Feed:
             path = self.files[row]
             if self.ivf[row]:  # only the packets keyframe..clip end, re-wrapped as IVF (module docstring)
                 ix = self.packets.video(row)  # views into the memory-mapped packet table
-                first = ix.keyframe_at_or_before(int(fr.min()))
-                last = int(fr.max())
+                first, last = clip_span(ix, fr)
                 raw, base = read_span(path, ix, first, last)
                 enc.append(ivf_slice(raw, base, ix, first, last))
                 frames.append((fr - first).astype(np.int32))

@@ -49,7 +49,7 @@ from pipeline.backends.nvdec_decoders import (
     row_problems,
 )
 from pipeline.base import Batch, LoaderBase, LoaderConfig
-from pipeline.bitstream import PacketSlice, packet_slice
+from pipeline.bitstream import PacketSlice, clip_span, packet_slice
 from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT
 from pipeline.sampling import Plan
@@ -158,8 +158,8 @@ class NvdecLoader(LoaderBase):
         """Clip (row, frames (T,) file frame indices) -> its packet slice (keyframe at or before the first
         frame .. the last frame) and the frames as (T,) int64 indices into the slice."""
         ix = self.packets.video(row)  # views into the memory-mapped table
-        first = ix.keyframe_at_or_before(int(frames.min()))
-        return packet_slice(self._files[row], ix, first, int(frames.max())), frames - first
+        first, last = clip_span(ix, frames)
+        return packet_slice(self._files[row], ix, first, last), frames - first
 
     def _decode(self, row: int, frames: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
         try:

@@ -212,6 +212,8 @@ class PyAVDecoder:
         import av
         import torch
 
+        from pipeline.video import to_nv12  # (imports av: not with this module)
+
         ctx = self._contexts.get(clip.codec)
         if ctx is None:
             ctx = self._contexts[clip.codec] = av.CodecContext.create(clip.codec, "r")
@@ -229,11 +231,7 @@ class PyAVDecoder:
                     raise DecodeError(f"frame {clip.first + k} is {f.format.name} {f.width}x{f.height}; the "
                                       f"index says yuv420p {w}x{h}")
                 seen.add(k)
-                nv12 = out[slots[k][0]]
-                planes = f.to_ndarray()  # (H*3/2, W): Y, then U and V (H/2 x W/2 each, row-major)
-                nv12[:h] = planes[:h]
-                nv12[h:, 0::2] = planes[h:h + h // 4].reshape(h // 2, w // 2)
-                nv12[h:, 1::2] = planes[h + h // 4:].reshape(h // 2, w // 2)
+                nv12 = to_nv12(f, out[slots[k][0]])
                 for t in slots[k][1:]:
                     out[t] = nv12
 
