@@ -34,6 +34,7 @@ from engine.checkpoint import RunRecord, checkpoint_record, run_dir
 from engine.cli import (
     CLIP_RANGES,
     DEVICE_RANGES,
+    LOADER_DEFAULTS,
     LOADER_RANGES,
     MODEL_RANGES,
     CheckpointOverrides,
@@ -43,6 +44,7 @@ from engine.cli import (
     add_loader_flags,
     add_model_flags,
     check_numeric_flags,
+    loader_options,
     resolve_device_flags,
     resolve_normalisation,
     shown_config,
@@ -69,10 +71,10 @@ class EvalConfig(CheckpointOverrides):
     out: str = ""  # resolved: default RUN_DIR/eval-<checkpoint stem>-<split>
     clips: int | None = None  # --views K,C: K clips x C crops per video; None: the paper's windows
     crops: int | None = None
-    backend: str = "dali"
     batch_size: int = 64  # global, split evenly across processes
-    num_threads: int = 4
-    skip_bad: bool = False
+    backend: str = LOADER_DEFAULTS.backend
+    num_threads: int = LOADER_DEFAULTS.num_threads
+    skip_bad: bool = LOADER_DEFAULTS.skip_bad
     # the model and clips (arch ... normalisation): CheckpointOverrides
     # run
     device: str = "cpu"
@@ -198,12 +200,9 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     model, record, name = load_model(cfg, class_names, d)
     views = None if cfg.clips is None else cfg.clips * cfg.crops
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
-                          clips=cfg.clips or 1, crops=cfg.crops or 1, backend=cfg.backend,
-                          device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
-                          rank=d.rank, world_size=d.world_size, num_threads=cfg.num_threads,
-                          sample_duration=record.sample_duration, sample_size=record.sample_size,
-                          normalisation=record.normalisation, device_id=d.local_rank if on_gpu else None,
-                          skip_bad=cfg.skip_bad, progress=d.is_main)
+                          clips=cfg.clips or 1, crops=cfg.crops or 1, sample_duration=record.sample_duration,
+                          sample_size=record.sample_size, normalisation=record.normalisation,
+                          **loader_options(cfg, d, cfg.batch_size))
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
                   f"{record.normalisation.describe()}")
     ids = loader.videos["video_id"]

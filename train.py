@@ -52,6 +52,7 @@ from engine.checkpoint import (
 )
 from engine.cli import (
     DEVICE_RANGES,
+    LOADER_DEFAULTS,
     LOADER_RANGES,
     NORM_RANGES,
     Range,
@@ -61,6 +62,7 @@ from engine.cli import (
     add_normalisation_flags,
     as_flag,
     check_numeric_flags,
+    loader_options,
     model_arg_message,
     resolve_device_flags,
     resolve_normalisation,
@@ -110,9 +112,9 @@ class TrainConfig:
     sample_duration: int = 16
     sample_size: int = 112
     normalisation: Normalisation = PRESETS["kinetics"]  # --norm, or --value-scale/--mean-values/--std-values
-    backend: str = "dali"
-    num_threads: int = 4
-    skip_bad: bool = False
+    backend: str = LOADER_DEFAULTS.backend
+    num_threads: int = LOADER_DEFAULTS.num_threads
+    skip_bad: bool = LOADER_DEFAULTS.skip_bad
     # optimisation (the paper's recipe)
     epochs: int = 200
     batch_size: int = 256  # global, split evenly across processes
@@ -511,11 +513,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
     distributed.share_cpu_threads(d)
-    loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
-                       batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
-                       seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
-                       sample_size=cfg.sample_size, normalisation=cfg.normalisation, skip_bad=cfg.skip_bad,
-                       device_id=d.local_rank if on_gpu else None, progress=d.is_main)
+    loader_args = dict(loader_options(cfg, d, cfg.batch_size), seed=cfg.seed, sample_duration=cfg.sample_duration,
+                       sample_size=cfg.sample_size, normalisation=cfg.normalisation)
     train_loader = build_loader(Path(cfg.data), split="train", mode="train", **loader_args)
     val_loader = build_loader(Path(cfg.data), split="val", mode="val", **loader_args)
     class_names = tuple(train_loader.class_names)

@@ -1,14 +1,59 @@
-"""What the benchmarks share: the machine and clocks they read, and the NVDEC backend's host cost (host_pass).
+"""What the benchmarks share: synthetic content, the machine and clocks they read, and the NVDEC backend's host
+cost (host_pass).
 
-The benchmark scripts put the repository root on sys.path and import this module as benchmarks.common.
+The benchmark scripts put the repository root on sys.path and import this module as benchmarks.common. Nothing here
+imports torch or the pipeline at import time (the scripts' parsers run without them).
 """
 
 from __future__ import annotations
 
+import resource
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+
+def has_cuda() -> bool:
+    """Whether torch is installed and sees a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def cuda_sync() -> None:
+    """Wait for the current GPU's queued work (before reading a clock)."""
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far, every thread (DALI's, the decoders', torch's), user and system."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def panning_texture(rng: np.random.Generator, n: int, width: int, height: int) -> np.ndarray:
+    """A random texture of 8x8-pixel blocks, wide enough for panning_frames' n frames: (H + 16, W + 2n + 16, 3)
+    uint8 at most (block-rounded)."""
+    tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(tex, 8, 0), 8, 1)
+
+
+def panning_frames(tex: np.ndarray, n: int, width: int, height: int, i: int,
+                   colour: tuple[int, int, int]) -> Iterator[np.ndarray]:
+    """n frames (height, width, 3) uint8 of video i: the texture panning 2 px a frame, plus an 80x60 block of
+    `colour` moving over it (3 px down, 5 px right a frame; where it starts depends on i): content an encoder has to
+    work for."""
+    for f in range(n):
+        img = tex[:height, 2 * f:2 * f + width].copy()
+        y, x = (3 * f) % (height - 60), (5 * f + 40 * i) % (width - 80)
+        img[y:y + 60, x:x + 80] = colour
+        yield img
 
 
 def host_pass(loader: Any, max_clips: int | None = None) -> dict:

@@ -41,7 +41,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import host_pass  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    has_cuda,
+    host_pass,
+    panning_frames,
+    panning_texture,
+)
 
 STRATEGIES = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "twin", "host", "augment")
 # What prepare_data.py writes by default first, then the other codecs at the same GOP, then GOP 8.
@@ -81,12 +86,6 @@ class Config:
     prepare_only: bool = False
 
 
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # ---- data ---------------------------------------------------------------------------------------------------
 
 
@@ -103,16 +102,12 @@ def write_sources(raw: Path, count: int, seconds: float, width: int = 640, heigh
         if path.is_file():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
-        tex = np.repeat(np.repeat(tex, 8, 0), 8, 1)
+        tex = panning_texture(rng, n, width, height)
         tmp = path.with_suffix(".tmp.mp4")
         with av.open(str(tmp), "w") as c:
             s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "16"})
             s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-            for f in range(n):
-                img = tex[:height, 2 * f:2 * f + width].copy()
-                y, x = (3 * f) % (height - 60), (5 * f + 40 * i) % (width - 80)
-                img[y:y + 60, x:x + 80] = (255 - 60 * (i % 4), 40 * (i % 5), 128)
+            for img in panning_frames(tex, n, width, height, i, (255 - 60 * (i % 4), 40 * (i % 5), 128)):
                 for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     c.mux(p)
             for p in s.encode():
@@ -267,11 +262,6 @@ class Nvml:
         self._done.set()
         if self._handle is not None:
             self._thread.join()
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (DALI's, the decoders')
-    return r.ru_utime + r.ru_stime
 
 
 def slice_frames(loader) -> float:

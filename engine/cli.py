@@ -63,16 +63,38 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 # ---- loader and device flags (train.py, evaluate.py; infer.py: the device flags without processes) ------------
 
+@dataclass(frozen=True)
+class LoaderFlags:
+    """The loader flags of train.py and evaluate.py (add_loader_flags) and their defaults, written here only: their
+    configs' fields take LOADER_DEFAULTS' values."""
+
+    backend: str = "dali"
+    num_threads: int = 4
+    skip_bad: bool = False
+
+
+LOADER_DEFAULTS = LoaderFlags()
 LOADER_RANGES = {"num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
 DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
     """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
-    group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
-    group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default=LOADER_DEFAULTS.backend)
+    group.add_argument("--num-threads", "--workers", type=int, default=LOADER_DEFAULTS.num_threads,
+                       help="DALI threads / decord workers")
+    group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=LOADER_DEFAULTS.skip_bad,
                        help="skip (and count) unreadable videos instead of stopping")
+
+
+def loader_options(cfg: LoaderFlags, d: Any, batch_size: int) -> dict[str, Any]:
+    """pipeline.build_loader's keyword arguments for this process (d: engine.distributed.Dist) from a config with
+    the loader flags: its share of the global batch_size, its shard, its device (a GPU: decode there, deliver to
+    cuda:LOCAL_RANK), a progress bar on rank 0 only."""
+    on_gpu = d.device.type == "cuda"
+    return dict(backend=cfg.backend, num_threads=cfg.num_threads, skip_bad=cfg.skip_bad,
+                device="gpu" if on_gpu else "cpu", device_id=d.local_rank if on_gpu else None,
+                batch_size=batch_size // d.world_size, rank=d.rank, world_size=d.world_size, progress=d.is_main)
 
 
 def add_device_flags(group: argparse._ActionsContainer, processes: bool = True) -> None:
