@@ -164,10 +164,8 @@ MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "ep
 
 def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
     """'--lr 0.02 (checkpoint: 0.01)', '--no-max-pool (checkpoint: --max-pool)' for each setting in
-    DEFINES_THE_RUN that cfg changes. A setting missing from an older checkpoint's config had its default then;
-    the normalisation was --mean NAME."""
+    DEFINES_THE_RUN that cfg changes. A setting missing from an older checkpoint's config had its default then."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    defaults["normalisation"] = PRESETS.get(saved_config.get("mean", "kinetics"))
     diffs = []
     for name in DEFINES_THE_RUN:
         was, now = saved_config.get(name, defaults[name]), getattr(cfg, name)
@@ -311,8 +309,6 @@ def described_by_the_weights(last: Path | None, pretrained: str | None, given: d
         out = {k: config[k] for k in ARCH_ARGS if k in config}
         if isinstance(config.get("normalisation"), dict):
             out["normalisation"] = Normalisation.from_dict(config["normalisation"])
-        elif config.get("mean") in PRESETS:  # configs from before the normalisation was stored named a mean
-            out["normalisation"] = PRESETS[config["mean"]]
         return out
     if pretrained is None:
         return {}
@@ -591,9 +587,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                           f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
                           f"data wait {row['data_wait_share']:.0%}")
 
-            # scaler: None, bf16 autocast needs no loss scaling
-            state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
-                                  epoch=epoch, config=config, record=record, history=history)
+            state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, config=config,
+                                  record=record, history=history)
             problem = write_on_rank_0(d, partial(save_atomic, state, last_path), cfg, saved)
             saved = epoch if problem is None else saved  # at once: a Ctrl-C from here on says last.pt has it
             stop_together(problem)

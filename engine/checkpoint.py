@@ -2,10 +2,11 @@
 
 A checkpoint is TrainingState as a dict of plain types and tensors (loadable with torch.load(weights_only=True)),
 so that 3D-ResNets-PyTorch-style tools and model.load_weights read it without this module. Its entries:
-  model, optimizer, scaler, epoch, config, history         TrainingState (what --resume needs)
+  model, optimizer, epoch, config, history                 TrainingState (what --resume needs)
   arch, model_args, class_names, normalisation              RunRecord (what a user of the model needs)
 No RNG state: the only randomness after initialisation is the loader's, drawn from (seed, epoch). No scheduler
-state either: the learning rate follows from the validation losses in `history` (engine/schedule.py).
+state either: the learning rate follows from the validation losses in `history` (engine/schedule.py). No loss
+scaler: bf16 autocast needs none.
 
 checkpoint_record gives the record to use any checkpoint with (evaluate.py, infer.py): ours carry theirs,
 3D-ResNets-PyTorch's are described by command-line flags.
@@ -120,7 +121,6 @@ class TrainingState:
 
     model: dict  # state_dict of the unwrapped, uncompiled model (keys as in 3D-ResNets-PyTorch's resnet.py)
     optimizer: dict
-    scaler: Any  # None when unused (bf16 autocast needs no loss scaling)
     epoch: int  # number of finished epochs (metrics.csv numbers epochs from 1); --resume runs epoch + 1 next
     config: dict  # the run's TrainConfig as a dict
     record: RunRecord

@@ -207,11 +207,11 @@ def add_clip_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_normalisation_flags(group: argparse._ActionsContainer, default: str) -> None:
-    """--norm PRESET (older spelling --mean), or a custom --value-scale X --mean-values R G B [--std-values R G
-    B]; resolve_normalisation turns them into a Normalisation. default: what the help says when none is given."""
+    """--norm PRESET, or a custom --value-scale X --mean-values R G B [--std-values R G B]; resolve_normalisation
+    turns them into a Normalisation. default: what the help says when none is given."""
     from pipeline.normalisation import PRESETS
 
-    group.add_argument("--norm", "--mean", choices=tuple(PRESETS), default=None,
+    group.add_argument("--norm", choices=tuple(PRESETS), default=None,
                        help=f"pixel normalisation preset (pipeline/normalisation.py); default: {default}")
     group.add_argument("--value-scale", type=float, help="custom normalisation: what a 255 pixel is worth (1 or 255)")
     group.add_argument("--mean-values", type=float, nargs=3, metavar=("R", "G", "B"),

@@ -22,13 +22,12 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ACTIVITYNET_MEAN", "KINETICS_MEAN", "Batch", "DatasetError", "LoaderBase", "LoaderConfig",
-           "build_loader"]
+__all__ = ["Batch", "DatasetError", "LoaderBase", "LoaderConfig", "build_loader"]
 _HOME = {name: "pipeline.base" for name in __all__ if name != "build_loader"} | {
     "DatasetError": "pipeline.manifest"}  # where each lives
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports them
-    from pipeline.base import ACTIVITYNET_MEAN, KINETICS_MEAN, Batch, LoaderBase, LoaderConfig
+    from pipeline.base import Batch, LoaderBase, LoaderConfig
     from pipeline.manifest import DatasetError
 
 

@@ -15,12 +15,9 @@ import pandas as pd
 from pipeline.index.build import load_or_build
 from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
-from pipeline.normalisation import MEANS, PRESETS, Normalisation
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 
-# Per-channel RGB means on the 0-255 scale: pipeline/normalisation.py's, under their older names (mean=).
-KINETICS_MEAN = MEANS["kinetics"]
-ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
 BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch: pipeline/backends/<name>.py
 
@@ -49,8 +46,7 @@ class LoaderConfig:
     this process); sample_duration T frames, sample_size S pixels;
     clips, crops: views mode's K clips x C crops per video, C = 1 or 3 (sampling.view_starts, view_boxes:
     PySlowFast's test views); normalisation: what the
-    pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale); mean: the
-    older spelling, 3 numbers = Normalisation(mean) (replaces normalisation; then stored as None);
+    pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
     most MAX_BAD_FRACTION); progress: progress bar while indexing videos; prefetch: batches made ahead of the
     consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own, decord_loader.py).
@@ -73,7 +69,6 @@ class LoaderConfig:
     clips: int = 1
     crops: int = 1
     normalisation: Normalisation = PRESETS["kinetics"]
-    mean: tuple[float, float, float] | None = None
     device_id: int | None = None
     skip_bad: bool = False
     dali_input: str = "gop"
@@ -82,13 +77,6 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
-        if self.mean is not None:
-            if self.normalisation != PRESETS["kinetics"]:
-                raise ValueError("give normalisation or mean (its older spelling), not both")
-            if len(self.mean) != 3:
-                raise ValueError(f"mean must have 3 values (RGB, 0-255 scale), got {self.mean}")
-            object.__setattr__(self, "normalisation", Normalisation(mean=tuple(self.mean)))
-            object.__setattr__(self, "mean", None)
         self.validate()
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from videos import (
     write_video,
 )
 
-from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
+from pipeline import DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
 from pipeline.backends.nvdec import NvdecLoader
 from pipeline.backends.nvdec_decoders import (
@@ -35,6 +35,7 @@ from pipeline.backends.nvdec_decoders import (
 from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
 from pipeline.index.build import index_file, load_or_build
 from pipeline.index.table import PacketTable, VideoIndex
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import eval_starts
 
 T, S = 16, 24
@@ -367,7 +368,7 @@ def test_gpu_augment_matches_cpu():
     y = torch.from_numpy(rng.integers(0, 256, (n, T, h, w), dtype=np.uint8))
     uv = torch.from_numpy(rng.integers(0, 256, (n, T, h // 2, w), dtype=np.uint8))
     args = (np.tile([h, w], (n, 1)), [[0, 0, 144], [48, 0, 144], [3, 5, 101], [0, 0, 72], [9, 1, 72], [1, 1, 24]],
-            [True, False, True, False, True, False], 112, KINETICS_MEAN)
+            [True, False, True, False, True, False], 112, PRESETS["kinetics"])
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1
@@ -392,7 +393,7 @@ def load(data, split="train", mode="train", backend="nvdec", **kw):
     everything but the hardware call (build_loader refuses "nvdec" on the CPU)."""
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
-    kw.setdefault("mean", ZERO)
+    kw.setdefault("normalisation", Normalisation(ZERO))
     if backend == "nvdec" and kw.get("device", "cpu") == "cpu":
         config = LoaderConfig(data=data, split=split, mode=mode, backend=backend, progress=False, **kw)
         return NvdecLoader(config, decoder="pyav")
@@ -444,7 +445,7 @@ def test_same_clips_as_decord_and_dali(data, mode):
     """Same seed and epoch: the same rows, frames, boxes and flips as the other backends; pixels within
     40 dB of decord (whose colour conversion uses nearest chroma) and of DALI on CPU (measured ~70 dB)."""
     split = "train" if mode == "train" else "val"
-    kw = dict(mean=KINETICS_MEAN, sample_size=112, seed=3)
+    kw = dict(normalisation=PRESETS["kinetics"], sample_size=112, seed=3)
     ours = epoch(load(data, split, mode, **kw))
     for backend in ("decord", "dali"):
         other = epoch(load(data, split, mode, backend=backend, **kw))
@@ -590,13 +591,13 @@ def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gpu_loader_matches_the_twin(data, mode):
     split = "train" if mode == "train" else "val"
-    twin = epoch(load(data, split, mode, mean=KINETICS_MEAN))
-    with load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0) as loader:
+    twin = epoch(load(data, split, mode, normalisation=PRESETS["kinetics"]))
+    with load(data, split, mode, normalisation=PRESETS["kinetics"], device="gpu", device_id=0) as loader:
         assert loader.decoder_kind == "nvdec" and loader.num_threads % loader.engines == 0
         assert loader.limits["vp9"].min_width >= 128
         first = next(iter(loader))
         assert first.clips.is_cuda and first.clips.shape == (4, 3, T, S, S)
-    gpu = epoch(load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0))
+    gpu = epoch(load(data, split, mode, normalisation=PRESETS["kinetics"], device="gpu", device_id=0))
     np.testing.assert_array_equal(twin[2], gpu[2])
     for x, y in zip(twin[0], gpu[0], strict=True):
         assert psnr(x, y) >= 40

@@ -53,6 +53,7 @@ from pipeline.base import LoaderConfig
 from pipeline.bitstream import packet_slice
 from pipeline.index.build import index_file
 from pipeline.manifest import COLUMNS
+from pipeline.normalisation import Normalisation
 from prepare.sample import write_video
 from prepare.transcode import EncodeSettings, transcode
 
@@ -266,7 +267,7 @@ def test_twin_loader_over_three_codecs_and_widths_delivers_the_plan(files, tmp_p
     """The loader the GPU test 4 runs, on the twin: each clip's frames, crop box and flip are the plan's."""
     root = dataset(files, tmp_path_factory.mktemp("ds360"))
     split = "train" if mode == "train" else "val"
-    config = LoaderConfig(data=root, split=split, mode=mode, device="cpu", mean=(0.0, 0.0, 0.0), **LOADER)
+    config = LoaderConfig(data=root, split=split, mode=mode, device="cpu", normalisation=Normalisation((0.0, 0.0, 0.0)), **LOADER)
     with NvdecLoader(config, decoder="pyav") as loader:
         assert loader.decoder_kind == "pyav"
         plan = loader.plan

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from videos import decode_code, make_dataset, write_video
 
-from pipeline import KINETICS_MEAN, DatasetError, build_loader
+from pipeline import DatasetError, build_loader
 from pipeline.manifest import COLUMNS
-from pipeline.normalisation import Normalisation
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import eval_starts
 
 T, S, W, H = 16, 24, 96, 64
@@ -38,8 +38,7 @@ def data(tmp_path_factory):
 def load(data, split="train", mode="train", backend="dali", **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
-    if "mean" not in kw:  # (the older spelling, 3 numbers: test_mean_subtraction)
-        kw.setdefault("normalisation", Normalisation(ZERO))
+    kw.setdefault("normalisation", Normalisation(ZERO))
     if backend == "nvdec":  # on the CPU: the NVDEC loader with its CPU twin decoder (tests/test_nvdec.py)
         from pipeline.backends.nvdec import NvdecLoader
         from pipeline.base import LoaderConfig
@@ -109,13 +108,12 @@ def test_val_mode_centre_clip(data):
 
 
 def test_mean_subtraction(data):
-    """mean=: the older spelling of a normalisation that subtracts 3 numbers from 0-255 pixels."""
-    a = epoch(load(data, "val", "val", mean=ZERO))[0]
-    b = epoch(load(data, "val", "val", mean=KINETICS_MEAN))[0]
-    with pytest.raises(ValueError, match="not both"):
-        load(data, "val", "val", mean=ZERO, normalisation=Normalisation((1.0, 2.0, 3.0)))
-    np.testing.assert_allclose(a - b, np.broadcast_to(np.array(KINETICS_MEAN, np.float32).reshape(1, 3, 1, 1, 1),
-                                                      a.shape), atol=1e-4)
+    """The default normalisation subtracts the Kinetics mean from 0-255 pixels, and nothing else."""
+    a = epoch(load(data, "val", "val", normalisation=Normalisation(ZERO)))[0]
+    b = epoch(load(data, "val", "val", normalisation=PRESETS["kinetics"]))[0]
+    mean = PRESETS["kinetics"].mean
+    np.testing.assert_allclose(a - b, np.broadcast_to(np.array(mean, np.float32).reshape(1, 3, 1, 1, 1), a.shape),
+                               atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +204,8 @@ def psnr(a, b):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_dali_matches_decord(data, mode):
     split = "train" if mode == "train" else "val"
-    a = epoch(load(data, split, mode, backend="dali", mean=KINETICS_MEAN))
-    b = epoch(load(data, split, mode, backend="decord", mean=KINETICS_MEAN))
+    a = epoch(load(data, split, mode, backend="dali", normalisation=PRESETS["kinetics"]))
+    b = epoch(load(data, split, mode, backend="decord", normalisation=PRESETS["kinetics"]))
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[2], b[2])
     for x, y in zip(a[0], b[0], strict=True):

@@ -125,7 +125,7 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
 
     path = reference_run / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=True)
-    assert set(REQUIRED_KEYS) == {"model", "optimizer", "scaler", "epoch", "config", "history", "arch", "model_args",
+    assert set(REQUIRED_KEYS) == {"model", "optimizer", "epoch", "config", "history", "arch", "model_args",
                                   "class_names", "normalisation"}
     assert set(state) == set(REQUIRED_KEYS)
     model_args = dict(arch="resnet-10", n_classes=3, shortcut="A", conv1_t_size=7, conv1_t_stride=1,
@@ -708,8 +708,9 @@ def test_resume_refuses_other_settings_that_define_the_run(data, reference_run, 
     assert (run / "config.json").read_text() == before  # nothing recorded
 
 
-def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(data, tmp_path):
-    """The normalisation defines the run; a checkpoint's config from before it was stored says --mean NAME."""
+def test_resume_compares_the_normalisation(data, tmp_path):
+    """The normalisation defines the run: another one is refused, named by its flag; a preset and the same custom
+    values are the same normalisation."""
     from dataclasses import asdict
 
     from pipeline.normalisation import PRESETS
@@ -717,8 +718,8 @@ def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(d
     cfg = train.parse_args(args(data, tmp_path / "run", "--norm", "kinetics-0-1"))
     saved = json.loads(json.dumps(asdict(cfg)))  # as train.py stores it
     assert train.resume_differences(saved, cfg) == []
-    older = {k: v for k, v in saved.items() if k != "normalisation"} | {"mean": "activitynet"}
-    assert train.resume_differences(older, cfg) == [
+    other = json.loads(json.dumps(asdict(train.parse_args(args(data, tmp_path / "run", "--norm", "activitynet")))))
+    assert train.resume_differences(other, cfg) == [
         f"--norm {PRESETS['kinetics-0-1'].describe()} (checkpoint: {PRESETS['activitynet'].describe()})"]
     custom = train.parse_args(args(data, tmp_path / "run", "--value-scale", "1", "--mean-values", "0.4345", "0.4051",
                                    "0.3775", "--std-values", "0.2768", "0.2713", "0.2737"))
@@ -761,7 +762,7 @@ def _without(src: Path, dst: Path, key: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("key", ["model", "optimizer", "scaler", "epoch", "config", "history", "arch", "model_args",
+@pytest.mark.parametrize("key", ["model", "optimizer", "epoch", "config", "history", "arch", "model_args",
                                  "class_names", "normalisation"])
 def test_checkpoint_missing_a_key_is_a_one_line_error(reference_run, tmp_path, key):
     from engine.checkpoint import CheckpointError, load_training_checkpoint
