@@ -73,7 +73,7 @@ class EvalConfig(CheckpointOverrides):
     crops: int | None = None
     batch_size: int = 64  # global, split evenly across processes
     backend: str = LOADER_DEFAULTS.backend
-    num_threads: int = LOADER_DEFAULTS.num_threads
+    workers: int = LOADER_DEFAULTS.workers
     skip_bad: bool = LOADER_DEFAULTS.skip_bad
     # the model and clips (arch ... normalisation): CheckpointOverrides
     # run
@@ -171,7 +171,7 @@ def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.
     model = build_model(**record.model_args)
     load_weights(model, path, strict_head=True, verbose=d.is_main)
     model = model.to(d.device, memory_format=memory_format(d.device.type == "cuda"))
-    return model.eval(), record, f"{record.model_args['arch']}-{record.model_args['shortcut']}"
+    return model.eval(), record, record.model_name()
 
 
 def expected_clips(videos, sample_duration: int, views: int | None = None) -> torch.Tensor:
@@ -246,7 +246,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     metrics = total.summary(video_labels)
     metrics.update(split=cfg.split, checkpoint=cfg.checkpoint, model=name, n_classes=n_classes,
                    world_size=d.world_size, protocol=cfg.protocol(record.sample_duration),
-                   normalisation=record.to_dict()["normalisation"])
+                   input=record.to_dict()["input"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
     try:

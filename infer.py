@@ -293,7 +293,7 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
         print(f"error: {with_flag_hints(str(e))}", file=sys.stderr)
         return 2
     model = model.to(device, memory_format=memory_format(device.type == "cuda")).eval()
-    console.print(f"{record.model_args['arch']}-{record.model_args['shortcut']}, {len(record.class_names)} classes, "
+    console.print(f"{record.model_name()}, {len(record.class_names)} classes, "
                   f"clips {record.sample_duration} x {record.sample_size} px from videos {record.video_height} px "
                   f"high | normalisation {record.normalisation.describe()} | {len(cfg.videos)} file(s) on "
                   f"{device.type}", highlight=False)

@@ -113,7 +113,7 @@ class TrainConfig:
     sample_size: int = 112
     normalisation: Normalisation = PRESETS["kinetics"]  # --norm, or --value-scale/--mean-values/--std-values
     backend: str = LOADER_DEFAULTS.backend
-    num_threads: int = LOADER_DEFAULTS.num_threads
+    workers: int = LOADER_DEFAULTS.workers
     skip_bad: bool = LOADER_DEFAULTS.skip_bad
     # optimisation (the paper's recipe)
     epochs: int = 200
@@ -157,7 +157,7 @@ class TrainConfig:
 DEFINES_THE_RUN = ("arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
                    "cardinality", "wide_k", "sample_duration", "sample_size", "normalisation", "batch_size", "lr",
                    "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
-MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
+MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "workers", "skip_bad", "epochs", "lr_reductions", "resume",
                         "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
                         "inject_nan_step")  # fmt: skip
 

@@ -18,7 +18,8 @@ Strategies (--strategies; default: all that this machine can run):
                 NATIVE with an end-of-stream packet per clip; nvdec-low: latency LOW, no end of stream
   twin          the NVDEC backend's CPU twin: PyAV decodes the same packet slices, augmentation on the CPU
   host          the NVDEC backend's host work only (benchmarks/common.py host_pass: plan, packet slices, Annex-B,
-                decoder submissions); clips/s is then 1 / host time per clip
+                decoder submissions), in one thread; its rate is clips per CPU-second (clips_per_cpu_s), not
+                clips/s
   augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
 Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
 epoch whenever one ends), synchronising the GPU before reading the clocks. A row that fails (or a format
@@ -172,7 +173,7 @@ def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, 
     from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="dali", device=device,
-                          batch_size=cfg.batch_size, num_threads=threads or cfg.threads, rank=rank,
+                          batch_size=cfg.batch_size, workers=threads or cfg.threads, rank=rank,
                           world_size=world, sample_size=cfg.sample_size, progress=False)
     if build_index:
         return DaliLoader(config)
@@ -196,7 +197,7 @@ def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str = "nvdec", l
     from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="nvdec", device=device,
-                          batch_size=cfg.batch_size, num_threads=cfg.threads, sample_size=cfg.sample_size,
+                          batch_size=cfg.batch_size, workers=cfg.threads, sample_size=cfg.sample_size,
                           progress=False)
     return NvdecLoader(config, decoder=decoder, latency=latency)
 
@@ -338,7 +339,7 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
                 epoch += 1
                 clips += host_pass(loader)["clips"]
             cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-            row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
+            row.update(clips=clips, wall_s=wall, clips_per_cpu_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
                        frames_per_clip=slice_frames(loader))
         return row
     if strategy == "augment":
@@ -354,7 +355,7 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
         elif strategy.startswith("nvdec"):
             loaders.append(nvdec_loader(data, cfg, device, decoder="nvdec",
                                         latency="low" if strategy == "nvdec-low" else "native"))
-            row["threads"] = loaders[0].num_threads
+            row["threads"] = loaders[0].workers
         else:  # twin
             loaders.append(nvdec_loader(data, cfg, device, decoder="pyav"))
         row["build_s"] = time.perf_counter() - t0
@@ -484,8 +485,8 @@ def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="decode strategies x formats (train mode, one timed window per row)")
-    cols = ["strategy", "format", "clips/s", "host CPU ms/clip", "frames/clip", "NVDEC % mean/max", "GPU MB", "threads",
-            "note"]
+    cols = ["strategy", "format", "clips/s", "clips/CPU-s", "host CPU ms/clip", "frames/clip", "NVDEC % mean/max",
+            "GPU MB", "threads", "note"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("strategy", "format", "note") else "right")
 
@@ -494,7 +495,8 @@ def print_table(rows: list[dict]) -> None:
 
     for r in rows:
         util = "" if r.get("nvdec_util_mean") is None else f"{r['nvdec_util_mean']:.0f}/{r['nvdec_util_max']}"
-        table.add_row(r["strategy"], r["format"], f(r.get("clips_per_s")), f(r.get("host_cpu_ms_per_clip"), "{:.3f}"),
+        table.add_row(r["strategy"], r["format"], f(r.get("clips_per_s")), f(r.get("clips_per_cpu_s")),
+                      f(r.get("host_cpu_ms_per_clip"), "{:.3f}"),
                       f(r.get("frames_per_clip")), util, f(r.get("gpu_mem_mb"), "{:.0f}"), str(r.get("threads", "")),
                       r.get("skipped") or r.get("error", ""))
     Console(width=180).print(table)
@@ -535,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.cuda.empty_cache()
         r = rows[-1]
-        print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
+        rate = f"{r['clips_per_cpu_s']:8.1f} clips/CPU-s" if "clips_per_cpu_s" in r else \
+            f"{r.get('clips_per_s', 0):8.1f} clips/s"
+        print(f"{strategy:13s} {fmt:9s} {rate}  "
               f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error') or r.get('skipped') or ''}",
               flush=True)
         save()

@@ -163,7 +163,7 @@ def measure(config: str, data: Path) -> dict:
         n = len(held)
     else:
         held = build_loader(data, split="train", mode="train", backend=config, device="cpu", batch_size=32,
-                            num_threads=2, progress=False)
+                            workers=2, progress=False)
         n = len(held.videos)
     ready = time.perf_counter() - t0
     done.set()

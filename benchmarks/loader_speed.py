@@ -271,7 +271,7 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
     memory = PeakMemory().start()
     t0 = time.perf_counter()
     with build_loader(data, split=split, mode=mode, backend=backend, device=device, batch_size=cfg.batch_size,
-                      num_threads=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
+                      workers=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
                       dali_input=dali_input, progress=False) as loader:
         build_s = time.perf_counter() - t0
         sync = cuda_sync if device == "gpu" else (lambda: None)

@@ -41,7 +41,7 @@ def _number(x: float) -> str:
 
 
 def numeric_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """{dest: flag} for every int or float option of parser ("num_threads": "--num-threads")."""
+    """{dest: flag} for every int or float option of parser ("workers": "--workers")."""
     # argparse has no public list of its actions; _actions is the one every introspecting tool reads
     return {a.dest: a.option_strings[0] for a in parser._actions if a.type in (int, float)}
 
@@ -69,20 +69,20 @@ class LoaderFlags:
     configs' fields take LOADER_DEFAULTS' values."""
 
     backend: str = "dali"
-    num_threads: int = 4
+    workers: int = 4
     skip_bad: bool = False
 
 
 LOADER_DEFAULTS = LoaderFlags()
-LOADER_RANGES = {"num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
+LOADER_RANGES = {"workers": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
 DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
-    """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
+    """--backend, --workers, --skip-bad: pipeline.build_loader's backend, workers and skip_bad."""
     group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default=LOADER_DEFAULTS.backend)
-    group.add_argument("--num-threads", "--workers", type=int, default=LOADER_DEFAULTS.num_threads,
-                       help="DALI threads / decord workers")
+    group.add_argument("--workers", type=int, default=LOADER_DEFAULTS.workers,
+                       help="decoding threads (dali, nvdec), or decord's worker processes (0: in this process)")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=LOADER_DEFAULTS.skip_bad,
                        help="skip (and count) unreadable videos instead of stopping")
 
@@ -92,7 +92,7 @@ def loader_options(cfg: LoaderFlags, d: Any, batch_size: int) -> dict[str, Any]:
     the loader flags: its share of the global batch_size, its shard, its device (a GPU: decode there, deliver to
     cuda:LOCAL_RANK), a progress bar on rank 0 only."""
     on_gpu = d.device.type == "cuda"
-    return dict(backend=cfg.backend, num_threads=cfg.num_threads, skip_bad=cfg.skip_bad,
+    return dict(backend=cfg.backend, workers=cfg.workers, skip_bad=cfg.skip_bad,
                 device="gpu" if on_gpu else "cpu", device_id=d.local_rank if on_gpu else None,
                 batch_size=batch_size // d.world_size, rank=d.rank, world_size=d.world_size, progress=d.is_main)
 
@@ -113,8 +113,8 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     parser.error (one line with a hint) when they contradict each other or the machine."""
     import torch
 
-    if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "") == "dali":
-        parser.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
+    if getattr(args, "workers", 1) == 0 and getattr(args, "backend", "") == "dali":
+        parser.error("--workers 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # add_device_flags(processes=False): 1
     problem = None

@@ -41,15 +41,15 @@ class LoaderConfig:
     data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval | views
     (sampling.py; eval and views accept unlabelled rows, label -1);
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI and NVDEC,
-    decoded; NVDEC on "cpu" is its CPU twin); batch_size per rank; rank, world_size: DDP sharding; seed: the
-    epoch plans' seed; num_threads: DALI or NVDEC decoder threads (>= 1) or decord DataLoader workers (0 = in
-    this process); sample_duration T frames, sample_size S pixels;
+    decoded; NVDEC decodes on "gpu" only); batch_size per rank; rank, world_size: DDP sharding; seed: the epoch
+    plans' seed; workers: decoding threads (DALI, NVDEC: >= 1), or decord's worker processes (0: decord decodes
+    in this process); sample_duration T frames, sample_size S pixels;
     clips, crops: views mode's K clips x C crops per video, C = 1 or 3 (sampling.view_starts, view_boxes:
     PySlowFast's test views); normalisation: what the
     pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
     most MAX_BAD_FRACTION); progress: progress bar while indexing videos; prefetch: batches made ahead of the
-    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own, decord_loader.py).
+    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own: backends/decord.py).
     DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
     (VP8/VP9; other codecs always get the whole file), "file" the whole file.
     """
@@ -63,7 +63,7 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     seed: int = 0
-    num_threads: int = 2
+    workers: int = 2
     sample_duration: int = 16
     sample_size: int = 112
     clips: int = 1
@@ -96,8 +96,8 @@ class LoaderConfig:
                              f"crop or both ends and the centre), got {self.crops}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        if self.num_threads < 0 or (self.backend != "decord" and self.num_threads < 1):
-            raise ValueError(f"num_threads must be >= 1 (decord: >= 0), got {self.num_threads}")
+        if self.workers < 0 or (self.backend != "decord" and self.workers < 1):
+            raise ValueError(f"workers must be >= 1 (decord: >= 0), got {self.workers}")
         if not isinstance(self.normalisation, Normalisation):
             raise ValueError(f"normalisation must be a pipeline.normalisation.Normalisation, got {self.normalisation!r}")
 

@@ -217,7 +217,8 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
         *JUNIT_LINES,
         "pytest-360p: no report (the step did not finish); its log shows 1 passed, 1 skipped; it ended in "
         "tests/test_nvdec_gpu.py::test_gpu_3_one_decoder_follows_every_size_change[hevc-low]",
-        "decode (clips/s | host CPU ms/clip | NVDEC % mean/max | frames/clip | threads):",
+        "decode (clips/s | host CPU ms/clip | NVDEC % mean/max | frames/clip | threads; the host row: clips per "
+        "CPU-second):",
         "  nvdec         vp9-g16      812.5 |  0.250 |   61/97 | 23.5 | 14",
         "  nvdec         h264-g16     640.0 |  0.250 |   61/97 | 23.5 | 14",
         "  nvdec-low     h264-g16  error: DecodeError: NVDEC returned 0 of the 16 frames wanted",
@@ -463,6 +464,16 @@ def test_gpu_report_merges_steps_in_the_order_they_ran(tmp_path, capsys):
         "versions: not recorded (see env.txt and log.txt)",
         "decode: cannot summarise (KeyError: 'strategy'); the rows are in OUT"]
     assert gpu_report.main(["bogus"]) == 2
+
+
+def test_the_host_row_is_reported_per_cpu_second():
+    """decode_speed.py's host row times one thread's CPU: its rate is clips per CPU-second, said so."""
+    import gpu_report
+
+    rows = [{"strategy": "nvdec", "format": "vp9-g16", "clips_per_s": 812.5, "host_cpu_ms_per_clip": 0.25},
+            {"strategy": "host", "format": "vp9-g16", "clips_per_cpu_s": 11436.9, "host_cpu_ms_per_clip": 0.087}]
+    assert gpu_report.decode_lines(rows)[1:] == ["  nvdec         vp9-g16      812.5 |  0.250 |         |      | ",
+                                                 "  host          vp9-g16    11436.9/CPU-s |  0.087 |         |      | "]
 
 
 def test_gpu_check_script_is_what_the_readme_says():

@@ -252,7 +252,7 @@ def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys,
 
     monkeypatch.setattr(evaluate, "build_loader", nvdec_twin)  # ("nvdec" on the CPU is refused on the command line)
     evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"), "--backend",
-                   "decord", "--num-threads", "1", "--batch-size", "4"])
+                   "decord", "--workers", "1", "--batch-size", "4"])
     files = sorted((data / "videos").rglob("*.webm"))
     code, stdout, _ = run([*map(str, files), "--checkpoint", str(ckpt), "--out", str(tmp_path / "infer"),
                            "--top-k", "6", "--batch-size", "2"], capsys)

@@ -53,7 +53,7 @@ class RecordingDataLoader:
 def test_decord_loader_passes_the_bound_to_its_dataloader(data, monkeypatch, threads, prefetch, in_flight):
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingDataLoader)
     RecordingDataLoader.calls = []
-    with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+    with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, workers=threads,
                       sample_size=24, progress=False) as loader:
         assert list(loader) == [] and list(loader) == []
     (kw,) = RecordingDataLoader.calls  # one DataLoader for all epochs
@@ -67,7 +67,7 @@ def test_decord_workers_deliver_what_one_process_makes(data):
     """Batches filled in place in shared memory by a worker equal the in-process batches, bit for bit."""
 
     def epoch(threads):
-        with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+        with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, workers=threads,
                           sample_size=24, progress=False) as loader:
             loader.set_epoch(3)
             return [tuple(x.numpy() for x in b) for b in loader]

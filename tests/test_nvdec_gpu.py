@@ -180,7 +180,7 @@ def dataset(files: dict, root: Path) -> Path:
     return root
 
 
-LOADER = dict(backend="nvdec", batch_size=4, sample_size=112, seed=7, num_threads=2, progress=False)
+LOADER = dict(backend="nvdec", batch_size=4, sample_size=112, seed=7, workers=2, progress=False)
 
 
 def child_main(argv: list[str]) -> None:
@@ -339,7 +339,7 @@ def test_gpu_4_loader_over_three_codecs_and_widths_is_the_twin_loader_to_the_bit
     with NvdecLoader(LoaderConfig(**kw), decoder="pyav") as twin:
         want = [tuple(x.cpu() for x in b) for b in twin]
     with build_loader(**kw) as loader:
-        assert loader.decoder_kind == "nvdec" and loader.num_threads % loader.engines == 0
+        assert loader.decoder_kind == "nvdec" and loader.workers % loader.engines == 0
         got = [tuple(x.cpu() for x in b) for b in loader]
     assert len(got) == len(want) == (2 if mode == "train" else 5)
     for k, (g, w) in enumerate(zip(got, want, strict=True)):

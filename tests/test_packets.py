@@ -449,7 +449,7 @@ def test_reorder_depth_of_real_x264_and_x265_streams(tmp_path, codec, bframes, r
     """The index's reorder depth equals what FFmpeg reads from the same SPS (trace_headers) and its decoder's
     reorder_depth (has_b_frames); `reordered` says whether B-frames were used."""
     import av
-    from test_nvdec import write_pattern
+    from videos import write_pattern
 
     path = str(write_pattern(tmp_path / "v.mp4", 24, codec, bframes=bframes))
     ix = index_file(path)
@@ -465,7 +465,7 @@ def test_h264_without_a_declared_reorder_depth(tmp_path):
     the file keeps its size): the stream no longer says how many frames wait for reordering, so the index
     records REORDER_UNKNOWN; the frames decode as before."""
     import av
-    from test_nvdec import write_pattern
+    from videos import write_pattern
 
     from pipeline.headers import REORDER_UNKNOWN
 

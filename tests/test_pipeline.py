@@ -446,7 +446,7 @@ def test_close_in_the_middle_of_an_epoch(data):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decord_close_in_the_middle_of_an_epoch(data, workers):
     """The suspended epoch says "closed": it neither ends early (workers gone) nor goes on (no workers)."""
-    loader = load(data, "val", "val", backend="decord", batch_size=1, num_threads=workers)
+    loader = load(data, "val", "val", backend="decord", batch_size=1, workers=workers)
     batches = iter(loader)
     next(batches)
     loader.close()
@@ -463,7 +463,7 @@ def test_dropped_loaders_free_threads_and_workers_without_gc(data):
     gc.disable()
     try:
         for backend in BACKENDS:
-            loader = load(data, backend=backend, batch_size=2, num_threads=2)
+            loader = load(data, backend=backend, batch_size=2, workers=2)
             for _ in loader:
                 break
             assert threads() > before or multiprocessing.active_children()
@@ -481,7 +481,7 @@ def _parent_of(pid: int) -> int:
 
 
 def test_decord_workers_persist_across_epochs_and_see_each_plan(data):
-    with load(data, backend="decord", batch_size=2, num_threads=2) as loader:
+    with load(data, backend="decord", batch_size=2, workers=2) as loader:
         first = epoch(loader)
         workers = {p.pid for p in multiprocessing.active_children()}
         assert len(workers) == 2

@@ -121,7 +121,7 @@ class DaliLoader(LoaderBase):
         decode_device = "mixed" if c.device == "gpu" else "cpu"
         mean, std = c.normalisation.on_pixels()  # 0-255 scale (module docstring)
 
-        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self.torch_device.index,
+        @pipeline_def(batch_size=c.batch_size, num_threads=c.workers, device_id=self.torch_device.index,
                       prefetch_queue_depth=c.prefetch, seed=c.seed)
         def graph():  # refers to feed and c, not to self: no cycle through the pipeline
             enc, frames, anchor, shape, mirror = fn.external_source(

@@ -172,7 +172,7 @@ class DecordLoader(LoaderBase):
 
         c = self.config
         ds = _PlanDataset(self.videos["file"].tolist(), self.labels, c.sample_size, c.normalisation)
-        workers = c.num_threads
+        workers = c.workers
         if workers > 0:
             # The forkserver (one per process, started by exec: it inherits no threads) forks the workers. What it
             # imports first, each worker has without importing it (av before decord: import_decord): measured with

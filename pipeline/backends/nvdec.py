@@ -98,7 +98,7 @@ def twin_problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
 class NvdecLoader(LoaderBase):
     """Backend "nvdec" (device="gpu"). decoder: "nvdec" (the GPU's decoders, the default) or "pyav" (the CPU
     twin, on either device: for tests and benchmarks); latency: NvdecDecoder's ("native" | "low"). Worker
-    threads: config.num_threads (for NVDEC rounded up to a multiple of the engine count), started on the first
+    threads (workers): config.workers, for NVDEC rounded up to a multiple of the engine count, started on the first
     iteration and kept until close(); as many decoders, made when the loader is built, one bound to each thread
     on its first clip (_decoder). Batches decoded ahead of the consumer: config.prefetch. limits, engines: what
     the rows were checked against. latency: the one in use ("low" falls back to "native" when
@@ -130,9 +130,9 @@ class NvdecLoader(LoaderBase):
                 if config.rank == 0:
                     print(f"NVDEC latency 'low' would lose frames of {len(unsafe)} of {len(self.videos)} row(s) "
                           f"(first: {self._files[r]}: {why}); decoding with latency 'native' instead")
-        self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
+        self.workers = max(1, -(-config.workers // self.engines) * self.engines)
         self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # not yet taken by a worker thread
-        for d in self._new_decoders(self.num_threads):
+        for d in self._new_decoders(self.workers):
             self._decoders.put(d)
         self._bound = threading.local()  # .decoder: the worker thread's own
         self._executor: ThreadPoolExecutor | None = None
@@ -147,7 +147,7 @@ class NvdecLoader(LoaderBase):
 
     # -- per clip -------------------------------------------------------------------------------------------------
     def _decoder(self) -> Decoder:
-        """This worker thread's decoder: taken on its first clip, then kept. The executor has num_threads
+        """This worker thread's decoder: taken on its first clip, then kept. The executor has self.workers
         threads and the pool as many decoders, so one is always there (get_nowait: a bug fails, not hangs)."""
         decoder = getattr(self._bound, "decoder", None)
         if decoder is None:
@@ -204,7 +204,7 @@ class NvdecLoader(LoaderBase):
         if not batches:
             return
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="nvdec")
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="nvdec")
         pool, todo = self._executor, iter(batches)
         pending: deque[tuple[Plan, list[Future]]] = deque()
 

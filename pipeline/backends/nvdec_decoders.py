@@ -54,7 +54,7 @@ STATIC_LIMITS: dict[str, Limits] = {
     "vp8": Limits(48, 16, 4096, 4096),
     "vp9": Limits(128, 128, 8192, 8192),
 }
-ENGINES_CPU = 1  # "engines" of the CPU twin: num_threads is used as given
+ENGINES_CPU = 1  # "engines" of the CPU twin: LoaderConfig.workers threads, as given
 
 
 def import_nvc():  # -> the PyNvVideoCodec module
