@@ -3,7 +3,7 @@
     python prepare_data.py SRC --out DST               # Kinetics, class folders or ActivityNet (auto-detected)
     python prepare_data.py --make-sample RAW [--seed 0]  # write the built-in synthetic raw dataset
 
-Output (relied on by pipeline/ and train.py; see design.md 3):
+Output (relied on by pipeline/ and train.py; docs/design.md#prepared-dataset and #manifest):
     DST/videos/<split>/<label>/<video_id>.webm   VP9 yuv420p, keyframe every --gop frames, CFR, height --height
     DST/{train,val,test}.csv                     video_id,path,label,label_name,split,num_frames,fps,width,height,
                                                  start_frame,end_frame  (num_frames: frames the encoder wrote, one
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                    help="decode every new output again and check its frame count and size (~10%% slower; the "
                    "count written without it is the encoder's, exact for every --codec)")
-    g = p.add_argument_group("built-in sample dataset (design.md 6)")
+    g = p.add_argument_group("built-in sample dataset (docs/design.md#sample-dataset)")
     g.add_argument("--make-sample", type=Path, metavar="RAW_DIR", help="write the synthetic raw dataset and exit")
     g.add_argument("--seed", type=int, default=0, help="sample dataset seed")
     g.add_argument("--sample-train", type=int, default=40, help="sample training videos per class")

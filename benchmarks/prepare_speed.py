@@ -15,7 +15,8 @@ the CPU seconds are the steadier number. Where `ffmpeg` is not on PATH its rows 
 --sweep: the per-setting table instead (codec, GOP, height): transcode speed of one process with one codec thread
 (prepare.transcode.transcode, with and without --verify's decode), the ffmpeg command line with the same
 options, output size, and random 16-frame clip reads from the outputs with decord and with DALI's CPU
-fn.decoders.video given the whole file (which decodes from the file's first frame: design.md 4), per GOP.
+fn.decoders.video given the whole file (which decodes from the file's first frame: docs/design.md#dali-facts),
+per GOP.
 
     .venv/bin/python benchmarks/prepare_speed.py --sweep [--videos 3] [--seconds 10] [--runs 3] [--json out.json]
 """

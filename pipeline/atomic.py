@@ -1,4 +1,5 @@
-"""Replace a file atomically: readers see the old file or the whole new one, never half of one (style.md 9).
+"""Replace a file atomically: readers see the old file or the whole new one, never half of one
+(docs/style.md#data-and-failures).
 
     with atomic_write(path) as tmp:    # tmp: a new, unique path in path's folder
         df.to_csv(tmp)                 # write it any way: open(), a library, an encoder

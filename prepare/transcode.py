@@ -38,9 +38,9 @@ DEFAULT_CRF = {"vp9": 32, "h264": 23, "hevc": 28}
 MAX_CRF = {"vp9": 63, "h264": 51, "hevc": 51}
 # Bump when a change here changes the outputs or VideoInfo's fields: records of another revision are redone.
 REVISION = 2  # 2: retimed by presentation time, display matrix applied, structured notes
-# Smallest frame NVDEC (the GPU decoder DALI uses) decodes: VP9 128x128 (seen on an H100, design.md 4); H.264
-# 48x16 and HEVC 144x144 (NVIDIA's NVDEC application note, not measured here; design.md 4 says 128x128 for
-# HEVC too: the larger is kept until measured). Smaller outputs are noted in the report.
+# Smallest frame NVDEC (the GPU decoder DALI uses) decodes: VP9 128x128 (seen on an H100); H.264 48x16 and HEVC
+# 144x144 (NVIDIA's NVDEC application note, not measured here; other sources say 128x128 for HEVC: the larger is
+# kept until measured). docs/design.md#nvdec-facts. Smaller outputs are noted in the report.
 GPU_MIN_SIZE = {"vp9": (128, 128), "h264": (48, 16), "hevc": (144, 144)}
 # x265 4.2 (PyAV 18.1's wheel) corrupts the heap when the frame is 34 to 48 px wide (measured: glibc aborts with
 # "free(): invalid next size", any height; 16-32 and 50-200 px were fine). Such outputs are rejected rather than
@@ -135,8 +135,9 @@ def encoder_options(s: EncodeSettings) -> dict[str, str]:
     """libvpx-vp9 / libx264 / libx265 options giving a keyframe at exactly every s.gop frames and no reordering."""
     gop = {"g": str(s.gop), "keyint_min": str(s.gop)}
     if s.codec == "vp9":
-        # realtime + cpu-used 8 + row-mt: ~as fast as x264 veryfast (design.md 4). lag 0: no hidden alt-ref
-        # frames, so packet i is frame i. keyint_min = g: libvpx places no extra (scene-cut) keyframes.
+        # realtime + cpu-used 8 + row-mt: ~as fast as x264 veryfast (docs/design.md#vp9-in-webm-by-default).
+        # lag 0: no hidden alt-ref frames, so packet i is frame i. keyint_min = g: libvpx places no extra
+        # (scene-cut) keyframes.
         return {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "lag-in-frames": "0",
                 "crf": str(s.crf), "b:v": "0", **gop}
     if s.codec == "hevc":

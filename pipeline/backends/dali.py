@@ -12,8 +12,9 @@ Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used
         (Normalisation.on_pixels: mean x 255 / value_scale, std x 255 / value_scale; scale left at 1), which
         is (x / 255 * value_scale - mean) / std in the normalisation's own terms
 
-Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no
-seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (DALI 2.4, measured). The host cuts the
+Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no seek:
+docs/design.md#gop-slices-for-the-decoders-that-do-not-seek), so a clip late in a file costs several times one at
+its start. The host cuts the
 packets keyframe_at_or_before(first)..last out of the file (one read, using the packet index) and wraps
 them in IVF; frames become relative to that keyframe. That needs packet k to be frame k: a VP8/VP9 file
 with hidden frames stored in packets of their own (the packet index counts them: odd_packets) gets its whole
@@ -21,8 +22,8 @@ file instead, with a count printed when the loader is built. dali_input="file" s
 row (the only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
 
 Why slice then resize rather than resize with roi_start/roi_end: a ROI resize with antialiasing also reads
-pixels outside the box (measured up to 24 levels apart from crop-then-resize at the box edges), whereas
-the reference implementation and the decord backend crop first.
+pixels outside the box, whereas the reference implementation and the other backends crop first
+(docs/design.md#slice-then-resize-in-the-dali-graph).
 
 Lifecycle: the external source is a _Feed object holding the feed state, not a bound method of the loader,
 so the pipeline does not point back at the loader (no reference cycle): dropping the loader, or close(),
