@@ -36,8 +36,8 @@ demo: $(VENV)/.installed
 	$(PY) prepare_data.py demo/raw --out demo/data --height 128
 	$(PY) train.py --data demo/data --out demo/run --resume \
 	    --arch resnet-10 --widen-factor 0.125 --conv1-t-size 3 --sample-size 64 \
-	    --batch-size 8 --lr 0.01 --lr-patience 5 --epochs 50 --num-threads 2 --seed $(SEED)
-	$(PY) evaluate.py --data demo/data --checkpoint demo/run/checkpoints/best.pt --out demo/run/eval --num-threads 2
+	    --batch-size 8 --lr 0.01 --lr-patience 5 --epochs 50 --workers 2 --seed $(SEED)
+	$(PY) evaluate.py --data demo/data --checkpoint demo/run/checkpoints/best.pt --out demo/run/eval --workers 2
 
 clean-demo:
 	rm -rf demo

@@ -40,6 +40,7 @@ from engine.checkpoint import RunRecord, checkpoint_record, run_dir
 from engine.cli import (
     CLIP_RANGES,
     DEVICE_RANGES,
+    LOADER_DEFAULTS,
     LOADER_RANGES,
     MODEL_RANGES,
     CheckpointOverrides,
@@ -49,6 +50,7 @@ from engine.cli import (
     add_loader_flags,
     add_model_flags,
     check_numeric_flags,
+    loader_options,
     resolve_device_flags,
     resolve_normalisation,
     shown_config,
@@ -64,8 +66,8 @@ from engine.step import forward, memory_format, to_device
 from model import CheckpointError, build_model, load_weights
 from pipeline import DatasetError, build_loader
 from pipeline.manifest import held_out_manifest, load_classes, manifest_names
-from pipeline.prepare.run import interrupted_preparation
 from pipeline.sampling import VIEW_CROPS, eval_starts
+from prepare.run import interrupted_preparation
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,10 @@ class EvalConfig(CheckpointOverrides):
     out: str = ""  # resolved: default RUN_DIR/eval-<checkpoint stem>-<split>
     clips: int | None = None  # --views K,C: K clips x C crops per video; None: the paper's windows
     crops: int | None = None
-    backend: str = "dali"
     batch_size: int = 64  # global, split evenly across processes
-    num_threads: int = 4
-    skip_bad: bool = False
+    backend: str = LOADER_DEFAULTS.backend
+    workers: int = LOADER_DEFAULTS.workers
+    skip_bad: bool = LOADER_DEFAULTS.skip_bad
     features: str | None = None  # --features DIR: also write every window's pooled features there
     # the model and clips (arch ... normalisation): CheckpointOverrides
     # run
@@ -189,7 +191,7 @@ def load_model(cfg: EvalConfig, class_names: list[str], d: Dist) -> tuple[torch.
     model = build_model(**record.model_args)
     load_weights(model, path, strict_head=True, verbose=d.is_main)
     model = model.to(d.device, memory_format=memory_format(d.device.type == "cuda"))
-    return model.eval(), record, f"{record.model_args['arch']}-{record.model_args['shortcut']}"
+    return model.eval(), record, record.model_name()
 
 
 def expected_clips(videos, sample_duration: int, views: int | None = None) -> torch.Tensor:
@@ -219,12 +221,9 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     fdir = open_features(cfg, record, model, d) if cfg.features else None
     views = None if cfg.clips is None else cfg.clips * cfg.crops
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
-                          clips=cfg.clips or 1, crops=cfg.crops or 1, backend=cfg.backend,
-                          device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
-                          rank=d.rank, world_size=d.world_size, num_threads=cfg.num_threads,
-                          sample_duration=record.sample_duration, sample_size=record.sample_size,
-                          normalisation=record.normalisation, device_id=d.local_rank if on_gpu else None,
-                          skip_bad=cfg.skip_bad, progress=d.is_main)
+                          clips=cfg.clips or 1, crops=cfg.crops or 1, sample_duration=record.sample_duration,
+                          sample_size=record.sample_size, normalisation=record.normalisation,
+                          **loader_options(cfg, d, cfg.batch_size))
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
                   f"{record.normalisation.describe()}")
     ids = loader.videos["video_id"]
@@ -284,7 +283,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     metrics = total.summary(video_labels)
     metrics.update(split=cfg.split, checkpoint=cfg.checkpoint, model=name, n_classes=n_classes,
                    world_size=d.world_size, protocol=cfg.protocol(record.sample_duration),
-                   normalisation=record.to_dict()["normalisation"])
+                   input=record.to_dict()["input"])
     probs = total.video_probs()  # (V, K) float64
     out = Path(cfg.out)
     try:

@@ -7,10 +7,11 @@
   python infer.py videos/ --checkpoint CKPT --features feats/   # + every window's pooled features, per file
 
 Each file (or every video file under a folder) is read with PyAV and streamed the way prepare_data.py stores
-videos (pipeline/prepare/transcode.py's functions): upright (its display matrix applied), at a constant frame
-rate by presentation time (the source's nominal rate, frames duplicated or dropped as needed), resized to the
-checkpoint's video height (train.py records the height of the videos it trained on; other checkpoints: 360;
---height overrides) with the display aspect ratio kept, as yuv420p with the same bicubic scaler. It is then cut
+videos (pipeline/video.py, which prepare/transcode.py uses too): upright (its display matrix applied), at a
+constant frame rate by presentation time (the source's nominal rate, frames duplicated or dropped as needed),
+resized to the checkpoint's video height (train.py records the height of the videos it trained on; other
+checkpoints: 360; --height overrides) with the display aspect ratio kept, as limited-range yuv420p with the same
+bicubic scaler (a full-range source, e.g. MJPEG, is converted as preparation converts it). It is then cut
 into the paper's non-overlapping 16-frame windows (pipeline.sampling.eval_starts; a shorter video gives one
 looped window), each centre-cropped at the maximum scale (sampling.crop_box) and normalised as in training by
 pipeline/augment.py (colour conversion, crop, resize, normalisation: on the GPU when there is one), a batch of
@@ -42,7 +43,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
@@ -83,19 +83,8 @@ from engine.step import forward, memory_format
 from model import CheckpointError, build_model, load_weights
 from pipeline.atomic import NoSpace
 from pipeline.augment import augment_nv12
-from pipeline.prepare.transcode import (
-    MAX_DECODE_ERRORS,
-    Clock,
-    Rejected,
-    check_readable,
-    display_matrix,
-    display_transform,
-    frame_slot,
-    orient,
-    output_size,
-    pick_rate,
-)
 from pipeline.sampling import CENTER, clip_frames, crop_box, eval_starts
+from pipeline.video import Geometry, Rejected, Retimer, check_readable, open_source, pick_rate, to_nv12
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
                     ".3gp", ".ogv")  # fmt: skip
@@ -219,14 +208,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, RunRecord]:
 # ---- reading a video as prepare_data.py would store it ----------------------------------------------------------
 
 
-class Unreadable(Exception):
-    """A file that gives no frames. str(exc) is the reason printed."""
-
-
 class Frames:
-    """The frames of one file: upright, constant rate, `height` px high; iterate for (y (H, W), uv (H/2, W))
-    uint8 NV12 planes, one per output frame. rate, width, height: known once iterating has begun. Unreadable when
-    the file gives no frames, or only one (a still image: refused before any frame is given)."""
+    """The frames of one file: upright, constant rate, `height` px high (pipeline/video.py, as prepare_data.py
+    stores videos); iterate for (y (H, W), uv (H/2, W)) uint8 NV12 planes, one per output frame. rate, width:
+    known once iterating has begun. Rejected (str: the reason) when the file gives no frames, or only one (a still
+    image: refused before any frame is given)."""
 
     def __init__(self, path: str, height: int):
         self.path, self.height = path, height
@@ -235,80 +221,26 @@ class Frames:
         self.errors = 0
         self.count = 0  # frames given so far
         self.expected = 0  # frames expected from the container's duration (for the progress bar); 0: unknown
-        try:
-            check_readable(Path(path))
-        except Rejected as e:
-            raise Unreadable(str(e)) from None
+        check_readable(Path(path))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        try:
-            container = av.open(self.path, metadata_errors="ignore")
-        except (av.FFmpegError, OSError) as e:
-            raise Unreadable(f"not a video: ffmpeg cannot open it ({_message(e)})") from None
-        with container:
-            if not container.streams.video:
-                raise Unreadable("no video stream")
-            vs = container.streams.video[0]
-            if vs.codec_context is None:
-                raise Unreadable(f"undecodable: no decoder for codec '{vs.codec_tag or 'unknown'}'")
-            vs.thread_type = "AUTO"
+        with open_source(self.path) as (container, vs):
             self.rate, _ = pick_rate(vs)
             if vs.duration and vs.time_base:
                 self.expected = int(vs.duration * vs.time_base * self.rate)
-            clock, scaler = Clock(vs.time_base, self.rate), VideoReformatter()
-            held, n, transform, size, first_error, decoded_frames = None, 0, None, (0, 0), "", 0
-
-            def planes(frame, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                if count <= 0:
-                    return
-                f = scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC")
-                self.count += count
-                yield from [nv12(orient(f, transform))] * count
-
-            try:
-                for packet in container.demux(vs):
-                    try:
-                        decoded = packet.decode()
-                    except (av.FFmpegError, ValueError) as e:  # a corrupt packet costs its frame, not the video
-                        self.errors, first_error = self.errors + 1, first_error or _message(e)
-                        if held is None and self.errors >= MAX_DECODE_ERRORS:
-                            break
-                        continue
-                    for frame in decoded:
-                        decoded_frames += 1
-                        slot = frame_slot(clock(frame.pts, frame.dts), self.rate)
-                        if held is None:  # the first frame sets the geometry, as prepare_data.py's output
-                            transform, _ = display_transform(display_matrix(frame))
-                            self.width, _ = output_size(frame.width, frame.height, vs.sample_aspect_ratio,
-                                                        self.height, transform[0])
-                            size = (self.height, self.width) if transform[0] else (self.width, self.height)
-                        else:
-                            yield from planes(held, slot - n)
-                            n = max(n, slot)
-                        held = frame
-            except av.FFmpegError as e:  # the demuxer gave up (truncated file): keep what decoded
-                self.errors, first_error = self.errors + 1, first_error or _message(e)
-            if held is None:
-                if self.errors:
-                    raise Unreadable(f"undecodable: 0 frames decoded, {self.errors} decode errors (first: "
-                                     f"{first_error})")
-                raise Unreadable("no frames: the video stream has no decodable frames")
-            if decoded_frames == 1:  # nothing moves: held is the first frame, nothing was given yet
-                raise Unreadable(f"a still image ({vs.codec_context.name}, one frame), not a video: nothing "
-                                 "moves in it for the model to recognise")
-            yield from planes(held, max(1, frame_slot(clock.end(held.duration), self.rate)) - n)
-
-
-def _message(e: Exception) -> str:
-    return getattr(e, "strerror", None) or str(e)
-
-
-def nv12(frame) -> tuple[np.ndarray, np.ndarray]:
-    """A yuv420p av.VideoFrame -> (y (H, W), uv (H/2, W)) uint8, U and V interleaved (NV12, augment_nv12's input)."""
-    y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes)
-    uv = np.empty((u.shape[0], 2 * u.shape[1]), np.uint8)
-    uv[:, 0::2], uv[:, 1::2] = u, v
-    return y.copy(), uv
+            retimer, scaler, geometry = Retimer(container, vs, self.rate), VideoReformatter(), None
+            for frame, count in retimer:
+                if geometry is None:  # the first frame sets the geometry, as prepare_data.py's output
+                    if retimer.end is not None and retimer.decoded == 1:  # nothing moves; nothing given yet
+                        raise Rejected(f"a still image ({vs.codec_context.name}, one frame), not a video: nothing "
+                                       "moves in it for the model to recognise")
+                    geometry = Geometry.of(frame, vs.sample_aspect_ratio, self.height)
+                    self.width = geometry.width
+                if count > 0:
+                    f = to_nv12(geometry.apply(frame, scaler))  # (H*3/2, W)
+                    self.count += count
+                    yield from [(f[:self.height], f[self.height:])] * count
+            self.errors = retimer.errors
 
 
 def windows(frames: Iterator[tuple[np.ndarray, np.ndarray]], length: int) -> Iterator[tuple[int, np.ndarray,
@@ -363,7 +295,7 @@ def window_outputs(model: torch.nn.Module, batch: list[tuple[int, np.ndarray, np
 def infer_file(path: str, cfg: InferConfig, record, model, device, progress: Progress, task,
                writer: FeatureWriter | None = None) -> dict:
     """One file's result: {"probs": (K,) float64 mean window probability, "windows": [(start_s, (K,) probs)],
-    "seconds": duration at the constant rate}; Unreadable when it gives no frames. writer: --features, where the
+    "seconds": duration at the constant rate}; Rejected when it gives no frames. writer: --features, where the
     file's window features go once all are computed."""
     frames = Frames(path, record.video_height)
     total, rows, batch, n_windows, feats = np.zeros(len(record.class_names)), [], [], 0, []
@@ -455,7 +387,7 @@ def predict(cfg: InferConfig, record: RunRecord) -> int:
 def predict_files(cfg: InferConfig, record: RunRecord, model, device: torch.device, console,
                   fdir: FeatureDir | None = None, writer: FeatureWriter | None = None) -> int:
     """predict's part after the model is built: the files, the outputs and the table."""
-    console.print(f"{record.model_args['arch']}-{record.model_args['shortcut']}, {len(record.class_names)} classes, "
+    console.print(f"{record.model_name()}, {len(record.class_names)} classes, "
                   f"clips {record.sample_duration} x {record.sample_size} px from videos {record.video_height} px "
                   f"high | normalisation {record.normalisation.describe()} | {len(cfg.videos)} file(s) on "
                   f"{device.type}", highlight=False)
@@ -471,7 +403,7 @@ def predict_files(cfg: InferConfig, record: RunRecord, model, device: torch.devi
                     stored += 1
                 else:
                     results[path] = infer_file(path, cfg, record, model, device, progress, task, writer)
-            except Unreadable as e:
+            except Rejected as e:
                 failed.append(path)
                 print(f"error: {path}: {e}", file=sys.stderr)  # (rich's live display shows it above the bars)
             except (FeaturesError, OSError) as e:  # a stored .npy unreadable, or the disk full: nothing else can go on

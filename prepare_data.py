@@ -7,7 +7,7 @@
     python prepare_data.py --merge DST                 # merge the shards' manifests explicitly
     python prepare_data.py --make-sample RAW [--seed 0]  # write the built-in synthetic raw dataset
 
-Output (relied on by pipeline/ and train.py; see design.md 3):
+Output (relied on by pipeline/ and train.py; docs/design.md#prepared-dataset and #manifest):
     DST/videos/<split>/<label>/<video_id>.webm   VP9 yuv420p, keyframe every --gop frames, CFR, height --height
     DST/{train,val,test}.csv                     (ucf101/hmdb51: train1.csv, test1.csv, ... per split)
                                                  video_id,path,label,label_name,split,num_frames,fps,width,height,
@@ -17,7 +17,7 @@ Output (relied on by pipeline/ and train.py; see design.md 3):
 Re-running is cheap and safe: valid outputs are reused (records in DST/.prepare), interrupted work is redone.
 Ctrl-C or SIGTERM stops the workers at once and still writes the manifests, listing the videos finished so far.
 One run at a time per DST (a lock in DST/.prepare); a second one exits at once with status 2. Shards of a --shard run
-share DST (pipeline/prepare/shards.py); the same shard twice does not.
+share DST (prepare/shards.py); the same shard twice does not.
 Exit status: 0 when anything usable came out, 1 when nothing did or DST could not be written, 2 for usage errors
 or DST in use by another run, 128 + the signal when stopped (130: SIGINT, 143: SIGTERM).
 """
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.atomic import NoSpace
-from pipeline.prepare import layouts, report, run, shards
-from pipeline.prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings
+from prepare import layouts, report, run, shards
+from prepare.transcode import DEFAULT_CRF, MAX_CRF, EncodeSettings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--shard", metavar="K/N", help="prepare only shard K of N (K from 0), e.g. "
                    "$SLURM_ARRAY_TASK_ID/8; the last shard to end writes the manifests")
     g.add_argument("--merge", type=Path, metavar="DST", help="write DST's manifests from its finished shards, and exit")
-    g = p.add_argument_group("built-in sample dataset (design.md 6)")
+    g = p.add_argument_group("built-in sample dataset (docs/design.md#sample-dataset)")
     g.add_argument("--make-sample", type=Path, metavar="RAW_DIR", help="write the synthetic raw dataset and exit")
     g.add_argument("--seed", type=int, default=0, help="sample dataset seed")
     g.add_argument("--sample-train", type=int, default=40, help="sample training videos per class")
@@ -202,7 +202,7 @@ def make_config(args: argparse.Namespace) -> PrepareConfig:
 
 
 def make_sample(args: argparse.Namespace) -> int:
-    from pipeline.prepare.sample import make_sample_dataset
+    from prepare.sample import make_sample_dataset
 
     if args.seed < 0 or args.sample_train < 0 or args.sample_val < 0 or args.workers < 1:
         fail("--seed, --sample-train and --sample-val must be >= 0, --workers >= 1")

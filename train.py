@@ -55,6 +55,7 @@ from engine.checkpoint import (
 )
 from engine.cli import (
     DEVICE_RANGES,
+    LOADER_DEFAULTS,
     LOADER_RANGES,
     NORM_RANGES,
     Range,
@@ -64,6 +65,7 @@ from engine.cli import (
     add_normalisation_flags,
     as_flag,
     check_numeric_flags,
+    loader_options,
     model_arg_message,
     resolve_device_flags,
     resolve_normalisation,
@@ -93,7 +95,7 @@ from pipeline import DatasetError, LoaderBase, build_loader
 from pipeline.atomic import NoSpace, atomic_write
 from pipeline.manifest import manifest_names, split_manifests
 from pipeline.normalisation import PRESETS, Normalisation
-from pipeline.prepare.run import interrupted_preparation
+from prepare.run import interrupted_preparation
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                    "epoch_seconds", "clips_per_s", "data_wait_share")  # fmt: skip
@@ -117,9 +119,9 @@ class TrainConfig:
     sample_duration: int = 16
     sample_size: int = 112
     normalisation: Normalisation = PRESETS["kinetics"]  # --norm, or --value-scale/--mean-values/--std-values
-    backend: str = "dali"
-    num_threads: int = 4
-    skip_bad: bool = False
+    backend: str = LOADER_DEFAULTS.backend
+    workers: int = LOADER_DEFAULTS.workers
+    skip_bad: bool = LOADER_DEFAULTS.skip_bad
     # optimisation (the paper's recipe)
     epochs: int = 200
     batch_size: int = 256  # global, split evenly across processes
@@ -163,17 +165,15 @@ class TrainConfig:
 DEFINES_THE_RUN = ("split", "arch", "shortcut", "widen_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool",
                    "cardinality", "wide_k", "sample_duration", "sample_size", "normalisation", "batch_size", "lr",
                    "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
-MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "num_threads", "skip_bad", "epochs", "lr_reductions", "resume",
+MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "workers", "skip_bad", "epochs", "lr_reductions", "resume",
                         "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
                         "tensorboard", "inject_nan_step")  # fmt: skip
 
 
 def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
     """'--lr 0.02 (checkpoint: 0.01)', '--no-max-pool (checkpoint: --max-pool)' for each setting in
-    DEFINES_THE_RUN that cfg changes. A setting missing from an older checkpoint's config had its default then;
-    the normalisation was --mean NAME."""
+    DEFINES_THE_RUN that cfg changes. A setting missing from an older checkpoint's config had its default then."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    defaults["normalisation"] = PRESETS.get(saved_config.get("mean", "kinetics"))
     diffs = []
     for name in DEFINES_THE_RUN:
         was, now = saved_config.get(name, defaults[name]), getattr(cfg, name)
@@ -331,8 +331,6 @@ def described_by_the_weights(last: Path | None, pretrained: str | None, given: d
         out = {k: config[k] for k in ARCH_ARGS if k in config}
         if isinstance(config.get("normalisation"), dict):
             out["normalisation"] = Normalisation.from_dict(config["normalisation"])
-        elif config.get("mean") in PRESETS:  # configs from before the normalisation was stored named a mean
-            out["normalisation"] = PRESETS[config["mean"]]
         return out
     if pretrained is None:
         return {}
@@ -536,11 +534,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
     distributed.share_cpu_threads(d)
-    loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
-                       batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
-                       seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
-                       sample_size=cfg.sample_size, normalisation=cfg.normalisation, skip_bad=cfg.skip_bad,
-                       device_id=d.local_rank if on_gpu else None, progress=d.is_main)
+    loader_args = dict(loader_options(cfg, d, cfg.batch_size), seed=cfg.seed, sample_duration=cfg.sample_duration,
+                       sample_size=cfg.sample_size, normalisation=cfg.normalisation)
     train_split, val_split = split_manifests(Path(cfg.data), cfg.split)
     if cfg.split:
         console.print(f"split {cfg.split}: training on {train_split}.csv, validating on {val_split}.csv")
@@ -625,9 +620,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                           f"lr {lr:.3g} | {row['epoch_seconds']:.1f} s, {row['clips_per_s']:.1f} clips/s, "
                           f"data wait {row['data_wait_share']:.0%}")
 
-            # scaler: None, bf16 autocast needs no loss scaling
-            state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), scaler=None,
-                                  epoch=epoch, config=config, record=record, history=history)
+            state = TrainingState(model=raw.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, config=config,
+                                  record=record, history=history)
             problem = write_on_rank_0(d, partial(save_atomic, state, last_path), cfg, saved)
             saved = epoch if problem is None else saved  # at once: a Ctrl-C from here on says last.pt has it
             stop_together(problem)

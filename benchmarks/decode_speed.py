@@ -17,8 +17,9 @@ Strategies (--strategies; default: all that this machine can run):
   nvdec         the NVDEC backend: a pool of persistent PyNvVideoCodec decoders in threads, display latency
                 NATIVE with an end-of-stream packet per clip; nvdec-low: latency LOW, no end of stream
   twin          the NVDEC backend's CPU twin: PyAV decodes the same packet slices, augmentation on the CPU
-  host          the NVDEC backend's host work only (NvdecLoader.host_pass: plan, packet slices, Annex-B,
-                decoder submissions); clips/s is then 1 / host time per clip
+  host          the NVDEC backend's host work only (benchmarks/common.py host_pass: plan, packet slices, Annex-B,
+                decoder submissions), in one thread; its rate is clips per CPU-second (clips_per_cpu_s), not
+                clips/s
   augment       (GPU) augment_nv12 alone on a batch of 640x360 NV12 frames: the augmentation's GPU cost
 Each row: build the loader, iterate --warmup seconds, then whole batches until --seconds have passed (a new
 epoch whenever one ends), synchronising the GPU before reading the clocks. A row that fails (or a format
@@ -41,7 +42,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +52,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    has_cuda,
+    host_pass,
+    panning_frames,
+    panning_texture,
+)
 
 STRATEGIES = ("dali", "dali-noindex", "dali-k4", "nvdec", "nvdec-low", "twin", "host", "augment")
 # What prepare_data.py writes by default first, then the other codecs at the same GOP, then GOP 8.
@@ -80,12 +87,6 @@ class Config:
     prepare_only: bool = False
 
 
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # ---- data ---------------------------------------------------------------------------------------------------
 
 
@@ -102,16 +103,12 @@ def write_sources(raw: Path, count: int, seconds: float, width: int = 640, heigh
         if path.is_file():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
-        tex = np.repeat(np.repeat(tex, 8, 0), 8, 1)
+        tex = panning_texture(rng, n, width, height)
         tmp = path.with_suffix(".tmp.mp4")
         with av.open(str(tmp), "w") as c:
             s = c.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "16"})
             s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-            for f in range(n):
-                img = tex[:height, 2 * f:2 * f + width].copy()
-                y, x = (3 * f) % (height - 60), (5 * f + 40 * i) % (width - 80)
-                img[y:y + 60, x:x + 80] = (255 - 60 * (i % 4), 40 * (i % 5), 128)
+            for img in panning_frames(tex, n, width, height, i, (255 - 60 * (i % 4), 40 * (i % 5), 128)):
                 for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     c.mux(p)
             for p in s.encode():
@@ -160,7 +157,7 @@ def prepare_format(cfg: Config, fmt: str) -> Path:
 
 def build_index(data: Path) -> None:
     """Index the packets of every train and val row now (cached in data/.cache), so no row's build pays it."""
-    from pipeline.loader import LoaderBase, LoaderConfig
+    from pipeline.base import LoaderBase, LoaderConfig
 
     for split in ("train", "val"):
         LoaderBase(LoaderConfig(data=data, split=split, mode="eval", progress=False)).close()  # (no backend needed)
@@ -172,11 +169,11 @@ def build_index(data: Path) -> None:
 def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, rank: int = 0, world: int = 1,
                 threads: int | None = None):
     """The DALI backend's loader; build_index=False builds the same graph with decoders.video(build_index=False)."""
-    from pipeline.dali_loader import DaliLoader
-    from pipeline.loader import LoaderConfig
+    from pipeline.backends.dali import DaliLoader
+    from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="dali", device=device,
-                          batch_size=cfg.batch_size, num_threads=threads or cfg.threads, rank=rank,
+                          batch_size=cfg.batch_size, workers=threads or cfg.threads, rank=rank,
                           world_size=world, sample_size=cfg.sample_size, progress=False)
     if build_index:
         return DaliLoader(config)
@@ -195,12 +192,12 @@ def dali_loader(data: Path, cfg: Config, device: str, build_index: bool = True, 
     return NoIndexDaliLoader(config)
 
 
-def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str | None = None, latency: str = "native"):
-    from pipeline.loader import LoaderConfig
-    from pipeline.nvdec_loader import NvdecLoader
+def nvdec_loader(data: Path, cfg: Config, device: str, decoder: str = "nvdec", latency: str = "native"):
+    from pipeline.backends.nvdec import NvdecLoader
+    from pipeline.base import LoaderConfig
 
     config = LoaderConfig(data=data, split="train", mode="train", backend="nvdec", device=device,
-                          batch_size=cfg.batch_size, num_threads=cfg.threads, sample_size=cfg.sample_size,
+                          batch_size=cfg.batch_size, workers=cfg.threads, sample_size=cfg.sample_size,
                           progress=False)
     return NvdecLoader(config, decoder=decoder, latency=latency)
 
@@ -221,7 +218,7 @@ def skip_reason(strategy: str, codec: str, gpu: bool) -> str:
             return "needs a GPU"
         if strategy != "augment":
             try:
-                from pipeline.nvdec_loader import import_nvc
+                from pipeline.backends.nvdec_decoders import import_nvc
 
                 import_nvc()
             except ImportError as e:
@@ -268,18 +265,16 @@ class Nvml:
             self._thread.join()
 
 
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (DALI's, the decoders')
-    return r.ru_utime + r.ru_stime
-
-
 def slice_frames(loader) -> float:
     """Mean packets decoded per clip of the loader's current plan (keyframe at or before the first frame .. last)."""
     import numpy as np
 
+    from pipeline.bitstream import clip_span
+
     plan, total = loader.plan, 0
     for r, fr in zip(plan.rows.tolist(), plan.frames, strict=True):
-        total += int(fr.max()) - loader.packets.video(r).keyframe_at_or_before(int(fr.min())) + 1
+        first, last = clip_span(loader.packets.video(r), fr)
+        total += last - first + 1
     return total / max(len(plan), 1) if len(plan) else float(np.nan)
 
 
@@ -342,9 +337,9 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
             while time.perf_counter() - w0 < cfg.seconds:
                 loader.set_epoch(epoch)
                 epoch += 1
-                clips += loader.host_pass()["clips"]
+                clips += host_pass(loader)["clips"]
             cpu, wall = cpu_seconds() - c0, time.perf_counter() - w0
-            row.update(clips=clips, wall_s=wall, clips_per_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
+            row.update(clips=clips, wall_s=wall, clips_per_cpu_s=clips / cpu, host_cpu_ms_per_clip=1e3 * cpu / clips,
                        frames_per_clip=slice_frames(loader))
         return row
     if strategy == "augment":
@@ -360,7 +355,7 @@ def measure(strategy: str, fmt: str, data: Path | None, cfg: Config, gpu: bool) 
         elif strategy.startswith("nvdec"):
             loaders.append(nvdec_loader(data, cfg, device, decoder="nvdec",
                                         latency="low" if strategy == "nvdec-low" else "native"))
-            row["threads"] = loaders[0].num_threads
+            row["threads"] = loaders[0].workers
         else:  # twin
             loaders.append(nvdec_loader(data, cfg, device, decoder="pyav"))
         row["build_s"] = time.perf_counter() - t0
@@ -434,7 +429,7 @@ def versions(nvdec: bool = False) -> dict:
             out[name] = f"unavailable ({type(e).__name__})"
     if nvdec:
         try:
-            from pipeline.nvdec_loader import nvdec_limits
+            from pipeline.backends.nvdec_decoders import nvdec_limits
 
             limits, engines = nvdec_limits(["vp9", "h264", "hevc"], 0)
             out["nvdec"] = {"engines": engines, **{c: list(v) for c, v in limits.items()}}
@@ -490,8 +485,8 @@ def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="decode strategies x formats (train mode, one timed window per row)")
-    cols = ["strategy", "format", "clips/s", "host CPU ms/clip", "frames/clip", "NVDEC % mean/max", "GPU MB", "threads",
-            "note"]
+    cols = ["strategy", "format", "clips/s", "clips/CPU-s", "host CPU ms/clip", "frames/clip", "NVDEC % mean/max",
+            "GPU MB", "threads", "note"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("strategy", "format", "note") else "right")
 
@@ -500,7 +495,8 @@ def print_table(rows: list[dict]) -> None:
 
     for r in rows:
         util = "" if r.get("nvdec_util_mean") is None else f"{r['nvdec_util_mean']:.0f}/{r['nvdec_util_max']}"
-        table.add_row(r["strategy"], r["format"], f(r.get("clips_per_s")), f(r.get("host_cpu_ms_per_clip"), "{:.3f}"),
+        table.add_row(r["strategy"], r["format"], f(r.get("clips_per_s")), f(r.get("clips_per_cpu_s")),
+                      f(r.get("host_cpu_ms_per_clip"), "{:.3f}"),
                       f(r.get("frames_per_clip")), util, f(r.get("gpu_mem_mb"), "{:.0f}"), str(r.get("threads", "")),
                       r.get("skipped") or r.get("error", ""))
     Console(width=180).print(table)
@@ -541,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.cuda.empty_cache()
         r = rows[-1]
-        print(f"{strategy:13s} {fmt:9s} {r.get('clips_per_s', 0):8.1f} clips/s  "
+        rate = f"{r['clips_per_cpu_s']:8.1f} clips/CPU-s" if "clips_per_cpu_s" in r else \
+            f"{r.get('clips_per_s', 0):8.1f} clips/s"
+        print(f"{strategy:13s} {fmt:9s} {rate}  "
               f"{r.get('host_cpu_ms_per_clip') or 0:7.3f} host ms/clip  {r.get('error') or r.get('skipped') or ''}",
               flush=True)
         save()

@@ -205,7 +205,7 @@ elif [ "$TRAIN_BACKEND" = nvdec ] && [ -n "$NO_NVDEC" ]; then
 else
   RUN=$WORK/run-$TRAIN_BACKEND-$(date +%s)
   step train 60 "$PY" train.py --data "$DATA" --out "$RUN" --backend "$TRAIN_BACKEND" --arch resnet-18 \
-    --batch-size 64 --epochs 1 --num-threads "$THREADS" --log-every 4
+    --batch-size 64 --epochs 1 --workers "$THREADS" --log-every 4
   if [ -f "$RUN/metrics.csv" ]; then
     cp "$RUN/metrics.csv" "$RES/train-$TRAIN_BACKEND.csv"
     cp "$RUN/metrics.csv" "$OUT/train.csv"

@@ -58,7 +58,7 @@ def write_source(path: Path, frames: int, width: int = 128, height: int = 72, go
     import numpy as np
 
     from pipeline.atomic import atomic_write
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     base = np.broadcast_to(np.linspace(0, 255, width, dtype=np.uint8)[None, :, None], (height, width, 3))
 
@@ -77,12 +77,14 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
     import numpy as np
     import pandas as pd
 
+    from pipeline.index.build import index_file
+    from pipeline.index.cache import read_cache, stat_keys, write_cache
+    from pipeline.index.table import PacketTable
     from pipeline.manifest import COLUMNS, load_manifest
-    from pipeline.packets import PacketTable, _read_cache, _stat_keys, _write_cache, index_file
 
     data = root / f"{videos}x{packets}"
     cache = data / ".cache" / "packets-train.idx"
-    if _read_cache(cache) is not None:  # complete, and of this version (an older cache is written again)
+    if read_cache(cache) is not None:  # complete, and of this version (an older cache is written again)
         return data
     classes = [f"class{k:03d}" for k in range(400)]
     sources = [data / "sources" / f"src{k}.webm" for k in range(-(-videos // LINKS_PER_FILE))]
@@ -113,7 +115,7 @@ def make_dataset(root: Path, videos: int, packets: int) -> Path:
         keyframes=np.tile(ix.keyframes, videos),
     )  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _write_cache(cache, [table], files, _stat_keys(files))
+    write_cache(cache, [table], files, stat_keys(files))
     return data
 
 
@@ -130,20 +132,20 @@ def measure(config: str, data: Path) -> dict:
     import nvidia.dali  # noqa: F401  (imports are not start-up cost of the index: warm them all first)
     import torch  # noqa: F401
 
-    import pipeline.packets
+    import pipeline.index.build
     from pipeline import build_loader
-    from pipeline.decord_loader import import_decord
+    from pipeline.backends.decord import import_decord
     from pipeline.manifest import load_manifest
 
     import_decord()
-    index_files = pipeline.packets._index_files
+    index_files = pipeline.index.build._index_files
 
     def must_not_index(todo, workers, progress):
         if todo:
             raise RuntimeError(f"the cache was not used: {len(todo)} file(s) to index, first {todo[0]}")
         return index_files(todo, workers, progress)
 
-    pipeline.packets._index_files = must_not_index
+    pipeline.index.build._index_files = must_not_index
     before = _status_mb()
     peak = [before["RssAnon"]]
     done = threading.Event()
@@ -161,7 +163,7 @@ def measure(config: str, data: Path) -> dict:
         n = len(held)
     else:
         held = build_loader(data, split="train", mode="train", backend=config, device="cpu", batch_size=32,
-                            num_threads=2, progress=False)
+                            workers=2, progress=False)
         n = len(held.videos)
     ready = time.perf_counter() - t0
     done.set()

@@ -35,9 +35,9 @@ Memory, over the configuration's whole life (build, warm-up, runs):
   worker MB: getrusage(RUSAGE_CHILDREN).ru_maxrss, the peak RSS of the largest reaped child (exact, not
     sampled); 0 for DALI (threads, no worker processes).
   Neither sum includes decord batches that a worker has finished into shared memory and the consumer has not
-    mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/decord_loader.py).
+    mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/backends/decord.py).
 Configurations: dali-cpu (GOP slices), dali-cpu-file (whole file to the decoder), decord-cpu, and with CUDA
-also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/nvdec_loader.py). frames/s (JSON) = clips/s x T.
+also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/backends/nvdec.py). frames/s (JSON) = clips/s x T.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import cuda_sync, has_cuda, panning_frames, panning_texture  # noqa: E402
 
 CONFIGS = {  # name: (backend, device, dali_input)
     "dali-cpu": ("dali", "cpu", "gop"),
@@ -92,13 +93,13 @@ class BenchConfig:
 
 
 def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: int) -> Path:
-    """VP9 WebM videos in prepare_data.py's structure and quality (pipeline.prepare.sample.write_video with gop)
+    """VP9 WebM videos in prepare_data.py's structure and quality (prepare.sample.write_video with gop)
     + manifests, cached."""
     import numpy as np
     import pandas as pd
 
     from pipeline.manifest import COLUMNS
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     width = (height * 16 // 9) // 2 * 2
     n = int(round(seconds * fps))
@@ -113,25 +114,15 @@ def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: i
         label = i % len(classes)
         rel = Path("videos") / split / classes[label] / f"v{i:04d}.webm"
         print(f"writing {root / rel} ({n} frames {width}x{height})", flush=True)
-        tex = rng.integers(0, 256, (height // 8 + 2, (width + 2 * n) // 8 + 2, 3), dtype=np.uint8)
-        tex = np.repeat(np.repeat(tex, 8, 0), 8, 1)
-        write_video(root / rel, _panning(tex, n, width, height, i, label), fps, "libvpx-vp9", gop=gop)
+        frames = panning_frames(panning_texture(rng, n, width, height), n, width, height, i,
+                                (255 - 20 * label, 40 * label, 128))
+        write_video(root / rel, frames, fps, "libvpx-vp9", gop=gop)
         rows.append([f"v{i:04d}", rel.as_posix(), label, classes[label], split, n, float(fps), width, height, 0, n])
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for split in ("train", "val"):
         df[df["split"] == split].to_csv(root / f"{split}.csv", index=False)
     pd.DataFrame({"index": range(len(classes)), "name": classes}).to_csv(root / "classes.csv", index=False)
     return root
-
-
-def _panning(tex, n: int, width: int, height: int, i: int, label: int):
-    """n frames (height, width, 3) uint8 of video i: a smooth random texture panning 2 px a frame, plus a block
-    in the label's colour moving over it: content a VP9 encoder has to work for."""
-    for f in range(n):
-        img = tex[:height, 2 * f : 2 * f + width].copy()
-        y, x = (f * 3) % (height - 60), (f * 5 + 40 * i) % (width - 80)
-        img[y : y + 60, x : x + 80] = (255 - 20 * label, 40 * label, 128)
-        yield img
 
 
 # ---- measuring one configuration (child process) ---------------------------------------------------------------
@@ -262,7 +253,7 @@ def spread(values: list[float]) -> dict:
 def in_flight(backend: str, threads: int, prefetch: int) -> int:
     """Most batches the loader builds or buffers ahead of the consumer."""
     if backend == "decord":
-        from pipeline.decord_loader import batches_in_flight
+        from pipeline.backends.decord import batches_in_flight
 
         return batches_in_flight(threads)
     return prefetch  # DALI's prefetch_queue_depth; NVDEC's batches decoded ahead
@@ -280,10 +271,10 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
     memory = PeakMemory().start()
     t0 = time.perf_counter()
     with build_loader(data, split=split, mode=mode, backend=backend, device=device, batch_size=cfg.batch_size,
-                      num_threads=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
+                      workers=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
                       dali_input=dali_input, progress=False) as loader:
         build_s = time.perf_counter() - t0
-        sync = _cuda_sync if device == "gpu" else (lambda: None)
+        sync = cuda_sync if device == "gpu" else (lambda: None)
         runs = timed_runs(loader, cfg.runs, cfg.min_seconds, cfg.warmup_epochs, sync)
     memory.stop()
     rate = spread([r["clips_per_s"] for r in runs])
@@ -304,12 +295,6 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
         "build_s": build_s, "runs": [r["clips_per_s"] for r in runs], "videos": len(loader.videos),
         "clips_per_epoch": loader.num_clips, "load_avg_1m": os.getloadavg()[0],
     }  # fmt: skip
-
-
-def _cuda_sync() -> None:
-    import torch
-
-    torch.cuda.synchronize()
 
 
 # ---- orchestration ----------------------------------------------------------------------------------------------
@@ -341,7 +326,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--_child", help=argparse.SUPPRESS)  # internal: CONFIG:MODE:DATA, measured in this process
     a = p.parse_args(argv)
     if a.configs is None:
-        names = [n for n in CONFIGS if CONFIGS[n][1] == "cpu" or _has_cuda()]
+        names = [n for n in CONFIGS if CONFIGS[n][1] == "cpu" or has_cuda()]
     else:
         names = [s.strip() for s in a.configs.split(",") if s.strip()]
     bad = [n for n in names if n not in CONFIGS]
@@ -361,14 +346,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     return cfg, a
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def main(argv: list[str] | None = None) -> int:
     """0, or 1 when a configuration failed (its error is in the JSON's "failed" list and printed)."""
     cfg, a = parse_args(argv)
@@ -385,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"config: {json.dumps(asdict(cfg))}\ndata: {data}\nload average (1, 5, 15 min): {load_start}")
     import torch
 
-    from pipeline.loader import LoaderBase, LoaderConfig
+    from pipeline.base import LoaderBase, LoaderConfig
 
     for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
         LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)

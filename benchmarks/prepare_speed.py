@@ -13,9 +13,10 @@ the CPU seconds are the steadier number. Where `ffmpeg` is not on PATH its rows 
     .venv/bin/python benchmarks/prepare_speed.py [--copies 4] [--runs 3] [--workers 1,2] [--codec vp9] [--json out.json]
 
 --sweep: the per-setting table instead (codec, GOP, height): transcode speed of one process with one codec thread
-(pipeline.prepare.transcode.transcode, with and without --verify's decode), the ffmpeg command line with the same
+(prepare.transcode.transcode, with and without --verify's decode), the ffmpeg command line with the same
 options, output size, and random 16-frame clip reads from the outputs with decord and with DALI's CPU
-fn.decoders.video given the whole file (which decodes from the file's first frame: design.md 4), per GOP.
+fn.decoders.video given the whole file (which decodes from the file's first frame: docs/design.md#dali-facts),
+per GOP.
 
     .venv/bin/python benchmarks/prepare_speed.py --sweep [--videos 3] [--seconds 10] [--runs 3] [--json out.json]
 """
@@ -42,7 +43,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline.prepare.transcode import (  # noqa: E402
+from prepare.transcode import (  # noqa: E402
     CODECS,
     DEFAULT_CRF,
     EncodeSettings,
@@ -226,7 +227,7 @@ def end_to_end(args: argparse.Namespace, console: Console) -> list[dict]:
 
 def make_sources(folder: Path, n: int, seconds: int, fps: int = 25) -> list[Path]:
     """n H.264 sources of 640x480 (a typical Kinetics download size), seconds long, synthetic moving content."""
-    from pipeline.prepare.sample import render_clip, write_video
+    from prepare.sample import render_clip, write_video
 
     paths = []
     for i in range(n):
@@ -282,7 +283,7 @@ def clip_reads(outputs: list[tuple[str, int]], n_clips: int, runs: int) -> dict:
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.decord_loader import import_decord
+    from pipeline.backends.decord import import_decord
 
     decord = import_decord()
 

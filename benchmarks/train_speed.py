@@ -320,7 +320,7 @@ def bench_end_to_end(cfg: Config, arch: str, batch_size: int, precision: str) ->
     phases: dict[str, list[StepTimes]] = {"real": [], "synthetic": []}
     # the loader's DALI threads / decord workers end with the block, before the next case builds another loader
     with build_loader(cfg.data, split="train", mode="train", backend=cfg.backend, device="gpu" if on_gpu else "cpu",
-                      batch_size=batch_size, num_threads=cfg.loader_threads, sample_duration=cfg.frames,
+                      batch_size=batch_size, workers=cfg.loader_threads, sample_duration=cfg.frames,
                       sample_size=cfg.size, device_id=(device.index or 0) if on_gpu else None) as loader:
         n_classes = len(loader.class_names)
         run, optimizer = build_for_training(cfg, arch, n_classes, device)

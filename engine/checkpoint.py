@@ -2,10 +2,11 @@
 
 A checkpoint is TrainingState as a dict of plain types and tensors (loadable with torch.load(weights_only=True)),
 so that 3D-ResNets-PyTorch-style tools and model.load_weights read it without this module. Its entries:
-  model, optimizer, scaler, epoch, config, history         TrainingState (what --resume needs)
-  arch, model_args, class_names, normalisation              RunRecord (what a user of the model needs)
+  model, optimizer, epoch, config, history                 TrainingState (what --resume needs)
+  arch, model_args, class_names, input                      RunRecord (what a user of the model needs)
 No RNG state: the only randomness after initialisation is the loader's, drawn from (seed, epoch). No scheduler
-state either: the learning rate follows from the validation losses in `history` (engine/schedule.py).
+state either: the learning rate follows from the validation losses in `history` (engine/schedule.py). No loss
+scaler: bf16 autocast needs none.
 
 checkpoint_record gives the record to use any checkpoint with (evaluate.py, infer.py): ours carry theirs,
 3D-ResNets-PyTorch's are described by command-line flags.
@@ -69,35 +70,45 @@ class RunRecord:
     # training videos' most common height); infer.py resizes raw videos to it. Older checkpoints: 360.
     video_height: int = 360
 
-    KEYS: ClassVar[tuple[str, ...]] = ("arch", "model_args", "class_names", "normalisation")  # in a checkpoint
+    KEYS: ClassVar[tuple[str, ...]] = ("arch", "model_args", "class_names", "input")  # in a checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint entries. `arch` repeats model_args["arch"] where 3D-ResNets-PyTorch's checkpoints have
-        it; the clip size and the video height sit in the `normalisation` entry, where checkpoints have always
-        had the clip size."""
+        it; `input` says what the model takes: {"normalisation": {value_scale, mean, std}, "sample_size",
+        "sample_duration", "video_height"}."""
         return {"arch": self.model_args["arch"], "model_args": dict(self.model_args),
                 "class_names": list(self.class_names),
-                "normalisation": {**self.normalisation.to_dict(), "sample_size": self.sample_size,
-                                  "sample_duration": self.sample_duration, "video_height": self.video_height}}
+                "input": {"normalisation": self.normalisation.to_dict(), "sample_size": self.sample_size,
+                          "sample_duration": self.sample_duration, "video_height": self.video_height}}
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], path: str | Path) -> RunRecord | None:
         """The record among a checkpoint's entries (model.read_checkpoint's metadata, or the whole dict); None
-        for a checkpoint without one (3D-ResNets-PyTorch's, a raw state dict); CheckpointError when broken."""
+        for a checkpoint without one (3D-ResNets-PyTorch's, a raw state dict); CheckpointError when broken.
+        Checkpoints written before the `input` entry held the same numbers in one flat `normalisation` entry
+        (and, before that, no video height: 360, prepare_data.py's default): still read, for evaluate.py,
+        infer.py and --pretrained (--resume needs the entries of now: load_training_checkpoint)."""
         if "model_args" not in meta:
             return None
         try:
             model_args = {**MODEL_DEFAULTS, **meta["model_args"]}
             if set(model_args) != set(MODEL_ARGS):
                 raise ValueError(f"model_args {sorted(model_args)} are not build_model's {sorted(MODEL_ARGS)}")
-            norm = meta["normalisation"]
+            clips = meta["input"] if "input" in meta else meta["normalisation"]
+            norm = clips["normalisation"] if "input" in meta else clips
             return cls(model_args=model_args, class_names=tuple(str(c) for c in meta["class_names"]),
-                       normalisation=Normalisation.from_dict(norm), sample_size=int(norm["sample_size"]),
-                       sample_duration=int(norm["sample_duration"]),
-                       video_height=int(norm.get("video_height", 360)))
+                       normalisation=Normalisation.from_dict(norm), sample_size=int(clips["sample_size"]),
+                       sample_duration=int(clips["sample_duration"]),
+                       video_height=int(clips.get("video_height", 360)))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: its run record is broken ({type(e).__name__}: {e}); HINT: use the "
                                   "checkpoint as a 3D-ResNets-PyTorch one (describe the model with flags)") from None
+
+    def model_name(self) -> str:
+        """The model in a few characters, for summaries and metrics.json: the arch, and its shortcut type for the
+        families that have one ("resnet-18-A", "resnext-101-B"; "densenet-121": its blocks concatenate)."""
+        arch = self.model_args["arch"]
+        return f"{arch}-{self.model_args['shortcut']}" if takes(arch, "shortcut") else arch
 
     def refuse_contradicting(self, given: Mapping[str, Any], path: str | Path) -> None:
         """CheckpointError (one line) when a model flag given (build_model argument -> value) differs from this
@@ -120,7 +131,6 @@ class TrainingState:
 
     model: dict  # state_dict of the unwrapped, uncompiled model (keys as in 3D-ResNets-PyTorch's resnet.py)
     optimizer: dict
-    scaler: Any  # None when unused (bf16 autocast needs no loss scaling)
     epoch: int  # number of finished epochs (metrics.csv numbers epochs from 1); --resume runs epoch + 1 next
     config: dict  # the run's TrainConfig as a dict
     record: RunRecord

@@ -41,7 +41,7 @@ def _number(x: float) -> str:
 
 
 def numeric_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """{dest: flag} for every int or float option of parser ("num_threads": "--num-threads")."""
+    """{dest: flag} for every int or float option of parser ("workers": "--workers")."""
     # argparse has no public list of its actions; _actions is the one every introspecting tool reads
     return {a.dest: a.option_strings[0] for a in parser._actions if a.type in (int, float)}
 
@@ -63,16 +63,38 @@ def check_numeric_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 # ---- loader and device flags (train.py, evaluate.py; infer.py: the device flags without processes) ------------
 
-LOADER_RANGES = {"num_threads": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
+@dataclass(frozen=True)
+class LoaderFlags:
+    """The loader flags of train.py and evaluate.py (add_loader_flags) and their defaults, written here only: their
+    configs' fields take LOADER_DEFAULTS' values."""
+
+    backend: str = "dali"
+    workers: int = 4
+    skip_bad: bool = False
+
+
+LOADER_DEFAULTS = LoaderFlags()
+LOADER_RANGES = {"workers": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
 DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
-    """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
-    group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
-    group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+    """--backend, --workers, --skip-bad: pipeline.build_loader's backend, workers and skip_bad."""
+    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default=LOADER_DEFAULTS.backend)
+    group.add_argument("--workers", type=int, default=LOADER_DEFAULTS.workers,
+                       help="decoding threads (dali, nvdec), or decord's worker processes (0: in this process)")
+    group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=LOADER_DEFAULTS.skip_bad,
                        help="skip (and count) unreadable videos instead of stopping")
+
+
+def loader_options(cfg: LoaderFlags, d: Any, batch_size: int) -> dict[str, Any]:
+    """pipeline.build_loader's keyword arguments for this process (d: engine.distributed.Dist) from a config with
+    the loader flags: its share of the global batch_size, its shard, its device (a GPU: decode there, deliver to
+    cuda:LOCAL_RANK), a progress bar on rank 0 only."""
+    on_gpu = d.device.type == "cuda"
+    return dict(backend=cfg.backend, workers=cfg.workers, skip_bad=cfg.skip_bad,
+                device="gpu" if on_gpu else "cpu", device_id=d.local_rank if on_gpu else None,
+                batch_size=batch_size // d.world_size, rank=d.rank, world_size=d.world_size, progress=d.is_main)
 
 
 def add_device_flags(group: argparse._ActionsContainer, processes: bool = True) -> None:
@@ -91,8 +113,8 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     parser.error (one line with a hint) when they contradict each other or the machine."""
     import torch
 
-    if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "") == "dali":
-        parser.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
+    if getattr(args, "workers", 1) == 0 and getattr(args, "backend", "") == "dali":
+        parser.error("--workers 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # add_device_flags(processes=False): 1
     problem = None
@@ -104,6 +126,8 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
         problem = "--nproc is for CPU processes; HINT: use --gpus N on a GPU machine"
     elif device == "cuda" and gpus > torch.cuda.device_count():
         problem = f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible"
+    elif device == "cpu" and getattr(args, "backend", "") == "nvdec":
+        problem = "--backend nvdec decodes on the GPU; on the CPU use --backend dali or decord"
     if problem:
         parser.error(problem)
     return device, device == "cuda" if args.amp is None else args.amp
@@ -183,11 +207,11 @@ def add_clip_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_normalisation_flags(group: argparse._ActionsContainer, default: str) -> None:
-    """--norm PRESET (older spelling --mean), or a custom --value-scale X --mean-values R G B [--std-values R G
-    B]; resolve_normalisation turns them into a Normalisation. default: what the help says when none is given."""
+    """--norm PRESET, or a custom --value-scale X --mean-values R G B [--std-values R G B]; resolve_normalisation
+    turns them into a Normalisation. default: what the help says when none is given."""
     from pipeline.normalisation import PRESETS
 
-    group.add_argument("--norm", "--mean", choices=tuple(PRESETS), default=None,
+    group.add_argument("--norm", choices=tuple(PRESETS), default=None,
                        help=f"pixel normalisation preset (pipeline/normalisation.py); default: {default}")
     group.add_argument("--value-scale", type=float, help="custom normalisation: what a 255 pixel is worth (1 or 255)")
     group.add_argument("--mean-values", type=float, nargs=3, metavar=("R", "G", "B"),
@@ -233,7 +257,7 @@ def model_arg_message(error) -> str:  # error: model.ModelArgError
 
 
 # The loader's and load_weights' messages end in hints for Python callers; on the command line the same hint
-# is a flag. Keyed by the exact phrases of pipeline/loader.py and model/checkpoint.py.
+# is a flag. Keyed by the exact phrases of pipeline/base.py and model/checkpoint.py.
 _API_HINTS_AS_FLAGS = {
     "or pass skip_bad=True": "or add --skip-bad",
     "lower batch_size": "lower --batch-size",

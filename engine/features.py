@@ -12,7 +12,8 @@ pytorch tool gives them (the features of every 16-frame clip of a video).
                        start frame / fps, else 0), seconds_per_window (T / fps). Window k spans
                        [start_s + k x seconds_per_window, start_s + (k + 1) x seconds_per_window).
     DIR/features.json  what made them (describe): the checkpoint and its SHA-256, its run record (architecture,
-                       model arguments, class names, normalisation, clip size), the layer, the precision.
+                       model arguments, class names, and its `input` entry: normalisation, clip size and
+                       duration), the layer, the precision.
 
 Resumable: a video whose .npy and row are in DIR is not computed again. Every .npy is written atomically
 (pipeline.atomic: a killed run leaves whole files and hidden ".partial" temp files, which the next run deletes),
@@ -50,7 +51,7 @@ CSV_NAME, JSON_NAME, LOCK_NAME = "features.csv", "features.json", ".lock"
 JOURNAL_GLOB = ".journal-rank*.csv"
 # features.json entries that must agree for features to go on being written into a DIR: the same weights, the same
 # clips, the same layer, the same arithmetic. Not the class names (infer.py --classes renames them) nor the paths.
-SAME_MODEL = ("checkpoint_sha256", "model_args", "normalisation", "features", "precision")
+SAME_MODEL = ("checkpoint_sha256", "model_args", "input", "features", "precision")
 # Characters never kept in a file name: the path separators, '%' (the escape character itself), and those that
 # Windows and SMB shares refuse (a DIR on a network share).
 UNSAFE = frozenset('/\\%:*?"<>|')
@@ -130,7 +131,8 @@ def describe(record: RunRecord, checkpoint: str | Path, net: nn.Module, amp: boo
         "arch": entries["arch"],
         "model_args": entries["model_args"],
         "class_names": entries["class_names"],
-        "normalisation": {k: v for k, v in entries["normalisation"].items() if k != "video_height"},
+        # the checkpoint's `input` entry but its video height: prepared videos' is theirs; infer.py's is below
+        "input": {k: v for k, v in entries["input"].items() if k != "video_height"},
         "features": {"layer": f"input of {head} (the global average pool of the last stage)",
                      "dim": net.head.in_features, "dtype": "float32", "window_frames": t, "window_stride": t,
                      "crop": f"centre square at the maximum scale, resized to {s}x{s}",

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.resnet import init_as_the_reference
+
 # depth -> dense layers per block; all with 64 initial channels and growth rate 32 (DenseNet-BC).
 BLOCK_CONFIG: dict[int, tuple[int, int, int, int]] = {
     121: (6, 12, 24, 16),
@@ -113,15 +115,7 @@ class DenseNet3d(nn.Module):
         self.features.add_module("norm5", nn.BatchNorm3d(n_features))
         self.classifier = nn.Linear(n_features, n_classes)
 
-        # The reference's init: Kaiming fan-out for convs, BN to identity, the classifier's bias to 0.
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
+        init_as_the_reference(self, linear_bias=0.0)  # the reference's DenseNet zeroes the classifier's bias
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, T, H, W) float -> (N, C) float: norm5's output after the ReLU, averaged over T, H and W, i.e. the

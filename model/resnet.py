@@ -49,6 +49,19 @@ def conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def init_as_the_reference(model: nn.Module, linear_bias: float | None = None) -> None:
+    """3D-ResNets-PyTorch's initialisation, in module order: Kaiming fan-out (ReLU) for every Conv3d, BatchNorm3d
+    to identity (weight 1, bias 0), and Linear biases set to `linear_bias` when given (DenseNet's classifier: 0)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear) and linear_bias is not None:
+            nn.init.constant_(m.bias, linear_bias)
+
+
 def zero_pad_shortcut(x: torch.Tensor, planes: int, stride: int) -> torch.Tensor:
     """Type-A shortcut: subsample by `stride` in T, H and W, then append zero channels up to `planes`.
 
@@ -100,19 +113,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1x1 reduce, 3x3x3 (carries the stride), 1x1x1 expand by 4; BN after each, ReLU after the sum."""
+    """1x1x1 reduce, 3x3x3 (carries the stride), 1x1x1 expand by 4; BN after each, ReLU after the sum.
+
+    width, groups: the inner 3x3x3 conv's channels (default planes) and groups (ResNeXt's bottleneck passes its
+    grouped width and cardinality; the rest is this block)."""
 
     expansion = 4
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+        width: int | None = None, groups: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = conv1x1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = conv3x3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.conv3 = conv1x1x1(planes, planes * self.expansion)
+        width = planes if width is None else width
+        self.conv1 = conv1x1x1(in_planes, width)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = conv1x1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -169,13 +187,7 @@ class ResNet3d(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(planes[3] * block.expansion, n_classes)
 
-        # Same init as the reference: Kaiming fan-out for convs, BN to identity, fc left at Linear's default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_as_the_reference(self)  # fc left at Linear's default
 
     def make_stem(self, planes: int, conv1_t_size: int, conv1_t_stride: int) -> None:
         """conv1 (conv1_t_size x 7 x 7, stride (conv1_t_stride, 2, 2)) and bn1, registered before the stages

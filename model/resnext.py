@@ -16,10 +16,9 @@ at cardinality 32: with any other cardinality its model fails on the first forwa
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from model.resnet import BOTTLENECK_LAYERS, STEM_PLANES, ResNet3d, conv1x1x1
+from model.resnet import BOTTLENECK_LAYERS, STEM_PLANES, Bottleneck, ResNet3d
 
 ARCHS: tuple[str, ...] = tuple(f"resnext-{depth}" for depth in BOTTLENECK_LAYERS)
 STAGE_PLANES: tuple[int, int, int, int] = (128, 256, 512, 1024)
@@ -31,9 +30,10 @@ def grouped_width(planes: int, cardinality: int) -> int:
     return cardinality * (planes // GROUP_WIDTH_DIVISOR)
 
 
-class ResNeXtBottleneck(nn.Module):
-    """1x1x1 to `grouped_width` channels, 3x3x3 in `cardinality` groups (carries the stride), 1x1x1 to
-    2 x planes; BN after each conv, ReLU after the first two and after the residual sum."""
+class ResNeXtBottleneck(Bottleneck):
+    """ResNet's bottleneck with its 3x3x3 conv in `cardinality` groups: 1x1x1 to `grouped_width` channels,
+    3x3x3 in groups (carries the stride), 1x1x1 to 2 x planes; BN after each conv, ReLU after the first two and
+    after the residual sum."""
 
     expansion = 2
 
@@ -45,23 +45,8 @@ class ResNeXtBottleneck(nn.Module):
         downsample: nn.Module | None = None,
         cardinality: int = 32,
     ) -> None:
-        super().__init__()
-        mid = grouped_width(planes, cardinality)
-        self.conv1 = conv1x1x1(in_planes, mid)
-        self.bn1 = nn.BatchNorm3d(mid)
-        self.conv2 = nn.Conv3d(mid, mid, kernel_size=3, stride=stride, padding=1, groups=cardinality, bias=False)
-        self.bn2 = nn.BatchNorm3d(mid)
-        self.conv3 = conv1x1x1(mid, planes * self.expansion)
-        self.bn3 = nn.BatchNorm3d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        super().__init__(in_planes, planes, stride, downsample, width=grouped_width(planes, cardinality),
+                         groups=cardinality)
 
 
 def resnext(

@@ -1,4 +1,5 @@
-"""Replace a file atomically: readers see the old file or the whole new one, never half of one (style.md 9).
+"""Replace a file atomically: readers see the old file or the whole new one, never half of one
+(docs/style.md#data-and-failures).
 
     with atomic_write(path) as tmp:    # tmp: a new, unique path in path's folder
         df.to_csv(tmp)                 # write it any way: open(), a library, an encoder
@@ -8,7 +9,7 @@ The temp file sits in path's folder because os.replace is atomic only within one
 ".<name>.partial-<host>-<pid>-<random><suffix>", is unique across processes and hosts (DDP ranks on several
 nodes may write the same file on a shared file system), hidden, and ends in path's suffix, so writers that pick
 a format by suffix (matplotlib, PyAV) still work. prepare_data.py removes what killed runs left by the ".partial"
-in the name (pipeline.prepare.run.remove_partials).
+in the name (prepare.run.remove_partials).
 
 A killed process cannot leave a half file under the final name; a power cut or kernel crash can, unless the
 data reaches the disk before the rename: fsync=True does that (checkpoints), at the cost of waiting for the disk.
@@ -17,7 +18,7 @@ A full disk (ENOSPC, a quota's EDQUOT, a file size limit's EFBIG) leaves the old
 NoSpace, whose message names the file being written (not the temp file) and the space free there: the writers'
 own messages ("[Errno 28] No space left on device", torch's "unexpected pos ...") name neither.
 
-Standard library only: pipeline.prepare's workers and engine/ import it without pandas or torch.
+Standard library only: prepare's workers and engine/ import it without pandas or torch.
 """
 
 from __future__ import annotations

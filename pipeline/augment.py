@@ -34,13 +34,11 @@ itself (tests check the grouping, cropping and flips against it clip by clip).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.normalisation import Normalisation, as_normalisation
+from pipeline.normalisation import Normalisation
 
 # BT.601: R = Y' + 2(1-Kr) Cr, B = Y' + 2(1-Kb) Cb, G = Y' - (2 Kb (1-Kb) Cb + 2 Kr (1-Kr) Cr) / Kg, with
 # Y' = (Y - 16) * 255/219 and Cb, Cr = (U - 128), (V - 128) * 255/224 (limited range -> full range).
@@ -112,10 +110,9 @@ def rgb_crop(rgb: torch.Tensor, boxes: np.ndarray, idx: np.ndarray) -> torch.Ten
 
 
 def resize_flip_normalize(crop: torch.Tensor, flips: torch.Tensor, size: int,
-                          norm: Normalisation | Sequence[float]) -> torch.Tensor:
+                          norm: Normalisation) -> torch.Tensor:
     """(N, T, 3, s, s) float32 crops with integer values -> (N, 3, T, S, S) float32: antialiased bilinear
-    resize to S (skipped when s == S), rounded to 0..255, flipped where flips (N,) bool, normalised (norm: a
-    Normalisation, or 3 numbers: a mean subtracted from 0-255 pixels)."""
+    resize to S (skipped when s == S), rounded to 0..255, flipped where flips (N,) bool, normalised by norm."""
     n, t, _, s, _ = crop.shape
     x = crop.reshape(n * t, 3, s, s)
     if s != size:
@@ -123,7 +120,7 @@ def resize_flip_normalize(crop: torch.Tensor, flips: torch.Tensor, size: int,
         x = x.round_().clamp_(0, 255)  # DALI resizes to uint8
     x = x.view(n, t, 3, size, size)
     x = torch.where(flips.view(n, 1, 1, 1, 1), x.flip(-1), x)
-    mean, std = as_normalisation(norm).on_pixels()
+    mean, std = norm.on_pixels()
     x = x - torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 1, 3, 1, 1)
     if std != (1.0, 1.0, 1.0):  # (the default divides by nothing: bit-identical to the mean alone)
         x = x / torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 1, 3, 1, 1)
@@ -131,7 +128,7 @@ def resize_flip_normalize(crop: torch.Tensor, flips: torch.Tensor, size: int,
 
 
 def _grouped(crop_fn, n: int, t: int, boxes: np.ndarray, flips: np.ndarray, size: int,
-             norm: Normalisation | Sequence[float], device: torch.device) -> torch.Tensor:
+             norm: Normalisation, device: torch.device) -> torch.Tensor:
     """Run crop_fn(clips (n_g,) int64 host array, the same on the device, side) -> (n_g, T, 3, side, side)
     over the clips in groups of equal side and chunks, then resize_flip_normalize; returns (N, 3, T, S, S)."""
     out = torch.empty((n, 3, t, size, size), dtype=torch.float32, device=device)
@@ -158,13 +155,13 @@ def _host_params(sizes, boxes, flips, n: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def augment_nv12(y: torch.Tensor, uv: torch.Tensor, sizes, boxes, flips, size: int,
-                 norm: Normalisation | Sequence[float]) -> torch.Tensor:
+                 norm: Normalisation) -> torch.Tensor:
     """NV12 decoder output -> clips: colour conversion, crop, resize, flip, normalisation (module docstring).
 
     y: (N, T, Hp, Wp) uint8; uv: (N, T, Hp/2, Wp) uint8 (U, V interleaved). Host arrays (the plan's; read
     without a device synchronisation): sizes (N, 2) (H_n, W_n) of each clip's frames, in the top-left of its
-    planes, even; boxes (N, 3) (x0, y0, side) in pixels; flips (N,) bool. norm: a Normalisation, or 3
-    numbers (a mean subtracted from 0-255 pixels). Returns (N, 3, T, size, size) float32 on y's device.
+    planes, even; boxes (N, 3) (x0, y0, side) in pixels; flips (N,) bool; norm: the Normalisation. Returns
+    (N, 3, T, size, size) float32 on y's device.
     """
     n, t = y.shape[:2]
     sizes, boxes, flips = _host_params(sizes, boxes, flips, n)
@@ -178,7 +175,7 @@ def augment_nv12(y: torch.Tensor, uv: torch.Tensor, sizes, boxes, flips, size: i
 
 
 def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int,
-                norm: Normalisation | Sequence[float]) -> torch.Tensor:
+                norm: Normalisation) -> torch.Tensor:
     """RGB frames -> clips: crop, resize, flip, normalisation (module docstring).
 
     rgb: (N, T, Hp, Wp, 3) uint8. Host arrays: sizes (N, 2) (H_n, W_n) of each clip's frames (top-left of

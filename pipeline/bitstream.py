@@ -1,6 +1,7 @@
 """The bytes a decoder is given for one clip: packets keyframe..last frame of a file, cut out with the packet
-index (pipeline/packets.py) in one read, then wrapped for the decoder that takes them.
+index (pipeline/index/table.py) in one read, then wrapped for the decoder that takes them.
 
+    clip_span     which packets a clip needs: the keyframe at or before its first frame .. its last frame
     read_span     the file bytes covering packets first..last (one seek, one read)
     ivf_slice     VP8/VP9 packets as an in-memory IVF stream, for DALI's fn.decoders.video (the DALI backend:
                   its CPU decoder does not seek, so it is given the clip's GOPs only)
@@ -19,15 +20,20 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # not at run time: pipeline.packets uses parameter_sets when it indexes a file
-    from pipeline.packets import VideoIndex
+from pipeline.index.table import VideoIndex
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
+
+
+def clip_span(index: VideoIndex, frames: np.ndarray) -> tuple[int, int]:
+    """(first, last) packets a decoder needs for the clip of `frames` ((T,) file frame indices, any order; packet k
+    is frame k): the keyframe at or before its first frame, and its last frame. The clip's frames are then
+    frames - first in the slice."""
+    return index.keyframe_at_or_before(int(frames.min())), int(frames.max())
 
 
 def read_span(path: str, index: VideoIndex, first: int, last: int) -> tuple[bytes, int]:

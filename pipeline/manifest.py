@@ -2,7 +2,7 @@
 
 COLUMNS is the manifest's one definition: prepare_data.py writes it, the loaders read it, tests and benchmarks
 build datasets with it. pandas is imported where a manifest is read, not with this module: prepare_data.py's
-worker processes import COLUMNS (through pipeline.prepare.run) and nothing else from here.
+worker processes import COLUMNS (through prepare.run) and nothing else from here.
 """
 
 from __future__ import annotations

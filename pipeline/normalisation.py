@@ -15,7 +15,7 @@ Every backend applies it as one affine map on the 0-255 scale (`on_pixels`): (p 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 RGB = tuple[float, float, float]
@@ -96,10 +96,3 @@ PRESETS: dict[str, Normalisation] = {
     "kinetics-0-1": Normalisation((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737), value_scale=1.0),
     "activitynet-0-1": Normalisation((0.4477, 0.4209, 0.3906), (0.2767, 0.2695, 0.2714), value_scale=1.0),
 }
-
-
-def as_normalisation(x: Normalisation | Sequence[float]) -> Normalisation:
-    """x itself, or for 3 numbers (what callers passed before normalisations had a scale and std) the 0-255
-    mean they are: Normalisation(mean=x)."""
-    return x if isinstance(x, Normalisation) else Normalisation(mean=_rgb(x))
-

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.augment import YUV_TO_RGB, augment_nv12, augment_rgb, chunk_clips, nv12_crop_to_rgb
+from pipeline.normalisation import Normalisation
 
 S = 24
-MEAN = (110.5, 103.25, 96.0)
+MEAN = Normalisation((110.5, 103.25, 96.0))
 
 
-def reference_clip(frames: np.ndarray, box, flip: bool, size: int, mean) -> np.ndarray:
+def reference_clip(frames: np.ndarray, box, flip: bool, size: int, norm: Normalisation) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (3, T, S, S) float32, one clip at a time: the decord backend's old transform."""
     x0, y0, side = box
     x = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + side, x0:x0 + side])).permute(0, 3, 1, 2).float()
@@ -22,7 +23,7 @@ def reference_clip(frames: np.ndarray, box, flip: bool, size: int, mean) -> np.n
         x = x.round().clamp(0, 255)
     if flip:
         x = x.flip(-1)
-    x = x - torch.tensor(mean).view(1, 3, 1, 1)
+    x = x - torch.tensor(norm.mean).view(1, 3, 1, 1)  # (value scale 255, std 1: the mean alone)
     return x.permute(1, 0, 2, 3).numpy()
 
 
@@ -125,7 +126,7 @@ def test_nv12_conversion_matches_dali_cpu_within_one_level(tmp_path):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.prepare.sample import write_video
+    from prepare.sample import write_video
 
     h, w = 64, 96
     rng = np.random.default_rng(4)
@@ -175,7 +176,7 @@ def test_mean_is_subtracted_per_channel():
     frames = torch.full((1, 2, 8, 8, 3), 200, dtype=torch.uint8)
     out = augment_rgb(frames, [[8, 8]], [[0, 0, 8]], [False], 4, MEAN)
     for c in range(3):
-        assert torch.all(out[0, c] == 200 - MEAN[c])
+        assert torch.all(out[0, c] == 200 - MEAN.mean[c])
 
 
 @pytest.mark.parametrize("name", ["kinetics", "activitynet", "kinetics-0-1", "activitynet-0-1"])
@@ -198,5 +199,6 @@ def test_every_preset_normalisation_is_its_formula(name):
     raw = augment_nv12(y, uv, *args, Normalisation((0.0, 0.0, 0.0))).numpy().astype(np.float64)
     np.testing.assert_allclose(augment_nv12(y, uv, *args, norm).numpy(), (raw * norm.value_scale / 255 - mean) / std,
                                rtol=0, atol=2e-5)
-    if norm.value_scale == 255 and norm.std == (1.0, 1.0, 1.0):  # 3 numbers still mean a 0-255 mean, bit for bit
-        assert torch.equal(augment_rgb(frames, *args, norm.mean), augment_rgb(frames, *args, norm))
+    if norm.value_scale == 255 and norm.std == (1.0, 1.0, 1.0):  # the mean alone, bit for bit (no division)
+        assert torch.equal(augment_rgb(frames, *args, norm), augment_rgb(frames, *args, Normalisation((0.0,) * 3))
+                           - torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1, 1))

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_decord_imports_and_exposes_video_reader():
-    from pipeline.decord_loader import import_decord
+    from pipeline.backends.decord import import_decord
 
     assert hasattr(import_decord(), "VideoReader")
 
@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, {root!r})
 {imports}
 import numpy as np
-from pipeline.prepare.sample import write_video  # imports av, after the imports above
+from prepare.sample import write_video  # imports av, after the imports above
 print(write_video({path!r}, np.zeros((1, 48, 64, 3), np.uint8), 25, "libvpx-vp9", gop=16).stat().st_size)
 """
 
@@ -33,7 +33,7 @@ def _encode_after(imports: str, path: Path) -> subprocess.CompletedProcess:
 
 
 def test_import_decord_keeps_pyav_vp9_encoder_working(tmp_path):
-    done = _encode_after("from pipeline.decord_loader import import_decord; import_decord()", tmp_path / "a.webm")
+    done = _encode_after("from pipeline.backends.decord import import_decord; import_decord()", tmp_path / "a.webm")
     assert done.returncode == 0, done.stderr[-500:]
     assert int(done.stdout.split()[-1]) == (tmp_path / "a.webm").stat().st_size > 0
 

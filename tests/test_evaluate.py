@@ -148,12 +148,12 @@ def test_evaluate_writes_exact_metrics_and_reference_format_outputs(data, tmp_pa
     ckpt = our_checkpoint(tmp_path / "best.pt", fc_bias=bias)
     out = tmp_path / "eval"
     m = run_evaluate(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
-                      "--num-threads", "1"])
+                      "--workers", "1"])
     assert (m["video_top1"], m["video_top5"], m["clip_top1"], m["clip_top5"]) == (1 / 7, 5 / 7, 1 / 11, 8 / 11)
     assert m["video_avg"] == pytest.approx(3 / 7, abs=1e-15)
     assert (m["n_videos"], m["n_labelled_videos"], m["n_clips"], m["n_classes"]) == (7, 7, 11, 6)
-    assert m["normalisation"] == {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0],
-                                  "sample_size": 32, "sample_duration": 16, "video_height": 360}
+    assert m["input"] == {"normalisation": {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0]},
+                          "sample_size": 32, "sample_duration": 16, "video_height": 360}
     assert m["protocol"] == {"name": "windows", "clips": "all", "crops": 1,
                              "description": "every non-overlapping 16-frame window x 1 centre crop"}
 
@@ -182,7 +182,7 @@ def test_an_unlabelled_split_has_no_confusion_matrix_and_says_why(tmp_path, caps
                         classes=CLASSES, width=48, height=32)
     out = tmp_path / "eval"
     m = run_evaluate(["--data", str(data), "--split", "test", "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")),
-                      "--out", str(out), "--num-threads", "1"])
+                      "--out", str(out), "--workers", "1"])
     assert (m["n_videos"], m["n_labelled_videos"], m["video_top1"]) == (2, 0, None)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.json"]
     stdout = capsys.readouterr().out
@@ -202,7 +202,7 @@ def test_a_video_listed_twice_is_refused_in_one_line(data, tmp_path):
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--data", str(copy), "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")), "--out", str(out),
-                       "--num-threads", "1"])
+                       "--workers", "1"])
     assert e.value.code == (f"error: {copy}/val.csv: video_id 'val002' is listed 2 times: its video would count more "
                             "than once in the accuracy; HINT: prepare the dataset again with prepare_data.py (it keeps "
                             "one row per video and lists the others in rejected.csv)")
@@ -218,7 +218,7 @@ def test_results_that_cannot_be_written_at_the_end_are_one_line(data, tmp_path, 
     (out / "metrics.json").mkdir(parents=True)
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "c.pt")), "--out", str(out),
-                       "--num-threads", "1"])
+                       "--workers", "1"])
     assert e.value.code == (f"error: cannot write the results to {out} ([Errno 21] Is a directory: "
                             f"'{out / 'metrics.json'}')")
     assert "Top-1" in capsys.readouterr().out
@@ -292,7 +292,7 @@ def test_a_clip_counted_twice_is_an_error(data, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     with pytest.raises(RuntimeError) as e:
         evaluate.main(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "best.pt")), "--out",
-                       str(out), "--batch-size", "2", "--num-threads", "1"])
+                       str(out), "--batch-size", "2", "--workers", "1"])
     assert str(e.value) == "1 of 7 videos not counted exactly once, e.g. 'val000': 4 clips, expected 2"
     assert not out.exists()
 
@@ -300,7 +300,7 @@ def test_a_clip_counted_twice_is_an_error(data, tmp_path, monkeypatch):
 def test_two_processes_count_every_video_once(data, tmp_path):
     """--nproc 2 (gloo) splits the clips between ranks and gives the one-process numbers."""
     ckpt = our_checkpoint(tmp_path / "best.pt")
-    common = ["--data", str(data), "--checkpoint", str(ckpt), "--batch-size", "2", "--num-threads", "1"]
+    common = ["--data", str(data), "--checkpoint", str(ckpt), "--batch-size", "2", "--workers", "1"]
     one = run_evaluate([*common, "--out", str(tmp_path / "one")])
     two = run_evaluate([*common, "--out", str(tmp_path / "two"), "--nproc", "2"])
     assert two["world_size"] == 2 and (two["n_videos"], two["n_clips"]) == (7, 11)
@@ -322,8 +322,8 @@ def test_reference_checkpoint_with_module_prefix(data, tmp_path):
     torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
                 "optimizer": {}}, path)
     m = run_evaluate(["--data", str(data), "--checkpoint", str(path), "--out", str(tmp_path / "ref"),
-                      "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "8", "--num-threads", "1"])
-    assert m["model"] == "resnet-10-A" and m["normalisation"]["sample_size"] == 32 and m["n_clips"] == 11
+                      "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "8", "--workers", "1"])
+    assert m["model"] == "resnet-10-A" and m["input"]["sample_size"] == 32 and m["n_clips"] == 11
 
 
 def test_garbage_checkpoint_is_one_line_error(data, tmp_path):
@@ -375,7 +375,7 @@ def test_views_average_exactly_the_expected_views(data, tmp_path, monkeypatch, f
     ckpt = our_checkpoint(tmp_path / "best.pt", mean=(0.0, 0.0, 0.0))
     out = tmp_path / "eval"
     m = run_evaluate(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "5",
-                      "--num-threads", "1", *flags])
+                      "--workers", "1", *flags])
     pred = json.loads((out / "predictions.json").read_text())["results"]
     for v, n in enumerate(FRAMES):
         if clips is None:
@@ -407,7 +407,7 @@ def test_unlabelled_split_is_evaluated_in_both_protocols(data, tmp_path, flags):
     manifest.assign(label=-1, label_name="", split="test").to_csv(data / "test.csv", index=False)
     out = tmp_path / "eval"
     m = run_evaluate(["--data", str(data), "--checkpoint", str(our_checkpoint(tmp_path / "best.pt")), "--out",
-                      str(out), "--split", "test", "--batch-size", "8", "--num-threads", "1", *flags])
+                      str(out), "--split", "test", "--batch-size", "8", "--workers", "1", *flags])
     assert m["n_videos"] == len(FRAMES) and m["n_clips"] == (11 if not flags else len(FRAMES) * 6)
     assert m["video_top1"] is m["clip_top1"] is None and m["n_labelled_videos"] == 0
     assert sorted(json.loads((out / "predictions.json").read_text())["results"]) == sorted(manifest["video_id"])
@@ -448,7 +448,7 @@ def test_authors_checkpoint_gives_the_direct_model_call_only_with_its_normalisat
                 "optimizer": {}, "scheduler": {}}, path)
 
     norm = PRESETS["kinetics-0-1"]
-    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, num_threads=1,
+    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, workers=1,
                       normalisation=Normalisation((0.0, 0.0, 0.0)), progress=False) as loader:
         sums, counts = torch.zeros(len(FRAMES), len(CLASSES), dtype=torch.float64), torch.zeros(len(FRAMES))
         for raw, _, video_idx in loader:  # (N, 3, T, 32, 32) 0-255
@@ -460,7 +460,7 @@ def test_authors_checkpoint_gives_the_direct_model_call_only_with_its_normalisat
     want = sums / counts[:, None]  # (V, K)
 
     common = ["--data", str(data), "--checkpoint", str(path), "--shortcut", "B", "--widen-factor", "0.125",
-              "--sample-size", "32", "--batch-size", "4", "--num-threads", "1"]
+              "--sample-size", "32", "--batch-size", "4", "--workers", "1"]
     custom_0_255 = ["--value-scale", "255", "--mean-values", *(str(m * 255) for m in norm.mean), "--std-values",
                     *(str(s * 255) for s in norm.std)]
     runs = {"kinetics-0-1": ["--norm", "kinetics-0-1"], "custom": custom_0_255, "activitynet": ["--norm", "activitynet"]}
@@ -470,7 +470,7 @@ def test_authors_checkpoint_gives_the_direct_model_call_only_with_its_normalisat
         pred = json.loads((tmp_path / name / "predictions.json").read_text())["results"]
         errors[name] = max(abs(t["score"] - float(want[v, CLASSES.index(t["label"])]))
                            for v in range(len(FRAMES)) for t in pred[f"val{v:03d}"])
-        assert m["normalisation"]["value_scale"] == (1.0 if name == "kinetics-0-1" else 255.0)
+        assert m["input"]["normalisation"]["value_scale"] == (1.0 if name == "kinetics-0-1" else 255.0)
     assert errors["kinetics-0-1"] < 1e-5 and errors["custom"] < 1e-5, errors
     assert errors["activitynet"] > 1e-3, errors  # the wrong normalisation: other outputs, no error message
 
@@ -484,7 +484,7 @@ def test_model_flags_that_contradict_our_checkpoint_are_an_error(data, tmp_path)
     ckpt = our_checkpoint(tmp_path / "best.pt")
     common = ["--data", str(data), "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")]
     with pytest.raises(SystemExit) as e:
-        evaluate.main([*common, "--arch", "resnet-18", "--num-threads", "1"])
+        evaluate.main([*common, "--arch", "resnet-18", "--workers", "1"])
     message = str(e.value.code)
     assert message.startswith(f"error: {ckpt}: the checkpoint describes itself: resnet-10 --shortcut A ")
     assert message.endswith("; --arch resnet-18 contradicts it: drop --arch") and "\n" not in message
@@ -529,7 +529,7 @@ def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
     weights = torch.load(ours, weights_only=True)["model"]
     torch.save({"epoch": 200, "arch": "resnet-10", "state_dict": {f"module.{k}": v for k, v in weights.items()}},
                foreign)
-    common = ["--data", str(data), "--batch-size", "8", "--num-threads", "1", "--sample-size", "32"]
+    common = ["--data", str(data), "--batch-size", "8", "--workers", "1", "--sample-size", "32"]
     described = ["--widen-factor", "0.125", "--conv1-t-size", "3", "--no-max-pool"]
     m_ours = run_evaluate([*common, "--checkpoint", str(ours), "--out", str(tmp_path / "ours")])
     m_foreign = run_evaluate([*common, "--checkpoint", str(foreign), "--out", str(tmp_path / "foreign"), *described])
@@ -548,7 +548,7 @@ def test_foreign_checkpoint_with_conv1_t_size_and_no_max_pool(data, tmp_path):
 # ---- every bad argument is a usage error ---------------------------------------------------------------------
 
 BAD_VALUES = {  # flag: values outside its range (evaluate.RANGES)
-    "--batch-size": ["0"], "--num-threads": ["-1"], "--n-classes": ["0"], "--widen-factor": ["0", "nan"],
+    "--batch-size": ["0"], "--workers": ["-1"], "--n-classes": ["0"], "--widen-factor": ["0", "nan"],
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--sample-duration": ["0"], "--sample-size": ["0"],
     "--gpus": ["0"], "--nproc": ["0"], "--clips": ["0"], "--crops": ["0"], "--value-scale": ["0", "-1"],
     "--mean-values": ["1 inf 1"], "--std-values": ["1 0 1"], "--cardinality": ["0"], "--wide-k": ["0"],
@@ -605,7 +605,7 @@ def test_ctrl_c_is_one_line_and_status_130(data, tmp_path, monkeypatch, capsys, 
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "2",
-                       "--num-threads", "1"])
+                       "--workers", "1"])
     assert e.value.code == 130
     err = capsys.readouterr().err
     assert re.fullmatch(r"interrupted after 1 of 6 steps; nothing was written \(the files come at the end\); "

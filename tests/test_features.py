@@ -137,7 +137,7 @@ def test_the_folder_merges_journals_and_keeps_only_rows_with_their_file(tmp_path
     np.save(root / "d.npy", np.zeros((2, 3), np.float32))  # its row never reached the journal
     (root / "b.npy").unlink()  # deleted by the user
     (root / ".e.npy.partial-host-1-abcd.npy").write_bytes(b"\x93NUMPY half")
-    fd = FeatureDir(root, {"checkpoint_sha256": "x", "model_args": {}, "normalisation": {}, "features": {},
+    fd = FeatureDir(root, {"checkpoint_sha256": "x", "model_args": {}, "input": {}, "features": {},
                            "precision": "float32"})
     assert list(fd.done) == ["a", "c"] and fd.done["c"] == row("c")
     assert not list(root.glob(".journal-*")) and not list(root.glob("*.partial-*"))
@@ -153,7 +153,7 @@ def test_the_folder_merges_journals_and_keeps_only_rows_with_their_file(tmp_path
 
 
 def test_one_run_per_folder_and_another_model_is_refused(tmp_path):
-    desc = {"checkpoint_sha256": "abc", "model_args": {"arch": "resnet-18"}, "normalisation": {"mean": [1, 2, 3]},
+    desc = {"checkpoint_sha256": "abc", "model_args": {"arch": "resnet-18"}, "input": {"sample_size": 112},
             "features": {"dim": 512}, "precision": "float32", "checkpoint": "a.pt", "videos": "x"}
     first = FeatureDir(tmp_path, desc)
     with pytest.raises(FeaturesError) as e:
@@ -211,7 +211,7 @@ def tiny_model(ckpt: Path) -> torch.nn.Module:
 
 def evaluate_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
-            "--num-threads", "1", *extra]
+            "--workers", "1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_loader_only_videos_loads_whole_videos_in_manifest_order(data):
     nothing; eval mode only."""
     from pipeline import build_loader
 
-    with build_loader(data, split="val", mode="eval", batch_size=2, num_threads=1, sample_size=32, rank=1,
+    with build_loader(data, split="val", mode="eval", batch_size=2, workers=1, sample_size=32, rank=1,
                       world_size=2) as loader:
         loader.only_videos(np.array([2, 0]))
         plan = loader.plan
@@ -241,7 +241,7 @@ def test_loader_only_videos_loads_whole_videos_in_manifest_order(data):
         assert got == [0, 0, 2, 2, 2]
         loader.only_videos([])
         assert len(loader) == 0 and list(loader) == []
-    with build_loader(data, split="val", mode="val", batch_size=2, num_threads=1, sample_size=32) as loader:
+    with build_loader(data, split="val", mode="val", batch_size=2, workers=1, sample_size=32) as loader:
         with pytest.raises(ValueError, match="only_videos is for eval mode, not 'val'"):
             loader.only_videos([0])
 
@@ -256,7 +256,7 @@ def test_evaluate_writes_each_windows_pooled_output(data, extracted):
     net = tiny_model(ckpt)
     seen = []
     net.head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
-    with build_loader(data, split="val", mode="eval", batch_size=4, num_threads=1, sample_size=32,
+    with build_loader(data, split="val", mode="eval", batch_size=4, workers=1, sample_size=32,
                       normalisation=Normalisation((110.0, 100.0, 90.0))) as loader:
         by_video: dict[int, list] = {}
         with torch.no_grad():
@@ -285,8 +285,8 @@ def test_evaluate_features_csv_json_and_unchanged_metrics(data, extracted):
         "model_args": {"arch": "resnet-10", "n_classes": 6, "shortcut": "A", "conv1_t_size": 7, "conv1_t_stride": 1,
                        "no_max_pool": False, "widen_factor": 0.125, "cardinality": 32, "wide_k": 2},
         "class_names": list(CLASSES),
-        "normalisation": {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0],
-                          "sample_size": 32, "sample_duration": 16},
+        "input": {"normalisation": {"value_scale": 255.0, "mean": [110.0, 100.0, 90.0], "std": [1.0, 1.0, 1.0]},
+                  "sample_size": 32, "sample_duration": 16},
         "features": {"layer": "input of fc (the global average pool of the last stage)", "dim": TINY_DIM,
                      "dtype": "float32", "window_frames": 16, "window_stride": 16,
                      "crop": "centre square at the maximum scale, resized to 32x32",

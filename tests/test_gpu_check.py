@@ -16,8 +16,6 @@ import textwrap
 import time
 from pathlib import Path
 
-from model import ModelCost
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -52,6 +50,9 @@ if rule["do"] == "parse":  # the command's own parser checks the flags (exit 2 o
     module = __import__(Path(script).stem)
     if hasattr(module, "has_cuda"):
         module.has_cuda = lambda: False  # (decode_speed.py: no torch import just to parse)
+    if script.endswith("train.py"):  # the machine gpu_check.sh runs on has a GPU (--backend nvdec needs one)
+        import torch
+        torch.cuda.is_available, torch.cuda.device_count = (lambda: True), (lambda: 1)
     module.parse_args(argv[argv.index(script) + 1:])
 for name, text in rule.get("files", {{}}).items():
     Path(name).parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,8 @@ def test_every_step_runs_after_one_fails_hangs_or_crashes_and_dali_steps_say_why
         *JUNIT_LINES,
         "pytest-360p: no report (the step did not finish); its log shows 1 passed, 1 skipped; it ended in "
         "tests/test_nvdec_gpu.py::test_gpu_3_one_decoder_follows_every_size_change[hevc-low]",
-        "decode (clips/s | host CPU ms/clip | NVDEC % mean/max | frames/clip | threads):",
+        "decode (clips/s | host CPU ms/clip | NVDEC % mean/max | frames/clip | threads; the host row: clips per "
+        "CPU-second):",
         "  nvdec         vp9-g16      812.5 |  0.250 |   61/97 | 23.5 | 14",
         "  nvdec         h264-g16     640.0 |  0.250 |   61/97 | 23.5 | 14",
         "  nvdec-low     h264-g16  error: DecodeError: NVDEC returned 0 of the 16 frames wanted",
@@ -398,7 +400,7 @@ def test_train_speed_saves_each_row_and_records_a_failed_one(tmp_path, monkeypat
                 "data_wait_share": 0.5}
 
     monkeypatch.setattr(train_speed, "bench_end_to_end", fake)
-    monkeypatch.setattr(train_speed, "cost_per_clip", lambda *a: ModelCost(parameters=1, macs=10**9))
+    monkeypatch.setattr(train_speed, "cost_per_clip", lambda *a: train_speed.ModelCost(parameters=10**6, macs=10**9))
     code = train_speed.main(["--data", str(data), "--backend", "nvdec", "--arch", "resnet-18,resnet-34,resnet-10",
                              "--device", "cpu", "--json", str(out)])
     assert code == 1
@@ -462,6 +464,16 @@ def test_gpu_report_merges_steps_in_the_order_they_ran(tmp_path, capsys):
         "versions: not recorded (see env.txt and log.txt)",
         "decode: cannot summarise (KeyError: 'strategy'); the rows are in OUT"]
     assert gpu_report.main(["bogus"]) == 2
+
+
+def test_the_host_row_is_reported_per_cpu_second():
+    """decode_speed.py's host row times one thread's CPU: its rate is clips per CPU-second, said so."""
+    import gpu_report
+
+    rows = [{"strategy": "nvdec", "format": "vp9-g16", "clips_per_s": 812.5, "host_cpu_ms_per_clip": 0.25},
+            {"strategy": "host", "format": "vp9-g16", "clips_per_cpu_s": 11436.9, "host_cpu_ms_per_clip": 0.087}]
+    assert gpu_report.decode_lines(rows)[1:] == ["  nvdec         vp9-g16      812.5 |  0.250 |         |      | ",
+                                                 "  host          vp9-g16    11436.9/CPU-s |  0.087 |         |      | "]
 
 
 def test_gpu_check_script_is_what_the_readme_says():

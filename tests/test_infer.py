@@ -115,7 +115,7 @@ def test_windows_are_the_papers_and_streamed_one_at_a_time():
 def test_frames_are_what_prepare_data_stores(tmp_path, name, kw):
     """The frames infer.py sees are prepare_data.py's output frames: the same count at the same constant rate
     (retimed by presentation time), the same upright size and the same pictures (codec noise only)."""
-    from pipeline.prepare.transcode import EncodeSettings, transcode
+    from prepare.transcode import EncodeSettings, transcode
 
     n = kw.pop("n", len(kw.get("times", [])))
     src = write_source(tmp_path / name, n, **kw)
@@ -130,12 +130,33 @@ def test_frames_are_what_prepare_data_stores(tmp_path, name, kw):
         assert np.abs(a.astype(int) - b).mean() < 2.5, k  # neighbouring frames differ by ~5 levels
 
 
+def test_a_full_range_source_is_read_in_the_limited_range_as_prepare_data_stores_it(tmp_path):
+    """MJPEG decodes to full-range pixels (0-255); preparation brings them to the limited range (16-235), and
+    infer.py reads them the same way (pipeline/video.py's Geometry.apply): a black half at Y 16, a white one at 235
+    in every frame (before, infer.py kept 0 and 255 and saw other pixels than the model was trained on)."""
+    w, h = 64, 48
+    path = tmp_path / "mjpeg.avi"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuvj420p"
+        s.codec_context.qmax = s.codec_context.qmin = 2
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, w // 2:] = 255
+        for _ in range(20):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(s.encode())
+    ys = [y for y, _ in infer.Frames(str(path), h)]
+    assert len(ys) == 20
+    for y in ys:
+        assert np.unique(y[:, : w // 2 - 8]).tolist() == [16] and np.unique(y[:, w // 2 + 8:]).tolist() == [235]
+
+
 def test_unreadable_files_each_say_why(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "garbage.mkv").write_bytes(b"\x00garbage" * 500)
     reasons = {}
     for name in ("empty.mp4", "garbage.mkv", "missing.avi"):
-        with pytest.raises(infer.Unreadable) as e:
+        with pytest.raises(infer.Rejected) as e:
             list(infer.Frames(str(tmp_path / name), 64))
         reasons[name] = str(e.value)
     assert reasons == {"empty.mp4": "empty file (0 bytes)", "missing.avi": "missing: file not found",
@@ -232,7 +253,7 @@ def test_any_container_and_codec_a_folder_and_bad_files(tmp_path, capsys):
     assert "h264.mp4" in stdout and "f 0.2" in stdout  # the table
 
 
-def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys):
+def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys, monkeypatch):
     """On prepared videos (VP9, the checkpoint's video height already) infer.py's frames are the stored frames and
     its pixel operations the nvdec backend's (pipeline/augment.py): the same predictions as evaluate.py --backend
     nvdec (its CPU twin decodes with PyAV too), for a model trained with the authors' later normalisation, which
@@ -243,8 +264,16 @@ def test_infer_gives_evaluate_s_predictions_on_prepared_videos(tmp_path, capsys)
     data = make_dataset(tmp_path / "data", {"val": [{"frames": n} for n in frames]}, classes=CLASSES, width=160,
                         height=128)
     ckpt = our_checkpoint(tmp_path / "best.pt", norm=PRESETS["kinetics-0-1"], video_height=128)
+
+    def nvdec_twin(data, **kw):  # evaluate.py's loader, built as the nvdec backend with its CPU twin decoder
+        from pipeline.backends.nvdec import NvdecLoader
+        from pipeline.base import LoaderConfig
+
+        return NvdecLoader(LoaderConfig(data=Path(data), **{**kw, "backend": "nvdec"}), decoder="pyav")
+
+    monkeypatch.setattr(evaluate, "build_loader", nvdec_twin)  # ("nvdec" on the CPU is refused on the command line)
     evaluate.main(["--data", str(data), "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval"), "--backend",
-                   "nvdec", "--num-threads", "1", "--batch-size", "4"])
+                   "decord", "--workers", "1", "--batch-size", "4"])
     files = sorted((data / "videos").rglob("*.webm"))
     code, stdout, _ = run([*map(str, files), "--checkpoint", str(ckpt), "--out", str(tmp_path / "infer"),
                            "--top-k", "6", "--batch-size", "2"], capsys)

@@ -12,7 +12,7 @@ import torch
 from videos import make_dataset
 
 from pipeline import build_loader
-from pipeline.decord_loader import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
+from pipeline.backends.decord import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import loader_speed as bench  # noqa: E402
@@ -53,7 +53,7 @@ class RecordingDataLoader:
 def test_decord_loader_passes_the_bound_to_its_dataloader(data, monkeypatch, threads, prefetch, in_flight):
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingDataLoader)
     RecordingDataLoader.calls = []
-    with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+    with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, workers=threads,
                       sample_size=24, progress=False) as loader:
         assert list(loader) == [] and list(loader) == []
     (kw,) = RecordingDataLoader.calls  # one DataLoader for all epochs
@@ -67,7 +67,7 @@ def test_decord_workers_deliver_what_one_process_makes(data):
     """Batches filled in place in shared memory by a worker equal the in-process batches, bit for bit."""
 
     def epoch(threads):
-        with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, num_threads=threads,
+        with build_loader(data, split="train", mode="train", backend="decord", batch_size=4, workers=threads,
                           sample_size=24, progress=False) as loader:
             loader.set_epoch(3)
             return [tuple(x.numpy() for x in b) for b in loader]

@@ -621,6 +621,7 @@ def test_checkpoint_record_describes_foreign_checkpoints_of_every_family(tmp_pat
                                                               conv1_t_size=3), "resnet2p1d-18")
     record = checkpoint_record(r21d, {**flags, "conv1_t_size": 3}, None)
     assert record.model_args["arch"] == "r2plus1d-18" and record.model_args["n_classes"] == 700
+    assert record.model_name() == "r2plus1d-18-B"  # (evaluate.py's and infer.py's label)
     assert record.class_names[:2] == ("0", "1") and len(record.class_names) == 700
     with pytest.raises(CheckpointError, match=r"its conv1 spans 3 frames, the model's 7; HINT: add --conv1-t-size 3"):
         checkpoint_record(r21d, flags, None)
@@ -629,6 +630,7 @@ def test_checkpoint_record_describes_foreign_checkpoints_of_every_family(tmp_pat
                                                                   conv1_t_size=5), "densenet-121", legacy_densenet=True)
     record = checkpoint_record(dense, {"widen_factor": 0.125, "conv1_t_size": 5}, None)
     assert (record.model_args["arch"], record.model_args["n_classes"]) == ("densenet-121", 400)
+    assert record.model_name() == "densenet-121"  # no shortcut to name: its blocks concatenate
     with pytest.raises(CheckpointError, match="its conv1 spans 5 frames, the model's 7"):
         checkpoint_record(dense, {"widen_factor": 0.125}, None)
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(dense))}: densenet-121 cannot take 8x112x112 clips: "
@@ -664,7 +666,7 @@ def data(tmp_path_factory) -> Path:
                                "val": [{"frames": n} for n in (20, 35, 25)]}, width=48, height=32)
 
 
-TRAIN = ["--sample-size", "32", "--batch-size", "3", "--lr", "0.01", "--num-threads", "1", "--epochs", "1"]
+TRAIN = ["--sample-size", "32", "--batch-size", "3", "--lr", "0.01", "--workers", "1", "--epochs", "1"]
 
 # Each family: a small model, its flags, the module --ft-begin starts from, a frozen and a trained key.
 FAMILIES = {
@@ -754,11 +756,11 @@ def test_evaluate_an_authors_densenet_checkpoint(data, tmp_path) -> None:
     path = _authors_file(tmp_path / "densenet-121-kinetics.pth", net, "densenet-121", legacy_densenet=True)
     evaluate.main(["--data", str(data), "--checkpoint", str(path), "--out", str(tmp_path / "eval"), "--widen-factor",
                    "0.125", "--norm", "activitynet", "--sample-size", "32", "--batch-size", "4",
-                   "--num-threads", "1"])
+                   "--workers", "1"])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (metrics["n_videos"], metrics["n_clips"]) == (3, 4)  # 20, 35, 25 frames: 1, 2, 1 windows of 16
     pred = json.loads((tmp_path / "eval" / "predictions.json").read_text())["results"]
-    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, num_threads=1,
+    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, workers=1,
                       normalisation=PRESETS["activitynet"], progress=False) as loader:
         sums, counts = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3)
         for clips, _, video_idx in loader:

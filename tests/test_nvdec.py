@@ -9,15 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from videos import COLUMNS, decode_code, frame_rgb, make_dataset, write_hidden_frame_ivf, write_video
+from videos import (
+    COLUMNS,
+    decode_code,
+    frame_rgb,
+    make_dataset,
+    reference_nv12,
+    write_hidden_frame_ivf,
+    write_pattern,
+)
 
-from pipeline import KINETICS_MEAN, DatasetError, LoaderConfig, build_loader
+from pipeline import DatasetError, LoaderConfig, build_loader
 from pipeline.augment import nv12_crop_to_rgb
-from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
-from pipeline.nvdec_loader import (
+from pipeline.backends.nvdec import NvdecLoader
+from pipeline.backends.nvdec_decoders import (
     STATIC_LIMITS,
     DecodeError,
-    NvdecLoader,
     PyAVDecoder,
     import_nvc,
     low_latency_problems,
@@ -25,39 +32,16 @@ from pipeline.nvdec_loader import (
     nv12_problem,
     row_problems,
 )
-from pipeline.packets import PacketTable, VideoIndex, index_file, load_or_build
+from pipeline.bitstream import packet_slice, parameter_sets, to_annexb
+from pipeline.index.build import index_file, load_or_build
+from pipeline.index.table import PacketTable, VideoIndex
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import eval_starts
 
 T, S = 16, 24
 W, H = 192, 144  # at or above NVDEC's smallest frame for every codec (HEVC: 144x144)
 ZERO = (0.0, 0.0, 0.0)
 CODECS = ["vp9", "h264", "hevc"]
-
-
-def write_pattern(path, n: int, codec: str, gop: int = 8, width: int = W, height: int = H, bframes: int = 0):
-    """The test pattern (videos.frame_rgb) in the container and settings prepare_data.py writes: VP9 lossless
-    WebM (videos.write_video), or H.264 / HEVC (hvc1) MP4 at high quality, keyframe every `gop` frames."""
-    if codec == "vp9":
-        return write_video(path, n, width, height, gop)
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        if codec == "h264":
-            s = c.add_stream("libx264", rate=25, options={
-                "preset": "veryfast", "crf": "12", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
-                "bf": str(bframes)})
-        else:
-            s = c.add_stream("libx265", rate=25, options={"preset": "ultrafast", "crf": "12", "x265-params": (
-                f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop=0:log-level=error")})
-            s.codec_context.codec_tag = "hvc1"  # parameter sets in the header only, as prepare_data.py writes
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, width, height), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 EXT = {"vp9": ".webm", "h264": ".mp4", "hevc": ".mp4"}
@@ -70,21 +54,6 @@ def files(tmp_path_factory):
     return {c: str(write_pattern(root / f"{c}{EXT[c]}", 40, c)) for c in CODECS}
 
 
-def reference_nv12(path: str) -> np.ndarray:
-    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
-    import av
-
-    out = []
-    with av.open(path) as c:
-        for f in c.decode(video=0):
-            p = f.to_ndarray()
-            h, w = f.height, f.width
-            nv12 = np.empty((h * 3 // 2, w), np.uint8)
-            nv12[:h] = p[:h]
-            nv12[h:, 0::2] = p[h:h + h // 4].reshape(h // 2, w // 2)
-            nv12[h:, 1::2] = p[h + h // 4:].reshape(h // 2, w // 2)
-            out.append(nv12)
-    return np.stack(out)
 
 
 def frame_codes(nv12: torch.Tensor) -> np.ndarray:
@@ -100,7 +69,7 @@ def frame_codes(nv12: torch.Tensor) -> np.ndarray:
 
 
 def test_extradata_and_reordering_are_indexed_and_cached(files, tmp_path, monkeypatch):
-    import pipeline.packets as packets
+    import pipeline.index.build as packets
 
     bframes = str(write_pattern(tmp_path / "b.mp4", 24, "h264", bframes=2))
     paths = [files["vp9"], files["h264"], files["hevc"], bframes]
@@ -291,9 +260,9 @@ def test_low_latency_falls_back_to_native_when_a_stream_does_not_declare_no_reor
     root = mp4_dataset(tmp_path / "ds", [("h264", 20, W, H), ("vp9", 20, W, H), ("h264", 24, W, H)])
     config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", batch_size=1, sample_size=S,
                           progress=False)
-    assert NvdecLoader(config, latency="low").latency == "low"
+    assert NvdecLoader(config, decoder="pyav", latency="low").latency == "low"
     flip_h264_bitstream_restriction(root / "videos/train/a/v2.mp4")
-    loader = NvdecLoader(config, latency="low")
+    loader = NvdecLoader(config, decoder="pyav", latency="low")
     assert (loader.latency, loader.low_latency_refused) == ("native", 1)
     assert capsys.readouterr().out.endswith(
         f"NVDEC latency 'low' would lose frames of 1 of 3 row(s) (first: {root / 'videos/train/a/v2.mp4'}: its "
@@ -321,10 +290,10 @@ def test_a_failed_clip_stops_its_batch(data, monkeypatch):
         late.append(raised.is_set())
         return out
 
-    with load(data, "train", "eval", batch_size=8, num_threads=2, prefetch=1) as clean:
+    with load(data, "train", "eval", batch_size=8, workers=2, prefetch=1) as clean:
         reference = epoch(clean)
     monkeypatch.setattr(PyAVDecoder, "decode_clip", decode_or_fail)
-    with load(data, "train", "eval", batch_size=8, num_threads=2, prefetch=1) as loader:
+    with load(data, "train", "eval", batch_size=8, workers=2, prefetch=1) as loader:
         assert loader.num_clips == 31 and loader.plan.starts[0] == 0
         with pytest.raises(DatasetError, match="frames 0..15: injected"):
             list(loader)
@@ -350,7 +319,7 @@ def psnr(a, b):
 def test_gpu_nvdec_matches_the_twin_on_the_same_slices(files, codec, latency):
     """One persistent decoder per codec, clips one after the other (flushed, or not with latency low):
     exactly the wanted frames, in order, and the pixels of PyAV's decoder."""
-    from pipeline.nvdec_loader import NvdecDecoder
+    from pipeline.backends.nvdec_decoders import NvdecDecoder
 
     ix = index_file(files[codec])
     nvdec = NvdecDecoder({codec: (W, H)}, torch.device("cuda", 0), latency)
@@ -373,7 +342,7 @@ def test_gpu_augment_matches_cpu():
     y = torch.from_numpy(rng.integers(0, 256, (n, T, h, w), dtype=np.uint8))
     uv = torch.from_numpy(rng.integers(0, 256, (n, T, h // 2, w), dtype=np.uint8))
     args = (np.tile([h, w], (n, 1)), [[0, 0, 144], [48, 0, 144], [3, 5, 101], [0, 0, 72], [9, 1, 72], [1, 1, 24]],
-            [True, False, True, False, True, False], 112, KINETICS_MEAN)
+            [True, False, True, False, True, False], 112, PRESETS["kinetics"])
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1
@@ -394,9 +363,14 @@ def data(tmp_path_factory):
 
 
 def load(data, split="train", mode="train", backend="nvdec", **kw):
+    """build_loader's loader; for backend "nvdec" on the CPU the NVDEC loader with its CPU twin decoder (PyAV):
+    everything but the hardware call (build_loader refuses "nvdec" on the CPU)."""
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
-    kw.setdefault("mean", ZERO)
+    kw.setdefault("normalisation", Normalisation(ZERO))
+    if backend == "nvdec" and kw.get("device", "cpu") == "cpu":
+        config = LoaderConfig(data=data, split=split, mode=mode, backend=backend, progress=False, **kw)
+        return NvdecLoader(config, decoder="pyav")
     return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
@@ -445,7 +419,7 @@ def test_same_clips_as_decord_and_dali(data, mode):
     """Same seed and epoch: the same rows, frames, boxes and flips as the other backends; pixels within
     40 dB of decord (whose colour conversion uses nearest chroma) and of DALI on CPU (measured ~70 dB)."""
     split = "train" if mode == "train" else "val"
-    kw = dict(mean=KINETICS_MEAN, sample_size=112, seed=3)
+    kw = dict(normalisation=PRESETS["kinetics"], sample_size=112, seed=3)
     ours = epoch(load(data, split, mode, **kw))
     for backend in ("decord", "dali"):
         other = epoch(load(data, split, mode, backend=backend, **kw))
@@ -498,8 +472,8 @@ def test_videos_too_small_for_nvdec_are_refused_or_skipped(tmp_path, capsys):
 
 
 def test_abandoned_epoch_then_full_epoch_and_close(data):
-    loader = load(data, batch_size=2, num_threads=3, prefetch=1)
-    assert loader.num_threads == 3
+    loader = load(data, batch_size=2, workers=3, prefetch=1)
+    assert loader.workers == 3
     with loader:
         full = [tuple(x.numpy() for x in b) for b in loader]
         for _ in loader:  # break after one step: nothing of it may leak into the next epoch
@@ -523,7 +497,7 @@ def test_each_worker_thread_keeps_its_own_decoder(data, monkeypatch):
         return decode_clip(self, clip, wanted)
 
     monkeypatch.setattr(PyAVDecoder, "decode_clip", spy)
-    with load(data, batch_size=2, num_threads=3) as loader:
+    with load(data, batch_size=2, workers=3) as loader:
         for e in range(2):
             loader.set_epoch(e)
             assert len(list(loader)) == 6
@@ -532,7 +506,7 @@ def test_each_worker_thread_keeps_its_own_decoder(data, monkeypatch):
 
 
 def test_close_in_the_middle_of_an_epoch(data):
-    loader = load(data, "val", "eval", batch_size=1, num_threads=2)
+    loader = load(data, "val", "eval", batch_size=1, workers=2)
     batches = iter(loader)
     next(batches)  # the pool has more clips in flight
     loader.close()
@@ -556,9 +530,13 @@ def test_a_file_damaged_after_indexing_is_one_named_error(tmp_path, damage):
             list(loader)
 
 
-def test_host_pass_reports_cost_per_clip(data):
+def test_host_pass_reports_cost_per_clip_and_leaves_the_plan_alone(data):
+    from benchmarks.common import host_pass
+
     with load(data, "val", "eval", batch_size=3) as loader:
-        r = loader.host_pass()
+        plan = loader.plan
+        r = host_pass(loader)
+        assert loader.plan is plan  # timed from a plan of its own: the loader's is not made again
     assert r["clips"] == loader.num_clips == 6 and r["packets"] >= 6 * T
     assert 0 < r["cpu_ms_per_clip"] < 1000
     print(f"host cost: {r['cpu_ms_per_clip']:.3f} ms CPU per clip")
@@ -571,8 +549,13 @@ def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
         assert "pip install pynvvideocodec==2.2.4" in str(e)
     root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}]}, width=W, height=H)
     config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", progress=False)
-    with pytest.raises(ValueError, match="needs device='gpu'"):
-        NvdecLoader(config, decoder="nvdec")
+    gpu_only = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='dali' or 'decord'"
+    with pytest.raises(ValueError) as refused:
+        NvdecLoader(config)
+    assert str(refused.value) == gpu_only
+    with pytest.raises(ValueError) as refused:  # "nvdec" means the hardware decoder: no silent CPU substitute
+        build_loader(root, split="train", mode="val", backend="nvdec", progress=False)
+    assert str(refused.value) == gpu_only
 
 
 # ---- the loader on the GPU -------------------------------------------------------------------------------
@@ -582,13 +565,13 @@ def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gpu_loader_matches_the_twin(data, mode):
     split = "train" if mode == "train" else "val"
-    twin = epoch(load(data, split, mode, mean=KINETICS_MEAN))
-    with load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0) as loader:
-        assert loader.decoder_kind == "nvdec" and loader.num_threads % loader.engines == 0
+    twin = epoch(load(data, split, mode, normalisation=PRESETS["kinetics"]))
+    with load(data, split, mode, normalisation=PRESETS["kinetics"], device="gpu", device_id=0) as loader:
+        assert loader.decoder_kind == "nvdec" and loader.workers % loader.engines == 0
         assert loader.limits["vp9"].min_width >= 128
         first = next(iter(loader))
         assert first.clips.is_cuda and first.clips.shape == (4, 3, T, S, S)
-    gpu = epoch(load(data, split, mode, mean=KINETICS_MEAN, device="gpu", device_id=0))
+    gpu = epoch(load(data, split, mode, normalisation=PRESETS["kinetics"], device="gpu", device_id=0))
     np.testing.assert_array_equal(twin[2], gpu[2])
     for x, y in zip(twin[0], gpu[0], strict=True):
         assert psnr(x, y) >= 40
@@ -623,5 +606,7 @@ def test_decode_speed_benchmark_runs_on_cpu(tmp_path):
     for key, r in rows.items():
         if key[0] == "twin" or key[0] == "host" or key == ("dali", "vp9-g8"):
             assert "error" not in r, r
-            assert r["clips"] > 0 and r["clips_per_s"] > 0 and r["host_cpu_ms_per_clip"] > 0, r
+            rate = "clips_per_cpu_s" if key[0] == "host" else "clips_per_s"  # host: one thread's CPU, not wall
+            assert r["clips"] > 0 and r[rate] > 0 and r["host_cpu_ms_per_clip"] > 0 and rate in r, r
+            assert ("clips_per_s" in r) == (key[0] != "host"), r
             assert 1 <= r["frames_per_clip"] <= 16 + 7

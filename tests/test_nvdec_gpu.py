@@ -1,7 +1,7 @@
 """NVDEC on what a first real run meets, checked against its CPU twin (PyAVDecoder: PyAV decoding the same
 packet slices).
 
-Data: prepare_data.py's own encoder (pipeline.prepare.transcode) at --height 360, a keyframe every 8 frames,
+Data: prepare_data.py's own encoder (prepare.transcode) at --height 360, a keyframe every 8 frames,
 40 frames of the test pattern (tests/videos.py: the pixels carry the frame index and the position), as H.264
 and HEVC (MP4, hvc1) and VP9 (WebM), 640, 480 and 202 px wide (16:9, 4:3, a 9:16 phone video), and 840 (21:9).
 H.264 and HEVC code whole 16-pixel rows, so these are coded 368 lines high and cropped to 360 (202 -> 208 and
@@ -42,17 +42,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import videos
 from videos import decode_code, frame_rgb
 
 from pipeline import build_loader
 from pipeline.augment import nv12_crop_to_rgb
+from pipeline.backends.nvdec import NvdecLoader
+from pipeline.backends.nvdec_decoders import LATENCIES, PyAVDecoder
+from pipeline.base import LoaderConfig
 from pipeline.bitstream import packet_slice
-from pipeline.loader import LoaderConfig
+from pipeline.index.build import index_file
 from pipeline.manifest import COLUMNS
-from pipeline.nvdec_loader import LATENCIES, NvdecLoader, PyAVDecoder
-from pipeline.packets import index_file
-from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import EncodeSettings, transcode
+from pipeline.normalisation import Normalisation
+from prepare.sample import write_video
+from prepare.transcode import EncodeSettings, transcode
 
 ROOT = Path(__file__).resolve().parent.parent
 T, HEIGHT, N, GOP = 16, 360, 40, 8
@@ -157,21 +160,7 @@ def check_against_twin(decoder, files: dict, codec: str, steps: list) -> list[to
     return [x for _, _, x in mine]
 
 
-@functools.cache
-def reference_nv12(path: str) -> np.ndarray:
-    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
-    import av
-
-    out = []
-    with av.open(path) as c:
-        for f in c.decode(video=0):
-            p, h, w = f.to_ndarray(), f.height, f.width  # yuv420p planes, stacked
-            nv12 = np.empty((h * 3 // 2, w), np.uint8)
-            nv12[:h] = p[:h]
-            nv12[h:, 0::2] = p[h:h + h // 4].reshape(h // 2, w // 2)
-            nv12[h:, 1::2] = p[h + h // 4:].reshape(h // 2, w // 2)
-            out.append(nv12)
-    return np.stack(out)
+reference_nv12 = functools.cache(videos.reference_nv12)  # (each file decoded once per process)
 
 
 def dataset(files: dict, root: Path) -> Path:
@@ -191,7 +180,7 @@ def dataset(files: dict, root: Path) -> Path:
     return root
 
 
-LOADER = dict(backend="nvdec", batch_size=4, sample_size=112, seed=7, num_threads=2, progress=False)
+LOADER = dict(backend="nvdec", batch_size=4, sample_size=112, seed=7, workers=2, progress=False)
 
 
 def child_main(argv: list[str]) -> None:
@@ -201,7 +190,7 @@ def child_main(argv: list[str]) -> None:
     kind, codec, max_w, max_h, sequence, files_json, out = argv
     files = {tuple(k.split(":")[:1]) + (int(k.split(":")[1]),): v for k, v in json.loads(files_json).items()}
     if kind == "nvdec":
-        from pipeline.nvdec_loader import NvdecDecoder
+        from pipeline.backends.nvdec_decoders import NvdecDecoder
 
         decoder = NvdecDecoder({codec: (int(max_w), int(max_h))}, torch.device("cuda", 0))
     else:
@@ -278,7 +267,8 @@ def test_twin_loader_over_three_codecs_and_widths_delivers_the_plan(files, tmp_p
     """The loader the GPU test 4 runs, on the twin: each clip's frames, crop box and flip are the plan's."""
     root = dataset(files, tmp_path_factory.mktemp("ds360"))
     split = "train" if mode == "train" else "val"
-    with build_loader(root, split=split, mode=mode, device="cpu", mean=(0.0, 0.0, 0.0), **LOADER) as loader:
+    config = LoaderConfig(data=root, split=split, mode=mode, device="cpu", normalisation=Normalisation((0.0, 0.0, 0.0)), **LOADER)
+    with NvdecLoader(config, decoder="pyav") as loader:
         assert loader.decoder_kind == "pyav"
         plan = loader.plan
         batches = [tuple(x.numpy() for x in b) for b in loader]
@@ -310,7 +300,7 @@ def test_child_process_decodes_a_sequence(files, tmp_path):
 
 
 def nvdec(codec: str, size: tuple[int, int], latency: str = "native"):
-    from pipeline.nvdec_loader import NvdecDecoder
+    from pipeline.backends.nvdec_decoders import NvdecDecoder
 
     return NvdecDecoder({codec: size}, torch.device("cuda", 0), latency)
 
@@ -349,7 +339,7 @@ def test_gpu_4_loader_over_three_codecs_and_widths_is_the_twin_loader_to_the_bit
     with NvdecLoader(LoaderConfig(**kw), decoder="pyav") as twin:
         want = [tuple(x.cpu() for x in b) for b in twin]
     with build_loader(**kw) as loader:
-        assert loader.decoder_kind == "nvdec" and loader.num_threads % loader.engines == 0
+        assert loader.decoder_kind == "nvdec" and loader.workers % loader.engines == 0
         got = [tuple(x.cpu() for x in b) for b in loader]
     assert len(got) == len(want) == (2 if mode == "train" else 5)
     for k, (g, w) in enumerate(zip(got, want, strict=True)):

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from videos import write_video
 
-import pipeline.packets as packets
-from pipeline.packets import PacketTable, index_file, load_or_build
+import pipeline.index.build as build
+from pipeline.index.build import index_file, load_or_build
+from pipeline.index.cache import read_cache, stat_keys, write_cache
+from pipeline.index.table import PacketTable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +58,7 @@ def forbid_indexing(monkeypatch, bad_files=()):
             return index_file(path)
         raise AssertionError(f"re-indexed {path}")
 
-    monkeypatch.setattr(packets, "index_file", fail)
+    monkeypatch.setattr(build, "index_file", fail)
 
 
 def record_indexing(monkeypatch) -> list[str]:
@@ -66,7 +68,7 @@ def record_indexing(monkeypatch) -> list[str]:
         calls.append(path)
         return index_file(path)
 
-    monkeypatch.setattr(packets, "index_file", record)
+    monkeypatch.setattr(build, "index_file", record)
     return calls
 
 
@@ -185,13 +187,13 @@ def test_damaged_cache_is_rebuilt(files, tmp_path, monkeypatch, how):
     cache = tmp_path / "packets.idx"
     load_or_build(files, cache, progress=False, workers=1)
     damage(cache, how)
-    assert packets._read_cache(cache) is None
+    assert read_cache(cache) is None
     calls = record_indexing(monkeypatch)
     table, bad = load_or_build(files, cache, progress=False, workers=1)
     assert sorted(calls) == sorted(files) and not bad
     for row, f in enumerate(files):
         assert_same(table.video(row), index_file(f))
-    assert packets._read_cache(cache) is not None
+    assert read_cache(cache) is not None
 
 
 def test_20k_cached_videos_load_without_per_video_copies(tmp_path, monkeypatch):
@@ -213,7 +215,7 @@ def test_20k_cached_videos_load_without_per_video_copies(tmp_path, monkeypatch):
         keyframes=np.tile(np.arange(p) % 16 == 0, n),
     )  # fmt: skip
     cache = tmp_path / "packets.idx"
-    packets._write_cache(cache, [table], files, packets._stat_keys(files))
+    write_cache(cache, [table], files, stat_keys(files))
     del table
     forbid_indexing(monkeypatch)
     tracemalloc.start()
@@ -248,7 +250,7 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from pipeline.packets import _worker_pool
+        from pipeline.index.build import _worker_pool
 
         def task():
             os.write(1, b"%d\\n" % os.getpid())  # one write: the two workers' lines never interleave
@@ -281,8 +283,8 @@ def test_cancelled_indexing_kills_its_workers(files, tmp_path, monkeypatch):
     many = [str(tmp_path / f"link{i}.webm") for i in range(48)]
     for i, f in enumerate(many):
         os.link(files[i % len(files)], f)
-    real_pool, pools, workers = packets._worker_pool, [], []
-    monkeypatch.setattr(packets, "_worker_pool", lambda n: pools.append(real_pool(n)) or pools[-1])
+    real_pool, pools, workers = build._worker_pool, [], []
+    monkeypatch.setattr(build, "_worker_pool", lambda n: pools.append(real_pool(n)) or pools[-1])
 
     def interrupted(pairs, **kw):  # Ctrl-C when the first result comes in
         for pair in pairs:
@@ -447,7 +449,7 @@ def test_reorder_depth_of_real_x264_and_x265_streams(tmp_path, codec, bframes, r
     """The index's reorder depth equals what FFmpeg reads from the same SPS (trace_headers) and its decoder's
     reorder_depth (has_b_frames); `reordered` says whether B-frames were used."""
     import av
-    from test_nvdec import write_pattern
+    from videos import write_pattern
 
     path = str(write_pattern(tmp_path / "v.mp4", 24, codec, bframes=bframes))
     ix = index_file(path)
@@ -463,7 +465,7 @@ def test_h264_without_a_declared_reorder_depth(tmp_path):
     the file keeps its size): the stream no longer says how many frames wait for reordering, so the index
     records REORDER_UNKNOWN; the frames decode as before."""
     import av
-    from test_nvdec import write_pattern
+    from videos import write_pattern
 
     from pipeline.headers import REORDER_UNKNOWN
 

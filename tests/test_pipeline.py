@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from videos import decode_code, make_dataset, write_video
 
-from pipeline import KINETICS_MEAN, DatasetError, build_loader
+from pipeline import DatasetError, build_loader
 from pipeline.manifest import COLUMNS
-from pipeline.normalisation import Normalisation
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import eval_starts
 
 T, S, W, H = 16, 24, 96, 64
@@ -38,8 +38,13 @@ def data(tmp_path_factory):
 def load(data, split="train", mode="train", backend="dali", **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("sample_size", S)
-    if "mean" not in kw:  # (the older spelling, 3 numbers: test_mean_subtraction)
-        kw.setdefault("normalisation", Normalisation(ZERO))
+    kw.setdefault("normalisation", Normalisation(ZERO))
+    if backend == "nvdec":  # on the CPU: the NVDEC loader with its CPU twin decoder (tests/test_nvdec.py)
+        from pipeline.backends.nvdec import NvdecLoader
+        from pipeline.base import LoaderConfig
+
+        config = LoaderConfig(data=data, split=split, mode=mode, backend=backend, progress=False, **kw)
+        return NvdecLoader(config, decoder="pyav")
     return build_loader(data, split=split, mode=mode, backend=backend, progress=False, **kw)
 
 
@@ -103,13 +108,12 @@ def test_val_mode_centre_clip(data):
 
 
 def test_mean_subtraction(data):
-    """mean=: the older spelling of a normalisation that subtracts 3 numbers from 0-255 pixels."""
-    a = epoch(load(data, "val", "val", mean=ZERO))[0]
-    b = epoch(load(data, "val", "val", mean=KINETICS_MEAN))[0]
-    with pytest.raises(ValueError, match="not both"):
-        load(data, "val", "val", mean=ZERO, normalisation=Normalisation((1.0, 2.0, 3.0)))
-    np.testing.assert_allclose(a - b, np.broadcast_to(np.array(KINETICS_MEAN, np.float32).reshape(1, 3, 1, 1, 1),
-                                                      a.shape), atol=1e-4)
+    """The default normalisation subtracts the Kinetics mean from 0-255 pixels, and nothing else."""
+    a = epoch(load(data, "val", "val", normalisation=Normalisation(ZERO)))[0]
+    b = epoch(load(data, "val", "val", normalisation=PRESETS["kinetics"]))[0]
+    mean = PRESETS["kinetics"].mean
+    np.testing.assert_allclose(a - b, np.broadcast_to(np.array(mean, np.float32).reshape(1, 3, 1, 1, 1), a.shape),
+                               atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +204,8 @@ def psnr(a, b):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_dali_matches_decord(data, mode):
     split = "train" if mode == "train" else "val"
-    a = epoch(load(data, split, mode, backend="dali", mean=KINETICS_MEAN))
-    b = epoch(load(data, split, mode, backend="decord", mean=KINETICS_MEAN))
+    a = epoch(load(data, split, mode, backend="dali", normalisation=PRESETS["kinetics"]))
+    b = epoch(load(data, split, mode, backend="decord", normalisation=PRESETS["kinetics"]))
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[2], b[2])
     for x, y in zip(a[0], b[0], strict=True):
@@ -271,23 +275,22 @@ def test_missing_file_is_named_or_skipped(small, capsys):
     assert other_rank.skipped == 1 and capsys.readouterr().out == ""  # said once, by rank 0
 
 
-def test_backend_decode_problems_follow_the_bad_row_policy(small):
-    """A backend says which rows it cannot decode and why; LoaderBase fails naming the file or skips them."""
-    from pipeline.decord_loader import DecordLoader
-    from pipeline.loader import LoaderConfig
+def test_backend_problems_follow_the_bad_row_policy(small):
+    """A backend's pure problems(config, packets) says which rows it cannot decode and why; LoaderBase fails naming
+    the file or skips them."""
+    from pipeline.base import LoaderBase, LoaderConfig
 
-    class Picky(DecordLoader):
-        def decode_problems(self, packets):
-            problems = super().decode_problems(packets)
-            problems[packets.count > 25] = "too long for this backend"
-            return problems
+    def too_long(config, packets):
+        out = np.full(len(packets), "", object)
+        out[packets.count > 25] = "too long for this backend"
+        return out
 
     cfg = LoaderConfig(data=small, split="train", mode="val", backend="decord", batch_size=1, sample_size=S,
                        progress=False)
     victim = small / pd.read_csv(small / "train.csv")["path"][1]  # the 30-frame file
     with pytest.raises(DatasetError, match=f"{victim}: too long for this backend.*or pass skip_bad=True"):
-        Picky(cfg)
-    with Picky(dataclasses.replace(cfg, skip_bad=True)) as loader:
+        LoaderBase(cfg, too_long)
+    with LoaderBase(dataclasses.replace(cfg, skip_bad=True), too_long) as loader:
         assert loader.skipped == 1 and list(loader.videos["num_frames"]) == [20, 18, 25]
 
 
@@ -312,12 +315,12 @@ def test_broken_files_are_found_before_the_first_step(small, damage):
 def test_packet_index_is_cached(small, monkeypatch):
     load(small)
     assert (small / ".cache" / "packets-train.idx").is_file()
-    import pipeline.packets
+    import pipeline.index.build
 
     def fail(path):
         raise AssertionError(f"re-indexed {path}")
 
-    monkeypatch.setattr(pipeline.packets, "index_file", fail)
+    monkeypatch.setattr(pipeline.index.build, "index_file", fail)
     load(small)  # everything from the cache
     victim = small / pd.read_csv(small / "train.csv")["path"][0]
     write_video(victim, 21)  # changed file -> re-indexed
@@ -443,7 +446,7 @@ def test_close_in_the_middle_of_an_epoch(data):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decord_close_in_the_middle_of_an_epoch(data, workers):
     """The suspended epoch says "closed": it neither ends early (workers gone) nor goes on (no workers)."""
-    loader = load(data, "val", "val", backend="decord", batch_size=1, num_threads=workers)
+    loader = load(data, "val", "val", backend="decord", batch_size=1, workers=workers)
     batches = iter(loader)
     next(batches)
     loader.close()
@@ -460,7 +463,7 @@ def test_dropped_loaders_free_threads_and_workers_without_gc(data):
     gc.disable()
     try:
         for backend in BACKENDS:
-            loader = load(data, backend=backend, batch_size=2, num_threads=2)
+            loader = load(data, backend=backend, batch_size=2, workers=2)
             for _ in loader:
                 break
             assert threads() > before or multiprocessing.active_children()
@@ -478,7 +481,7 @@ def _parent_of(pid: int) -> int:
 
 
 def test_decord_workers_persist_across_epochs_and_see_each_plan(data):
-    with load(data, backend="decord", batch_size=2, num_threads=2) as loader:
+    with load(data, backend="decord", batch_size=2, workers=2) as loader:
         first = epoch(loader)
         workers = {p.pid for p in multiprocessing.active_children()}
         assert len(workers) == 2

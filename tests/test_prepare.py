@@ -20,10 +20,11 @@ import pytest
 import prepare_data
 from pipeline import atomic
 from pipeline.manifest import COLUMNS
-from pipeline.prepare import run
-from pipeline.prepare.layouts import Listing, Source
-from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import CODECS, EncodeSettings, Rejected, keyframe_indices, output_size
+from pipeline.video import Rejected, output_size
+from prepare import run
+from prepare.listing import Listing, Source
+from prepare.sample import write_video
+from prepare.transcode import CODECS, EncodeSettings, keyframe_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4", ".mkv": "libvpx-vp9"}
@@ -133,7 +134,7 @@ def test_outputs_are_the_same_bytes_in_another_process_for_every_codec(tmp_path)
     # MALLOC_PERTURB_'s byte): an encoder reading uninitialised memory or depending on thread timing would make
     # the bytes differ, as x264's MB-tree did for the sample generator.
     src = make_video(tmp_path / "src.avi", 40, width=96, height=64)
-    code = ("import sys; from pathlib import Path; from pipeline.prepare.transcode import EncodeSettings, transcode\n"
+    code = ("import sys; from pathlib import Path; from prepare.transcode import EncodeSettings, transcode\n"
             "for codec in sys.argv[2:]:\n"
             "    s = EncodeSettings(codec=codec, height=48, gop=8)\n"
             "    transcode(Path(sys.argv[1]), Path(sys.argv[1]).with_name(codec + s.extension), s)")
@@ -562,11 +563,11 @@ def test_output_size_keeps_aspect_and_even_width():
 
 def test_a_worker_process_loads_no_pandas_torch_or_rich():
     """What a spawned worker imports: prepare_data.py again (multiprocessing runs the main script as
-    __mp_main__, as runpy.run_path does here) and pipeline.prepare.run, the module of the job function. pandas
+    __mp_main__, as runpy.run_path does here) and prepare.run, the module of the job function. pandas
     and rich there cost ~0.35 CPU-s per worker process (issue 12); transcoding needs neither, nor torch."""
     code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); "
             "runpy.run_path(sys.argv[1] + '/prepare_data.py', run_name='__mp_main__'); "
-            "import pipeline.prepare.run; "
+            "import prepare.run; "
             "print(sorted(m for m in ('pandas', 'torch', 'rich', 'matplotlib', 'av') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -15,7 +15,7 @@ from test_prepare import read_manifest, rows
 from videos import decode_code, frame_rgb
 
 import prepare_data
-from pipeline.prepare import layouts
+from prepare import layouts
 
 W, H = 96, 64
 

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.prepare import run
-from pipeline.prepare.sample import write_video
-from pipeline.prepare.transcode import count_frames
+from prepare import run
+from prepare.sample import write_video
+from prepare.transcode import count_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = (48, 64, 80)  # frames of the source videos, in turn
@@ -276,7 +276,7 @@ def test_a_second_run_on_the_same_dst_exits_at_once_with_status_2(src, long_src,
 
 def test_worker_exits_when_its_parent_dies_without_pdeathsig(tmp_path):
     """The fallback of _init_worker: a parent-pid watch (here with PR_SET_PDEATHSIG switched off again)."""
-    child = ("import ctypes, os, sys, time; from pipeline.prepare import run; run._init_worker(os.getppid()); "
+    child = ("import ctypes, os, sys, time; from prepare import run; run._init_worker(os.getppid()); "
              "ctypes.CDLL(None).prctl(run.PR_SET_PDEATHSIG, 0, 0, 0, 0); print(os.getpid(), flush=True); "
              "time.sleep(60)")
     parent = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "{child}" & wait'], cwd=ROOT,

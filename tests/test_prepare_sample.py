@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import prepare_data
-from pipeline.prepare.sample import BROKEN, CLASSES, render_clip
+from prepare.sample import BROKEN, CLASSES, render_clip
 
 
 def _digest(root: Path) -> dict[str, str]:

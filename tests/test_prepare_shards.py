@@ -16,9 +16,9 @@ import pytest
 from test_prepare import make_video
 
 import prepare_data
-from pipeline.prepare import run, shards
-from pipeline.prepare.layouts import Source
-from pipeline.prepare.run import lock_dst
+from prepare import run, shards
+from prepare.listing import Listing, Source
+from prepare.run import lock_dst
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ("train.csv", "val.csv", "classes.csv", "rejected.csv")
@@ -200,7 +200,7 @@ def test_shard_assignment_is_a_hash_of_the_relative_path_not_the_listing_order(t
     sources = [Source(n, src / n, "train", "k") for n in names]
     # pinned: every machine, and every version of this code, must agree
     assert [shards.shard_of(s, src, 3) for s in sources] == [1, 1, 1, 0, 0, 1, 0, 0, 0, 2, 2, 2]
-    jobs = run.plan_jobs(prepare_data.layouts.Listing("folders", sources, ["k"]), prepare_data.EncodeSettings())
+    jobs = run.plan_jobs(Listing("folders", sources, ["k"]), prepare_data.EncodeSettings())
     parts = [shards.select(jobs, src, shards.Shard(k, 3)) for k in range(3)]
     assert sorted(j.output for p in parts for j in p) == sorted(j.output for j in jobs)  # a partition
     shuffled = random.Random(0).sample(jobs, len(jobs))

@@ -23,22 +23,19 @@ from rich.console import Console
 from videos import decode_code, frame_rgb
 
 import prepare_data
-from pipeline.prepare import run
-from pipeline.prepare import transcode as transcode_module
-from pipeline.prepare.transcode import (
-    CODECS,
+from pipeline.video import (
     MAX_GAP_S,
     Clock,
-    EncodeSettings,
     Rejected,
     display_matrix,
     display_transform,
     frame_slot,
-    keyframe_indices,
     output_size,
     pick_rate,
-    transcode,
 )
+from prepare import run
+from prepare import transcode as transcode_module
+from prepare.transcode import CODECS, EncodeSettings, keyframe_indices, transcode
 
 W, H = 96, 64
 SETTINGS = EncodeSettings(height=64, crf=4, gop=8)

@@ -12,7 +12,7 @@ from rich.console import Console
 from test_prepare import make_video, read_manifest, rows
 
 import prepare_data
-from pipeline.prepare import layouts
+from prepare import layouts
 
 # UCF101 ------------------------------------------------------------------------------------------------------------
 # Four classes whose classInd.txt order (the official numbers' order) is not Python's sorted order: "HammerThrow"
@@ -249,7 +249,7 @@ def test_ucf101_in_two_shards_gives_the_same_manifests(ucf101, tmp_path):
 
 
 def test_an_interrupted_preparation_hint_repeats_the_split_flag(tmp_path):
-    from pipeline.prepare.run import interrupted_preparation
+    from prepare.run import interrupted_preparation
 
     config = {"src": "/d/ucf101", "out": str(tmp_path), "layout": "ucf101", "codec": "vp9", "height": 360, "gop": 16,
               "crf": 32, "splits": [1], "annotations": [], "fps": None}

@@ -64,7 +64,7 @@ def test_evaluate_split_k_evaluates_test_k(ucf_like, tmp_path, capsys, monkeypat
     monkeypatch.setattr(test_evaluate, "CLASSES", CLASSES)  # a checkpoint of the colour dataset's classes
     ckpt = test_evaluate.our_checkpoint(tmp_path / "c.pt")
     evaluate.main(["--data", str(ucf_like), "--checkpoint", str(ckpt), "--split", "2", "--batch-size", "4",
-                   "--num-threads", "1"])
+                   "--workers", "1"])
     out = tmp_path / "eval-c-test2"  # the default output folder names the manifest
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["split"], metrics["n_videos"]) == ("test2", 6)  # test2: 2 videos x 3 classes

@@ -31,11 +31,11 @@ import torch
 
 import train
 from pipeline.manifest import COLUMNS
-from pipeline.prepare.sample import write_video
+from prepare.sample import write_video
 
 CLASSES = ("blue", "green", "red")
 TINY = ["--arch", "resnet-10", "--widen-factor", "0.125", "--sample-size", "32", "--batch-size", "4",
-        "--lr", "0.01", "--num-threads", "1"]  # fmt: skip
+        "--lr", "0.01", "--workers", "1"]  # fmt: skip
 STEPS_PER_EPOCH = 3  # 12 training videos / batch 4
 
 
@@ -125,15 +125,16 @@ def test_checkpoint_contents_load_into_a_fresh_model(reference_run):
 
     path = reference_run / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=True)
-    assert set(REQUIRED_KEYS) == {"model", "optimizer", "scaler", "epoch", "config", "history", "arch", "model_args",
-                                  "class_names", "normalisation"}
+    assert set(REQUIRED_KEYS) == {"model", "optimizer", "epoch", "config", "history", "arch", "model_args",
+                                  "class_names", "input"}
     assert set(state) == set(REQUIRED_KEYS)
     model_args = dict(arch="resnet-10", n_classes=3, shortcut="A", conv1_t_size=7, conv1_t_stride=1,
                       no_max_pool=False, widen_factor=0.125, cardinality=32, wide_k=2)  # every build_model argument
     assert (state["epoch"], state["arch"], state["model_args"]) == (3, "resnet-10", model_args)
     assert state["class_names"] == list(CLASSES)
-    assert state["normalisation"] == {"value_scale": 255.0, "mean": list(MEANS["kinetics"]), "std": [1.0, 1.0, 1.0],
-                                      "sample_size": 32, "sample_duration": 16, "video_height": 32}
+    assert state["input"] == {"normalisation": {"value_scale": 255.0, "mean": list(MEANS["kinetics"]),
+                                                "std": [1.0, 1.0, 1.0]},
+                              "sample_size": 32, "sample_duration": 16, "video_height": 32}
     assert RunRecord.from_metadata(state, path) == RunRecord(model_args, CLASSES, Normalisation(MEANS["kinetics"]),
                                                              sample_size=32, sample_duration=16, video_height=32)
     assert state["config"]["lr"] == 0.01 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
@@ -156,25 +157,34 @@ def test_best_checkpoint_breaks_accuracy_ties_by_the_lower_validation_loss():
     assert train.selection_key({"val_acc": 0.91, "val_loss": 9.0}) > max(keys)  # accuracy first
 
 
-def test_older_checkpoints_subtracted_the_mean_from_0_255_pixels(reference_run, tmp_path):
-    """A checkpoint from before the run record held value_scale and std (and that still has the scheduler,
-    best_val_acc and lr_reductions entries of then) loads with the normalisation it was trained with; a broken
-    record is a one-line error."""
-    from engine.checkpoint import CheckpointError, load_training_checkpoint
+def test_older_checkpoints_are_read_for_their_model_and_clips(reference_run, tmp_path):
+    """Checkpoints from before the `input` entry (one flat `normalisation` entry, a `scaler`; the oldest without
+    value_scale, std and video height, with the scheduler, best_val_acc and lr_reductions entries of then) give
+    the run record they were trained with (evaluate.py, infer.py, --pretrained); --resume refuses them in one line
+    naming the missing entry; a broken record is a one-line error."""
+    from engine.checkpoint import CheckpointError, RunRecord, load_training_checkpoint
     from pipeline.normalisation import MEANS, Normalisation
 
     state = torch.load(reference_run / "checkpoints" / "last.pt", weights_only=True)
-    state |= {"normalisation": {"mean": list(MEANS["kinetics"]), "sample_size": 32, "sample_duration": 16},
-              "scheduler": {"best": 1.0, "num_bad_epochs": 0}, "best_val_acc": 0.5, "lr_reductions": 0}
-    torch.save(state, tmp_path / "old.pt")
-    record = load_training_checkpoint(tmp_path / "old.pt").record
+    new = RunRecord.from_metadata(state, "last.pt")
+    before_input = {k: v for k, v in state.items() if k != "input"} | {"scaler": None, "normalisation": {
+        **state["input"]["normalisation"], **{k: v for k, v in state["input"].items() if k != "normalisation"}}}
+    assert RunRecord.from_metadata(before_input, "old.pt") == new
+    oldest = {k: v for k, v in before_input.items() if k != "scaler"} | {
+        "normalisation": {"mean": list(MEANS["kinetics"]), "sample_size": 32, "sample_duration": 16},
+        "scheduler": {"best": 1.0, "num_bad_epochs": 0}, "best_val_acc": 0.5, "lr_reductions": 0}
+    record = RunRecord.from_metadata(oldest, "oldest.pt")
     assert record.normalisation == Normalisation(MEANS["kinetics"], std=(1.0, 1.0, 1.0), value_scale=255.0)
     assert (record.sample_size, record.sample_duration, record.class_names) == (32, 16, CLASSES)
     assert record.video_height == 360  # not recorded then: prepare_data.py's default
-    state["model_args"]["depth"] = 10
-    torch.save(state, tmp_path / "broken.pt")
+    torch.save(before_input, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_training_checkpoint(tmp_path / "old.pt")
+    assert str(e.value) == (f"{tmp_path / 'old.pt'}: not a complete train.py checkpoint (missing input); use "
+                            "--pretrained to start a new run from its weights")
+    oldest["model_args"]["depth"] = 10
     with pytest.raises(CheckpointError, match=r"broken\.pt: its run record is broken \(ValueError: model_args"):
-        load_training_checkpoint(tmp_path / "broken.pt")
+        RunRecord.from_metadata(oldest, "broken.pt")
 
 
 def test_normalisation_record():
@@ -376,7 +386,7 @@ def test_pretrained_of_ours_gives_the_model_and_its_normalisation(data, referenc
     cfg = train.parse_args(plain)
     assert (cfg.arch, cfg.widen_factor, cfg.shortcut, cfg.conv1_t_size, cfg.conv1_t_stride, cfg.no_max_pool) == \
         ("resnet-10", 0.125, "A", 7, 1, False)
-    assert cfg.normalisation == Normalisation.from_dict(torch.load(pretrained, weights_only=True)["normalisation"])
+    assert cfg.normalisation == Normalisation.from_dict(torch.load(pretrained, weights_only=True)["input"]["normalisation"])
     assert train.parse_args([*plain, "--arch", "resnet-10", "--max-pool"]).arch == "resnet-10"
     assert train.parse_args([*plain, "--norm", "kinetics-0-1"]).normalisation == PRESETS["kinetics-0-1"]
     foreign = tmp_path / "r18.pth"
@@ -436,7 +446,7 @@ def _ddp_worker(data: str, out: str) -> None:
     d = distributed.setup(use_cuda=False)
     try:
         loader = build_loader(Path(data), split="train", mode="train", batch_size=2, rank=d.rank, world_size=2,
-                              num_threads=1, sample_size=32, progress=False)
+                              workers=1, sample_size=32, progress=False)
         loader.set_epoch(1)
         seen: list[int] = []
 
@@ -486,7 +496,7 @@ def test_nproc_2_end_to_end(data, tmp_path):
     assert state["config"]["nproc"] == 2 and state["epoch"] == 1
     net = build_model(**state["model_args"])
     net.load_state_dict(state["model"])
-    with build_loader(data, split="val", mode="val", batch_size=2, num_threads=1, sample_size=32,
+    with build_loader(data, split="val", mode="val", batch_size=2, workers=1, sample_size=32,
                       progress=False) as loader:
         one = train.validate(train.parse_args(args(data, out)), Dist(0, 1, 0, torch.device("cpu")), net, loader, 1)
     assert float(row["val_acc"]) == one["val_acc"] and float(row["val_acc"]) * 6 % 1 == 0  # of 6 val videos
@@ -594,7 +604,7 @@ def test_compile_trains_like_eager_and_saves_the_plain_module(data, reference_ru
 # ---- every bad argument is a usage error ---------------------------------------------------------------------
 
 BAD_VALUES = {  # flag: values outside its range (train.RANGES)
-    "--num-threads": ["-1"], "--sample-duration": ["0"], "--sample-size": ["0"], "--widen-factor": ["0", "0.01"],
+    "--workers": ["-1"], "--sample-duration": ["0"], "--sample-size": ["0"], "--widen-factor": ["0", "0.01"],
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--epochs": ["0"], "--batch-size": ["0"],
     "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
     "--lr-reductions": ["-1"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
@@ -624,12 +634,21 @@ def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag
     assert err.splitlines()[-1] == line  # argparse's usage, then this one line
 
 
-def test_num_threads_0_is_for_decord_only(data, tmp_path):
-    cfg = train.parse_args(args(data, tmp_path, "--num-threads", "0", "--backend", "decord"))
-    assert cfg.num_threads == 0
+def test_workers_0_is_for_decord_only(data, tmp_path):
+    cfg = train.parse_args(args(data, tmp_path, "--workers", "0", "--backend", "decord"))
+    assert cfg.workers == 0
     with pytest.raises(SystemExit) as e:
-        train.parse_args(args(data, tmp_path, "--num-threads", "0"))
+        train.parse_args(args(data, tmp_path, "--workers", "0"))
     assert e.value.code == 2
+
+
+def test_backend_nvdec_on_the_cpu_is_a_usage_error(data, tmp_path, capsys):
+    """"nvdec" means NVDEC's hardware decoders: on the CPU one line says which backends decode there."""
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args(data, tmp_path, "--backend", "nvdec", "--device", "cpu"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        " error: --backend nvdec decodes on the GPU; on the CPU use --backend dali or decord")
 
 
 def with_a_truncated_video(data: Path, dst: Path) -> Path:
@@ -646,7 +665,7 @@ def with_a_truncated_video(data: Path, dst: Path) -> Path:
 
 
 def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path):
-    """pipeline/loader.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
+    """pipeline/base.py's hint says skip_bad=True (for Python callers); train.py's error says --skip-bad."""
     bad = with_a_truncated_video(data, tmp_path / "data")
     with pytest.raises(SystemExit) as e:
         train.main(args(bad, tmp_path / "run", "--epochs", "1"))
@@ -670,7 +689,7 @@ def test_every_translated_hint_is_still_in_the_library():
     from engine import cli
 
     root = Path(train.__file__).resolve().parent
-    sources = "".join((root / f).read_text() for f in ("pipeline/loader.py", "pipeline/dali_loader.py",
+    sources = "".join((root / f).read_text() for f in ("pipeline/base.py", "pipeline/backends/dali.py",
                                                        "model/checkpoint.py"))
     for phrase in cli._API_HINTS_AS_FLAGS:
         assert phrase in sources, phrase
@@ -695,12 +714,13 @@ def test_resume_refuses_other_settings_that_define_the_run(data, reference_run, 
     assert message.startswith(f"error: {run / 'checkpoints' / 'last.pt'}: ") and "\n" not in message
     for diff in ("--lr 0.02 (checkpoint: 0.01)", "--batch-size 6 (checkpoint: 4)", "--seed 1 (checkpoint: 0)"):
         assert diff in message, message
-    assert "--num-threads" not in message and "--epochs" not in message
+    assert "--workers" not in message and "--epochs" not in message
     assert (run / "config.json").read_text() == before  # nothing recorded
 
 
-def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(data, tmp_path):
-    """The normalisation defines the run; a checkpoint's config from before it was stored says --mean NAME."""
+def test_resume_compares_the_normalisation(data, tmp_path):
+    """The normalisation defines the run: another one is refused, named by its flag; a preset and the same custom
+    values are the same normalisation."""
     from dataclasses import asdict
 
     from pipeline.normalisation import PRESETS
@@ -708,8 +728,8 @@ def test_resume_compares_the_normalisation_also_with_configs_that_named_a_mean(d
     cfg = train.parse_args(args(data, tmp_path / "run", "--norm", "kinetics-0-1"))
     saved = json.loads(json.dumps(asdict(cfg)))  # as train.py stores it
     assert train.resume_differences(saved, cfg) == []
-    older = {k: v for k, v in saved.items() if k != "normalisation"} | {"mean": "activitynet"}
-    assert train.resume_differences(older, cfg) == [
+    other = json.loads(json.dumps(asdict(train.parse_args(args(data, tmp_path / "run", "--norm", "activitynet")))))
+    assert train.resume_differences(other, cfg) == [
         f"--norm {PRESETS['kinetics-0-1'].describe()} (checkpoint: {PRESETS['activitynet'].describe()})"]
     custom = train.parse_args(args(data, tmp_path / "run", "--value-scale", "1", "--mean-values", "0.4345", "0.4051",
                                    "0.3775", "--std-values", "0.2768", "0.2713", "0.2737"))
@@ -733,10 +753,10 @@ def test_resume_applies_and_records_execution_settings(data, reference_run, tmp_
     checkpoint."""
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
-    train.main(args(data, run, "--resume", "--epochs", "4", "--num-threads", "2", "--log-every", "5"))
+    train.main(args(data, run, "--resume", "--epochs", "4", "--workers", "2", "--log-every", "5"))
     assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2, 3, 4]
     config = json.loads((run / "config.json").read_text())
-    assert (config["epochs"], config["num_threads"], config["log_every"], config["resume"]) == (4, 2, 5, True)
+    assert (config["epochs"], config["workers"], config["log_every"], config["resume"]) == (4, 2, 5, True)
     assert config["lr"] == 0.01 and config["batch_size"] == 4
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 4 and state["config"] == config
@@ -752,8 +772,8 @@ def _without(src: Path, dst: Path, key: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("key", ["model", "optimizer", "scaler", "epoch", "config", "history", "arch", "model_args",
-                                 "class_names", "normalisation"])
+@pytest.mark.parametrize("key", ["model", "optimizer", "epoch", "config", "history", "arch", "model_args",
+                                 "class_names", "input"])
 def test_checkpoint_missing_a_key_is_a_one_line_error(reference_run, tmp_path, key):
     from engine.checkpoint import CheckpointError, load_training_checkpoint
 
@@ -988,7 +1008,7 @@ def test_an_unwritable_out_is_one_line_before_any_work(data, reference_run, tmp_
     out = locked / "out"
     ckpt = str(reference_run / "checkpoints" / "best.pt")
     argv = {"train": args(data, out, "--epochs", "1"),
-            "evaluate": ["--data", str(data), "--checkpoint", ckpt, "--out", str(out), "--num-threads", "1"],
+            "evaluate": ["--data", str(data), "--checkpoint", ckpt, "--out", str(out), "--workers", "1"],
             "infer": [str(data / "videos"), "--checkpoint", ckpt, "--out", str(out)]}[tool]
     proc = subprocess.run(in_namespace([sys.executable, str(root / f"{tool}.py"), *argv], read_only=[locked]),
                           cwd=root, capture_output=True, text=True, timeout=EXIT_S)
@@ -1021,7 +1041,7 @@ def test_a_run_on_an_interrupted_preparation_says_so_and_the_config_shows_no_hoo
     assert all(shown[k] == saved[k] for k in shown)
     report["interrupted"] = False
     (copy / "prepare_report.json").write_text(json.dumps(report))
-    from pipeline.prepare.run import interrupted_preparation
+    from prepare.run import interrupted_preparation
 
     assert interrupted_preparation(copy) is None and interrupted_preparation(tmp_path) is None
 

@@ -6,7 +6,7 @@ Frame content (RGB): R = round(255 * x / (W - 1))  (horizontal position; reverse
 So after any crop, resize and flip: mean(B) gives the frame index (mod 32), mean(R) and mean(G) the centre
 of the crop box, and the sign of R's horizontal slope the flip. VP9 lossless in WebM, keyframe every `gop`
 frames (closed GOP), like prepare_data.py's output, written by the project's one writer
-(pipeline.prepare.sample.write_video).
+(prepare.sample.write_video).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.manifest import COLUMNS
-from pipeline.prepare import sample
+from prepare import sample
 
 
 def frame_rgb(i: int, width: int, height: int) -> np.ndarray:
@@ -122,3 +122,39 @@ def write_hidden_frame_ivf(path: Path, num_frames: int, hide: list[int], packed:
         hidden, show = bytes([p[0] & ~0x02]) + p[1:], bytes([0b1000_1000])  # show_existing_frame, slot 0
         out += [vp9_superframe([hidden, show])] if packed else [hidden, show]
     return write_ivf(path, out, width, height)
+
+
+def reference_nv12(path: str) -> np.ndarray:
+    """Every frame of `path` decoded by PyAV from the start, as NV12: (F, H*3/2, W) uint8."""
+    import av
+
+    from pipeline.video import to_nv12
+
+    with av.open(path) as c:
+        return np.stack([to_nv12(f) for f in c.decode(video=0)])
+
+
+def write_pattern(path, n: int, codec: str, gop: int = 8, width: int = 192, height: int = 144, bframes: int = 0):
+    """The test pattern (frame_rgb) in the container and settings prepare_data.py writes: VP9 lossless
+    WebM (write_video), or H.264 / HEVC (hvc1) MP4 at high quality, keyframe every `gop` frames."""
+    if codec == "vp9":
+        return write_video(path, n, width, height, gop)
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        if codec == "h264":
+            s = c.add_stream("libx264", rate=25, options={
+                "preset": "veryfast", "crf": "12", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                "bf": str(bframes)})
+        else:
+            s = c.add_stream("libx265", rate=25, options={"preset": "ultrafast", "crf": "12", "x265-params": (
+                f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop=0:log-level=error")})
+            s.codec_context.codec_tag = "hvc1"  # parameter sets in the header only, as prepare_data.py writes
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame_rgb(i, width, height), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path

@@ -1,10 +1,10 @@
-"""The one entry point, build_loader(), and what every backend shares: config, manifest and packet index,
-the bad-row policy, epoch plans, lifecycle (close / with)."""
+"""What every loader backend shares: the config (LoaderConfig), the batch (Batch) and the base class (LoaderBase:
+manifest and packet index, the bad-row policy, the epoch plan, lifecycle). pipeline.build_loader picks the backend."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,16 +12,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from pipeline.index.build import load_or_build
+from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT, DatasetError, load_classes, load_manifest
-from pipeline.normalisation import MEANS, PRESETS, Normalisation
-from pipeline.packets import PacketTable, load_or_build
+from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 
-# Per-channel RGB means on the 0-255 scale: pipeline/normalisation.py's, under their older names (mean=).
-KINETICS_MEAN = MEANS["kinetics"]
-ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
-BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch
+BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch: pipeline/backends/<name>.py
+
+
+# A backend's check of the rows it cannot decode: (config, packets) -> (V,) object array of str, why row i cannot be
+# decoded ("" = it can). Pure: it reads its arguments only. Rows whose file is missing or broken are answered for
+# already (their answer is ignored).
+Problems = Callable[["LoaderConfig", PacketTable], np.ndarray]
 
 
 class Batch(NamedTuple):
@@ -37,16 +41,15 @@ class LoaderConfig:
     data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval | views
     (sampling.py; eval and views accept unlabelled rows, label -1);
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI and NVDEC,
-    decoded; NVDEC on "cpu" is its CPU twin); batch_size per rank; rank, world_size: DDP sharding; seed: the
-    epoch plans' seed; num_threads: DALI or NVDEC decoder threads (>= 1) or decord DataLoader workers (0 = in
-    this process); sample_duration T frames, sample_size S pixels;
+    decoded; NVDEC decodes on "gpu" only); batch_size per rank; rank, world_size: DDP sharding; seed: the epoch
+    plans' seed; workers: decoding threads (DALI, NVDEC: >= 1), or decord's worker processes (0: decord decodes
+    in this process); sample_duration T frames, sample_size S pixels;
     clips, crops: views mode's K clips x C crops per video, C = 1 or 3 (sampling.view_starts, view_boxes:
     PySlowFast's test views); normalisation: what the
-    pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale); mean: the
-    older spelling, 3 numbers = Normalisation(mean) (replaces normalisation; then stored as None);
+    pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
     most MAX_BAD_FRACTION); progress: progress bar while indexing videos; prefetch: batches made ahead of the
-    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own, decord_loader.py).
+    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own: backends/decord.py).
     DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
     (VP8/VP9; other codecs always get the whole file), "file" the whole file.
     """
@@ -60,13 +63,12 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     seed: int = 0
-    num_threads: int = 2
+    workers: int = 2
     sample_duration: int = 16
     sample_size: int = 112
     clips: int = 1
     crops: int = 1
     normalisation: Normalisation = PRESETS["kinetics"]
-    mean: tuple[float, float, float] | None = None
     device_id: int | None = None
     skip_bad: bool = False
     dali_input: str = "gop"
@@ -75,13 +77,6 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
-        if self.mean is not None:
-            if self.normalisation != PRESETS["kinetics"]:
-                raise ValueError("give normalisation or mean (its older spelling), not both")
-            if len(self.mean) != 3:
-                raise ValueError(f"mean must have 3 values (RGB, 0-255 scale), got {self.mean}")
-            object.__setattr__(self, "normalisation", Normalisation(mean=tuple(self.mean)))
-            object.__setattr__(self, "mean", None)
         self.validate()
 
     def validate(self) -> None:
@@ -101,8 +96,8 @@ class LoaderConfig:
                              f"crop or both ends and the centre), got {self.crops}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        if self.num_threads < 0 or (self.backend != "decord" and self.num_threads < 1):
-            raise ValueError(f"num_threads must be >= 1 (decord: >= 0), got {self.num_threads}")
+        if self.workers < 0 or (self.backend != "decord" and self.workers < 1):
+            raise ValueError(f"workers must be >= 1 (decord: >= 0), got {self.workers}")
         if not isinstance(self.normalisation, Normalisation):
             raise ValueError(f"normalisation must be a pipeline.normalisation.Normalisation, got {self.normalisation!r}")
 
@@ -115,21 +110,18 @@ class LoaderBase:
     torch_device (where batches are delivered); epoch; plan (this rank's clips of the epoch); num_clips;
     len() = steps per epoch for this rank. Use as `with build_loader(...) as loader:` or call close().
 
-    A backend subclasses this and implements:
-      decode_problems(packets) -> (V,) object array of str, why this backend cannot decode each row ("" = it
-          can). Called from LoaderBase.__init__, before the rest of the backend's __init__: use self.config
-          and self.torch_device only. Rows whose file is missing or broken are answered for already (their answer is ignored).
-          The base class applies the policy: fail with the first bad file named, or skip and count them.
-          Default: every row is decodable.
+    A backend subclasses this, passes its module's `problems` (Problems) to __init__, and implements:
       __iter__() -> Iterator[Batch]: the epoch's batches in plan order (self.batch_plans() cuts the plan into
           batches); call self.check_open() first and after each yield (close() may come while the generator
           is suspended: the next step must say "closed", not fail on freed resources or end the epoch early).
           Threads or worker processes may start on first use and be kept between epochs; an iteration
           abandoned mid-epoch must not leak into the next one.
       close(): free them (idempotent; call super().close()). videos, plan and len() stay usable.
+    The base class applies the bad-row policy to what `problems` says: fail with the first bad file named, or
+    skip and count them (skip_bad).
     """
 
-    def __init__(self, config: LoaderConfig):
+    def __init__(self, config: LoaderConfig, problems: Problems | None = None):
         import torch  # lazy: `import pipeline` stays light for prepare_data's worker processes
 
         self.config = config
@@ -158,7 +150,8 @@ class LoaderBase:
         packets, bad_files = load_or_build(
             df["file"].tolist(), data / ".cache" / f"packets-{config.split}.idx", progress=config.progress
         )
-        self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, manifest)
+        undecodable = problems(config, packets) if problems is not None else np.full(len(packets), "", object)
+        self.videos, self.packets, self.skipped = self._drop_bad_rows(df, packets, bad_files, undecodable, manifest)
         self.labels = self.videos["label"].to_numpy(np.int64)  # (V,) int64
         self.epoch = 0
         self._plan: Plan | None = None
@@ -169,21 +162,18 @@ class LoaderBase:
                 f"with world_size {config.world_size}; lower batch_size or add videos"
             )
 
-    def decode_problems(self, packets: PacketTable) -> np.ndarray:
-        """(V,) object array: why this backend cannot decode row i ("" = it can). Backends override it."""
-        return np.full(len(packets), "", object)
-
     def _drop_bad_rows(
-        self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], manifest: Path
+        self, df: pd.DataFrame, packets: PacketTable, bad_files: dict[str, str], problems: np.ndarray,
+        manifest: Path,
     ) -> tuple[pd.DataFrame, PacketTable, int]:
         """The usable rows, their packet table (row i = videos row i) and how many were skipped; bad rows raise
         (the first named) or, with skip_bad, are skipped and counted. packets: one row per df row (empty for
-        the files in bad_files). Reasons by precedence: bad file, truncated, the backend's decode_problems."""
+        the files in bad_files); problems: (V,) the backend's answers. Reasons by precedence: bad file,
+        truncated, the backend's problems."""
         cfg = self.config
         end = df["end_frame"].to_numpy()
         bad_file = df["file"].isin(list(bad_files)).to_numpy()
         truncated = ~bad_file & (packets.shown < end)  # shown frames: a hidden frame's packet is no frame
-        problems = self.decode_problems(packets)
         undecodable = ~bad_file & ~truncated & (problems != "")
         ok = ~(bad_file | truncated | undecodable)
         bad = np.flatnonzero(~ok)
@@ -225,20 +215,24 @@ class LoaderBase:
 
     @property
     def plan(self) -> Plan:
-        """This rank's clips for the current epoch."""
+        """This rank's clips for the current epoch (made once per epoch: make_plan)."""
         if self._plan is None:
-            c = self.config
-            rank, world = (0, 1) if self._only is not None else (c.rank, c.world_size)
-            self._plan = plan_epoch(
-                (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
-                self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
-                mode=c.mode, epoch=self.epoch, seed=c.seed, rank=rank, world=world, batch=c.batch_size,
-                length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
-                crops=c.crops,
-            )
-            if self._only is not None:
-                self._plan = self._plan.take(np.isin(self._plan.rows, self._only))
+            self._plan = self.make_plan(self.epoch)
         return self._plan
+
+    def make_plan(self, epoch: int) -> Plan:
+        """This rank's clips for `epoch` (only those of only_videos' videos once it is called), made anew
+        (sampling.plan_epoch); `plan` caches the current epoch's."""
+        c = self.config
+        rank, world = (0, 1) if self._only is not None else (c.rank, c.world_size)
+        plan = plan_epoch(
+            (self.videos["end_frame"] - self.videos["start_frame"]).to_numpy(),
+            self.packets.width, self.packets.height,  # (V,) the files' own frame sizes
+            mode=c.mode, epoch=epoch, seed=c.seed, rank=rank, world=world, batch=c.batch_size,
+            length=c.sample_duration, start_frames=self.videos["start_frame"].to_numpy(), clips=c.clips,
+            crops=c.crops,
+        )
+        return plan if self._only is None else plan.take(np.isin(plan.rows, self._only))
 
     @property
     def num_clips(self) -> int:
@@ -268,21 +262,3 @@ class LoaderBase:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> LoaderBase:
-    """Loader over a prepared dataset: iterate for Batch(clips, labels, video_idx); see README "Loading clips".
-
-        with build_loader(data, split="train", mode="train", backend="dali", batch_size=32) as loader:
-
-    options: the other LoaderConfig fields, by name (an unknown name is a TypeError). The loader holds
-    threads (DALI, NVDEC) or worker processes (decord): leave the `with` block or call close() to free them.
-    """
-    config = LoaderConfig(data=Path(data), split=split, mode=mode, **options)
-    if config.backend == "dali":
-        from pipeline.dali_loader import DaliLoader as backend
-    elif config.backend == "nvdec":  # NVDEC decoders; on device="cpu" their CPU twin
-        from pipeline.nvdec_loader import NvdecLoader as backend
-    else:  # "decord"; LoaderConfig checked the name against BACKENDS
-        from pipeline.decord_loader import DecordLoader as backend
-    return backend(config)

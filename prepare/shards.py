@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from pipeline.prepare import report, run
-from pipeline.prepare.layouts import Listing, Source
-from pipeline.prepare.transcode import EncodeSettings
+from prepare import report, run
+from prepare.listing import Listing, Source
+from prepare.transcode import EncodeSettings
 
 SHARDS = "shards"  # DST/.prepare/shards/<N>/
 MERGED = "merged.json"  # DST/.prepare/shards/<N>/merged.json: the digest of the states last merged

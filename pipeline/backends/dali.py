@@ -12,8 +12,9 @@ Graph, per clip (all parameters come from the epoch plan, DALI's RNG is not used
         (Normalisation.on_pixels: mean x 255 / value_scale, std x 255 / value_scale; scale left at 1), which
         is (x / 255 * value_scale - mean) / std in the normalisation's own terms
 
-Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no
-seek), so a clip at frame 230 of a 250-frame file cost ~6x one at frame 0 (DALI 2.4, measured). The host cuts the
+Why enc is an IVF slice and not the file: the CPU decoder decodes from the first frame it is given (no seek:
+docs/design.md#gop-slices-for-the-decoders-that-do-not-seek), so a clip late in a file costs several times one at
+its start. The host cuts the
 packets keyframe_at_or_before(first)..last out of the file (one read, using the packet index) and wraps
 them in IVF; frames become relative to that keyframe. That needs packet k to be frame k: a VP8/VP9 file
 with hidden frames stored in packets of their own (the packet index counts them: odd_packets) gets its whole
@@ -21,8 +22,8 @@ file instead, with a count printed when the loader is built. dali_input="file" s
 row (the only choice for H.264/HEVC/AV1 files, which only the GPU decodes).
 
 Why slice then resize rather than resize with roi_start/roi_end: a ROI resize with antialiasing also reads
-pixels outside the box (measured up to 24 levels apart from crop-then-resize at the box edges), whereas
-the reference implementation and the decord backend crop first.
+pixels outside the box, whereas the reference implementation and the other backends crop first
+(docs/design.md#slice-then-resize-in-the-dali-graph).
 
 Lifecycle: the external source is a _Feed object holding the feed state, not a bound method of the loader,
 so the pipeline does not point back at the loader (no reference cycle): dropping the loader, or close(),
@@ -36,9 +37,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.bitstream import IVF_FOURCC, ivf_slice, read_span
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
-from pipeline.packets import PacketTable
+from pipeline.base import Batch, LoaderBase, LoaderConfig
+from pipeline.bitstream import IVF_FOURCC, clip_span, ivf_slice, read_span
+from pipeline.index.table import PacketTable
 from pipeline.sampling import Plan
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI 2.4's CPU decoder accepts (measured); the GPU decodes all
@@ -66,8 +67,7 @@ class _Feed:
             path = self.files[row]
             if self.ivf[row]:  # only the packets keyframe..clip end, re-wrapped as IVF (module docstring)
                 ix = self.packets.video(row)  # views into the memory-mapped packet table
-                first = ix.keyframe_at_or_before(int(fr.min()))
-                last = int(fr.max())
+                first, last = clip_span(ix, fr)
                 raw, base = read_span(path, ix, first, last)
                 enc.append(ivf_slice(raw, base, ix, first, last))
                 frames.append((fr - first).astype(np.int32))
@@ -78,6 +78,18 @@ class _Feed:
             shape.append(np.array([side, side], np.int32))
             mirror.append(np.array(int(flip), np.int32))
         return [enc, frames, anchor, shape, mirror]
+
+
+def problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
+    """(V,) object array: why DALI cannot decode row i ("" = it can): on the CPU, codecs other than VP8, VP9 and
+    MJPEG (DALI 2.4's CPU decoder drops such a file and then fails the whole pipeline; docs/design.md#dali-facts)."""
+    out = np.full(len(packets), "", object)
+    if config.device == "cpu":
+        for k, name in enumerate(packets.codecs):
+            if name not in CPU_CODECS:
+                out[packets.codec == k] = (f"codec {name} cannot be decoded by DALI on CPU (VP8/VP9/MJPEG only); "
+                                           "use backend='decord' or device='gpu'")
+    return out
 
 
 def require_dali() -> None:
@@ -92,7 +104,7 @@ def require_dali() -> None:
 class DaliLoader(LoaderBase):
     def __init__(self, config: LoaderConfig):
         require_dali()  # before indexing: a missing package fails at once
-        super().__init__(config)
+        super().__init__(config, problems)
         self._feed = _Feed(self.videos["file"].tolist(), self.packets, config.dali_input == "gop")
         odd = np.flatnonzero(self.packets.odd_packets > 0)
         self.whole_file_rows = len(odd) if config.dali_input == "gop" else 0  # GOP slices refused (_Feed)
@@ -103,15 +115,6 @@ class DaliLoader(LoaderBase):
         self._in_epoch = False
         self._pipe = self._build_pipeline(self._feed)
 
-    def decode_problems(self, packets: PacketTable) -> np.ndarray:
-        problems = np.full(len(packets), "", object)
-        if self.config.device == "cpu":
-            for k, name in enumerate(packets.codecs):
-                if name not in CPU_CODECS:
-                    problems[packets.codec == k] = (f"codec {name} cannot be decoded by DALI on CPU "
-                                                    "(VP8/VP9/MJPEG only); use backend='decord' or device='gpu'")
-        return problems
-
     def _build_pipeline(self, feed: _Feed):  # -> nvidia.dali.Pipeline
         from nvidia.dali import fn, pipeline_def, types
 
@@ -119,7 +122,7 @@ class DaliLoader(LoaderBase):
         decode_device = "mixed" if c.device == "gpu" else "cpu"
         mean, std = c.normalisation.on_pixels()  # 0-255 scale (module docstring)
 
-        @pipeline_def(batch_size=c.batch_size, num_threads=c.num_threads, device_id=self.torch_device.index,
+        @pipeline_def(batch_size=c.batch_size, num_threads=c.workers, device_id=self.torch_device.index,
                       prefetch_queue_depth=c.prefetch, seed=c.seed)
         def graph():  # refers to feed and c, not to self: no cycle through the pipeline
             enc, frames, anchor, shape, mirror = fn.external_source(

@@ -27,7 +27,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.prepare.layouts import VIDEO_EXTENSIONS, LayoutError, Listing, Source
+from prepare.listing import VIDEO_EXTENSIONS, LayoutError, Listing, Source
 
 HMDB_LIST = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$")
 HMDB_CODES = {"1": "train", "2": "test"}  # "0": not used in that split

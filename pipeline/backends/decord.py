@@ -2,37 +2,31 @@
 other backends are measured against). Same parameters as the DALI backend; decoding on CPU, for
 device="gpu" the finished batch is moved to cuda:device_id.
 
-Workers: started once per loader, on its first iteration, with the forkserver start method (a fresh process
-forks them: never a fork of this process, which may run DALI, CUDA or torch threads), and kept for every epoch
-(persistent_workers) until close(). They see each epoch's plan because the plan travels with the items: the
-DataLoader's sampler yields the epoch's batch plans (rows, frames, boxes, flips: ~1 KB a batch), and a
-worker's item is one batch plan, so no state is shared with the workers. Measured (RESULTS.md, "Persistent
-forkserver workers"): the first epoch waits 3-5 s for the forkserver and its workers (once per loader), later
-epochs ~0.1 s, where the old fork per epoch took 0.2-0.4 s every epoch; the process tree holds ~0.2-0.3 GB
-more (workers no longer share the parent's pages copy-on-write; the forkserver), and a loader's workers live
-between epochs (so do those of train.py's val loader). As with spawn, the workers import the main module: a
-script that iterates a decord loader with workers needs the `if __name__ == "__main__":` guard.
+Workers (LoaderConfig.workers processes; 0: decode in this process): started once per loader, on its first
+iteration, with the forkserver start method (a fresh process forks them: never a fork of this process, which may
+run DALI, CUDA or torch threads), and kept for every epoch (persistent_workers) until close(). They see each
+epoch's plan because the plan travels with the items: the DataLoader's sampler yields the epoch's batch plans
+(rows, frames, boxes, flips: ~1 KB a batch), and a worker's item is one batch plan, so no state is shared with the
+workers. The first epoch waits for the forkserver and its workers, later epochs do not; the workers hold memory
+of their own between epochs (benchmarks/RESULTS.md, "Persistent forkserver workers"). As with spawn, the workers
+import the main module: a script that iterates a decord loader with workers needs the
+`if __name__ == "__main__":` guard.
 
 Per clip: decord.VideoReader.get_batch(frames) -> (T, H, W, 3) uint8 -> crop the box -> bilinear resize
 with antialiasing (the same triangle filter as DALI's linear resize) -> rounded to 0..255 like DALI's
 uint8 resize output -> flip -> normalisation -> (3, T, S, S) float32 (pipeline/augment.py: augment_rgb).
-
-Known decord 0.6.0 limit: get_batch fails ("Check failed: from_size == to_size") on frames 16, 24, 48 or 72 px
-wide (checked every even width 16-258 at 32 px high, plus 202, 270, 426, 480, 640: only those four fail);
-prepared videos are far wider, tiny test videos are not.
+decord 0.6.0 cannot read frames 16, 24, 48 or 72 px wide (docs/design.md#format-facts): prepared videos are far
+wider, tiny test videos must avoid them.
 
 Memory bound. A DataLoader item is a whole batch: N x 3 x T x S x S float32 (N=64, T=16, S=112: 154 MB).
 torch keeps at most workers x prefetch_factor batches in flight (being filled by a worker, or finished in
 shared memory waiting for the consumer), so the loader holds about
     batch bytes x (batches_in_flight(workers) + 1 held by the consumer [+ 1 pinned copy for device="gpu"])
-    + workers x ~0.2 GB of decode state (640x360 video; measured, RESULTS.md "whole-epoch windows")
-The 0.2 GB is mostly per-clip buffers that glibc keeps after they are freed (decoded frames T x H x W x 3
-uint8 = 11 MB, the float crop up to 25 MB); 4 cached VideoReaders take ~3 MB each. prefetch_factor(workers)
-keeps workers x prefetch_factor <= MAX_BATCHES_IN_FLIGHT = 16 (but >= 1 per worker): 14 workers at N=64 hold
-14 batches (2.2 GB), not torch's default 28 (4.3 GB), ~5 GB in all. Each worker fills one preallocated
-batch tensor in shared memory, clip by clip, instead of holding a list of clips, their torch.stack copy and
-the copy into shared memory for the pipe: measured at N=64, a worker's peak private memory fell from 750 to
-455 MB, ~340 MB per added worker (PSS) instead of ~720.
+    + workers x ~0.2 GB of decode state (640x360 video; benchmarks/RESULTS.md, "Whole-epoch windows and memory")
+prefetch_factor(workers) keeps workers x prefetch_factor <= MAX_BATCHES_IN_FLIGHT = 16 (but >= 1 per worker):
+14 workers at N=64 hold 14 batches (2.2 GB), not torch's default 28 (4.3 GB). Each worker fills one
+preallocated batch tensor in shared memory, clip by clip, and sends it without a copy: it never holds a list of
+clips, their stack and a copy for the pipe at once.
 """
 
 from __future__ import annotations
@@ -43,7 +37,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.base import Batch, LoaderBase, LoaderConfig
+from pipeline.index.table import PacketTable
 from pipeline.normalisation import Normalisation
 from pipeline.sampling import Plan
 
@@ -62,6 +57,11 @@ def import_decord():  # -> the decord module
     import decord
 
     return decord
+
+
+def problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
+    """(V,) object array, all "": decord (FFmpeg) decodes every row the packet index could read."""
+    return np.full(len(packets), "", object)
 
 
 def transform_clip(frames: np.ndarray, box: tuple[int, int, int], flip: bool, size: int,
@@ -157,7 +157,7 @@ class DecordLoader(LoaderBase):
             raise ImportError(
                 "backend='decord' needs decord: pip install decord==0.6.0, or use backend='dali'"
             ) from None
-        super().__init__(config)
+        super().__init__(config, problems)
         self._sampler = _EpochBatches()
         self._dataloader = None  # made on the first iteration: its workers then live until close()
 
@@ -166,13 +166,13 @@ class DecordLoader(LoaderBase):
 
         c = self.config
         ds = _PlanDataset(self.videos["file"].tolist(), self.labels, c.sample_size, c.normalisation)
-        workers = c.num_threads
+        workers = c.workers
         if workers > 0:
             # The forkserver (one per process, started by exec: it inherits no threads) forks the workers. What it
-            # imports first, each worker has without importing it (av before decord: import_decord): measured with
-            # 2 workers, the first epoch starts in 2.5 s instead of 4.5-6.4 s, and the tree's PSS is 220 MB above
-            # the fork-per-epoch loader's instead of 370 (RESULTS.md). A no-op once this process's forkserver runs.
-            multiprocessing.set_forkserver_preload(["__main__", "av", "decord", "torch", "pipeline.decord_loader"])
+            # imports first, each worker has without importing it (av before decord: import_decord), which halves
+            # the first epoch's wait (benchmarks/RESULTS.md, "Persistent forkserver workers"). A no-op once this
+            # process's forkserver runs.
+            multiprocessing.set_forkserver_preload(["__main__", "av", "decord", "torch", "pipeline.backends.decord"])
         # batch_size=None: an item is a whole batch, its index the batch plan (_EpochBatches).
         return torch.utils.data.DataLoader(
             ds, batch_size=None, sampler=self._sampler, num_workers=workers,

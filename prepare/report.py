@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.prepare import run
-from pipeline.prepare.layouts import Listing
-from pipeline.prepare.transcode import video_notes
+from prepare import run
+from prepare.listing import Listing
+from prepare.transcode import video_notes
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -37,8 +37,9 @@ from typing import IO, TYPE_CHECKING
 from pipeline.atomic import NoSpace, atomic_write, no_space_error
 from pipeline.manifest import COLUMNS
 from pipeline.pools import kill_pool
-from pipeline.prepare.layouts import Listing, Source, safe_name
-from pipeline.prepare.transcode import EncodeSettings, Rejected, VideoInfo, transcode
+from pipeline.video import Rejected
+from prepare.listing import Listing, Source, safe_name
+from prepare.transcode import EncodeSettings, VideoInfo, transcode
 
 if TYPE_CHECKING:
     import pandas as pd

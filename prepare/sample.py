@@ -1,4 +1,4 @@
-"""The built-in synthetic raw dataset (design.md 6): classes told apart only by motion.
+"""The built-in synthetic raw dataset (docs/design.md#sample-dataset): classes told apart only by motion.
 
 Four striped disks, one per quadrant of the frame, move over a random background (gradient, blurred noise or
 flat colour with static rectangles) with per-frame noise, all the class's way, each with its own size, speed and
@@ -32,7 +32,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.prepare.transcode import CODECS, DEFAULT_CRF, EncodeSettings, encoder_options
+from prepare.transcode import CODECS, DEFAULT_CRF, EncodeSettings, encoder_options
 
 CLASSES = ("grow", "move_down", "move_up", "oscillate_horizontal", "oscillate_vertical", "shrink")
 FORMATS = (("mp4", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9"))

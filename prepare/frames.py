@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import AbstractContextManager
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
-from pipeline.prepare.layouts import LayoutError, Listing, Source
+from pipeline.video import Rejected, open_source
+from prepare.listing import LayoutError, Listing, Source
 
 DEFAULT_FPS = 30.0
 FIRST_FRAME = "image_00001.jpg"
@@ -148,9 +150,7 @@ def list_frames(src: Path, annotations: tuple[Path, ...] = (), fps: float | None
 
 def check_frames(folder: Path) -> tuple[int, int]:
     """(frames, bytes) of a frame folder, numbered image_00001.jpg to image_<n>.jpg without a gap; raise
-    transcode.Rejected otherwise (their loader skips missing numbers silently, which shifts every frame after)."""
-    from pipeline.prepare.transcode import Rejected  # here: transcode imports this module when it needs it
-
+    Rejected otherwise (their loader skips missing numbers silently, which shifts every frame after)."""
     try:
         with os.scandir(folder) as it:
             sizes = {int(m.group(1)): e.stat().st_size for e in it if (m := FRAME.match(e.name))}
@@ -171,9 +171,10 @@ def check_frames(folder: Path) -> tuple[int, int]:
     return n, sum(sizes.values())
 
 
-def open_frames(folder: Path, fps: float) -> av.container.InputContainer:
-    """The folder's JPEGs as one video stream at fps (FFmpeg's image2 demuxer): frame k (0-based) is
-    image_<k+1>.jpg, at time k / fps."""
+def open_frames(folder: Path, fps: float, decode_threads: int = 0) -> AbstractContextManager[
+        tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The folder's JPEGs as one video stream at fps (FFmpeg's image2 demuxer), opened as pipeline/video.py's
+    open_source opens a file: frame k (0-based) is image_<k+1>.jpg, at time k / fps."""
     rate = Fraction(fps).limit_denominator(1001)
-    return av.open(str(folder / "image_%05d.jpg"), format="image2",
-                   options={"framerate": f"{rate.numerator}/{rate.denominator}", "start_number": "1"})
+    return open_source(folder / "image_%05d.jpg", decode_threads, format="image2",
+                       options={"framerate": f"{rate.numerator}/{rate.denominator}", "start_number": "1"})

@@ -1,62 +1,36 @@
-"""NVDEC backend: persistent hardware decoders fed with the packet slices of the epoch plan, then one batched
-augmentation pass (pipeline/augment.py) on the GPU. Backend name "nvdec".
+"""The NVDEC backend's decoders and the limits they are checked against (pipeline/backends/nvdec.py runs them).
 
-Per clip of the plan (the same plan, boxes and flips as the DALI and decord backends):
-    packets keyframe_at_or_before(first frame) .. last frame  (pipeline/bitstream.py: packet_slice; H.264/HEVC
-        as Annex-B with the parameter sets in front, VP9 as stored)
-    -> a worker thread's decoder -> (T, H*3/2, W) uint8 NV12, the plan's frames in order
-Per batch: stack -> augment_nv12 -> (N, 3, T, S, S) float32 clips.
-
-Decoders (the `Decoder` protocol): num_threads of them, made when the loader is built; each worker thread
-takes one on its first clip and keeps it, so a decoder is only ever used by its own thread (PyNvVideoCodec's threading model). Each
-is reused for every clip of its thread and flushed after each clip with an end-of-stream packet:
-  NvdecDecoder  PyNvVideoCodec 2.2.4 (`pip install pynvvideocodec==2.2.4`, needs an NVIDIA driver with
-                NVDEC; imported lazily): CreateDecoder(usedevicememory, maxwidth/maxheight = the dataset's
-                largest frame, NATIVE output = NV12), each on its own CUDA stream; the wanted frames are
-                copied out on that stream, the one the decoder writes its output buffers on, so the next
-                Decode call, which reuses those buffers, writes behind the copies; the worker then
-                synchronises that stream (blocking only itself) and the batch is built on the consumer's
-                stream (record_stream keeps the allocator from reusing the clip early). Threads:
-                num_threads rounded up to a multiple of the GPU's NVDEC engines (GetDecoderCaps): one
-                session uses one engine. Read from PyNvVideoCodec 2.2.4's wheel; not yet run on a GPU.
-  PyAVDecoder   the CPU twin: PyAV's decoders (av.CodecContext) fed the same packet slices, the frames laid
-                out as NV12. device="cpu" (or decoder="pyav") uses it, so everything but the hardware call
-                runs and is tested without a GPU; with device="gpu" it decodes on the CPU and augments on
-                the GPU.
+A decoder (the `Decoder` protocol) takes one clip's packets (bitstream.PacketSlice: the keyframe at or before the
+clip's first frame to its last frame; H.264/HEVC as Annex-B, VP9 as stored) and returns the clip's frames as
+(T, H*3/2, W) uint8 NV12. Each is reused for every clip of its thread and flushed after each clip:
+  NvdecDecoder  PyNvVideoCodec 2.2.4 (`pip install pynvvideocodec==2.2.4`; needs an NVIDIA driver with NVDEC;
+                imported lazily): CreateDecoder(usedevicememory, maxwidth/maxheight = the dataset's largest frame,
+                NATIVE output = NV12), each on its own CUDA stream; the wanted frames are copied out on that
+                stream, the one the decoder writes its output buffers on, so the next Decode call, which reuses
+                those buffers, writes behind the copies; the worker then synchronises that stream (blocking only
+                itself). The calls as made, and what was verified without a GPU: docs/nvdec.md.
+  PyAVDecoder   the CPU twin: PyAV's decoders (av.CodecContext) fed the same packet slices, the frames laid out
+                as NV12 (pipeline/video.py). The tests compare the hardware's output with it, and run the loader's
+                own machinery (threads, per-thread decoders, cancellation) through it without a GPU.
 
 Limits are checked when the loader is built, never discovered mid-epoch (row_problems): codec support and
 minimum/maximum frame size (GetDecoderCaps on a GPU; STATIC_LIMITS, NVIDIA's NVDEC application note, for the
 twin), even frame sizes and 8-bit 4:2:0 pixels (NV12), no frame reordering and one shown frame per packet
-(packet k must be frame k: prepare_data.py writes no B-frames and no hidden frames). A row that fails is
-refused with one line naming the file and the fix, or skipped and counted with skip_bad (LoaderBase's policy).
-Latency "low" also needs streams that declare no reordering (low_latency_problems); otherwise the loader uses
-"native" and says for how many rows. At decode time, a frame that is not the NV12 the index promises
-(nv12_problem) is the same one-line DatasetError.
-
-Host cost: `host_pass()` runs everything the host does before the decoder call (plan, packet slice,
-Annex-B, the (address, size, pts) submissions) for an epoch and reports CPU time per clip.
+(packet k must be frame k: prepare_data.py writes no B-frames and no hidden frames). Latency "low" also needs
+streams that declare no reordering (low_latency_problems). At decode time, a frame that is not the NV12 the index
+promises (nv12_problem) is a DecodeError.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
-import threading
-import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from pipeline.augment import augment_nv12
-from pipeline.bitstream import PacketSlice, packet_slice
+from pipeline.bitstream import PacketSlice
 from pipeline.headers import CHROMA_420, CHROMA_NAMES, REORDER_UNKNOWN
-from pipeline.loader import Batch, LoaderBase, LoaderConfig
-from pipeline.manifest import HINT, DatasetError
-from pipeline.packets import PacketTable
-from pipeline.sampling import Plan
+from pipeline.index.table import PacketTable
+from pipeline.manifest import DatasetError
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"
 
@@ -80,7 +54,7 @@ STATIC_LIMITS: dict[str, Limits] = {
     "vp8": Limits(48, 16, 4096, 4096),
     "vp9": Limits(128, 128, 8192, 8192),
 }
-ENGINES_CPU = 1  # "engines" of the CPU twin: num_threads is used as given
+ENGINES_CPU = 1  # "engines" of the CPU twin: LoaderConfig.workers threads, as given
 
 
 def import_nvc():  # -> the PyNvVideoCodec module
@@ -198,9 +172,6 @@ def nv12_problem(shape: tuple[int, ...], dtype: str, height: int, width: int) ->
             f"{width}x{height} is {want} uint8 (a frame that is not 8-bit 4:2:0 at that size)")
 
 
-# ---- decoders ---------------------------------------------------------------------------------------------------
-
-
 class Decoder(Protocol):
     def decode_clip(self, clip: PacketSlice, wanted: np.ndarray):  # -> torch.Tensor
         """Decode all packets of `clip`; return frames clip.first + wanted[t] as (T, H*3/2, W) uint8 NV12
@@ -221,7 +192,7 @@ def submissions(clip: PacketSlice, buffer: np.ndarray) -> list[tuple[int, int, i
     return [(base + o, s, k) for k, (o, s) in enumerate(zip(clip.offsets.tolist(), clip.sizes.tolist(), strict=True))]
 
 
-def _slots(wanted: np.ndarray) -> dict[int, list[int]]:
+def output_slots(wanted: np.ndarray) -> dict[int, list[int]]:
     """{frame index in the slice: output positions that show it} (a looped clip shows a frame twice)."""
     out: dict[int, list[int]] = {}
     for t, k in enumerate(wanted.tolist()):
@@ -241,13 +212,15 @@ class PyAVDecoder:
         import av
         import torch
 
+        from pipeline.video import to_nv12  # (imports av: not with this module)
+
         ctx = self._contexts.get(clip.codec)
         if ctx is None:
             ctx = self._contexts[clip.codec] = av.CodecContext.create(clip.codec, "r")
             ctx.thread_count = 1  # parallelism comes from the loader's threads
         h, w = clip.height, clip.width
         out = np.empty((len(wanted), h * 3 // 2, w), np.uint8)
-        slots, seen = _slots(wanted), set()
+        slots, seen = output_slots(wanted), set()
 
         def take(frames) -> None:
             for f in frames:
@@ -258,11 +231,7 @@ class PyAVDecoder:
                     raise DecodeError(f"frame {clip.first + k} is {f.format.name} {f.width}x{f.height}; the "
                                       f"index says yuv420p {w}x{h}")
                 seen.add(k)
-                nv12 = out[slots[k][0]]
-                planes = f.to_ndarray()  # (H*3/2, W): Y, then U and V (H/2 x W/2 each, row-major)
-                nv12[:h] = planes[:h]
-                nv12[h:, 0::2] = planes[h:h + h // 4].reshape(h // 2, w // 2)
-                nv12[h:, 1::2] = planes[h + h // 4:].reshape(h // 2, w // 2)
+                nv12 = to_nv12(f, out[slots[k][0]])
                 for t in slots[k][1:]:
                     out[t] = nv12
 
@@ -344,7 +313,7 @@ class NvdecDecoder:
                 dec.setReconfigParams(w, h)  # output size follows; no live aliases of the old pool remain
             self._sizes[clip.codec] = (w, h)
             buffer = np.frombuffer(clip.data, np.uint8)  # alive until the last Decode returns
-            slots, seen = _slots(wanted), set()
+            slots, seen = output_slots(wanted), set()
             with torch.cuda.stream(self.stream):
                 out = torch.empty((len(wanted), h * 3 // 2, w), dtype=torch.uint8, device=self.device)
 
@@ -409,184 +378,3 @@ def _cuda_context(device) -> int:
     return ctx.value or 0
 
 
-# ---- the loader ---------------------------------------------------------------------------------------------------
-
-
-class NvdecLoader(LoaderBase):
-    """Backend "nvdec". decoder: "nvdec" (GPU decoders; the default for device="gpu"), or "pyav" (the CPU
-    twin; the default for device="cpu"); latency: NvdecDecoder's ("native" | "low"). Worker threads:
-    config.num_threads (for NVDEC rounded up to a multiple of the engine count), started on the first
-    iteration and kept until close(); as many decoders, made when the loader is built, one bound to each
-    thread on its first clip (_decoder). Batches decoded ahead of the consumer: config.prefetch.
-    latency: the one in use ("low" falls back to "native" when low_latency_problems finds rows; then
-    low_latency_refused counts them)."""
-
-    def __init__(self, config: LoaderConfig, decoder: str | None = None, latency: str = "native"):
-        self.decoder_kind = decoder or ("nvdec" if config.device == "gpu" else "pyav")
-        if latency not in LATENCIES:
-            raise ValueError(f"latency must be one of {LATENCIES}, got {latency!r}")
-        self.latency = latency  # NvdecDecoder's
-        if self.decoder_kind not in ("nvdec", "pyav"):
-            raise ValueError(f"decoder must be 'nvdec' or 'pyav', got {self.decoder_kind!r}")
-        if self.decoder_kind == "nvdec" and config.device != "gpu":
-            raise ValueError("decoder='nvdec' needs device='gpu'")
-        if self.decoder_kind == "nvdec":
-            import_nvc()  # before indexing: a missing package fails at once
-        self.limits: dict[str, Limits] = {}
-        self.engines = ENGINES_CPU
-        super().__init__(config)
-        self._files = self.videos["file"].tolist()
-        self.low_latency_refused = 0  # rows that made latency "low" fall back to "native"
-        if latency == "low":
-            unsafe = low_latency_problems(self.packets)
-            if unsafe:
-                self.latency, self.low_latency_refused = "native", len(unsafe)
-                r, why = next(iter(unsafe.items()))
-                if config.rank == 0:
-                    print(f"NVDEC latency 'low' would lose frames of {len(unsafe)} of {len(self.videos)} row(s) "
-                          f"(first: {self._files[r]}: {why}); decoding with latency 'native' instead")
-        self.num_threads = max(1, -(-config.num_threads // self.engines) * self.engines)
-        self._decoders: queue.SimpleQueue = queue.SimpleQueue()  # not yet taken by a worker thread
-        for decoder in self._new_decoders(self.num_threads):
-            self._decoders.put(decoder)
-        self._bound = threading.local()  # .decoder: the worker thread's own
-        self._executor: ThreadPoolExecutor | None = None
-
-    # -- rows ---------------------------------------------------------------------------------------------------
-    def decode_problems(self, packets: PacketTable) -> np.ndarray:
-        """LoaderBase hook: (V,) why this decoder cannot decode each row ("" = it can); see row_problems."""
-        if self.decoder_kind == "nvdec":
-            codecs = sorted(set(packets.codecs))
-            try:
-                self.limits, self.engines = nvdec_limits(codecs, self.torch_device.index)
-            except (AttributeError, TypeError) as e:  # the binding's enum names there are inferred
-                self.limits = {c: STATIC_LIMITS[c] for c in codecs if c in STATIC_LIMITS}
-                if self.config.rank == 0:
-                    print(f"warning: NVDEC GetDecoderCaps failed ({type(e).__name__}: {e}); using the published "
-                          f"limits (STATIC_LIMITS) and {self.engines} engine(s)")
-        else:
-            self.limits = STATIC_LIMITS
-        out = np.full(len(packets), "", object)
-        for r, why in row_problems(packets, self.limits).items():
-            out[r] = why
-        return out
-
-    def _new_decoders(self, n: int) -> list[Decoder]:
-        if self.decoder_kind == "pyav":
-            return [PyAVDecoder() for _ in range(n)]
-        p = self.packets
-        sizes = {name: (int(p.width[rows].max()), int(p.height[rows].max()))  # the largest frame per codec
-                 for k, name in enumerate(p.codecs) if len(rows := np.flatnonzero(p.codec == k))}
-        return [NvdecDecoder(sizes, self.torch_device, self.latency) for _ in range(n)]
-
-    # -- per clip -------------------------------------------------------------------------------------------------
-    def _decoder(self) -> Decoder:
-        """This worker thread's decoder: taken on its first clip, then kept. The executor has num_threads
-        threads and the pool as many decoders, so one is always there (get_nowait: a bug fails, not hangs)."""
-        decoder = getattr(self._bound, "decoder", None)
-        if decoder is None:
-            decoder = self._bound.decoder = self._decoders.get_nowait()
-        return decoder
-
-    def cut(self, row: int, frames: np.ndarray) -> tuple[PacketSlice, np.ndarray]:
-        """Clip (row, frames (T,) file frame indices) -> its packet slice (keyframe at or before the first
-        frame .. the last frame) and the frames as (T,) int64 indices into the slice."""
-        ix = self.packets.video(row)  # views into the memory-mapped table
-        first = ix.keyframe_at_or_before(int(frames.min()))
-        return packet_slice(self._files[row], ix, first, int(frames.max())), frames - first
-
-    def _decode(self, row: int, frames: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
-        try:
-            clip, wanted = self.cut(row, frames)
-            return self._decoder().decode_clip(clip, wanted)
-        except (DecodeError, OSError, ValueError) as e:  # OSError, ValueError: the file changed since it was indexed
-            raise DecodeError(f"{self._files[row]}: frames {int(frames.min())}..{int(frames.max())}: {e}. {HINT}") from None
-
-    # -- per batch ------------------------------------------------------------------------------------------------
-    def _assemble(self, bp: Plan, clips: list) -> Batch:
-        import torch
-
-        c, dev = self.config, self.torch_device
-        hs, ws = self.packets.height[bp.rows], self.packets.width[bp.rows]
-        if dev.type == "cuda" and clips[0].is_cuda:
-            stream = torch.cuda.current_stream(dev)
-            for x in clips:  # decoded on the workers' streams (already synchronised); used on this one
-                x.record_stream(stream)
-        n, t = len(clips), clips[0].shape[0]
-        if len(set(hs.tolist())) == 1 and len(set(ws.tolist())) == 1:
-            x = torch.stack(clips)  # (N, T, H*3/2, W)
-            h = int(hs[0])
-            y, uv = x[:, :, :h], x[:, :, h:]
-        else:  # frames of different sizes: each clip in the top-left of padded planes
-            hp, wp = int(hs.max()), int(ws.max())
-            y = torch.empty((n, t, hp, wp), dtype=torch.uint8, device=clips[0].device)
-            uv = torch.empty((n, t, hp // 2, wp), dtype=torch.uint8, device=clips[0].device)
-            for i, (x, h, w) in enumerate(zip(clips, hs.tolist(), ws.tolist(), strict=True)):
-                y[i, :, :h, :w] = x[:, :h]
-                uv[i, :, :h // 2, :w] = x[:, h:]
-        if y.device != dev:  # the twin with device="gpu": decoded on the CPU, augmented on the GPU
-            y, uv = y.pin_memory().to(dev, non_blocking=True), uv.pin_memory().to(dev, non_blocking=True)
-        sizes = np.stack([hs, ws], axis=1)
-        out = augment_nv12(y, uv, sizes, bp.boxes, bp.flips, c.sample_size, c.normalisation)  # (N, 3, T, S, S)
-        labels = torch.from_numpy(self.labels[bp.rows]).to(dev, non_blocking=True)
-        video_idx = torch.from_numpy(bp.rows.copy()).to(dev, non_blocking=True)
-        return Batch(out, labels, video_idx)
-
-    def __iter__(self) -> Iterator[Batch]:
-        self.check_open()
-        batches = self.batch_plans()
-        if not batches:
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="nvdec")
-        pool, todo = self._executor, iter(batches)
-        pending: deque[tuple[Plan, list[Future]]] = deque()
-
-        def submit(bp: Plan) -> None:
-            pending.append((bp, [pool.submit(self._decode, int(r), fr)
-                                 for r, fr in zip(bp.rows, bp.frames, strict=True)]))
-
-        try:
-            for bp in itertools.islice(todo, self.config.prefetch + 1):  # this batch + prefetch ahead
-                submit(bp)
-            while pending:
-                bp, futures = pending[0]  # stays in pending until all its clips are in: a failed clip's batch
-                clips = [f.result() for f in futures]  # is then cancelled in `finally` with the ones ahead
-                pending.popleft()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    submit(nxt)
-                yield self._assemble(bp, clips)
-                self.check_open()  # close() while suspended: the pool is shut down
-        finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running, so
-            # nothing decodes after the caller sees the end or the error, and nothing leaks into the next epoch
-            started = [f for _, futures in pending for f in futures if not f.cancel()]
-            wait(started)
-
-    def close(self) -> None:
-        """Stop the worker threads and free the decoders (NVDEC sessions). Idempotent."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)  # joins the threads: their decoders go
-            self._executor = None
-        self._bound = threading.local()
-        while not self._decoders.empty():
-            self._decoders.get()
-        super().close()
-
-    # -- host cost ------------------------------------------------------------------------------------------------
-    def host_pass(self, max_clips: int | None = None) -> dict:
-        """Everything the host does per clip before the decoder call, for this epoch's plan, in this thread:
-        the plan, packet slice (file read, Annex-B) and submissions. Returns clips, cpu_s and wall_s in
-        total, and per clip in ms (process CPU time: run it with nothing else busy in this process)."""
-        c0, w0 = time.process_time(), time.perf_counter()
-        self._plan = None  # the plan's cost counts
-        plan = self.plan
-        n = len(plan) if max_clips is None else min(len(plan), max_clips)
-        packets = 0
-        for r, fr in zip(plan.rows[:n].tolist(), plan.frames[:n], strict=True):
-            clip, wanted = self.cut(r, fr)
-            packets += len(submissions(clip, np.frombuffer(clip.data, np.uint8)))
-            _slots(wanted)
-        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        return {"clips": n, "packets": packets, "cpu_s": cpu, "wall_s": wall,
-                "cpu_ms_per_clip": 1e3 * cpu / max(n, 1), "wall_ms_per_clip": 1e3 * wall / max(n, 1)}
