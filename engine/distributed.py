@@ -8,9 +8,9 @@ One code path serves one process, one node and many nodes:
                                         --max-restarts times when a process dies (also for one process)
   torchrun ... train.py ...             one or several nodes: torchrun set RANK/WORLD_SIZE/LOCAL_RANK, the job
                                         runs here
-What users see is the same whichever way: an error is one line (every process that has one says it, each
-different line printed once, the first failing process's first), Ctrl-C is one line and exit status 130, and
-killing the launcher (even with kill -9) leaves no process behind.
+An error is one line (under launch(), every process that has one leaves it to the launcher, which prints each
+different line once, the first failing process's first; under torchrun each process prints its own), Ctrl-C is
+one line and exit status 130, and killing the launcher (even with kill -9) leaves no process behind.
 """
 
 from __future__ import annotations
@@ -434,11 +434,9 @@ class _LastWords(LogsSpecs):
 
     def _before_restart(self, start: int) -> None:
         first, code = self.failures.get(self.start, (None, 1))
-        kinds = {kind for kind, _ in self.words().values()}
+        kinds = {kind for kind, _ in self._print(first, None).values()}
         if kinds & {"error", "interrupted"}:
-            self._print(first, None)
             raise _Stopped(INTERRUPTED_EXIT if "interrupted" in kinds else 1)
-        self._print(first, None)
         why = _signal_death(first, code) if first is not None else "a process of the group failed"
         print(f"warning: {why}; restarting the group (restart {start} of {self.max_restarts})", file=sys.stderr,
               flush=True)
