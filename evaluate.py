@@ -362,7 +362,7 @@ def print_summary(console, m: dict, data_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun, where
+    # Here too, before the launcher starts any process: a refusal is one line, not one per process. Not under torchrun, where
     # every process runs main(): there evaluate() checks, all ranks together.
     if not distributed.launched_by_torchrun():
         for folder in (cfg.out, cfg.features):

@@ -9,6 +9,7 @@ paper's recipe.
   python train.py --data DST --out runs/r34 --resume                   # continue from checkpoints/last.pt
   python train.py --data DST --out runs/ft --split 1 ...               # UCF101/HMDB51 split 1: train1.csv, test1.csv
   python train.py --data DST --out runs/r34 --tensorboard              # + curves in runs/r34/tb (TensorBoard)
+  python train.py --data DST --out runs/r34 --gpus 4 --max-restarts 3  # a process dies: all start again from last.pt
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per epoch), RUN_DIR/curves.png and
 RUN_DIR/checkpoints/{last,best}.pt (see engine/checkpoint.py for their contents), and with --tensorboard
@@ -17,7 +18,8 @@ the paper's plateau rule (engine/schedule.py). --resume refuses settings that wo
 (DEFINES_THE_RUN); Ctrl-C stops with one line saying how to continue (exit status 130). RUN_DIR is checked to be
 writable before any work; a full disk while saving is one line naming the file and the space it needs, and never
 costs a checkpoint (save_best). On several nodes RUN_DIR must be one folder they all share: the ranks compare what
-they resume before the first step (start) and stop together when they differ.
+they resume before the first step (start) and stop together when they differ. With --max-restarts, a group that
+lost a process starts again and continues from last.pt (engine/distributed.py launches it, train.py resumes).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class TrainConfig:
     device: str = "cpu"  # resolved: "cuda" or "cpu"
     gpus: int = 1
     nproc: int = 1
+    max_restarts: int = 0  # restarts of the whole group when a process dies (launch(): torch's elastic agent)
     amp: bool = False  # bf16 autocast; default on for CUDA
     channels_last: bool = False  # channels_last_3d; default on for CUDA
     compile: bool = False
@@ -152,10 +155,6 @@ class TrainConfig:
         """OUT/checkpoints/last.pt: where the run saves after every epoch, and what --resume continues."""
         return Path(self.out) / "checkpoints" / "last.pt"
 
-    def resuming(self) -> bool:
-        """--resume with a checkpoint to continue: the weights come from it, not from --pretrained."""
-        return self.resume and self.last_checkpoint().exists()
-
 
 # --resume continues a run as it was defined. These settings define it: changing one would make a different run
 # than the checkpoint's, so --resume refuses and lists them. The others only say how it executes or how long it
@@ -166,7 +165,7 @@ DEFINES_THE_RUN = ("split", "arch", "shortcut", "widen_factor", "conv1_t_size", 
                    "cardinality", "wide_k", "sample_duration", "sample_size", "normalisation", "batch_size", "lr",
                    "momentum", "weight_decay", "lr_patience", "seed", "pretrained", "ft_begin")  # fmt: skip
 MAY_CHANGE_ON_RESUME = ("data", "out", "backend", "workers", "skip_bad", "epochs", "lr_reductions", "resume",
-                        "device", "gpus", "nproc", "amp", "channels_last", "compile", "log_every",
+                        "device", "gpus", "nproc", "max_restarts", "amp", "channels_last", "compile", "log_every",
                         "tensorboard", "inject_nan_step")  # fmt: skip
 
 
@@ -211,6 +210,7 @@ RANGES = {
     "weight_decay": Range(min=0),
     "lr_patience": Range(min=0),
     "lr_reductions": Range(min=0),
+    "max_restarts": Range(min=0),
     "seed": Range(min=0, below=2**63, why="DALI's seed is an int64"),
     "inject_nan_step": Range(min=-1),
 }
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUT/checkpoints/last.pt (epoch, weights, optimiser, lr schedule)")
     g.add_argument("--seed", type=int)
     add_device_flags(g)
+    g.add_argument("--max-restarts", type=int,
+                   help="when a process dies, start the whole group again (up to this many times); it continues "
+                        "from OUT/checkpoints/last.pt (default 0; under torchrun: torchrun's --max-restarts)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(GPU: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
     g.add_argument("--log-every", type=int, help="steps between log points on the GPU")
@@ -277,6 +280,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     device, amp = resolve_device_flags(p, a)
     if a.tensorboard and (problem := tensorboard_missing()):
         p.error(problem)
+    if a.max_restarts and distributed.launched_by_torchrun():
+        p.error(f"--max-restarts {a.max_restarts}: under torchrun, torchrun restarts the processes; HINT: give "
+                "torchrun --max-restarts instead, and train.py --resume so that a restarted group continues the run")
     if a.ft_begin and not a.pretrained:
         p.error(f"--ft-begin {a.ft_begin} without --pretrained would freeze randomly initialised layers; HINT: add "
                 "--pretrained CHECKPOINT, or drop --ft-begin to train every layer")
@@ -347,13 +353,14 @@ def model_kwargs(cfg: TrainConfig, n_classes: int) -> dict:
     return {k: getattr(cfg, k) for k in MODEL_ARGS if k != "n_classes"} | {"n_classes": n_classes}
 
 
-def setup_model(cfg: TrainConfig, n_classes: int, d: Dist) -> tuple[nn.Module, dict, list[nn.Module]]:
+def setup_model(cfg: TrainConfig, n_classes: int, d: Dist,
+                resuming: bool = False) -> tuple[nn.Module, dict, list[nn.Module]]:
     """(raw model on d.device, build_model kwargs, frozen modules). Same seed on every rank: same weights; those
     of --pretrained unless resuming (last.pt's replace them)."""
     args = model_kwargs(cfg, n_classes)
     torch.manual_seed(cfg.seed)
     raw = build_model(**args)
-    if cfg.pretrained and not cfg.resuming():  # parse_args took the model from its run record (ours)
+    if cfg.pretrained and not resuming:  # parse_args took the model from its run record (ours)
         load_weights(raw, cfg.pretrained, verbose=d.is_main)  # replaces the head when the class count differs
     frozen = []
     if cfg.ft_begin:
@@ -439,13 +446,15 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def resume_from(cfg: TrainConfig) -> TrainingState | None:
+def resume_from(cfg: TrainConfig, restarted: bool = False) -> TrainingState | None:
     """The checkpoint this run continues (None: a new run). CheckpointError when OUT holds a run and --resume is
-    not given, or its checkpoint is unusable or defines another run (DEFINES_THE_RUN)."""
+    not given, or its checkpoint is unusable or defines another run (DEFINES_THE_RUN). restarted: the group was
+    restarted within its launch (Dist.restart), whose launcher checked OUT before the first start: the run there is
+    this launch's own (or the one its --resume continues), and it goes on without --resume."""
     last_path = cfg.last_checkpoint()
     if not last_path.exists():
         return None
-    if not cfg.resume:
+    if not (cfg.resume or restarted):
         raise CheckpointError(f"{cfg.out} already holds a run; HINT: add --resume to continue it, or choose "
                               "another --out")
     resumed = load_training_checkpoint(last_path)
@@ -467,12 +476,13 @@ def start(cfg: TrainConfig, d: Dist) -> TrainingState | None:
     Each rank reads its own --out: on several nodes each may see another folder. The ranks compare what they found
     (a collective): one that cannot use its checkpoint, or cannot write the run folder (rank 0), stops them all
     with its line; ranks that would resume different epochs or different checkpoints (SHA-256 of last.pt) stop
-    them all with a line that says which rank found what (resume_disagreement).
+    them all with a line that says which rank found what (resume_disagreement). A group that --max-restarts started
+    again (d.restart > 0) continues last.pt as if --resume were given: the one its launch wrote (or continued).
     """
     problem, resumed = out_problem(cfg) if d.is_main else None, None
     if problem is None:
         try:
-            resumed = resume_from(cfg)
+            resumed = resume_from(cfg, restarted=d.restart > 0)
         except CheckpointError as e:
             problem = str(e)
     found = {"host": socket.gethostname(), "path": str(cfg.last_checkpoint()),
@@ -543,7 +553,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     val_loader = build_loader(Path(cfg.data), split=val_split, mode="val", **loader_args)
     class_names = tuple(train_loader.class_names)
 
-    raw, model_args, frozen = setup_model(cfg, len(class_names), d)
+    raw, model_args, frozen = setup_model(cfg, len(class_names), d, resuming=resumed is not None)
     record = RunRecord(model_args=model_args, class_names=class_names, normalisation=cfg.normalisation,
                        sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
                        video_height=int(train_loader.videos["height"].mode().iloc[0]))  # for infer.py
@@ -561,6 +571,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             raise CheckpointError(f"{last_path}: does not fit this run ({str(e).splitlines()[0][:200]})") from None
         epoch, history = resumed.epoch, resumed.history
         console.print(f"resumed from {last_path}: {epoch} epochs done")
+    elif d.restart:
+        console.print("[yellow]restarted before the first checkpoint: starting from scratch")
     elif cfg.resume:
         console.print(f"[yellow]--resume: no {last_path} yet, starting from scratch")
 
@@ -713,9 +725,10 @@ def interrupted_message(cfg: TrainConfig, last_path: Path, epoch: int, saved: in
 def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
-        # Here too, before any process is spawned: a refusal is one line, not one per process. Not under torchrun,
-        # where every process runs main(): there start() decides, all ranks together (one leaving alone would
-        # leave the others waiting for it).
+        # Here too, before the launcher starts any process: a refusal is one line, not one per process, and a group
+        # restarted by --max-restarts may take the run in OUT as its own (resume_from's restarted). Not under
+        # torchrun, where every process runs main(): there start() decides, all ranks together (one leaving alone
+        # would leave the others waiting for it).
         if not distributed.launched_by_torchrun():
             if problem := out_problem(cfg):
                 raise SystemExit(f"error: {problem}")
@@ -727,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         raise SystemExit(f"error: {e} (--sample-duration, --sample-size)") from None
     distributed.launch(train, cfg, cfg.world_size(), use_cuda=cfg.device == "cuda",
-                       user_errors=(CheckpointError, DatasetError))
+                       user_errors=(CheckpointError, DatasetError), max_restarts=cfg.max_restarts)
 
 
 if __name__ == "__main__":

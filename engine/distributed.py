@@ -1,24 +1,43 @@
-"""Process-group setup: one function that reads the environment and returns a frozen description.
+"""Process groups: setup() reads this process's place from the environment and returns a frozen description;
+launch() runs a job in every process of the group.
 
-Three ways to get several processes, one code path:
-  torchrun --nproc-per-node 4 train.py ...     (and multi-node torchrun): RANK/WORLD_SIZE/LOCAL_RANK come from it
-  train.py --gpus 4 / --nproc 2                train.py spawns them itself (spawn()), setting the same variables
-  train.py                                     one process, no process group
+One code path serves one process, one node and many nodes:
+  train.py                              one process, no group, no launcher
+  train.py --gpus 4 / --nproc 2         launch() starts the processes through torch's elastic engine
+                                        (elastic_launch, what torchrun runs), and restarts the group up to
+                                        --max-restarts times when a process dies (also for one process)
+  torchrun ... train.py ...             one or several nodes: torchrun set RANK/WORLD_SIZE/LOCAL_RANK, the job
+                                        runs here
+An error is one line (under launch(), every process that has one leaves it to the launcher, which prints each
+different line once, the first failing process's first; under torchrun each process prints its own), Ctrl-C is
+one line and exit status 130, and killing the launcher (even with kill -9) leaves no process behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import json
+import logging
 import os
 import signal
 import sys
+import tempfile
+import threading
 import time
+import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from engine.cli import with_flag_hints
 
@@ -29,6 +48,10 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
+    # How many times launch() restarted this group before this start (--max-restarts): 0 for its first start, and
+    # always 0 outside launch() (one process, torchrun). launch() checked the command before the first start, so a
+    # restarted group continues the work of that launch (train.py: from last.pt, --resume or not).
+    restart: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -40,7 +63,8 @@ class Dist:
 
 
 def launched_by_torchrun() -> bool:
-    """True when the environment already describes this process's place in a group (torchrun, or spawn())."""
+    """True when the environment already describes this process's place in a group: torchrun (or launch()) started
+    it."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -51,6 +75,9 @@ def world_size(device: str, gpus: int, nproc: int) -> int:
     return gpus if device == "cuda" else nproc
 
 
+_in_launch = False  # True in a process that launch() started (set by _worker)
+
+
 def setup(use_cuda: bool) -> Dist:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK (if any) and pick this process's device.
 
@@ -59,6 +86,7 @@ def setup(use_cuda: bool) -> Dist:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) if _in_launch else 0
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise SystemExit(
@@ -69,14 +97,45 @@ def setup(use_cuda: bool) -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if rank == 0 and not _in_launch and (why := _torchrun_restarts_cannot_join()):
+        print(f"warning: {why}", file=sys.stderr, flush=True)
     if world_size > 1:
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             rank=rank,
             world_size=world_size,
             device_id=device if use_cuda else None,
+            store=_attempt_store(restart) if _in_launch else None,  # None: env://, as torchrun's processes use
         )
-    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device, restart=restart)
+
+
+def _attempt_store(restart: int) -> dist.Store:
+    """The rendezvous store for this start of the group: the launcher's (its elastic agent hosts it on MASTER_PORT
+    for the whole launch, so no other program can take the port), under a prefix of its own per start.
+
+    Why the prefix: the agent keeps the same store across restarts, and init_process_group's keys carry no
+    attempt number, so a restarted group would read the addresses of the processes that died (measured with
+    torch 2.13 and gloo: "connectFullMesh failed ... Connection refused", or a hang; pytorch issue 135712). One
+    agent numbers the starts of all its processes alike, so TORCHELASTIC_RESTART_COUNT names one start for all.
+    """
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(minutes=30))  # init_process_group's default for gloo
+    return dist.PrefixStore(f"start{restart}/", store)
+
+
+def _torchrun_restarts_cannot_join() -> str | None:
+    """Why a group that torchrun restarts would not come together again, or None. torchrun's agent hands its
+    processes its own rendezvous store (TORCHELASTIC_USE_AGENT_STORE) and keeps it across restarts, where
+    init_process_group finds the previous start's keys (_attempt_store); measured with torch 2.13's agent: its
+    static rendezvous (torchrun --master-addr/--master-port) fails the restart, c10d with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh store per start, hosted by rank 0) restarts."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0 and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return ("torchrun --max-restarts: a restarted group would look for the processes that died in torchrun's "
+                "rendezvous store (torch 2.13, pytorch issue 135712); HINT: run torchrun with --rdzv-backend c10d "
+                "and the environment variable TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+    return None
 
 
 def share_cpu_threads(d: Dist) -> None:
@@ -91,7 +150,7 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-# ---- launching, and Ctrl-C ----------------------------------------------------------------------------------
+# ---- Ctrl-C ------------------------------------------------------------------------------------------------------
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
@@ -100,29 +159,16 @@ class Interrupted(Exception):
     """Ctrl-C, carrying the one line that tells the user where the job stands (train.py: how to resume)."""
 
 
-class ProcessFailed(RuntimeError):
-    """A process started by spawn() exited with a non-zero status (it printed its own error), or was killed by a
-    signal (exit_code -N: it could say nothing, e.g. the kernel's out-of-memory killer); the others were stopped."""
-
-    def __init__(self, rank: int, exit_code: int) -> None:
-        if exit_code < 0:
-            name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
-            what = f"was killed by signal {name}"
-        else:
-            what = f"exited with status {exit_code}"
-        super().__init__(f"process {rank} {what}")
-        self.rank, self.exit_code = rank, exit_code
-
-
 class _CtrlC:
     """This process's SIGINT handler while a job runs: one line for the user, not one traceback per process.
 
-    Ctrl-C at a terminal signals every process of the job at once (each rank, and the launcher that spawned
-    them). Rank 0 alone turns it into KeyboardInterrupt, which the job may turn into Interrupted with its
-    message; _run_job prints that line and exits. The other ranks only take note, go on until their next
-    collective fails for want of rank 0 (or their launcher stops them), and then exit silently. So rank 0's
-    own exception never comes from a peer that left first. A repeated Ctrl-C ends a process that nothing
-    watches (one process, or under torchrun) at once; spawn() handles a repeat itself.
+    Ctrl-C at a terminal signals every process of the job at once (each rank, and the launcher). Rank 0 alone
+    turns it into KeyboardInterrupt, which the job may turn into Interrupted with its message; _run_job prints that
+    line and exits. The other ranks only take note, go on until their next collective fails for want of rank 0
+    (or their launcher stops them), and then exit silently. So rank 0's own exception never comes from a peer
+    that left first. A repeated Ctrl-C ends a process that nothing watches (one process, or under torchrun) at
+    once; under launch() the launcher handles a repeat (and itself forwards the first Ctrl-C, which the ranks
+    that got the terminal's take as a repeat).
     """
 
     def __init__(self) -> None:
@@ -175,9 +221,27 @@ def interrupted() -> bool:
         return True
 
 
-def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...]) -> None:
+# ---- running a job -----------------------------------------------------------------------------------------------
+
+# Under launch(), how long a process whose job failed with an exception (not a one-line error) waits before it
+# reports: when a peer died first (killed, out of memory), this process's collective failed because of it, and
+# the launcher, which watches every 0.1 s, stops this one meanwhile and reports the peer: the cause, not the
+# "Connection closed by peer" that follows from it.
+PEER_FAILURE_GRACE_S = 3.0
+
+
+def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...],
+             supervised: bool) -> None:
+    """job(cfg, Dist) in this process, with Ctrl-C and errors turned into one line.
+
+    Not supervised (one process, torchrun): the line goes to stderr (SystemExit). Supervised (a process launch()
+    started): the line is left for the launcher (_leave_word), which prints each different one once, and so is
+    the traceback of an unexpected exception; Ctrl-C's line is printed here (by rank 0) and marked as said.
+    """
     rank = int(os.environ.get("RANK", 0))
-    with _ctrl_c.handling(rank, supervised=False):  # in a process from spawn(), its own handling goes on
+    with _ctrl_c.handling(rank, supervised):
+        if supervised:  # the launcher started this process with SIGINT blocked: a Ctrl-C during start-up comes now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         try:
             d = setup(use_cuda)
             job(cfg, d)
@@ -185,157 +249,275 @@ def _run_job(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type
             if interrupted():
                 if rank != 0:  # nothing to report or save; exit now, not after tearing down DALI and the group
                     os._exit(INTERRUPTED_EXIT)
-                print(e if isinstance(e, Interrupted) else "interrupted", file=sys.stderr, flush=True)
+                line = str(e) if isinstance(e, Interrupted) else "interrupted"
+                print(line, file=sys.stderr, flush=True)
+                if supervised:
+                    _leave_word("interrupted", line)
                 raise SystemExit(INTERRUPTED_EXIT) from None  # no cleanup(): a peer may be gone mid-collective
-            cleanup()
             if isinstance(e, user_errors):  # one line naming the file and the fix, not a traceback
                 e = SystemExit(f"error: {with_flag_hints(str(e))}")
-            if isinstance(e, SystemExit) and isinstance(e.code, str) and _to_launcher is not None:
-                _to_launcher.send(e.code)  # spawn() prints it, once for all the processes that say the same
-                raise SystemExit(1) from None
             if isinstance(e, SystemExit):
+                if supervised and isinstance(e.code, str):
+                    _leave_word("error", e.code)  # before cleanup(): the launcher may stop this process any time now
+                    e = SystemExit(1)
+                cleanup()
                 raise e from None
-            raise
+            if not supervised:
+                cleanup()
+                raise
+            if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+                time.sleep(PEER_FAILURE_GRACE_S)
+            _leave_word("crash", f"process {rank}: {traceback.format_exc()}".rstrip())
+            raise SystemExit(1) from None
         cleanup()
 
 
+def _leave_word(kind: str, message: str) -> None:
+    """Leave this process's last word where the launcher reads it: the file torch's elastic agent names in
+    TORCHELASTIC_ERROR_FILE (its own error-file form: "message" and "timestamp"; "kind" is ours: "error" for a
+    one-line error, "interrupted" for Ctrl-C's line, already printed, "crash" for a traceback). Written whole (a
+    temp file renamed): the agent parses it as soon as this process is gone, even if it was killed mid-write."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        tmp = f"{path}.tmp"
+        Path(tmp).write_text(json.dumps({"message": message, "timestamp": int(time.time()), "kind": kind}))
+        os.replace(tmp, path)
+
+
+def _worker(job: Callable, cfg: object, use_cuda: bool, user_errors: tuple[type[Exception], ...]) -> None:
+    """The function every process launch() starts runs (the elastic agent calls it with RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/MASTER_PORT, TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_ERROR_FILE set)."""
+    global _in_launch
+    _in_launch = True
+    _run_job(job, cfg, use_cuda, user_errors, supervised=True)
+
+
 def launch(job: Callable, cfg: object, world_size: int, use_cuda: bool,
-           user_errors: tuple[type[Exception], ...] = ()) -> None:
-    """Run job(cfg, Dist) in every process of the group: here (one process, or under torchrun) or in
-    world_size processes spawned here. user_errors become a one-line "error: ..." exit instead of a traceback;
-    Ctrl-C prints one line (Interrupted's, when the job raises one) and exits with status 130."""
+           user_errors: tuple[type[Exception], ...] = (), max_restarts: int = 0) -> None:
+    """Run job(cfg, Dist) in every process of the group: here (one process without restarts, or under torchrun), or
+    in world_size processes started here by torch's elastic agent, which starts the whole group again, up to
+    max_restarts times, when one of them fails (a job then sees Dist.restart > 0).
+
+    job must be a module-level function and cfg picklable (they go to the processes by pickle). user_errors become
+    a one-line "error: ..." exit instead of a traceback; Ctrl-C prints one line (Interrupted's, when the job raises
+    one) and exits with status 130. Exits (SystemExit) with the first failing process's status when the group
+    fails for good."""
     try:
-        if world_size == 1 or launched_by_torchrun():
-            _run_job(job, cfg, use_cuda, user_errors)
+        if launched_by_torchrun() or (world_size == 1 and max_restarts == 0):
+            _run_job(job, cfg, use_cuda, user_errors, supervised=False)
         else:
-            spawn(_run_job, world_size, (job, cfg, use_cuda, user_errors))
-    except ProcessFailed as e:  # a process that exited printed its error already; one killed could not
-        if e.exit_code < 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code if e.exit_code > 0 else 1)
-    except KeyboardInterrupt:  # before _run_job or spawn() took over Ctrl-C
+            _launch_group(job, cfg, world_size, use_cuda, user_errors, max_restarts)
+    except KeyboardInterrupt:  # before _run_job or the agent took over Ctrl-C
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT)
 
 
-_to_launcher = None  # in a process from spawn(): where its one-line error goes (a Connection), instead of stderr
+# ---- the launcher: torch's elastic agent, in this process ----------------------------------------------------------
+
+# After a Ctrl-C the agent forwards SIGINT and waits this long for the processes to exit before it kills them:
+# rank 0 reports and exits in about a second; another rank exits at its next collective (gloo fails at once when
+# rank 0 is gone, NCCL may wait for its watchdog).
+SHUTDOWN_S = 10
 
 
-def _spawned_entry(local_rank: int, world_size: int, port: int, errors, fn: Callable, args: tuple) -> None:
-    global _to_launcher
-    _to_launcher = errors
-    os.environ.update(
-        RANK=str(local_rank),
-        LOCAL_RANK=str(local_rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        # init_process_group's env:// rendezvous then connects every rank, rank 0 too, to the store that spawn()
-        # hosts on that port (torchrun's agent does the same), instead of rank 0 binding the port itself
-        TORCHELASTIC_USE_AGENT_STORE="True",
-    )
-    if sys.platform == "linux":  # like torch.multiprocessing: a Ctrl-C for us when the launcher dies
-        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    try:
-        with _ctrl_c.handling(local_rank, supervised=True):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C that came while starting: now
-            fn(*args)
-    except KeyboardInterrupt:  # one that fn did not handle (fn is not _run_job, or it came just before it)
-        if local_rank == 0:
-            print("interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(INTERRUPTED_EXIT) from None
+class _Stopped(Exception):
+    """The group stopped on purpose (a one-line error, Ctrl-C): restarting it would only do the same again."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"stopped with status {status}")
+        self.status = status
 
 
-def spawn(fn: Callable, nprocs: int, args: tuple) -> None:
-    """Run fn(*args) in nprocs fresh local processes that form one group (like torchrun on a single node).
+def _launch_group(job: Callable, cfg: object, nproc: int, use_cuda: bool,
+                  user_errors: tuple[type[Exception], ...], max_restarts: int) -> None:
+    """launch() with processes: one node's worth, started and watched by torch's elastic agent in this process (a
+    c10d rendezvous on a port the OS picks, held from before the processes start until the launch ends)."""
+    with tempfile.TemporaryDirectory(prefix="launch-") as folder:
+        words = _LastWords(Path(folder), max_restarts)
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"launch-{uuid.uuid4().hex}",
+                              rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
+                              max_restarts=max_restarts, monitor_interval=0.1, start_method="spawn",
+                              logs_specs=words, shutdown_timeout=SHUTDOWN_S)
+        try:
+            with _agent_here(words.note_failure):
+                elastic_launch(config, _worker)(job, cfg, use_cuda, user_errors)
+        except ChildFailedError as e:  # no restart left
+            rank, failure = e.get_first_failure()
+            sys.exit(words.report(rank, failure.exitcode))
+        except _Stopped as e:
+            sys.exit(e.status)
+        except SignalException as e:  # Ctrl-C, or a signal sent to the launcher alone: the agent stopped the group
+            if e.sigval == signal.SIGINT:
+                if not words.said_interrupted():
+                    print("interrupted", file=sys.stderr, flush=True)
+                sys.exit(INTERRUPTED_EXIT)
+            print(f"stopped by {e.sigval.name}", file=sys.stderr, flush=True)
+            sys.exit(128 + e.sigval)
 
-    fn must be a module-level function (it is pickled by name). When a process exits with an error, the others
-    are stopped, the one-line errors they sent (_run_job) are printed, each different one once (every rank
-    usually finds the same bad file), and ProcessFailed is raised here. Ctrl-C (see _CtrlC): rank 0 reports and exits, then the
-    others (with nothing to save) get two seconds to notice and are stopped; a second Ctrl-C stops all at once.
+
+def _signal_death(rank: int, exit_code: int) -> str:
+    """'process 1 was killed by signal SIGKILL' or 'process 1 exited with status 3'."""
+    if exit_code < 0:
+        name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
+        return f"process {rank} was killed by signal {name}"
+    return f"process {rank} exited with status {exit_code}"
+
+
+class _LastWords(LogsSpecs):
+    """Where each process of the group leaves its last word (_leave_word): one file per process and start, named to
+    the agent as the process's error file; stdout and stderr stay the terminal's.
+
+    The agent asks for these files (reify) before every start of the group. Before a restart this reads what the
+    previous start's processes left: a one-line error or Ctrl-C ends the launch there (_Stopped: the same would
+    happen again), a crash is printed and the group starts again with one warning line saying why.
     """
-    import multiprocessing
-    import multiprocessing.connection
+
+    def __init__(self, folder: Path, max_restarts: int) -> None:
+        super().__init__(log_dir=str(folder))
+        self.folder, self.max_restarts = folder, max_restarts
+        self.start = 0  # the group's current start (0: the first)
+        self.files: dict[int, Path] = {}  # the current start's, by local rank (= global rank: one node)
+        self.failures: dict[int, tuple[int, int]] = {}  # start: (rank, exit code) of its first failing process
+
+    @property
+    def root_log_dir(self) -> str:
+        return str(self.folder)
+
+    def reify(self, envs: dict[int, dict[str, str]]) -> LogsDest:
+        start = int(envs[0]["TORCHELASTIC_RESTART_COUNT"])
+        if start > self.start:
+            self._before_restart(start)
+        self.start = start
+        folder = self.folder / f"start{start}"
+        folder.mkdir(exist_ok=True)  # the same start again: only when nodes join, which one node's group cannot
+        self.files = {rank: folder / f"{rank}.json" for rank in envs}
+        for path in self.files.values():
+            path.unlink(missing_ok=True)
+        for rank, env in envs.items():
+            env["TORCHELASTIC_ERROR_FILE"] = str(self.files[rank])
+        console = dict.fromkeys(envs, "")  # "": the terminal
+        return LogsDest(stdouts=console, stderrs=dict(console), tee_stdouts={}, tee_stderrs={},
+                        error_files={rank: str(path) for rank, path in self.files.items()})
+
+    def note_failure(self, rank: int, exit_code: int) -> None:
+        self.failures.setdefault(self.start, (rank, exit_code))
+
+    def words(self) -> dict[int, tuple[str, str]]:
+        """The current start's last words: {rank: (kind, message)}, in rank order."""
+        out = {}
+        for rank, path in sorted(self.files.items()):
+            try:
+                word = json.loads(path.read_text())
+                out[rank] = (word["kind"], word["message"])
+            except (OSError, ValueError, KeyError):  # none: the process ended well, was stopped or was killed
+                pass
+        return out
+
+    def said_interrupted(self) -> bool:
+        return any(kind == "interrupted" for kind, _ in self.words().values())
+
+    def _print(self, first: int | None, death: str | None) -> dict[int, tuple[str, str]]:
+        """Print what the current start's processes left, each different message once, first's first (death: the
+        line for first when it left none); returns the words."""
+        words = self.words()
+        order = ([first] if first is not None else []) + [r for r in words if r != first]
+        lines = []
+        for rank in order:
+            kind, message = words.get(rank, ("", ""))
+            if kind in ("error", "crash"):
+                lines.append(message)
+            elif rank == first and death is not None and not kind:
+                lines.append(death)
+        for line in dict.fromkeys(lines):
+            print(line, file=sys.stderr, flush=True)
+        return words
+
+    def _before_restart(self, start: int) -> None:
+        first, code = self.failures.get(self.start, (None, 1))
+        kinds = {kind for kind, _ in self._print(first, None).values()}
+        if kinds & {"error", "interrupted"}:
+            raise _Stopped(INTERRUPTED_EXIT if "interrupted" in kinds else 1)
+        why = _signal_death(first, code) if first is not None else "a process of the group failed"
+        print(f"warning: {why}; restarting the group (restart {start} of {self.max_restarts})", file=sys.stderr,
+              flush=True)
+
+    def report(self, first: int, exit_code: int) -> int:
+        """Print why the group failed for good; the exit status for the launcher: the first failing process's (130
+        for Ctrl-C's, 1 for one killed by a signal)."""
+        words = self._print(first, f"error: {_signal_death(first, exit_code)}")
+        if words.get(first, ("",))[0] == "interrupted":
+            return INTERRUPTED_EXIT
+        return exit_code if exit_code > 0 else 1
+
+
+class _FailureLog(logging.Handler):
+    """Takes the agent's log records. The one that says which process failed, and how (its exception, a
+    torch.multiprocessing.ProcessExitedException with error_index and exit_code), is the only place the agent
+    tells it before it restarts the group: it goes to on_failure. The others are the agent's narration, not for
+    the user."""
+
+    def __init__(self, on_failure: Callable[[int, int], None]) -> None:
+        super().__init__()
+        self.on_failure = on_failure
+
+    def emit(self, record: logging.LogRecord) -> None:
+        e = record.exc_info[1] if record.exc_info else None
+        if isinstance(e, ProcessExitedException):
+            self.on_failure(e.error_index, e.exit_code)
+        elif isinstance(e, ProcessRaisedException):
+            self.on_failure(e.error_index, 1)
+
+
+@contextlib.contextmanager
+def _agent_here(on_failure: Callable[[int, int], None]) -> Iterator[None]:
+    """Run the elastic agent in this process and leave the process as it was after.
+
+    - Its processes start with SIGINT blocked (the mask is inherited from the thread that starts a process, here
+      the main thread): a Ctrl-C while they import torch and DALI waits until _run_job handles it, instead of a
+      traceback from the middle of an import. This process still takes it: a thread started before the block
+      receives it, and Python runs the handler (the agent's, which stops the group) in the main thread as always.
+    - Its log goes to _FailureLog, not the terminal; so does torch.multiprocessing's ("Terminating process ...").
+    - The signal handlers it installs (SIGTERM, SIGINT, SIGHUP, SIGQUIT) and the variable it sets go after it.
+    """
     from multiprocessing import resource_tracker
 
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA and with DALI's threads
-    # The rendezvous store, on a port the OS picks and this process holds until the job ends: a port found free
-    # and released for rank 0 to bind later could be taken by another program in between.
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    errors = [ctx.Pipe(duplex=False) for _ in range(nprocs)]  # (read end, write end) per process
-    procs = [ctx.Process(target=_spawned_entry, args=(r, nprocs, store.port, errors[r][1], fn, args),
-                         name=f"rank{r}") for r in range(nprocs)]
-    started: list = []
-    resource_tracker.ensure_running()  # started later, it would unblock SIGINT in the middle of the next lines
-    # The processes inherit a blocked SIGINT, so that a Ctrl-C while they import gives no traceback: it waits
-    # until _spawned_entry has installed its handler. Here it arrives after the unblock, inside the try.
+    loggers = [logging.getLogger("torch.distributed.elastic"), logging.getLogger("torch.multiprocessing")]
+    saved_loggers = [(log, log.propagate, list(log.handlers)) for log in loggers]
+    catching = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+    saved_handlers = {s: signal.getsignal(s) for s in catching}
+    saved_env = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
+    # multiprocessing's resource tracker, started now: started later (by the first process), it would unblock SIGINT
+    # in this thread. It frees the agent's semaphores when this process is killed (kill -9) and cannot; it need not
+    # warn the user about that (-W for its interpreter, which copies this one's warning options).
+    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.pop()
+    done = threading.Event()
+    taker = threading.Thread(target=done.wait, name="sigint-taker", daemon=True)
+    taker.start()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        try:
-            for p in procs:
-                p.start()
-                started.append(p)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        for _, write_end in errors:
-            write_end.close()  # the processes hold theirs: a read end ends (EOF) when its process does
-        running = {p.sentinel: (rank, p) for rank, p in enumerate(procs)}
-        while running:
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                rank, p = running.pop(sentinel)
-                p.join()
-                if p.exitcode != 0:
-                    _stop(procs, grace_s=0)
-                    _print_sent_errors([read_end for read_end, _ in errors])
-                    raise ProcessFailed(rank, p.exitcode)
-    except KeyboardInterrupt:
-        try:
-            for p in started:  # for a Ctrl-C that reached only this process; the ranks ignore a repeat
-                if p.is_alive():
-                    os.kill(p.pid, signal.SIGINT)
-            if started:
-                started[0].join()  # rank 0 reports where the job stands, and exits
-            _stop(started, grace_s=2)
-        except KeyboardInterrupt:
-            _stop(started, grace_s=0, kill=True)
-            print("interrupted again: stopped every process at once, without cleaning up", file=sys.stderr)
-            raise ProcessFailed(0, INTERRUPTED_EXIT) from None
-        if not started or started[0].exitcode != INTERRUPTED_EXIT:  # rank 0 did not report
-            print("interrupted", file=sys.stderr, flush=True)
-        raise ProcessFailed(0, INTERRUPTED_EXIT) from None
+        for log in loggers:
+            log.propagate = False
+            log.handlers = [_FailureLog(on_failure)]
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        done.set()
+        for log, propagate, handlers in saved_loggers:
+            log.propagate, log.handlers = propagate, handlers
+        for s, handler in saved_handlers.items():
+            if handler is not None:
+                signal.signal(s, handler)
+        if saved_env is None:
+            os.environ.pop("TORCHELASTIC_SIGNALS_TO_HANDLE", None)
+        else:
+            os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = saved_env
 
 
-def _print_sent_errors(read_ends: list) -> None:
-    """Print the lines the processes sent (all have exited), each different one once, in the order of ranks."""
-    lines = []
-    for conn in read_ends:
-        try:
-            while conn.poll():
-                lines.append(conn.recv())
-        except (EOFError, OSError):  # the process is gone; a message cut off by its kill is lost
-            pass
-    for line in dict.fromkeys(lines):
-        print(line, file=sys.stderr, flush=True)
-
-
-def _stop(procs: list, grace_s: float, kill: bool = False) -> None:
-    """Wait up to grace_s for procs to exit by themselves, then SIGTERM (or SIGKILL) the rest; wait for all."""
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            if kill:
-                p.kill()
-            else:
-                p.terminate()
-    for p in procs:
-        p.join(30)
-        if p.is_alive():
-            p.kill()
-            p.join()
-
+# ---- collectives -------------------------------------------------------------------------------------------------
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks in place (no-op for one process) and return it."""

@@ -1,6 +1,7 @@
 """train.py on a tiny generated dataset (CPU): the loss goes down, checkpoint contents (the run record), the
 learning-rate rule (engine/schedule.py) and where it stops, NaN handling, exact resume after a crash, DDP over
-gloo (disjoint data, identical weights, validation counting every video once, the rendezvous port), fine-tuning
+gloo (disjoint data, identical weights, validation counting every video once, the rendezvous port), the launcher
+(torch's elastic agent: --max-restarts after kill -9 of a process, kill -9 of the launcher, SIGTERM), fine-tuning
 (and --pretrained refusing a model that would compute something else), --compile, the benchmark timing the
 trainer's step, one-line errors (every numeric flag, resume with other settings, incomplete checkpoints, bad
 videos) and Ctrl-C (one line, status 130).
@@ -10,8 +11,8 @@ A tiny model (ResNet-10 at widen 0.125, 32x32 clips) on 12 training videos keeps
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import errno
 import hashlib
 import json
 import os
@@ -437,43 +438,41 @@ def test_pretrained_reference_checkpoint_with_another_class_count(data, tmp_path
     assert len(frozen) == len(list(raw.children())) - 1
 
 
-def _ddp_worker(data: str, out: str) -> None:
+def _ddp_job(paths: tuple[str, str], d) -> None:
     """One rank of test_ddp_*: a training epoch over a recording loader, then save what it saw and its weights."""
     from engine import distributed
     from pipeline import build_loader
 
+    data, out = paths
     cfg = train.parse_args(args(Path(data), Path(out), "--nproc", "2"))  # batch 4 = 2 ranks x 2
-    d = distributed.setup(use_cuda=False)
-    try:
-        loader = build_loader(Path(data), split="train", mode="train", batch_size=2, rank=d.rank, world_size=2,
-                              workers=1, sample_size=32, progress=False)
-        loader.set_epoch(1)
-        seen: list[int] = []
+    loader = build_loader(Path(data), split="train", mode="train", batch_size=2, rank=d.rank, world_size=2,
+                          workers=1, sample_size=32, progress=False)
+    loader.set_epoch(1)
+    seen: list[int] = []
 
-        class Recording:
-            def __len__(self):
-                return len(loader)
+    class Recording:
+        def __len__(self):
+            return len(loader)
 
-            def __iter__(self):
-                for batch in loader:
-                    seen.extend(batch.video_idx.tolist())
-                    yield batch
+        def __iter__(self):
+            for batch in loader:
+                seen.extend(batch.video_idx.tolist())
+                yield batch
 
-        raw, _, frozen = train.setup_model(cfg, len(CLASSES), d)
-        init = {k: v.clone() for k, v in raw.state_dict().items()}
-        optimizer = torch.optim.SGD(raw.parameters(), lr=0.01, momentum=0.9)
-        net = torch.nn.parallel.DistributedDataParallel(raw)
-        train.train_one_epoch(cfg, d, net, frozen, Recording(), optimizer, 1, 0, None)
-        distributed.broadcast_buffers(raw)
-        torch.save({"seen": seen, "init": init, "state": raw.state_dict()}, Path(out) / f"rank{d.rank}.pt")
-    finally:
-        distributed.cleanup()
+    raw, _, frozen = train.setup_model(cfg, len(CLASSES), d)
+    init = {k: v.clone() for k, v in raw.state_dict().items()}
+    optimizer = torch.optim.SGD(raw.parameters(), lr=0.01, momentum=0.9)
+    net = torch.nn.parallel.DistributedDataParallel(raw)
+    train.train_one_epoch(cfg, d, net, frozen, Recording(), optimizer, 1, 0, None)
+    distributed.broadcast_buffers(raw)
+    torch.save({"seen": seen, "init": init, "state": raw.state_dict()}, Path(out) / f"rank{d.rank}.pt")
+    loader.close()
 
 
 def test_ddp_ranks_see_disjoint_data_and_keep_identical_weights(data, tmp_path):
-    from engine.distributed import spawn
+    from engine.distributed import launch
 
-    spawn(_ddp_worker, 2, (str(data), str(tmp_path)))
+    launch(_ddp_job, (str(data), str(tmp_path)), world_size=2, use_cuda=False)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert len(r0["seen"]) == len(r1["seen"]) == 6  # 12 videos: 3 steps of 2 per rank
     assert not set(r0["seen"]) & set(r1["seen"])
@@ -503,30 +502,42 @@ def test_nproc_2_end_to_end(data, tmp_path):
     assert float(row["val_loss"]) == pytest.approx(one["val_loss"], rel=1e-5)
 
 
-def _port_worker(out: str) -> None:
-    """One rank of the test below: is the port it was given taken before it joins the group? Then a sum."""
+def listening_sockets(pid: int) -> set[int]:
+    """The TCP ports process pid listens on (from /proc: its socket inodes, and the kernel's table of sockets)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _port_job(out: str, d) -> None:
+    """One rank of the test below: a sum over the group, and who listens on the port it was given."""
     from engine import distributed
 
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
-            taken = False
-        except OSError as e:
-            taken = e.errno == errno.EADDRINUSE
-    d = distributed.setup(use_cuda=False)
     total = distributed.all_reduce_sum(torch.tensor([d.rank + 1.0]))
-    distributed.cleanup()
-    (Path(out) / f"rank{d.rank}").write_text(f"taken {taken}, sum {total.item()}")
+    port = int(os.environ["MASTER_PORT"])
+    holders = [who for who, pid in (("launcher", os.getppid()), ("this rank", os.getpid()))
+               if port in listening_sockets(pid)]
+    (Path(out) / f"rank{d.rank}").write_text(f"sum {total.item()}, held by {holders}")
 
 
-def test_spawn_holds_the_rendezvous_port_until_the_ranks_join(tmp_path):
-    """spawn() hosts the rendezvous store on the port it gives the ranks, from the start: no other program can
-    take the port between its choice and the group's start (a free port found, closed and bound later by rank
-    0 could be), and both ranks join one group through it."""
-    from engine.distributed import spawn
+def test_the_launcher_holds_the_rendezvous_port_and_the_ranks_join_through_it(tmp_path):
+    """launch() hosts the rendezvous store in the launcher (torch's elastic agent binds it before any process
+    starts) on the port it gives the ranks, and keeps it until the launch ends: no other program can take the port
+    between its choice and the group's start (a free port found, closed and bound later by rank 0 could be), no
+    rank hosts it (a rank that dies cannot take the store with it), and both ranks join one group through it."""
+    from engine.distributed import launch
 
-    spawn(_port_worker, 2, (str(tmp_path),))
-    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["taken True, sum 3.0"] * 2
+    launch(_port_job, str(tmp_path), world_size=2, use_cuda=False)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["sum 3.0, held by ['launcher']"] * 2
 
 
 def _killed_by_a_signal(cfg: object, d) -> None:
@@ -542,6 +553,44 @@ def test_a_process_killed_by_a_signal_is_one_line(capsys):
         launch(_killed_by_a_signal, None, world_size=2, use_cuda=False)
     assert e.value.code == 1
     assert capsys.readouterr().err == "error: process 1 was killed by signal SIGKILL\n"
+
+
+def test_max_restarts_under_torchrun_is_torchruns(data, tmp_path, monkeypatch, capsys):
+    """Under torchrun, torchrun starts (and restarts) the processes: train.py --max-restarts is refused in one line
+    that names torchrun's flag and --resume (a group torchrun restarts continues the run only with it)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args(data, tmp_path / "run", "--max-restarts", "2"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        ": error: --max-restarts 2: under torchrun, torchrun restarts the processes; HINT: give torchrun "
+        "--max-restarts instead, and train.py --resume so that a restarted group continues the run")
+
+
+@pytest.mark.parametrize("agent_store,warned", [("True", True), ("False", False)])
+def test_torchrun_restarts_that_could_not_join_are_warned_about(monkeypatch, capsys, agent_store, warned):
+    """torchrun --max-restarts with its shared rendezvous store (its static rendezvous, or c10d by default): rank 0
+    warns at start that a restarted group would not come together, and says how to run torchrun instead."""
+    from engine import distributed
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_MAX_RESTARTS": "2",
+                        "TORCHELASTIC_USE_AGENT_STORE": agent_store}.items():
+        monkeypatch.setenv(name, value)
+    distributed.setup(use_cuda=False)
+    assert capsys.readouterr().err == (
+        "warning: torchrun --max-restarts: a restarted group would look for the processes that died in torchrun's "
+        "rendezvous store (torch 2.13, pytorch issue 135712); HINT: run torchrun with --rdzv-backend c10d and the "
+        "environment variable TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1\n" if warned else "")
+
+
+def test_a_restarted_group_continues_the_run_without_resume(data, reference_run, tmp_path):
+    """A group that launch() restarted (Dist.restart > 0) continues last.pt without --resume: its launcher checked
+    --out before the first start. Outside such a restart, a run in --out still needs --resume."""
+    cfg = train.parse_args(args(data, reference_run, "--epochs", "3"))
+    with pytest.raises(train.CheckpointError, match="already holds a run; HINT: add --resume"):
+        train.resume_from(cfg)
+    assert train.resume_from(cfg, restarted=True).epoch == 3
 
 
 def test_batch_size_must_split_evenly(data, tmp_path):
@@ -608,7 +657,7 @@ BAD_VALUES = {  # flag: values outside its range (train.RANGES)
     "--conv1-t-size": ["0"], "--conv1-t-stride": ["0"], "--epochs": ["0"], "--batch-size": ["0"],
     "--lr": ["0", "nan", "inf"], "--momentum": ["-0.1", "1"], "--weight-decay": ["-1e-3"], "--lr-patience": ["-1"],
     "--lr-reductions": ["-1"], "--seed": ["-1", str(2**63)], "--gpus": ["0"], "--nproc": ["0"], "--log-every": ["0"],
-    "--inject-nan-step": ["-2"], "--value-scale": ["0"], "--mean-values": ["0 nan 0"], "--std-values": ["1 0 1"],
+    "--max-restarts": ["-1"], "--inject-nan-step": ["-2"], "--value-scale": ["0"], "--mean-values": ["0 nan 0"], "--std-values": ["1 0 1"],
     "--cardinality": ["0"], "--wide-k": ["0"],
 }  # fmt: skip
 
@@ -674,11 +723,13 @@ def test_bad_video_error_names_the_flag_not_the_keyword_argument(data, tmp_path)
     assert "--skip-bad" in message and "skip_bad" not in message
 
 
-def test_an_error_every_process_finds_is_printed_once(data, tmp_path, capfd):
-    """--nproc 2: both ranks find the bad video; the launcher prints their (same) line once, and nothing else."""
+@pytest.mark.parametrize("restarts", [[], ["--max-restarts", "1"]], ids=["no-restarts", "max-restarts-1"])
+def test_an_error_every_process_finds_is_printed_once(data, tmp_path, capfd, restarts):
+    """--nproc 2: both ranks find the bad video; the launcher prints their (same) line once, and nothing else. With
+    --max-restarts the group is not started again: an error a process reports would only come back."""
     bad = with_a_truncated_video(data, tmp_path / "data")
     with pytest.raises(SystemExit) as e:
-        train.main(args(bad, tmp_path / "run", "--epochs", "1", "--nproc", "2"))
+        train.main(args(bad, tmp_path / "run", "--epochs", "1", "--nproc", "2", *restarts))
     assert e.value.code == 1
     (line,) = capfd.readouterr().err.splitlines()
     assert line.startswith(f"error: {bad}") and "--skip-bad" in line
@@ -840,6 +891,212 @@ def test_ctrl_c_with_two_processes_prints_one_line(data, tmp_path):
     status, err, saved = ctrl_c_after_first_checkpoint(data, tmp_path / "ddp", "--nproc", "2")
     assert status == 130, err
     assert INTERRUPTED.fullmatch(err.strip()), err
+
+
+def test_ctrl_c_while_the_processes_start_is_one_line(data, tmp_path):
+    """--nproc 2: Ctrl-C as soon as the two processes exist, while they import torch and DALI: still one line and
+    status 130 (they start with SIGINT blocked and take it once their handler is in place; a KeyboardInterrupt in
+    the middle of an import would print a traceback from each)."""
+    root = Path(train.__file__).resolve().parent
+
+    def as_from_a_terminal():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"),
+                             *args(data, tmp_path / "run", "--epochs", "50", "--nproc", "2")],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=as_from_a_terminal)
+    try:
+        deadline = time.monotonic() + FIRST_CHECKPOINT_S
+        while len(ranks_of(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ranks_of(proc.pid)) == 2, "the processes did not start"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    # "interrupted" when the processes were still starting (the usual case), rank 0's line when it had begun
+    assert re.fullmatch(r"interrupted(| in epoch 1, before the first checkpoint; run the same command again to start "
+                        r"over)\n", err), err
+
+
+# ---- the launcher: restarts, and what it leaves behind -----------------------------------------------------------
+
+def _dies_once(out: str, d) -> None:
+    """Rank 1 of the group's first start dies as by the kernel's out-of-memory killer, between two collectives; the
+    second start sums over both ranks and says which start it is."""
+    from engine import distributed
+
+    distributed.all_reduce_sum(torch.tensor([1.0]))
+    if d.restart == 0 and d.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    total = distributed.all_reduce_sum(torch.tensor([d.rank + 1.0]))  # rank 0 of the first start fails here
+    (Path(out) / f"rank{d.rank}").write_text(f"start {d.restart}, sum {total.item()}")
+
+
+def test_a_group_that_lost_a_process_starts_again_and_joins_anew(tmp_path, capfd):
+    """max_restarts 1: the group starts again in one piece (both ranks, Dist.restart 1) and its ranks find each other
+    (the launcher's store keeps the first start's keys, which name a process that is gone: each start has its own).
+    The launcher says why in one line: the process that died, not the "Connection closed by peer" of the one whose
+    collective failed because of it."""
+    from engine.distributed import launch
+
+    launch(_dies_once, str(tmp_path), world_size=2, use_cuda=False, max_restarts=1)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["start 1, sum 3.0"] * 2
+    assert capfd.readouterr().err == ("warning: process 1 was killed by signal SIGKILL; restarting the group "
+                                      "(restart 1 of 1)\n")
+
+
+def _dies_at_the_first_start(out: str, d) -> None:
+    if d.restart == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    (Path(out) / "said").write_text(f"start {d.restart}")
+
+
+def test_one_process_with_max_restarts_runs_under_the_agent_and_restarts(tmp_path, capfd):
+    from engine.distributed import launch
+
+    launch(_dies_at_the_first_start, str(tmp_path), world_size=1, use_cuda=False, max_restarts=2)
+    assert (tmp_path / "said").read_text() == "start 1"
+    assert capfd.readouterr().err == ("warning: process 0 was killed by signal SIGKILL; restarting the group "
+                                      "(restart 1 of 2)\n")
+
+
+def _raises_on_rank_1(out: str, d) -> None:
+    """A job with a bug on rank 1, at every start. Rank 0 waits to be stopped: a rank 0 that returned at once would
+    close its end of the group while rank 1 may still be joining it (under load, rank 1's join then fails with
+    "Connection closed by peer" before it reaches the bug)."""
+    if d.rank == 1:
+        raise RuntimeError("boom")
+    time.sleep(60)
+
+
+def test_an_exception_is_reported_with_its_traceback_once_per_start(capfd):
+    """An unexpected exception (a bug, not a one-line error) is printed with its traceback, by the launcher, for the
+    process that raised it; with --max-restarts the group starts again (it may have been a passing failure), saying
+    why, and the last start's failure is the launcher's exit status."""
+    from engine.distributed import launch
+
+    with pytest.raises(SystemExit) as e:
+        launch(_raises_on_rank_1, "", world_size=2, use_cuda=False, max_restarts=1)
+    assert e.value.code == 1
+    err = capfd.readouterr().err
+    first, warning, second = re.split(r"^(warning: .*\n)", err, flags=re.MULTILINE)
+    assert warning == "warning: process 1 exited with status 1; restarting the group (restart 1 of 1)\n"
+    for report in (first, second):
+        assert report.startswith("process 1: Traceback (most recent call last):\n"), err
+        assert report.endswith('    raise RuntimeError("boom")\nRuntimeError: boom\n'), err
+
+
+def _stops_the_launcher(out: str, d) -> None:
+    """Rank 0 sends SIGTERM to the launcher (as a job scheduler would), then both wait to be stopped."""
+    if d.rank == 0:
+        os.kill(os.getppid(), signal.SIGTERM)
+    time.sleep(60)
+
+
+def test_sigterm_to_the_launcher_stops_the_group_in_one_line(capfd):
+    """SIGTERM to the launcher alone: it stops the processes (they get SIGTERM too) and exits with status 143 and
+    one line; the signal handlers of the program that called launch() are its own again after."""
+    from engine.distributed import launch
+
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        launch(_stops_the_launcher, "", world_size=2, use_cuda=False)
+    assert e.value.code == 143 and time.monotonic() - t0 < 50
+    assert capfd.readouterr().err == "stopped by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _pids(parent: int) -> list[int]:
+    """The child processes of parent, in the order they started (pids grow; from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:  # the field after the name: ppid
+                pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+def ranks_of(launcher: int) -> list[int]:
+    """The pids of the processes train.py's launcher started, in rank order (it starts rank 0 first): its children
+    that run multiprocessing's spawn_main (the other is multiprocessing's resource tracker)."""
+    ranks = []
+    for pid in _pids(launcher):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+    return ranks
+
+
+def running(pid: int) -> bool:
+    """pid is a process that runs (not gone, not a zombie waiting for a parent to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_kill_9_of_one_process_restarts_the_group_which_finishes_like_an_uninterrupted_run(data, tmp_path):
+    """--nproc 2 --max-restarts 1: SIGKILL to rank 1 once the first checkpoint exists (in epoch 2, or in epoch 1's
+    bookkeeping). The launcher says so in one line and starts both processes again; they continue from last.pt
+    without --resume (the run in --out is this launch's own), and every epoch's metrics equal those of an
+    uninterrupted --nproc 2 run with the same seed."""
+    reference, out = tmp_path / "reference", tmp_path / "restarted"
+    train.main(args(data, reference, "--epochs", "3", "--nproc", "2"))
+    root, last = Path(train.__file__).resolve().parent, out / "checkpoints" / "last.pt"
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(stdout, "w") as o, open(stderr, "w") as e:
+        proc = subprocess.Popen([sys.executable, str(root / "train.py"),
+                                 *args(data, out, "--epochs", "3", "--nproc", "2", "--max-restarts", "1")],
+                                cwd=root, stdout=o, stderr=e)
+    try:
+        wait_for_first_checkpoint(proc, last)
+        os.kill(ranks_of(proc.pid)[1], signal.SIGKILL)
+        proc.wait(timeout=FIRST_CHECKPOINT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr.read_text()
+    assert stderr.read_text() == ("warning: process 1 was killed by signal SIGKILL; restarting the group (restart 1 "
+                                  "of 1)\n")
+    resumed = re.findall(rf"resumed from {re.escape(str(last))}: (\d) epochs done", stdout.read_text())
+    assert resumed in (["1"], ["2"]), stdout.read_text()
+    restarted, uninterrupted = read_metrics(out), read_metrics(reference)
+    assert len(restarted) == 3
+    for a, b in zip(restarted, uninterrupted, strict=True):
+        assert same_learning(a, b), (a, b)
+
+
+def test_kill_9_of_the_launcher_leaves_no_process_behind(data, tmp_path):
+    """The processes --nproc 2 started (and multiprocessing's resource tracker) end by themselves when their
+    launcher is killed with SIGKILL, which it cannot handle: each gets a Ctrl-C when its parent dies
+    (PR_SET_PDEATHSIG) and rank 0 says where the run stands."""
+    root, out = Path(train.__file__).resolve().parent, tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), *args(data, out, "--epochs", "50", "--nproc", "2")],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    family: list[int] = []
+    try:
+        wait_for_first_checkpoint(proc, out / "checkpoints" / "last.pt")
+        family = _pids(proc.pid)
+        assert len(ranks_of(proc.pid)) == 2 and len(family) == 3, family
+        proc.kill()
+        _, err = proc.communicate(timeout=EXIT_S)  # stderr ends when the last process that holds it ends
+        deadline = time.monotonic() + EXIT_S
+        while any(running(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in family if running(pid)]
+        assert INTERRUPTED.fullmatch(err.strip()), err
+    finally:
+        for pid in [proc.pid, *family]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
 
 # ---- several nodes: every rank resumes the same checkpoint, or none starts -----------------------------------
