@@ -65,8 +65,8 @@ DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
     """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default="dali")
-    group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI threads / decord workers")
+    group.add_argument("--backend", choices=("dali", "decord", "nvdec", "pyav"), default="dali")
+    group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI / pyav / NVDEC decoder threads, decord workers")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                        help="skip (and count) unreadable videos instead of stopping")
 
@@ -87,8 +87,9 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     parser.error (one line with a hint) when they contradict each other or the machine."""
     import torch
 
-    if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "") == "dali":
-        parser.error("--num-threads 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
+    if getattr(args, "num_threads", 1) == 0 and getattr(args, "backend", "decord") != "decord":
+        parser.error(f"--num-threads 0: --backend {args.backend} needs >= 1 (0, decoding in the main process, is "
+                     "for --backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # add_device_flags(processes=False): 1
     problem = None

@@ -21,7 +21,7 @@ from pipeline.sampling import MODES, Plan, plan_epoch, train_steps
 KINETICS_MEAN = MEANS["kinetics"]
 ACTIVITYNET_MEAN = MEANS["activitynet"]
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
-BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch
+BACKENDS = ("dali", "decord", "nvdec", "pyav")  # build_loader's dispatch
 
 
 class Batch(NamedTuple):
@@ -263,6 +263,8 @@ def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> 
         from pipeline.dali_loader import DaliLoader as backend
     elif config.backend == "nvdec":  # NVDEC decoders; on device="cpu" their CPU twin
         from pipeline.nvdec_loader import NvdecLoader as backend
+    elif config.backend == "pyav":  # FFmpeg on the CPU, the clip's packets only (pipeline/pyav_loader.py)
+        from pipeline.pyav_loader import PyAVLoader as backend
     else:  # "decord"; LoaderConfig checked the name against BACKENDS
         from pipeline.decord_loader import DecordLoader as backend
     return backend(config)

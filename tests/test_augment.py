@@ -1,33 +1,92 @@
-"""pipeline/augment.py: the batched pixel operations against their per-clip reference (crop, then torch's
-antialiased bilinear resize, round, flip, minus mean), the colour conversion against DALI's CPU decoder, and
-layout. The same functions run on the GPU (tests/test_nvdec.py, marked gpu)."""
+"""pipeline/augment.py: the pixel-operation specification and its implementations.
+
+The filter's taps (resize_taps) against PIL, whose BILINEAR resize defines them; the batched torch resize
+(augment_nv12, augment_rgb) against PIL per plane and clip (within 1 level: float vs fixed-point
+coefficients); the CPU clip path (resize_yuv420_clip, the pyav backend's) against the torch path; colour
+conversion against BT.601 and DALI's CPU decoder; normalisation; layout; and fidelity: the whole new order
+(crop and resize in YUV, convert at 112) against a float64 reference of the paper's order (frame to RGB, crop,
+antialiased resize to 112, flip, mean) on real-looking VP9 content, >= 40 dB, and a 1-pixel error in the crop
+box falls below it. The same functions run on the GPU (tests/test_nvdec.py, marked gpu)."""
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from videos import textured_frames
 
-from pipeline.augment import YUV_TO_RGB, augment_nv12, augment_rgb, chunk_clips, nv12_crop_to_rgb
+from pipeline.augment import (
+    YUV_TO_RGB,
+    augment_nv12,
+    augment_rgb,
+    chunk_clips,
+    conversion,
+    nv12_crop_to_rgb,
+    resize_plane_pil,
+    resize_planes,
+    resize_taps,
+    resize_yuv420_clip,
+    yuv_to_rgb,
+)
+from pipeline.sampling import POSITIONS, SCALES, crop_box
 
 S = 24
 MEAN = (110.5, 103.25, 96.0)
 
 
+def pil(plane: np.ndarray, region, size: int) -> np.ndarray:
+    """PIL's BILINEAR resize of a (H, W) uint8 plane's region: the definition of step 1."""
+    h, w = plane.shape
+    return resize_plane_pil(np.ascontiguousarray(plane), w, h, w, region, size)
+
+
 def reference_clip(frames: np.ndarray, box, flip: bool, size: int, mean) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (3, T, S, S) float32, one clip at a time: the decord backend's old transform."""
+    """(T, H, W, 3) uint8 RGB -> (3, T, S, S) float64, one clip at a time with PIL: augment_rgb's definition."""
     x0, y0, side = box
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + side, x0:x0 + side])).permute(0, 3, 1, 2).float()
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255)
+    region = (x0, y0, x0 + side, y0 + side)
+    out = np.stack([np.stack([pil(f[:, :, c], region, size) for f in frames]) for c in range(3)]).astype(np.float64)
     if flip:
-        x = x.flip(-1)
-    x = x - torch.tensor(mean).view(1, 3, 1, 1)
-    return x.permute(1, 0, 2, 3).numpy()
+        out = out[..., ::-1]
+    return out - np.array(mean).reshape(3, 1, 1, 1)
 
 
 def random_frames(rng, n, t, h, w):
     return rng.integers(0, 256, (n, t, h, w, 3), dtype=np.uint8)
+
+
+# ---- the filter ------------------------------------------------------------------------------------------------
+
+
+def test_resize_taps_are_pils_bilinear():
+    """4 -> 2 pixels: scale 2, support 2; output 0 (centre 1.0) takes pixels 0, 1, 2 with 1 - |j + 0.5 - c| / 2 =
+    0.75, 0.75, 0.25 (normalised: 3/7, 3/7, 1/7); output 1 (centre 3.0) pixels 1, 2, 3: 1/7, 3/7, 3/7."""
+    first, w = resize_taps(0.0, 4.0, 4, 2)
+    np.testing.assert_array_equal(first, [0, 1])
+    np.testing.assert_allclose(w, np.array([[3, 3, 1, 0, 0], [1, 3, 3, 0, 0]]) / 7, atol=1e-15)
+    row = np.array([[14, 70, 7, 210]], np.uint8)  # 3/7 14 + 3/7 70 + 1/7 7 = 37; 1/7 70 + 3/7 7 + 3/7 210 = 103
+    np.testing.assert_array_equal(pil(np.repeat(row, 2, 0), (0, 0, 4, 2), 2)[0], [37, 103])
+    # Upsampling [0.5, 2.5) to 4 pixels: scale 1/2, support 1, centres 0.75, 1.25, 1.75, 2.25.
+    first, w = resize_taps(0.5, 2.0, 4, 4)
+    np.testing.assert_array_equal(first, [0, 0, 1, 1])
+    np.testing.assert_allclose(w[:, :2], [[0.75, 0.25], [0.25, 0.75], [0.75, 0.25], [0.25, 0.75]])
+    row = np.array([[8, 100, 24, 0]], np.uint8)  # 0.75 8 + 0.25 100 = 31, 0.25 8 + 0.75 100 = 77, 81, 43
+    np.testing.assert_array_equal(pil(np.repeat(row, 2, 0), (0.5, 0, 2.5, 2), 4)[0], [31, 77, 81, 43])
+
+
+@pytest.mark.parametrize(("h", "w", "x", "y", "length", "size"), [
+    (64, 96, 3.5, 0.5, 31.5, 24),       # chroma of an odd box: starts half a sample in
+    (180, 320, 84.5, 14.5, 151.0, 112),  # 360 px chroma at scale 2^-1/4
+    (240, 426, 0, 0, 240, 112),         # a luma crop at the frame's edge
+    (100, 131, 5, 7, 20, 24),            # upsampling
+    (50, 60, 0.5, 1.5, 7, 24),
+])  # fmt: skip
+def test_torch_resize_equals_pil_within_one_level(h, w, x, y, length, size):
+    plane = np.random.default_rng(int(h + x)).integers(0, 256, (h, w), dtype=np.uint8)
+    want = pil(plane, (x, y, x + length, y + length), size).astype(int)
+    got = resize_planes(torch.from_numpy(plane)[None, None], torch.tensor([0]), np.array([[x, y]]), length,
+                        np.array([[h, w]]), size)[0, 0].numpy()
+    assert got.dtype == np.float32 and np.all(got == np.round(got))
+    diff = np.abs(got - want)
+    # Fixed-point (PIL) vs float coefficients differ only at .5 ties, which upsampling's quarter weights make common.
+    assert diff.max() <= 1 and diff.mean() < (0.03 if length > size else 0.06)
 
 
 @pytest.mark.parametrize("side", [1, 7, S - 1, S, S + 1, 50, 97])
@@ -40,22 +99,25 @@ def test_rgb_crop_resize_flip_equal_the_per_clip_reference(side):
     out = augment_rgb(torch.from_numpy(frames), np.tile([h, w], (4, 1)), boxes, flips, S, MEAN)
     assert out.shape == (4, 3, 3, S, S) and out.dtype == torch.float32
     for k in range(4):
-        np.testing.assert_array_equal(out[k].numpy(), reference_clip(frames[k], boxes[k], flips[k], S, MEAN))
+        diff = np.abs(out[k].numpy() - reference_clip(frames[k], boxes[k], flips[k], S, MEAN))
+        # A tie rounded the other way in the horizontal pass can meet another in the vertical one: <= 2 levels.
+        assert diff.max() <= 2 + 1e-4 and diff.mean() < 0.05
 
 
 def test_mixed_sides_and_frame_sizes_in_one_batch():
     """Clips of different crop sides (grouped internally) and different frame sizes (top-left of padded planes)
-    come back in their own places, each equal to the per-clip reference."""
+    come back in their own places, each equal to the per-clip reference (the padding is never read)."""
     rng = np.random.default_rng(1)
     sizes = np.array([[64, 96], [80, 80], [64, 96], [40, 60], [80, 80]])
     boxes = np.array([[10, 0, 64], [0, 0, 80], [32, 0, 32], [0, 2, 38], [7, 9, 57]])
     flips = np.array([True, False, False, True, True])
-    frames = np.zeros((5, 2, 80, 96, 3), np.uint8)
+    frames = np.full((5, 2, 80, 96, 3), 255, np.uint8)
     for k, (h, w) in enumerate(sizes):
         frames[k, :, :h, :w] = random_frames(rng, 1, 2, h, w)[0]
     out = augment_rgb(torch.from_numpy(frames), sizes, boxes, flips, S, MEAN)
     for k, (h, w) in enumerate(sizes):
-        np.testing.assert_array_equal(out[k].numpy(), reference_clip(frames[k, :, :h, :w], boxes[k], flips[k], S, MEAN))
+        diff = np.abs(out[k].numpy() - reference_clip(frames[k, :, :h, :w], boxes[k], flips[k], S, MEAN))
+        assert diff.max() <= 2 + 1e-4 and diff.mean() < 0.05
 
 
 def test_chunks_bound_memory_without_changing_the_result(monkeypatch):
@@ -66,13 +128,15 @@ def test_chunks_bound_memory_without_changing_the_result(monkeypatch):
     args = (torch.from_numpy(frames), np.tile([40, 50], (6, 1)), np.tile([3, 1, 37], (6, 1)), np.arange(6) % 2 == 1,
             S, MEAN)
     whole = augment_rgb(*args)
-    assert chunk_clips(16, 360, 2**30) == 2**30 // (16 * 360 * 360 * 24) and chunk_clips(16, 360, 1) == 1
+    taps = 2 * 4 + 1  # 360 -> 112: scale 3.2, 2 ceil(3.2) + 1 taps
+    assert chunk_clips(16, 360, 2**30) == 2**30 // (16 * (360 + 2 * taps) * 112 * taps * 4 * 3)
+    assert chunk_clips(16, 360, 1) == 1
     calls = []
-    real = augment.resize_flip_normalize
-    monkeypatch.setattr(augment, "resize_flip_normalize", lambda crop, *a: calls.append(len(crop)) or real(crop, *a))
+    real = augment.resize_planes
+    monkeypatch.setattr(augment, "resize_planes", lambda plane, idx, *a: calls.append(len(idx)) or real(plane, idx, *a))
     monkeypatch.setitem(augment.CHUNK_BYTES, "cpu", 1)  # one clip per chunk
     np.testing.assert_array_equal(augment_rgb(*args).numpy(), whole.numpy())
-    assert calls == [1] * 6
+    assert calls == [1] * 6 * 3  # a call per clip and channel
 
 
 def test_boxes_outside_the_frame_are_refused():
@@ -93,12 +157,14 @@ def to_nv12(planes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def bt601(yy, u, v):
-    """The conversion written out per pixel in float64 (Y, U, V already at luma resolution)."""
+    """The conversion written out per pixel in float64 (Y, U, V already at luma resolution), rounded."""
     yuv = np.stack([yy - 16.0, u - 128.0, v - 128.0], axis=-1)
     return np.clip(np.round(yuv @ np.array(YUV_TO_RGB).T), 0, 255)
 
 
 def test_nv12_conversion_is_bt601_with_centre_sited_bilinear_chroma():
+    import torch.nn.functional as F
+
     rng = np.random.default_rng(3)
     h, w = 12, 16
     yy = rng.integers(0, 256, (h, w)).astype(np.uint8)
@@ -155,20 +221,64 @@ def test_nv12_conversion_matches_dali_cpu_within_one_level(tmp_path):
     assert diff[:-1].max() <= 1 and diff.mean() < 0.05
 
 
-def test_augment_nv12_equals_rgb_path_on_the_converted_frames():
-    """augment_nv12 = colour conversion of the whole frame, then augment_rgb: one arithmetic after the crop."""
-    rng = np.random.default_rng(5)
-    n, t, h = 3, 2, 48  # square frames: the whole frame is one crop box
-    y = torch.from_numpy(rng.integers(0, 256, (n, t, h, h), dtype=np.uint8))
-    uv = torch.from_numpy(rng.integers(0, 256, (n, t, h // 2, h), dtype=np.uint8))
-    sizes = np.tile([h, h], (n, 1))
-    boxes = np.array([[0, 0, 48], [16, 0, 32], [5, 7, 33]])
-    flips = np.array([True, False, True])
-    out = augment_nv12(y, uv, sizes, boxes, flips, S, MEAN)
-    assert out.shape == (n, 3, t, S, S) and out.dtype == torch.float32
-    rgb = nv12_crop_to_rgb(y, uv, torch.from_numpy(sizes), torch.tensor([[0, 0, h]] * n), h, torch.arange(n))
-    ref = augment_rgb(rgb.permute(0, 1, 3, 4, 2).to(torch.uint8), sizes, boxes, flips, S, MEAN)
-    np.testing.assert_array_equal(out.numpy(), ref.numpy())
+def test_yuv_to_rgb_is_bt601_clamped_then_normalised():
+    """Steps 3-4 on resized planes: the BT.601 matrix in float64, clamped to 0..255, then (p - mean) / std."""
+    from pipeline.normalisation import PRESETS
+
+    rng = np.random.default_rng(6)
+    yuv = rng.integers(0, 256, (2, 3, 2, 5, 5), dtype=np.uint8)
+    rgb = np.clip(np.einsum("ck,nk...->nc...", np.array(YUV_TO_RGB),
+                            yuv - np.array([16.0, 128.0, 128.0]).reshape(1, 3, 1, 1, 1)), 0, 255)
+    assert rgb.min() == 0 and rgb.max() == 255  # random YUV leaves the RGB cube: the clamp is exercised
+    for norm in (PRESETS["kinetics"], PRESETS["kinetics-0-1"]):
+        mean, std = (np.array(v).reshape(1, 3, 1, 1, 1) for v in norm.on_pixels())
+        got = yuv_to_rgb(torch.from_numpy(yuv), norm)
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), (rgb - mean) / std, rtol=0, atol=2e-4)
+    a, b, lo, hi = conversion(MEAN, yuv=False)
+    np.testing.assert_array_equal(a, np.eye(3))
+    np.testing.assert_array_equal(b, -np.array(MEAN))
+
+
+def yuv420_frames(rng, t, h, w):
+    """t random yuv420p frames as PyAV's VideoFrames (what the pyav backend's workers get from the decoder)."""
+    import av
+
+    frames = []
+    for _ in range(t):
+        f = av.VideoFrame(w, h, "yuv420p")
+        for plane, shape in zip(f.planes, [(h, w), (h // 2, w // 2), (h // 2, w // 2)], strict=True):
+            plane.update(rng.integers(0, 256, shape, dtype=np.uint8).tobytes())
+        frames.append(f)
+    return frames
+
+
+def planes_of(frames):
+    """yuv420p VideoFrames -> y (T, H, W), uv (T, H/2, W) NV12 (augment_nv12's input)."""
+    pairs = [to_nv12(f.to_ndarray(), f.height, f.width) for f in frames]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+@pytest.mark.parametrize("box", [(0, 0, 48), (17, 3, 33), (31, 15, 33), (8, 0, 47)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_cpu_clip_path_equals_the_batched_torch_path(box, flip):
+    """resize_yuv420_clip (PIL on the decoder's planes, the pyav backend) then yuv_to_rgb = augment_nv12 (torch,
+    the NVDEC backend and its twin) within 1 level of Y, U, V: ~2 levels of RGB; odd boxes put the chroma
+    region half a sample in; a looped frame is resized once and repeated."""
+    rng = np.random.default_rng(sum(box))
+    frames = yuv420_frames(rng, 3, 48, 64)
+    frames = [frames[0], frames[1], frames[0], frames[2]]
+    yuv = np.empty((3, 4, S, S), np.uint8)
+    resize_yuv420_clip(frames, box, flip, S, yuv)
+    x0, y0, s = box
+    want_y = pil(frames[1].to_ndarray()[:48], (x0, y0, x0 + s, y0 + s), S)
+    np.testing.assert_array_equal(yuv[0, 1], want_y[:, ::-1] if flip else want_y)
+    np.testing.assert_array_equal(yuv[:, 2], yuv[:, 0])
+    cpu = yuv_to_rgb(torch.from_numpy(yuv)[None], MEAN)[0].numpy()
+    y, uv = planes_of(frames)
+    batched = augment_nv12(torch.from_numpy(y)[None], torch.from_numpy(uv)[None], [[48, 64]], [box], [flip], S, MEAN)
+    diff = np.abs(batched[0].numpy() - cpu)
+    assert diff.max() <= 3 and diff.mean() < 0.1
 
 
 def test_mean_is_subtracted_per_channel():
@@ -180,7 +290,7 @@ def test_mean_is_subtracted_per_channel():
 
 @pytest.mark.parametrize("name", ["kinetics", "activitynet", "kinetics-0-1", "activitynet-0-1"])
 def test_every_preset_normalisation_is_its_formula(name):
-    """(p * value_scale / 255 - mean) / std on the uint8 pixel p after crop, resize and flip, for both inputs:
+    """(p * value_scale / 255 - mean) / std on the pixel p after crop, resize and flip, for both inputs:
     the same pixels normalised with each preset equal the formula applied to the un-normalised clip."""
     from pipeline.normalisation import PRESETS, Normalisation
 
@@ -200,3 +310,78 @@ def test_every_preset_normalisation_is_its_formula(name):
                                rtol=0, atol=2e-5)
     if norm.value_scale == 255 and norm.std == (1.0, 1.0, 1.0):  # 3 numbers still mean a 0-255 mean, bit for bit
         assert torch.equal(augment_rgb(frames, *args, norm.mean), augment_rgb(frames, *args, norm))
+
+
+# ---- fidelity: the new order against the paper's, in float64 ---------------------------------------------------
+
+
+def paper_order(rgb: np.ndarray, box, flip: bool, size: int, mean) -> np.ndarray:
+    """The paper's operations in float64 on RGB frames (T, H, W, 3) (the decoder's frames converted whole):
+    crop the box, antialiased bilinear resize of the crop to size x size (the crop alone, as PIL after
+    img.crop in the authors' loader), flip, minus mean. Returns (3, T, S, S) float64."""
+    x0, y0, s = box
+    crop = rgb[:, y0:y0 + s, x0:x0 + s].astype(np.float64)
+    (fy, wy), (fx, wx) = resize_taps(0.0, s, s, size), resize_taps(0.0, s, s, size)
+
+    def matrix(first, w):  # (S, s) dense resampling matrix
+        m = np.zeros((size, s))
+        for i in range(size):
+            for k in range(w.shape[1]):
+                if w[i, k]:
+                    m[i, first[i] + k] += w[i, k]
+        return m
+
+    out = (matrix(fy, wy) @ crop.transpose(3, 0, 1, 2) @ matrix(fx, wx).T)  # (3, T, S, S)
+    return (out[..., ::-1] if flip else out) - np.array(mean).reshape(3, 1, 1, 1)
+
+
+def psnr(a, b):
+    return 10 * np.log10(255**2 / np.mean((np.asarray(a, np.float64) - b) ** 2))
+
+
+@pytest.fixture(scope="module")
+def real_looking(tmp_path_factory):
+    """Frames 2 and 3 (inter frames) of textured content (tests/videos.py) encoded as prepare_data.py encodes
+    (lossy VP9), decoded."""
+    import av
+
+    from pipeline.prepare.sample import write_video
+
+    path = write_video(tmp_path_factory.mktemp("fidelity") / "t.webm", textured_frames(4, 320, 240), 25,
+                       "libvpx-vp9", gop=16)
+    with av.open(str(path)) as c:
+        return list(c.decode(video=0))[2:]
+
+
+def test_fidelity_of_the_new_order_against_the_paper_order(real_looking):
+    """Every crop box of the paper's 5 positions x 5 scales at 240 px, flipped and not: the CPU path (pyav) and
+    the torch path (NVDEC, infer.py) >= 40 dB against the float64 paper order on the same decoded frames
+    (measured: worst 42.0 dB, median 44.1; ~50-56 dB
+    on prepared real videos); a crop box one pixel off gives < 40 dB, so the test sees a wrong box or flip."""
+    frames = real_looking
+    t, h, w = len(frames), frames[0].height, frames[0].width
+    y, uv = planes_of(frames)
+    rgb = nv12_crop_to_rgb(torch.from_numpy(y)[None], torch.from_numpy(uv)[None], torch.tensor([[h, w]]),
+                           torch.tensor([[0, 0, h]]), h, torch.tensor([0]))  # left square; then the rest
+    rgb_right = nv12_crop_to_rgb(torch.from_numpy(y)[None], torch.from_numpy(uv)[None], torch.tensor([[h, w]]),
+                                 torch.tensor([[w - h, 0, h]]), h, torch.tensor([0]))
+    full = np.concatenate([rgb[0].numpy(), rgb_right[0].numpy()[..., 2 * h - w:]], axis=-1)  # (T, 3, H, W)
+    full = full.transpose(0, 2, 3, 1)  # (T, H, W, 3), the frames as a decoder's RGB
+    size, worst = 112, []
+    for p in range(len(POSITIONS)):
+        for sc in SCALES:
+            box = crop_box(w, h, p, sc)
+            for flip in (False, True):
+                want = paper_order(full, box, flip, size, MEAN)
+                yuv = np.empty((3, t, size, size), np.uint8)
+                resize_yuv420_clip(frames, box, flip, size, yuv)
+                cpu = yuv_to_rgb(torch.from_numpy(yuv)[None], MEAN)[0].numpy()
+                gpu_path = augment_nv12(torch.from_numpy(y)[None], torch.from_numpy(uv)[None], [[h, w]], [box], [flip],
+                                        size, MEAN)[0].numpy()
+                worst.append(min(psnr(cpu, want), psnr(gpu_path, want)))
+                assert worst[-1] >= 40, (box, flip, worst[-1])
+    off_by_one = paper_order(full, (1, 0, 240), False, size, MEAN)  # the truth one pixel to the right
+    yuv = np.empty((3, t, size, size), np.uint8)
+    resize_yuv420_clip(frames, (0, 0, 240), False, size, yuv)
+    assert psnr(yuv_to_rgb(torch.from_numpy(yuv)[None], MEAN)[0].numpy(), off_by_one) < 40
+    print(f"fidelity: worst {min(worst):.1f} dB, median {np.median(worst):.1f} dB over {len(worst)} boxes x flips")

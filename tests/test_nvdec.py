@@ -300,7 +300,8 @@ def test_eval_windows_segments_and_short_videos(data):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_same_clips_as_decord_and_dali(data, mode):
     """Same seed and epoch: the same rows, frames, boxes and flips as the other backends; pixels within
-    40 dB of decord (whose colour conversion uses nearest chroma) and of DALI on CPU (measured ~70 dB)."""
+    40 dB of decord (whose colour conversion uses nearest chroma) and 45 dB of DALI on CPU (measured 51 dB: the
+    twin crops and resizes in YUV and converts at 112 x 112, augment.py; DALI converts whole frames first)."""
     split = "train" if mode == "train" else "val"
     kw = dict(mean=KINETICS_MEAN, sample_size=112, seed=3)
     ours = epoch(load(data, split, mode, **kw))
@@ -309,7 +310,7 @@ def test_same_clips_as_decord_and_dali(data, mode):
         np.testing.assert_array_equal(ours[1], other[1])
         np.testing.assert_array_equal(ours[2], other[2])
         for x, y in zip(ours[0], other[0], strict=True):
-            assert psnr(x, y) >= (40 if backend == "decord" else 60)
+            assert psnr(x, y) >= (40 if backend == "decord" else 45)
 
 
 def mp4_dataset(root, rows: list[tuple[str, int, int, int]]):

@@ -1,0 +1,234 @@
+"""PyAV backend ("pyav"): the CPU loader, built around the cost of decoding.
+
+Per clip of the epoch plan (the same plan, frames, boxes and flips as every other backend), on one of
+num_threads worker threads:
+    packets keyframe_at_or_before(first frame) .. last frame   (pipeline/bitstream.packet_slice: the cut the
+        NVDEC backend feeds its decoders; one file read)
+    -> the thread's own FFmpeg decoder (av.CodecContext, thread_count 1, kept for the loader's life and
+       flushed after each clip)
+    -> each decoded frame the clip shows: crop and resize its Y, U and V planes in place (PIL, no copy or
+       conversion of the frame; pipeline/augment.py step 1), flipped as it is written (step 2); frames outside
+       the clip (the lead-in from the keyframe) are decoded and dropped, never converted
+    -> colour conversion and normalisation at S x S (steps 3-4, numpy: one product, one clamp) into the batch.
+So the work per clip is the decoder's, plus resampling ~1.5 crop-sized planes per shown frame and converting
+16 x S x S pixels. Clips of a batch decode in parallel, one per thread; PyAV (avcodec_send_packet and
+receive_frame), PIL's resample and numpy's loops release the GIL, and the Python between them is a few
+calls per frame.
+
+Threads: exactly num_threads busy threads, each single-threaded inside: FFmpeg thread_count 1 (decoding more
+clips at once costs less CPU per clip than more threads per clip), PIL and numpy do not start threads (no
+BLAS call), and no torch operation runs on the CPU path, so torch's intra-op threads are neither used nor
+changed. device="gpu": the clips' resized Y, U, V (uint8) are copied to the GPU and converted there
+(augment.yuv_to_rgb), in the consumer's thread.
+
+Memory: at most batch_size x prefetch clips are in flight (submitted and not yet delivered: the next batch is
+submitted when the consumer asks for it, so while it works on one batch prefetch - 1 others decode); each is written
+straight into its batch's output, and a worker holds one decoded frame at a time (plus the decoder's
+reference frames).
+
+Limits checked when the loader is built (LoaderBase's bad-row policy: fail naming the file, or skip and count):
+codecs FFmpeg decodes from a bare packet slice (SUPPORTED_CODECS) and no frame reordering (packet k must be
+frame k: prepare_data.py writes no B-frames). Each decoded frame must be yuv420p at the index's size, or the
+epoch stops with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+import numpy as np
+
+from pipeline.augment import conversion, resize_yuv420_clip, yuv_to_rgb
+from pipeline.bitstream import packet_slice
+from pipeline.loader import Batch, LoaderBase, LoaderConfig
+from pipeline.manifest import HINT, DatasetError
+from pipeline.packets import PacketTable
+from pipeline.sampling import Plan
+
+SUPPORTED_CODECS = ("vp8", "vp9", "h264", "hevc")  # need no extradata beyond what packet_slice puts in front
+FORMATS = ("yuv420p",)  # limited range 4:2:0: what augment.py's conversion assumes (prepare_data.py writes it)
+
+
+class DecodeError(DatasetError):
+    """A clip's packets did not give its frames (train.py and evaluate.py print a DatasetError as one line)."""
+
+
+def row_problems(packets: PacketTable) -> np.ndarray:
+    """(V,) object array: why the pyav backend cannot decode each row ("" = it can; rows without packets, bad
+    files reported elsewhere, are "")."""
+    out = np.full(len(packets), "", object)
+    for r in np.flatnonzero(packets.count > 0).tolist():
+        codec = packets.codec_of(r)
+        if codec not in SUPPORTED_CODECS:
+            out[r] = (f"codec {codec} is not read by the pyav backend ({', '.join(SUPPORTED_CODECS)}); re-prepare "
+                      "with prepare_data.py --codec vp9, or use backend='decord'")
+        elif packets.reordered[r]:
+            out[r] = ("frames are reordered (B-frames), so packet k is not frame k; re-prepare with prepare_data.py "
+                      "(it writes no B-frames), or use backend='decord'")
+    return out
+
+
+class PyAVLoader(LoaderBase):
+    """Backend "pyav" (module docstring). Worker threads: config.num_threads, started on the first iteration
+    and kept until close(), each with its own decoders. In flight: at most batch_size x prefetch clips."""
+
+    def __init__(self, config: LoaderConfig):
+        super().__init__(config)
+        self._files = self.videos["file"].tolist()
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # .contexts: {codec: av.CodecContext} of this worker thread
+        c = config
+        self._a, self._b, self._lo, self._hi = (v.astype(np.float32) for v in conversion(c.normalisation))
+        self.max_in_flight = 0  # the most clips ever in flight (tests check the bound)
+
+    def decode_problems(self, packets: PacketTable) -> np.ndarray:
+        """LoaderBase hook: (V,) why this backend cannot decode each row ("" = it can)."""
+        return row_problems(packets)
+
+    # -- per clip (worker threads) -------------------------------------------------------------------------------
+    def _context(self, codec: str):
+        """This thread's decoder for `codec`: made on first use, then kept (one per thread, never shared)."""
+        import av
+
+        contexts = getattr(self._local, "contexts", None)
+        if contexts is None:
+            contexts = self._local.contexts = {}
+        ctx = contexts.get(codec)
+        if ctx is None:
+            ctx = contexts[codec] = av.CodecContext.create(codec, "r")
+            ctx.thread_count = 1  # parallelism comes from decoding clips at once, one per thread
+        return ctx
+
+    def _decode_clip(self, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, yuv: np.ndarray) -> None:
+        """Clip (row, frames (T,) file frame indices) -> yuv (3, T, S, S) uint8: resized Y, U, V (flipped)."""
+        import av
+
+        ix = self.packets.video(row)
+        first = ix.keyframe_at_or_before(int(frames.min()))
+        clip = packet_slice(self._files[row], ix, first, int(frames.max()))
+        slots: dict[int, list[int]] = {}  # packet k of the slice -> the clip positions t that show its frame
+        for t, k in enumerate((frames - first).tolist()):
+            slots.setdefault(k, []).append(t)
+        size = yuv.shape[-1]
+        done = 0
+        ctx = self._context(clip.codec)
+
+        def take(decoded) -> None:
+            nonlocal done
+            for f in decoded:
+                ts = slots.get(f.pts if f.pts is not None else -1)
+                if ts is None or ts[0] < 0:
+                    continue  # a lead-in frame: decoded, dropped, never converted
+                if f.format.name not in FORMATS or (f.width, f.height) != (clip.width, clip.height):
+                    raise DecodeError(f"frame {first + f.pts} is {f.format.name} {f.width}x{f.height}; the loader "
+                                      f"reads yuv420p {clip.width}x{clip.height} (prepare_data.py writes it)")
+                resize_yuv420_clip([f], box, flip, size, yuv[:, ts[0]:ts[0] + 1])
+                for t in ts[1:]:  # a looped clip shows the frame again
+                    yuv[:, t] = yuv[:, ts[0]]
+                ts[0] = -1 - ts[0]  # mark done (a frame is taken once)
+                done += 1
+
+        try:
+            for k in range(len(clip)):
+                o, s = int(clip.offsets[k]), int(clip.sizes[k])
+                packet = av.Packet(clip.data[o:o + s])
+                packet.pts = k  # the decoder hands it back with the frame: frame k of the slice
+                take(ctx.decode(packet))
+            take(ctx.decode(None))  # end of stream: the frames still buffered
+        except av.FFmpegError as e:
+            raise DecodeError(f"decoding failed: {e}") from None
+        finally:
+            ctx.flush_buffers()  # ready for the next clip
+        if done != len(slots):
+            missing = sorted(k for k, ts in slots.items() if ts[0] >= 0)
+            raise DecodeError(f"{len(missing)} frame(s) missing from the decoder's output, first {first + missing[0]}")
+
+    def _clip(self, i: int, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, out) -> None:
+        """Clip i of a batch into out: (N, 3, T, S, S) float32 normalised RGB (CPU) or uint8 Y, U, V (GPU)."""
+        try:
+            if out.dtype == np.uint8:
+                self._decode_clip(row, frames, box, flip, out[i])
+                return
+            yuv = np.empty(out.shape[1:], np.uint8)
+            self._decode_clip(row, frames, box, flip, yuv)
+            # Steps 3-4 (augment.conversion): numpy's einsum, no BLAS threads; float32 like yuv_to_rgb.
+            o = out[i].reshape(3, -1)
+            np.einsum("ck,kp->cp", self._a, yuv.reshape(3, -1).astype(np.float32), out=o)
+            o += self._b[:, None]
+            np.clip(o, self._lo[:, None], self._hi[:, None], out=o)
+        except (DecodeError, OSError, ValueError) as e:  # OSError, ValueError: the file changed since it was indexed
+            raise DecodeError(f"{self._files[row]}: frames {int(frames.min())}..{int(frames.max())}: {e}. {HINT}") from None
+
+    # -- per batch ----------------------------------------------------------------------------------------------
+    def _new_batch(self, n: int):
+        """(torch output, its numpy view for the workers): float32 clips on the CPU, uint8 Y, U, V for the GPU."""
+        import torch
+
+        c = self.config
+        shape = (n, 3, c.sample_duration, c.sample_size, c.sample_size)
+        if self.torch_device.type == "cpu":
+            out = torch.empty(shape, dtype=torch.float32)
+        else:  # pinned: the copy to the GPU can overlap
+            out = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        return out, out.numpy()
+
+    def _assemble(self, bp: Plan, out) -> Batch:
+        import torch
+
+        dev = self.torch_device
+        if dev.type != "cpu":
+            out = yuv_to_rgb(out.to(dev, non_blocking=True), self.config.normalisation)  # (N, 3, T, S, S)
+        labels = torch.from_numpy(self.labels[bp.rows]).to(dev, non_blocking=True)
+        video_idx = torch.from_numpy(bp.rows.copy()).to(dev, non_blocking=True)
+        return Batch(out, labels, video_idx)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.check_open()
+        batches = self.batch_plans()
+        if not batches:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.config.num_threads, thread_name_prefix="pyav")
+        pool, todo = self._executor, iter(batches)
+        pending: deque[tuple[Plan, object, list[Future]]] = deque()
+        in_flight = 0
+
+        def submit(bp: Plan) -> None:
+            nonlocal in_flight
+            out, view = self._new_batch(len(bp))
+            futures = [pool.submit(self._clip, i, int(r), fr, box, bool(fl), view)
+                       for i, (r, fr, box, fl) in enumerate(zip(bp.rows, bp.frames, bp.boxes, bp.flips, strict=True))]
+            pending.append((bp, out, futures))
+            in_flight += len(bp)
+            self.max_in_flight = max(self.max_in_flight, in_flight)
+
+        try:
+            for bp in itertools.islice(todo, self.config.prefetch):  # prefetch batches ahead
+                submit(bp)
+            while pending:
+                bp, out, futures = pending.popleft()
+                for f in futures:
+                    f.result()  # raises the clip's DecodeError
+                in_flight -= len(bp)
+                yield self._assemble(bp, out)
+                self.check_open()  # close() while suspended: the pool is shut down
+                # The consumer has this batch and asks for the next: only now may another batch start, so the
+                # clips decoded or decoding ahead of it never exceed batch_size x prefetch.
+                nxt = next(todo, None)
+                if nxt is not None:
+                    submit(nxt)
+        finally:  # an abandoned or failed epoch: drop the clips not started, wait for the ones running
+            started = [f for _, _, futures in pending for f in futures if not f.cancel()]
+            wait(started)
+
+    def close(self) -> None:
+        """Stop the worker threads (their decoders go with them). Idempotent."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._local = threading.local()
+        super().close()
