@@ -88,7 +88,7 @@ if [ -f "$DATA/train.csv" ]; then
     --batch-size 64 --epochs 1 --num-threads 14 --log-every 4
   [ -f "$RUN/metrics.csv" ] && cp "$RUN/metrics.csv" "$OUT/train.csv"
   step loader 45 "$PY" benchmarks/loader_speed.py --data "$DATA" --configs dali-gpu,nvdec-gpu --modes train \
-    --batch-size 64 --threads 8 --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$OUT/loader.json"
+    --batch-size 64 --threads 8 --rounds 1 --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$OUT/loader.json"
 else
   echo "e2e, train, loader: skipped (no dataset at $DATA: see the data step in log.txt)" | tee -a "$SUMMARY"
 fi
