@@ -104,6 +104,7 @@ class BenchConfig:
     modes: tuple[str, ...]
     batch_size: int
     threads: int
+    rounds: int
     runs: int
     min_seconds: float
     warmup_epochs: int
@@ -514,7 +515,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     if a.src and not Path(a.src).is_dir():
         p.error(f"--src {a.src}: no such folder")
     cfg = BenchConfig(a.data, a.src, a.train_rows, heights, a.videos, a.seconds, a.fps, a.gop, tuple(names), modes,
-                      a.batch_size, a.threads, a.runs, a.min_seconds, a.warmup_epochs, a.sample_size,
+                      a.batch_size, a.threads, a.rounds, a.runs, a.min_seconds, a.warmup_epochs, a.sample_size,
                       a.sample_duration, a.json)
     return cfg, a
 

@@ -200,3 +200,23 @@ def test_jpeg_frames_anchors_and_summary(data, tmp_path):
     assert lines[1].startswith("48 px train: pyav-cpu ") and "x JPEG baseline (" in lines[1] and "x decode floor (" in lines[1]
     assert lines[1].endswith("up to 8 clips in flight")
 
+
+
+def test_main_alternates_rounds_and_writes_the_rows(data, tmp_path, capsys):
+    """The command end to end on --data: each config once per round, in turn; one row per config with the
+    medians over rounds; the summary printed; the JSON written."""
+    import json
+
+    out = tmp_path / "rows.json"
+    bench.main(["--data", str(data), "--configs", "pyav-cpu,floor", "--modes", "train", "--rounds", "2",
+                "--batch-size", "4", "--sample-size", "24", "--min-seconds", "0", "--warmup-epochs", "0",
+                "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    order = [line.split()[0] for line in printed.splitlines() if " round " in line]
+    assert order == ["pyav-cpu", "floor", "pyav-cpu", "floor"]  # alternating
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["pyav-cpu", "floor"]
+    for r in rows:
+        assert len(r["clips_per_cpu_s_rounds"]) == 2 and r["clips_per_cpu_s"] == pytest.approx(
+            np.median(r["clips_per_cpu_s_rounds"]))
+    assert "dataset train: pyav-cpu " in printed and "x decode floor (" in printed
