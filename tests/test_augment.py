@@ -356,7 +356,7 @@ def real_looking(tmp_path_factory):
 def test_fidelity_of_the_new_order_against_the_paper_order(real_looking):
     """Every crop box of the paper's 5 positions x 5 scales at 240 px, flipped and not: the CPU path (pyav) and
     the torch path (NVDEC, infer.py) >= 40 dB against the float64 paper order on the same decoded frames
-    (measured: worst 42.0 dB, median 44.1; ~50-56 dB
+    (measured: worst 42.0 dB, median 44.1; ~55 dB
     on prepared real videos); a crop box one pixel off gives < 40 dB, so the test sees a wrong box or flip."""
     frames = real_looking
     t, h, w = len(frames), frames[0].height, frames[0].width
