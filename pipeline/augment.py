@@ -24,8 +24,9 @@ clip ~1/10 of the colour conversions of "convert the frame, crop, resize". Fidel
 RGB frames (decord, which converts on its own) take steps 1 (each of R, G, B as a luma-resolution plane), 2 and 4.
 
 The implementations:
-  resize_yuv420_clip   CPU, one clip: PIL's resize on views of the decoder's planes (no copy of a frame), in
-                       the calling thread (PIL releases the GIL while it resamples); the "pyav" backend.
+  yuv420_frame_resizer CPU, one clip's frames: PIL's resize on views of the decoder's planes (no copy of a
+                       frame), in the calling thread (PIL releases the GIL while it resamples); the "pyav"
+                       backend (resize_yuv420_clip: the same for a list of frames).
   augment_nv12         torch, batched, any device: the same taps computed in float (resize_taps), gathered
                        and summed; the NVDEC backend (GPU, and its CPU twin) and infer.py. Equal to the PIL
                        path within 1 level (fixed- vs floating-point coefficients; tests/test_augment.py).
@@ -182,20 +183,37 @@ def yuv420_regions(box: Sequence[int]) -> tuple[tuple[float, float, float, float
     return luma, chroma, chroma
 
 
-def resize_yuv420_clip(frames: Sequence, box: Sequence[int], flip: bool, size: int, out: np.ndarray) -> None:
-    """Steps 1-2 for one clip on the CPU: frames (T decoded yuv420p av.VideoFrame, or any objects with three
-    `planes` that have width, height, line_size and the buffer protocol; the same object may appear several
-    times, as in a looped clip: resized once) -> out (3, T, S, S) uint8, Y, U, V, flipped when `flip`."""
+def yuv420_frame_resizer(box: Sequence[int], flip: bool, size: int):
+    """Steps 1-2 for the frames of one clip on the CPU, set up once per clip: returns resize(frame, out) that
+    writes a decoded yuv420p frame's (an av.VideoFrame, or any object with three `planes` that have width,
+    height, line_size and the buffer protocol) resized Y, U, V into out (3, S, S) uint8, flipped when `flip`.
+    The planes are read in place; the per-frame Python is a few calls per plane (it holds the GIL)."""
+    from PIL import Image
+
     regions = yuv420_regions(box)
+    frombuffer, bilinear, shape = Image.frombuffer, Image.Resampling.BILINEAR, (size, size)
+
+    def resize(frame, out: np.ndarray) -> None:
+        for c, plane in enumerate(frame.planes):
+            im = frombuffer("L", (plane.width, plane.height), plane, "raw", "L", plane.line_size, 1)
+            r = np.asarray(im.resize(shape, bilinear, regions[c]))
+            out[c] = r[:, ::-1] if flip else r
+
+    return resize
+
+
+def resize_yuv420_clip(frames: Sequence, box: Sequence[int], flip: bool, size: int, out: np.ndarray) -> None:
+    """Steps 1-2 for one clip on the CPU: frames (T decoded yuv420p frames, as yuv420_frame_resizer takes; the
+    same object may appear several times, as in a looped clip: resized once) -> out (3, T, S, S) uint8, Y, U,
+    V, flipped when `flip`."""
+    resize = yuv420_frame_resizer(box, flip, size)
     done: dict[int, int] = {}  # id(frame) -> the first t that holds it
     for t, f in enumerate(frames):
         if id(f) in done:
             out[:, t] = out[:, done[id(f)]]
             continue
         done[id(f)] = t
-        for c, (plane, region) in enumerate(zip(f.planes, regions, strict=True)):
-            r = resize_plane_pil(plane, plane.width, plane.height, plane.line_size, region, size)
-            out[c, t] = r[:, ::-1] if flip else r
+        resize(f, out[:, t])
 
 
 # ---- torch, batched: NV12 (NVDEC, infer.py) and RGB (decord) ---------------------------------------------------------

@@ -42,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from pipeline.augment import conversion, resize_yuv420_clip, yuv_to_rgb
+from pipeline.augment import conversion, yuv420_frame_resizer, yuv_to_rgb
 from pipeline.bitstream import packet_slice
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.manifest import HINT, DatasetError
@@ -113,7 +113,7 @@ class PyAVLoader(LoaderBase):
         slots: dict[int, list[int]] = {}  # packet k of the slice -> the clip positions t that show its frame
         for t, k in enumerate((frames - first).tolist()):
             slots.setdefault(k, []).append(t)
-        size = yuv.shape[-1]
+        resize = yuv420_frame_resizer(box, flip, yuv.shape[-1])
         done = 0
         ctx = self._context(clip.codec)
 
@@ -126,7 +126,7 @@ class PyAVLoader(LoaderBase):
                 if f.format.name not in FORMATS or (f.width, f.height) != (clip.width, clip.height):
                     raise DecodeError(f"frame {first + f.pts} is {f.format.name} {f.width}x{f.height}; the loader "
                                       f"reads yuv420p {clip.width}x{clip.height} (prepare_data.py writes it)")
-                resize_yuv420_clip([f], box, flip, size, yuv[:, ts[0]:ts[0] + 1])
+                resize(f, yuv[:, ts[0]])
                 for t in ts[1:]:  # a looped clip shows the frame again
                     yuv[:, t] = yuv[:, ts[0]]
                 ts[0] = -1 - ts[0]  # mark done (a frame is taken once)
