@@ -1,4 +1,4 @@
-"""Video clip loading: one entry point over the DALI (GPU and CPU), decord and NVDEC backends.
+"""Video clip loading: one entry point over the DALI (GPU and CPU), pyav (CPU), decord and NVDEC backends.
 
     from pipeline import build_loader, KINETICS_MEAN
     with build_loader(data, split="train", mode="train", backend="dali", device="gpu", batch_size=32) as loader:

@@ -37,14 +37,15 @@ class LoaderConfig:
     data: prepared dataset folder; split: manifest name (data/<split>.csv); mode: train | val | eval (sampling.py);
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI and NVDEC,
     decoded; NVDEC on "cpu" is its CPU twin); batch_size per rank; rank, world_size: DDP sharding; seed: the
-    epoch plans' seed; num_threads: DALI or NVDEC decoder threads (>= 1) or decord DataLoader workers (0 = in
+    epoch plans' seed; num_threads: DALI, NVDEC or pyav decoder threads (>= 1) or decord DataLoader workers (0 = in
     this process); sample_duration T frames, sample_size S pixels;
     clips, crops: views mode's K clips x C crops per video (sampling.plan_epoch); normalisation: what the
     pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale); mean: the
     older spelling, 3 numbers = Normalisation(mean) (replaces normalisation; then stored as None);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
     most MAX_BAD_FRACTION); progress: progress bar while indexing videos; prefetch: batches made ahead of the
-    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own, decord_loader.py).
+    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; pyav: at most batch_size x prefetch clips in
+    flight; decord bounds its own, decord_loader.py).
     DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
     (VP8/VP9; other codecs always get the whole file), "file" the whole file.
     """
