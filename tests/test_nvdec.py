@@ -233,7 +233,10 @@ def test_gpu_augment_matches_cpu():
             [True, False, True, False, True, False], 112, KINETICS_MEAN)
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
-    assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1
+    # Y, U, V are rounded after each resize pass (augment.py), so a float difference at a .5 tie moves one of
+    # them by 1 level: up to 2.02 RGB levels (B's U coefficient), rarely.
+    diff = (gpu.cpu() - cpu).abs()
+    assert gpu.is_cuda and diff.max() <= 2.02 and diff.mean() < 0.01
 
 
 # ---- the loader on CPU (the twin) --------------------------------------------------------------------------
