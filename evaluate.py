@@ -40,6 +40,7 @@ from engine.cli import (
     add_loader_flags,
     add_model_flags,
     check_numeric_flags,
+    loader_backend,
     resolve_device_flags,
     resolve_normalisation,
     with_flag_hints,
@@ -63,7 +64,7 @@ class EvalConfig(CheckpointOverrides):
     out: str = ""  # resolved: default RUN_DIR/eval-<checkpoint stem>-<split>
     clips: int | None = None  # --views K,C: K clips x C crops per video; None: the paper's windows
     crops: int | None = None
-    backend: str = "dali"
+    backend: str = "auto"  # engine.cli.loader_backend: pyav on the CPU, dali on a GPU
     batch_size: int = 64  # global, split evenly across processes
     num_threads: int = 4
     skip_bad: bool = False
@@ -181,15 +182,16 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     class_names = load_classes(Path(cfg.data))
     model, record, name = load_model(cfg, class_names, d)
     views = None if cfg.clips is None else cfg.clips * cfg.crops
+    backend = loader_backend(cfg.backend, on_gpu)
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
-                          clips=cfg.clips or 1, crops=cfg.crops or 1, backend=cfg.backend,
+                          clips=cfg.clips or 1, crops=cfg.crops or 1, backend=backend,
                           device="gpu" if on_gpu else "cpu", batch_size=cfg.batch_size // d.world_size,
                           rank=d.rank, world_size=d.world_size, num_threads=cfg.num_threads,
                           sample_duration=record.sample_duration, sample_size=record.sample_size,
                           normalisation=record.normalisation, device_id=d.local_rank if on_gpu else None,
                           skip_bad=cfg.skip_bad, progress=d.is_main)
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
-                  f"{record.normalisation.describe()}")
+                  f"{record.normalisation.describe()}; loader: {backend}")
     n_videos, n_classes = len(loader.videos), len(class_names)
     acc = VideoAccumulator(n_videos, n_classes, d.device)
     done = 0  # steps

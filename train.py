@@ -49,6 +49,7 @@ from engine.cli import (
     add_normalisation_flags,
     as_flag,
     check_numeric_flags,
+    loader_backend,
     resolve_device_flags,
     resolve_normalisation,
 )
@@ -81,7 +82,7 @@ class TrainConfig:
     sample_duration: int = 16
     sample_size: int = 112
     normalisation: Normalisation = PRESETS["kinetics"]  # --norm, or --value-scale/--mean-values/--std-values
-    backend: str = "dali"
+    backend: str = "auto"  # engine.cli.loader_backend: pyav on the CPU, dali on a GPU
     num_threads: int = 4
     skip_bad: bool = False
     # optimisation (the paper's recipe)
@@ -364,7 +365,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv3d kernels
     distributed.share_cpu_threads(d)
-    loader_args = dict(backend=cfg.backend, device="gpu" if on_gpu else "cpu",
+    loader_args = dict(backend=loader_backend(cfg.backend, on_gpu), device="gpu" if on_gpu else "cpu",
                        batch_size=cfg.batch_size // d.world_size, rank=d.rank, world_size=d.world_size,
                        seed=cfg.seed, num_threads=cfg.num_threads, sample_duration=cfg.sample_duration,
                        sample_size=cfg.sample_size, normalisation=cfg.normalisation, skip_bad=cfg.skip_bad,
@@ -408,7 +409,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     console.print(f"{cfg.arch}: {n_params:.2f} M parameters ({n_trained:.2f} M trained), {len(class_names)} "
                   f"classes | {d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = "
                   f"{d.world_size} x {cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
-                  f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
+                  f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | loader "
+                  f"{loader_args['backend']} | bf16 {cfg.amp}")
 
     saved = epoch  # the epoch that last.pt holds (0: none yet)
     try:

@@ -65,10 +65,19 @@ DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
     """--backend, --num-threads, --skip-bad: pipeline.build_loader's backend, num_threads and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord", "nvdec", "pyav"), default="dali")
+    group.add_argument("--backend", choices=("auto", "dali", "decord", "nvdec", "pyav"), default="auto",
+                       help="auto: pyav on the CPU, dali on a GPU (loader_backend)")
     group.add_argument("--num-threads", "--workers", type=int, default=4, help="DALI / pyav / NVDEC decoder threads, decord workers")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                        help="skip (and count) unreadable videos instead of stopping")
+
+
+def loader_backend(name: str, on_gpu: bool) -> str:
+    """The backend --backend NAME means: "auto" is pyav on the CPU (the fewest CPU-seconds per clip of the CPU
+    loaders: benchmarks/RESULTS.md, issue 17) and dali on a GPU (until the GPU check has measured nvdec)."""
+    if name != "auto":
+        return name
+    return "dali" if on_gpu else "pyav"
 
 
 def add_device_flags(group: argparse._ActionsContainer, processes: bool = True) -> None:

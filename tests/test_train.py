@@ -275,7 +275,9 @@ def test_training_stops_when_the_loss_saturates_at_the_last_rate(data, tmp_path,
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "3"))
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "20", "--resume"))
     assert [float(r["lr"]) for r in read_metrics(out)] == [0.01, 0.01, 0.001, 0.0001, 1e-05]
-    assert "done after 5 epochs (the val loss saturated at lr 1e-05, after 3 divisions by 10)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "done after 5 epochs (the val loss saturated at lr 1e-05, after 3 divisions by 10)" in printed
+    assert "| loader pyav |" in printed  # --backend auto on a CPU (engine.cli.loader_backend)
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "20", "--resume", "--lr-reductions", "4"))
     assert [float(r["lr"]) for r in read_metrics(out)][5:] == [1e-06]  # a fourth division extends the run
 
@@ -428,6 +430,7 @@ def test_ddp_ranks_see_disjoint_data_and_keep_identical_weights(data, tmp_path):
 def test_nproc_2_end_to_end(data, tmp_path):
     """train.py --nproc 2 spawns two gloo processes; rank 0 alone writes the run folder. Their validation counts
     every video once: its numbers are those of one process validating the saved model."""
+    from engine.cli import loader_backend
     from engine.distributed import Dist
     from model import build_model
     from pipeline import build_loader
@@ -439,8 +442,8 @@ def test_nproc_2_end_to_end(data, tmp_path):
     assert state["config"]["nproc"] == 2 and state["epoch"] == 1
     net = build_model(**state["model_args"])
     net.load_state_dict(state["model"])
-    with build_loader(data, split="val", mode="val", batch_size=2, num_threads=1, sample_size=32,
-                      progress=False) as loader:
+    with build_loader(data, split="val", mode="val", batch_size=2, num_threads=1, sample_size=32, progress=False,
+                      backend=loader_backend("auto", on_gpu=False)) as loader:  # the backend train.py used
         one = train.validate(train.parse_args(args(data, out)), Dist(0, 1, 0, torch.device("cpu")), net, loader, 1)
     assert float(row["val_acc"]) == one["val_acc"] and float(row["val_acc"]) * 6 % 1 == 0  # of 6 val videos
     assert float(row["val_loss"]) == pytest.approx(one["val_loss"], rel=1e-5)
