@@ -1,51 +1,62 @@
-"""The clip pixel operations: one specification, three implementations that compute it.
+"""The clip pixel operations: one specification, and the code that computes it on the CPU and on the GPU.
 
-Per clip, with the parameters of the epoch plan (pipeline/sampling.py: crop box (x0, y0, side) in luma pixels,
-flip), output size S, for a decoder's YUV 4:2:0 frames (yuv420p or NV12):
- 1. crop and resize in YUV: each plane's region of the crop box, [x0, x0 + side) x [y0, y0 + side) in luma
-    pixels, which is [x0/2, (x0 + side)/2) x ... in the half-resolution chroma planes (a chroma sample covers
-    2x2 luma pixels, centre-sited; the region starts half a sample in when x0 or y0 is odd), resampled to
-    S x S with the antialiased bilinear (triangle) filter of PIL's Image.resize(size, BILINEAR, box=region):
-    support max(scale, 1) input pixels either side, taps that fall outside the frame dropped and the rest
-    renormalised, horizontal pass then vertical pass, each rounded half up to 0..255 (uint8). The same filter
-    as torch's interpolate(mode="bilinear", antialias=True), DALI's linear resize and the PIL Resize of the
-    authors' loader (3D-ResNets-PyTorch), whose crop is on RGB frames;
- 2. horizontal flip;
- 3. colour conversion at S x S: BT.601 limited range (Y 16-235, Cb/Cr 16-240) -> RGB, the matrix FFmpeg, PyAV
+Per clip, with the parameters of the epoch plan (pipeline/sampling.py: crop box (x0, y0, side), integers in luma
+pixels; flip) and the output size S, for a decoder's YUV 4:2:0 frames (yuv420p or NV12):
+ 1. crop each plane to the box at luma resolution: Y [x0, x0 + side) x [y0, y0 + side); U and V upsampled x2
+    first, centre-sited bilinear (a luma pixel takes 3/4 of the chroma sample it lies in and 1/4 of the
+    nearer neighbour, per axis, clamped at the frame's edges: the upsampling of the decoder's RGB conversion,
+    nv12_crop_to_rgb), computed only over the chroma samples around the box (chroma_region) and rounded to
+    uint8, then cropped to the same box;
+ 2. resize each cropped plane to S x S with the antialiased bilinear (triangle) filter, the crop alone:
+    output i has centre c = (i + 1/2) * scale in the crop (scale = side / S), its taps are the crop's pixels j
+    with |j + 1/2 - c| < support = max(scale, 1), weighted 1 - |j + 1/2 - c| / support and normalised to sum
+    1 (taps that would fall outside the crop are dropped, never read); horizontal pass, then vertical; rounded
+    to 0..255. That is torch.nn.functional.interpolate(mode="bilinear", antialias=True, align_corners=False)
+    and PIL's Image.resize(BILINEAR) of the cropped image: the authors' order (3D-ResNets-PyTorch crops, then
+    PIL-Resizes). Rounding: on the CPU torch's uint8 kernels (fixed-point weights, each pass rounded to uint8;
+    AVX2 when 3 or 4 planes lie channels-last, hence the packing below), elsewhere (GPU) float, rounded once
+    at the end: within 1 level of each other for Y, 2 for U and V (tests/test_augment.py);
+ 3. horizontal flip;
+ 4. colour conversion at S x S: BT.601 limited range (Y 16-235, Cb/Cr 16-240) -> RGB, the matrix FFmpeg, PyAV
     and DALI apply to these untagged yuv420p videos (exact coefficients), clamped to [0, 255];
- 4. the normalisation (pipeline/normalisation.py), (p - mean) / std on the 0-255 scale (Normalisation.on_pixels),
-    folded into step 3's affine map: one matrix product and one clamp per clip.
-Why this order: the decoder's frames are YUV, so the crop needs no conversion at all, only the crop's pixels
-are resampled (1.5 planes at 4:2:0 instead of 3 RGB planes), and only S x S pixels are converted: per 360 px
-clip ~1/10 of the colour conversions of "convert the frame, crop, resize". Fidelity against the paper's order
-(whole frame to RGB, crop, resize, flip, mean) computed in float64 from the same decoded frames:
->= 40 dB PSNR on real content (tests/test_augment.py; ~55 dB measured on prepared real videos at 240 and 360 px).
+ 5. the normalisation (pipeline/normalisation.py), (p - mean) / std on the 0-255 scale (Normalisation.on_pixels),
+    folded into step 4's affine map: one 3 x 3 product, one offset and one clamp per pixel (conversion()).
+This is the paper's order (whole frame to RGB, crop, resize, flip, mean) with the colour conversion, a linear
+map per pixel, moved after the linear resampling: the two commute up to the clamp and the roundings, so
+against the paper's order computed in float64 from the same decoded frames the clips reach ~50 dB PSNR on
+textured content with saturated colour edges (>= 40 dB is the bar: tests/test_augment.py, test_pyav.py). What
+the order saves: the crop needs no conversion, only the box's pixels are resampled, and only S x S pixels are
+converted: per 360 px clip ~1/10 of the colour conversions of "convert the frame, crop, resize". Resizing the
+chroma planes at their own resolution instead (half-resolution crops to S x S, no upsampling) costs ~1 ms
+less per 360 px clip on the CPU but cannot register a box that starts on an odd pixel (interpolate has no
+sub-pixel offset): 34 dB on the same content, below the bar.
 
-RGB frames (decord, which converts on its own) take steps 1 (each of R, G, B as a luma-resolution plane), 2 and 4.
+RGB frames (decord, which converts on its own) take steps 1-2 with R, G, B as luma-resolution planes, 3 and 5.
 
-The implementations:
-  yuv420_frame_resizer CPU, one clip's frames: PIL's resize on views of the decoder's planes (no copy of a
-                       frame), in the calling thread (PIL releases the GIL while it resamples); the "pyav"
-                       backend (resize_yuv420_clip: the same for a list of frames).
-  augment_nv12         torch, batched, any device: the same taps computed in float (resize_taps), gathered
-                       and summed; the NVDEC backend (GPU, and its CPU twin) and infer.py. Equal to the PIL
-                       path within 1 level (fixed- vs floating-point coefficients; tests/test_augment.py).
-  augment_rgb          torch, batched: RGB frames (the decord backend).
-  yuv_to_rgb           steps 3-4 for a batch of resized YUV clips, any device (used by all of them).
-
+The code:
+  chroma_region   step 1's chroma samples around a box.
+  resize_crops    step 2 for crops of one size, (M, C, h, w) uint8, on any device (the CPU's uint8 kernel on
+                  the CPU, float elsewhere); resize_chroma: steps 1-2 for chroma regions.
+  YUV420Clip      steps 1-3 for one clip on the CPU, fed by a decoder frame by frame (the "pyav" backend):
+                  each plane's region is copied once, straight from the decoder's planes, into buffers that
+                  pack 4 planes per sample channels-last (16 Y crops: (4, side, side, 4) uint8), then three
+                  kernel calls per clip (Y resize; U, V upsample, resize). torch ops run with the calling
+                  thread's intra-op threads (the pyav workers set 1).
+  augment_nv12    steps 1-5, batched in torch on any device: NVDEC (GPU, and its CPU twin) and infer.py.
+  augment_rgb     RGB frames (the decord backend).
+  conversion, yuv_to_rgb   steps 4-5.
 Batching (torch): the clips of a batch have different crop sides (5 scales per frame size), so they are
-processed in groups of equal side; a group's rows are gathered in one indexing operation per plane, then the
-filter taps (at most 2 ceil(scale) + 1 per output pixel), and groups are cut into chunks of clips that bound
-the float intermediates (`chunk_clips`). Taps, not dense resampling matrices: a dense 360 -> 112 product costs
-~50x the multiply-adds of the filter's nonzero taps.
+processed in groups of equal crop geometry, cut into chunks of clips that bound the intermediates
+(chunk_clips).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.normalisation import Normalisation, as_normalisation
 
@@ -60,81 +71,145 @@ YUV_TO_RGB = (  # rows R, G, B; columns Y - 16, U - 128, V - 128
     (_YS, _CS * 2 * (1 - _KB), 0.0),
 )
 YUV_OFFSET = (16.0, 128.0, 128.0)
-CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}  # float intermediates per chunk of clips, by device type
+CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}  # intermediates per chunk of clips, by device type
+UINT8_KERNELS = ("cpu",)  # device types where step 2 runs torch's uint8 kernels; elsewhere float32 (no uint8 kernel)
 
 
-def chunk_clips(frames: int, side: int, budget: int, size: int = 112) -> int:
-    """Clips per chunk so that one chunk's largest float intermediate, the horizontal pass's taps
-    (T, ~side, S, taps) float32 per plane, stays near `budget` bytes; at least 1."""
-    taps = 2 * int(np.ceil(max(side / size, 1.0))) + 1
-    return max(1, budget // (frames * (side + 2 * taps) * size * taps * 4 * 3))
+def chunk_clips(frames: int, side: int, budget: int) -> int:
+    """Clips per chunk so that a chunk's intermediates stay near `budget` bytes; at least 1. Counted per luma
+    pixel of a clip's crops: 3 planes (chroma upsampled) x (a uint8 crop and its float32 or packed copy, about
+    5 bytes) + the chroma regions: ~16 bytes."""
+    return max(1, budget // (frames * side * side * 16))
 
 
-# ---- the filter ------------------------------------------------------------------------------------------------
+# ---- steps 1-2: crop, resize -----------------------------------------------------------------------------------
 
 
-def resize_taps(start: float, length: float, extent: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """PIL's antialiased bilinear taps (Resample.c precompute_coeffs) for one axis.
+def chroma_region(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int, int, int]:
+    """Step 1's chroma samples for the crop box (x0, y0, side) of a width x height frame: (cx0, cy0, cw, ch, ox,
+    oy). Chroma samples [cx0, cx0 + cw) x [cy0, cy0 + ch) (of the (width + 1) // 2 x (height + 1) // 2 plane)
+    hold every sample the box's upsampled pixels read (luma pixel x reads samples floor(x / 2 - 1/4) and the
+    next), and the box starts at (ox, oy) in their x2 upsampling. Inside the frame this region's upsampling
+    equals the whole plane's; at the frame's edges both clamp."""
+    x0, y0, s = (int(v) for v in box)
 
-    The region [start, start + length) of an axis of `extent` pixels (pixel j covers [j, j + 1)) resampled to
-    `size` pixels. Returns (first (size,) int64: input index of each output's first tap, weights (size, K)
-    float64: K = 2 ceil(support) + 1 taps, zero-padded, each row summing to 1). Output i has centre
-    c = start + (i + 0.5) * scale, scale = length / size; support = max(scale, 1); its taps are the pixels j
-    in [trunc(c - support + 0.5), trunc(c + support + 0.5)) inside the axis, weighted 1 - |j + 0.5 - c| / support.
+    def axis(a: int, n: int) -> tuple[int, int, int]:
+        lo, hi = max(a // 2 - 1, 0), min((a + s) // 2 + 1, (n + 1) // 2)
+        return lo, hi - lo, a - 2 * lo
+
+    (cx0, cw, ox), (cy0, ch, oy) = axis(x0, int(width)), axis(y0, int(height))
+    return cx0, cy0, cw, ch, ox, oy
+
+
+def _interpolate(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Step 2's filter (module docstring): (M, C, h, w) -> (M, C, size, size), the input's dtype and layout."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    """Step 1's chroma upsampling: (M, C, h, w) -> (M, C, 2h, 2w), centre-sited bilinear, clamped at the edges
+    (align_corners=False: output pixel i samples input (i + 1/2) / 2 - 1/2)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _on_cpu_layout(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn, a chain of torch's uint8 kernels taking (M', 4 or 3, h, w) channels-last uint8, applied to (M, C, h, w)
+    uint8 CPU crops: as they are when C is 3 or 4 (one copy unless already channels last), else the M x C
+    planes repacked 4 per sample (one copy; the spare planes of a last, partial sample are never read back).
+    Torch's uint8 kernels take this layout (AVX2) at ~1/8 of the CPU time of one plane per sample (measured:
+    16 crops of 302 px -> 112, 0.26 ms against 2 ms). Returns fn's output as (M, C, h', w')."""
+    m, c, h, w = x.shape
+    if c in (3, 4):
+        return fn(x.contiguous(memory_format=torch.channels_last))
+    planes, p = x.reshape(m * c, h, w), m * c
+    full, q = p // 4, -(-p // 4)
+    buf = torch.empty((q, h, w, 4), dtype=torch.uint8)
+    buf[:full] = planes[:4 * full].view(full, 4, h, w).permute(0, 2, 3, 1)
+    if q > full:
+        buf[full, :, :, :p - 4 * full] = planes[4 * full:].permute(1, 2, 0)
+    out = fn(buf.permute(0, 3, 1, 2))
+    return out.reshape(4 * q, *out.shape[2:])[:p].view(m, c, *out.shape[2:])
+
+
+def resize_crops(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Step 2: crops of one size (M, C, h, w) uint8, any memory format and device -> (M, C, S, S) uint8: torch's
+    uint8 kernel on the CPU (UINT8_KERNELS), float32 rounded once (half to even) elsewhere."""
+    if x.device.type not in UINT8_KERNELS:
+        return _interpolate(x.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+    return _on_cpu_layout(lambda b: _interpolate(b, size), x)
+
+
+def resize_chroma(x: torch.Tensor, ox: int, oy: int, side: int, size: int) -> torch.Tensor:
+    """Steps 1-2 for chroma: (M, C, ch, cw) uint8 chroma regions (chroma_region's), any device -> (M, C, S, S)
+    uint8: upsampled x2, the box [oy, oy + side) x [ox, ox + side) of that resized to S x S. CPU: uint8
+    kernels (the upsampling rounded too); elsewhere float32, rounded once."""
+    if x.device.type not in UINT8_KERNELS:
+        up = _upsample(x.float())[..., oy:oy + side, ox:ox + side]
+        return _interpolate(up, size).round_().clamp_(0, 255).to(torch.uint8)
+    return _on_cpu_layout(lambda b: _interpolate(_upsample(b)[..., oy:oy + side, ox:ox + side], size), x)
+
+
+def _unpack(src: np.ndarray, dst: np.ndarray, flip: bool) -> None:
+    """(q, 4, S, S) resized planes packed 4 per sample (any strides) -> dst (P, S, S) contiguous, P <= 4q: plane
+    k = src[k // 4, k % 4], mirrored left-right when `flip` (step 3; a strided read, no extra pass)."""
+    p, s = dst.shape[0], dst.shape[-1]
+    full = p // 4
+    if flip:
+        src = src[..., ::-1]
+    dst[:4 * full].reshape(full, 4, s, s)[...] = src[:full]
+    if p > 4 * full:
+        dst[4 * full:] = src[full, :p - 4 * full]
+
+
+class YUV420Clip:
+    """Steps 1-3 for one clip on the CPU, fed frame by frame (the pyav backend's workers).
+
+    put(t, planes) copies frame t's regions out of its Y, U, V planes (each with the buffer protocol and
+    `line_size`, e.g. an av.VideoPlane, read in place: one strided copy each) into two buffers that pack 4
+    planes per sample, channels last (Y of frame t at y[t // 4, :, :, t % 4]; U of frame t at plane t of c,
+    V at plane T + t); resize(out) runs the clip's three kernel calls (Y resize; U, V upsample, resize) and
+    writes out (3, T, S, S) uint8 Y, U, V, flipped. box (x0, y0, side) in a width x height frame.
     """
-    scale = length / size
-    support = max(scale, 1.0)
-    k = 2 * int(np.ceil(support)) + 1
-    centre = start + (np.arange(size) + 0.5) * scale
-    lo = np.maximum(np.trunc(centre - support + 0.5).astype(np.int64), 0)
-    hi = np.minimum(np.trunc(centre + support + 0.5).astype(np.int64), extent)
-    j = lo[:, None] + np.arange(k)  # (size, K)
-    w = np.maximum(1.0 - np.abs((j + 0.5 - centre[:, None]) / support), 0.0) * (j < hi[:, None])
-    total = w.sum(axis=1, keepdims=True)
-    return lo, w / np.where(total > 0, total, 1.0)
+
+    def __init__(self, box: Sequence[int], flip: bool, frames: int, size: int, width: int, height: int):
+        self.x0, self.y0, self.side = (int(v) for v in box)
+        self.cx0, self.cy0, self.cw, self.ch, self.ox, self.oy = chroma_region(box, width, height)
+        self.flip, self.frames, self.size = bool(flip), frames, size
+        s = self.side
+        self.y = np.empty((-(-frames // 4), s, s, 4), np.uint8)
+        self.c = np.empty((-(-2 * frames // 4), self.ch, self.cw, 4), np.uint8)
+
+    def put(self, t: int, planes: Sequence) -> None:
+        """Frame t of the clip: its Y, U, V planes (rows of line_size bytes), read in place."""
+        py, pu, pv = planes
+        x0, y0, s = self.x0, self.y0, self.side
+        self.y[t // 4, :, :, t % 4] = np.frombuffer(py, np.uint8).reshape(-1, py.line_size)[y0:y0 + s, x0:x0 + s]
+        cx0, cy0, cw, ch = self.cx0, self.cy0, self.cw, self.ch
+        for k, plane in ((t, pu), (self.frames + t, pv)):
+            rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            self.c[k // 4, :, :, k % 4] = rows[cy0:cy0 + ch, cx0:cx0 + cw]
+
+    def copy(self, src: int, dst: int) -> None:
+        """Frame dst shows the same picture as frame src (a looped clip): copy its regions."""
+        self.y[dst // 4, :, :, dst % 4] = self.y[src // 4, :, :, src % 4]
+        for a, b in ((src, dst), (self.frames + src, self.frames + dst)):
+            self.c[b // 4, :, :, b % 4] = self.c[a // 4, :, :, a % 4]
+
+    def resize(self, out: np.ndarray) -> None:
+        """out (3, T, S, S) uint8: the clip's Y, U, V cropped and resized (steps 1-2) and flipped (step 3)."""
+        t, s, side = self.frames, self.size, self.side
+        y = _interpolate(torch.from_numpy(self.y).permute(0, 3, 1, 2), s)
+        c = _upsample(torch.from_numpy(self.c).permute(0, 3, 1, 2))[..., self.oy:self.oy + side, self.ox:self.ox + side]
+        _unpack(y.numpy(), out[0], self.flip)
+        _unpack(_interpolate(c, s).numpy(), out[1:].reshape(2 * t, s, s), self.flip)
 
 
-def _round_u8(x: torch.Tensor) -> torch.Tensor:
-    """Round half up and clamp to 0..255, in place: what PIL's 8-bit resample stores after each pass."""
-    return x.add_(0.5).floor_().clamp_(0, 255)
-
-
-def resize_planes(plane: torch.Tensor, idx: torch.Tensor, starts: np.ndarray, length: float,
-                  extents: np.ndarray, size: int) -> torch.Tensor:
-    """The crop regions of clips idx, resized: step 1 of the specification for one plane, batched.
-
-    plane: (N, T, Hp, Wp) uint8 (may be a strided view, e.g. NV12's U or V columns); clip n's frame fills
-    its top-left (H_n, W_n) = extents[n]. idx: (n,) int64 on plane's device; starts (n, 2) float64 host (x, y)
-    of each region's top-left in this plane's pixels; length: the regions' side (equal in a group), in this
-    plane's pixels; extents: (n, 2) int64 host (H, W). Returns (n, T, S, S) float32 holding integers 0..255.
-    """
-    n, t, dev = len(idx), plane.shape[1], plane.device
-    fx = [resize_taps(float(x), length, int(w), size) for x, w in zip(starts[:, 0], extents[:, 1], strict=True)]
-    fy = [resize_taps(float(y), length, int(h), size) for y, h in zip(starts[:, 1], extents[:, 0], strict=True)]
-    kx, ky = fx[0][1].shape[1], fy[0][1].shape[1]
-    first_x = np.stack([f for f, _ in fx])  # (n, S)
-    first_y = np.stack([f for f, _ in fy])
-    row0 = first_y[:, 0]  # taps move right with i: the first output's first tap is the clip's top row
-    rows_needed = int((first_y[:, -1] + ky - row0).max())
-    rows = torch.from_numpy(row0[:, None] + np.arange(rows_needed)).to(dev).clamp_(max=plane.shape[2] - 1)
-    cols = torch.from_numpy(first_x[:, :, None] + np.arange(kx)).to(dev).clamp_(max=plane.shape[3] - 1)
-    wx = torch.from_numpy(np.stack([w for _, w in fx])).float().to(dev)  # (n, S, Kx)
-    wy = torch.from_numpy(np.stack([w for _, w in fy])).float().to(dev)  # (n, S, Ky)
-    # Rows, then the columns' taps (a clamped index past the frame carries weight 0).
-    x = plane[idx.view(n, 1, 1), torch.arange(t, device=dev).view(1, t, 1), rows.view(n, 1, -1)]  # (n, T, R, Wp)
-    x = x.gather(3, cols.view(n, 1, 1, size * kx).expand(n, t, rows_needed, size * kx)).float()
-    h = _round_u8((x.view(n, t, rows_needed, size, kx) * wx.view(n, 1, 1, size, kx)).sum(-1))  # (n, T, R, S)
-    ry = torch.from_numpy(first_y - row0[:, None]).to(dev)[:, :, None] + torch.arange(ky, device=dev)  # (n, S, Ky)
-    v = h.gather(2, ry.clamp_(max=rows_needed - 1).view(n, 1, size * ky, 1).expand(n, t, size * ky, size))
-    return _round_u8((v.view(n, t, size, ky, size) * wy.view(n, 1, size, ky, 1)).sum(3))  # (n, T, S, S)
-
-
-# ---- colour and normalisation -----------------------------------------------------------------------------------
+# ---- steps 4-5: colour and normalisation -------------------------------------------------------------------------
 
 
 def conversion(norm: Normalisation | Sequence[float], yuv: bool = True) -> tuple[np.ndarray, np.ndarray,
                                                                                  np.ndarray, np.ndarray]:
-    """Steps 3-4 as one affine map and a clamp: out = clamp(A @ p + b, lo, hi) per pixel p (3 values).
+    """Steps 4-5 as one affine map and a clamp: out = clamp(A @ p + b, lo, hi) per pixel p (3 values).
 
     yuv: p is (Y, U, V) (A = the BT.601 matrix with the normalisation folded in); else p is RGB (A diagonal).
     Returns A (3, 3), b (3,), lo (3,), hi (3,) float64: lo/hi are 0 and 255 normalised, so the clamp is
@@ -147,7 +222,7 @@ def conversion(norm: Normalisation | Sequence[float], yuv: bool = True) -> tuple
 
 def yuv_to_rgb(yuv: torch.Tensor, norm: Normalisation | Sequence[float], out: torch.Tensor | None = None,
                is_yuv: bool = True) -> torch.Tensor:
-    """Steps 3-4 for resized clips: (N, 3, T, S, S) Y, U, V (uint8, or float holding 0..255) -> (N, 3, T, S, S)
+    """Steps 4-5 for resized clips: (N, 3, T, S, S) Y, U, V (uint8, or float holding 0..255) -> (N, 3, T, S, S)
     float32 normalised RGB (into `out` when given). is_yuv=False: the input is already RGB (normalise only)."""
     a, b, lo, hi = (torch.tensor(v, dtype=torch.float32, device=yuv.device) for v in conversion(norm, is_yuv))
     n = yuv.shape[0]
@@ -159,61 +234,6 @@ def yuv_to_rgb(yuv: torch.Tensor, norm: Normalisation | Sequence[float], out: to
         torch.addmm(b.view(3, 1), a, x.float() if x.dtype != torch.float32 else x, out=o)
         torch.clamp(o, lo.view(3, 1), hi.view(3, 1), out=o)
     return out
-
-
-# ---- CPU, one clip at a time: PIL on the decoder's planes --------------------------------------------------------
-
-
-def resize_plane_pil(plane, width: int, height: int, stride: int, region: tuple[float, float, float, float],
-                     size: int) -> np.ndarray:
-    """One plane's crop region resized by PIL (step 1): plane is any buffer of `height` rows of `stride` bytes
-    (e.g. an av.VideoPlane, read in place); region (left, top, right, bottom) in its pixels, fractions
-    allowed. Returns (size, size) uint8."""
-    from PIL import Image
-
-    im = Image.frombuffer("L", (width, height), plane, "raw", "L", stride, 1)
-    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=region))
-
-
-def yuv420_regions(box: Sequence[int]) -> tuple[tuple[float, float, float, float], ...]:
-    """The crop box (x0, y0, side) in luma pixels as PIL regions of the Y, U and V planes."""
-    x0, y0, s = (int(v) for v in box)
-    luma = (x0, y0, x0 + s, y0 + s)
-    chroma = (x0 / 2, y0 / 2, (x0 + s) / 2, (y0 + s) / 2)
-    return luma, chroma, chroma
-
-
-def yuv420_frame_resizer(box: Sequence[int], flip: bool, size: int):
-    """Steps 1-2 for the frames of one clip on the CPU, set up once per clip: returns resize(frame, out) that
-    writes a decoded yuv420p frame's (an av.VideoFrame, or any object with three `planes` that have width,
-    height, line_size and the buffer protocol) resized Y, U, V into out (3, S, S) uint8, flipped when `flip`.
-    The planes are read in place; the per-frame Python is a few calls per plane (it holds the GIL)."""
-    from PIL import Image
-
-    regions = yuv420_regions(box)
-    frombuffer, bilinear, shape = Image.frombuffer, Image.Resampling.BILINEAR, (size, size)
-
-    def resize(frame, out: np.ndarray) -> None:
-        for c, plane in enumerate(frame.planes):
-            im = frombuffer("L", (plane.width, plane.height), plane, "raw", "L", plane.line_size, 1)
-            r = np.asarray(im.resize(shape, bilinear, regions[c]))
-            out[c] = r[:, ::-1] if flip else r
-
-    return resize
-
-
-def resize_yuv420_clip(frames: Sequence, box: Sequence[int], flip: bool, size: int, out: np.ndarray) -> None:
-    """Steps 1-2 for one clip on the CPU: frames (T decoded yuv420p frames, as yuv420_frame_resizer takes; the
-    same object may appear several times, as in a looped clip: resized once) -> out (3, T, S, S) uint8, Y, U,
-    V, flipped when `flip`."""
-    resize = yuv420_frame_resizer(box, flip, size)
-    done: dict[int, int] = {}  # id(frame) -> the first t that holds it
-    for t, f in enumerate(frames):
-        if id(f) in done:
-            out[:, t] = out[:, done[id(f)]]
-            continue
-        done[id(f)] = t
-        resize(f, out[:, t])
 
 
 # ---- torch, batched: NV12 (NVDEC, infer.py) and RGB (decord) ---------------------------------------------------------
@@ -230,19 +250,27 @@ def _host_params(sizes, boxes, flips, n: int) -> tuple[np.ndarray, np.ndarray, n
     return sizes, boxes, flips
 
 
-def _grouped(planes_fn, n: int, t: int, boxes: np.ndarray, flips: np.ndarray, size: int,
+def _crops(plane: torch.Tensor, idx: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, h: int) -> torch.Tensor:
+    """Step 1 for clips idx of one plane (N, T, Hp, Wp) (any strides, e.g. NV12's U or V columns), regions
+    [x0, x0 + w) x [y0, y0 + h) per clip: (n, T, h, w), one copy (a slice per clip)."""
+    return torch.stack([plane[i, :, b:b + h, a:a + w] for i, a, b in zip(idx.tolist(), x0.tolist(), y0.tolist(),
+                                                                          strict=True)])
+
+
+def _grouped(keys: np.ndarray, planes_fn: Callable, n: int, t: int, flips: np.ndarray, size: int,
              norm: Normalisation | Sequence[float], device: torch.device, is_yuv: bool) -> torch.Tensor:
-    """Run planes_fn(clips (n_g,) int64 host array, the same on the device, side) -> (n_g, 3, T, S, S) resized
-    float planes over the clips in groups of equal side and chunks, then flip, yuv_to_rgb; (N, 3, T, S, S)."""
+    """Run planes_fn(clips (n_g,) int64 host array, key) -> (n_g, 3, T, S, S) uint8 resized planes over the clips
+    in groups of equal key (key[0]: the crop side) and chunks, then flip (step 3) and yuv_to_rgb (steps 4-5);
+    returns (N, 3, T, S, S) float32."""
     out = torch.empty((n, 3, t, size, size), dtype=torch.float32, device=device)
-    for side in np.unique(boxes[:, 2]).tolist():
-        group = np.flatnonzero(boxes[:, 2] == side)
-        step = chunk_clips(t, side, CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]), size)
+    for key in np.unique(keys, axis=0):
+        group = np.flatnonzero((keys == key).all(axis=1))
+        step = chunk_clips(t, int(key[0]), CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]))
         for a in range(0, len(group), step):
             idx = group[a:a + step]
-            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
-            x = planes_fn(idx, idx_t, side)  # (n_g, 3, T, S, S)
+            x = planes_fn(idx, key)  # (n_g, 3, T, S, S) uint8
             flip = torch.from_numpy(flips[idx]).to(device, non_blocking=True).view(-1, 1, 1, 1, 1)
+            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
             out[idx_t] = yuv_to_rgb(torch.where(flip, x.flip(-1), x), norm, is_yuv=is_yuv)
     return out
 
@@ -259,20 +287,26 @@ def augment_nv12(y: torch.Tensor, uv: torch.Tensor, sizes, boxes, flips, size: i
     n, t = y.shape[:2]
     sizes, boxes, flips = _host_params(sizes, boxes, flips, n)
     u, v = uv[..., 0::2], uv[..., 1::2]  # (N, T, Hp/2, Wp/2) strided views
+    regions = np.array([chroma_region(b, w, h) for b, (h, w) in zip(boxes, sizes, strict=True)],
+                       np.int64).reshape(n, 6)  # cx0, cy0, cw, ch, ox, oy
+    keys = np.column_stack([boxes[:, 2], regions[:, 2:]])  # equal crop geometry: one kernel call per plane
 
-    def planes(idx: np.ndarray, idx_t: torch.Tensor, side: int) -> torch.Tensor:
-        luma = boxes[idx, :2].astype(np.float64)
-        chroma_sizes = (sizes[idx] + 1) // 2
-        return torch.stack([resize_planes(y, idx_t, luma, side, sizes[idx], size),
-                            resize_planes(u, idx_t, luma / 2, side / 2, chroma_sizes, size),
-                            resize_planes(v, idx_t, luma / 2, side / 2, chroma_sizes, size)], dim=1)
+    def planes(idx: np.ndarray, key: np.ndarray) -> torch.Tensor:
+        side, cw, ch, ox, oy = key.tolist()
+        m = len(idx)
+        ys = resize_crops(_crops(y, idx, boxes[idx, 0], boxes[idx, 1], side, side), size)  # (m, T, S, S)
+        cx, cy = regions[idx, 0], regions[idx, 1]
+        uvs = torch.cat([_crops(u, idx, cx, cy, cw, ch), _crops(v, idx, cx, cy, cw, ch)], 1)  # (m, 2T, ch, cw)
+        uvs = resize_chroma(uvs, ox, oy, side, size)
+        return torch.cat([ys.view(m, 1, t, size, size), uvs.view(m, 2, t, size, size)], 1)
 
-    return _grouped(planes, n, t, boxes, flips, size, norm, y.device, is_yuv=True)
+    return _grouped(keys, planes, n, t, flips, size, norm, y.device, is_yuv=True)
 
 
 def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int,
                 norm: Normalisation | Sequence[float]) -> torch.Tensor:
-    """RGB frames -> clips: steps 1 (per channel), 2 and 4 of the specification, batched in torch.
+    """RGB frames -> clips: steps 1-2 (R, G, B as luma-resolution planes), 3 and 5 of the specification,
+    batched in torch.
 
     rgb: (N, T, Hp, Wp, 3) uint8. Host arrays: sizes (N, 2) (H_n, W_n) of each clip's frames (top-left of
     its planes); boxes (N, 3) (x0, y0, side); flips (N,) bool; norm as augment_nv12's. Returns
@@ -281,12 +315,13 @@ def augment_rgb(rgb: torch.Tensor, sizes, boxes, flips, size: int,
     n, t = rgb.shape[:2]
     sizes, boxes, flips = _host_params(sizes, boxes, flips, n)
 
-    def planes(idx: np.ndarray, idx_t: torch.Tensor, side: int) -> torch.Tensor:
-        starts = boxes[idx, :2].astype(np.float64)
-        return torch.stack([resize_planes(rgb[..., c], idx_t, starts, side, sizes[idx], size) for c in range(3)],
-                           dim=1)
+    def planes(idx: np.ndarray, key: np.ndarray) -> torch.Tensor:
+        side, m = int(key[0]), len(idx)
+        x = _crops(rgb, idx, boxes[idx, 0], boxes[idx, 1], side, side)  # (m, T, side, side, 3)
+        x = resize_crops(x.view(m * t, side, side, 3).permute(0, 3, 1, 2), size)  # channels last: as it lies
+        return x.reshape(m, t, 3, size, size).transpose(1, 2)
 
-    return _grouped(planes, n, t, boxes, flips, size, norm, rgb.device, is_yuv=False)
+    return _grouped(boxes[:, 2:], planes, n, t, flips, size, norm, rgb.device, is_yuv=False)
 
 
 # ---- whole frames (references and tests; not on any clip path) --------------------------------------------------

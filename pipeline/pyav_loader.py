@@ -6,25 +6,31 @@ num_threads worker threads:
         NVDEC backend feeds its decoders; one file read)
     -> the thread's own FFmpeg decoder (av.CodecContext, thread_count 1, kept for the loader's life and
        flushed after each clip)
-    -> each decoded frame the clip shows: crop and resize its Y, U and V planes in place (PIL, no copy or
-       conversion of the frame; pipeline/augment.py step 1), flipped as it is written (step 2); frames outside
-       the clip (the lead-in from the keyframe) are decoded and dropped, never converted
-    -> colour conversion and normalisation at S x S (steps 3-4, numpy: one product, one clamp) into the batch.
-So the work per clip is the decoder's, plus resampling ~1.5 crop-sized planes per shown frame and converting
-16 x S x S pixels. Clips of a batch decode in parallel, one per thread; PyAV (avcodec_send_packet and
-receive_frame), PIL's resample and numpy's loops release the GIL, and the Python between them is a few
-calls per frame.
+    -> each decoded frame the clip shows: the box's pixels copied out of the decoder's Y plane, and the chroma
+       samples around it out of U and V (one strided copy per plane, no conversion; pipeline/augment.py
+       YUV420Clip, step 1); frames outside the clip (the lead-in from the keyframe) are decoded and dropped,
+       never copied or converted
+    -> after the clip's last frame: Y resized to S x S, U and V upsampled x2, cropped to the box and resized,
+       4 planes per call of torch's uint8 kernels (three calls per clip), flipped (steps 1-3)
+    -> colour conversion and normalisation at S x S (steps 4-5, numpy: one product, one clamp) into the batch.
+So the work per clip is the decoder's, plus ~1.5 crop-sized plane copies, one crop-sized resize and two
+chroma upsamplings and resizes per shown frame, and the conversion of T x S x S pixels. Clips of a batch
+decode in parallel, one per thread; PyAV (avcodec_send_packet and receive_frame), torch's ops and numpy's
+copies release the GIL, and the Python between them is a few calls per frame.
 
 Threads: exactly num_threads busy threads, each single-threaded inside: FFmpeg thread_count 1 (decoding more
-clips at once costs less CPU per clip than more threads per clip), PIL and numpy do not start threads (no
-BLAS call), and no torch operation runs on the CPU path, so torch's intra-op threads are neither used nor
-changed. device="gpu": the clips' resized Y, U, V (uint8) are copied to the GPU and converted there
+clips at once costs less CPU per clip than more threads per clip), numpy starts no threads (no BLAS call), and
+torch's intra-op threads are 1 in each worker (torch.set_num_threads(1) as the worker starts: the OpenMP
+thread count is per thread, so the resizes start no OpenMP team, and the calling thread keeps its own count).
+torch.set_num_threads also sets the default of threads that first use torch later, so once the workers have
+set theirs the loader sets that default back to what the iterating thread had (tests/test_pyav.py checks the
+three). device="gpu": the clips' resized Y, U, V (uint8) are copied to the GPU and converted there
 (augment.yuv_to_rgb), in the consumer's thread.
 
 Memory: at most batch_size x prefetch clips are in flight (submitted and not yet delivered: the next batch is
 submitted when the consumer asks for it, so while it works on one batch prefetch - 1 others decode); each is written
-straight into its batch's output, and a worker holds one decoded frame at a time (plus the decoder's
-reference frames).
+straight into its batch's output; a worker holds one decoded frame at a time (plus the decoder's reference
+frames) and its clip's regions (T x side^2 x 1.5 bytes: 3.1 MB for a 360 px crop; ~4x that for the upsampling).
 
 Limits checked when the loader is built (LoaderBase's bad-row policy: fail naming the file, or skip and count):
 codecs FFmpeg decodes from a bare packet slice (SUPPORTED_CODECS) and no frame reordering (packet k must be
@@ -42,7 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from pipeline.augment import conversion, yuv420_frame_resizer, yuv_to_rgb
+from pipeline.augment import YUV420Clip, conversion, yuv_to_rgb
 from pipeline.bitstream import packet_slice
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.manifest import HINT, DatasetError
@@ -70,6 +76,16 @@ def row_problems(packets: PacketTable) -> np.ndarray:
             out[r] = ("frames are reordered (B-frames), so packet k is not frame k; re-prepare with prepare_data.py "
                       "(it writes no B-frames), or use backend='decord'")
     return out
+
+
+def _one_torch_thread() -> None:
+    """A worker thread's initializer: 1 intra-op thread for its torch ops. torch fixes a thread's count on its
+    first parallel op from the process default (the last set_num_threads anywhere), so the count is read
+    first (that fixes it), then set to 1 for this thread."""
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(1)
 
 
 class PyAVLoader(LoaderBase):
@@ -113,7 +129,7 @@ class PyAVLoader(LoaderBase):
         slots: dict[int, list[int]] = {}  # packet k of the slice -> the clip positions t that show its frame
         for t, k in enumerate((frames - first).tolist()):
             slots.setdefault(k, []).append(t)
-        resize = yuv420_frame_resizer(box, flip, yuv.shape[-1])
+        crops = YUV420Clip(box, flip, len(frames), yuv.shape[-1], clip.width, clip.height)
         done = 0
         ctx = self._context(clip.codec)
 
@@ -126,9 +142,9 @@ class PyAVLoader(LoaderBase):
                 if f.format.name not in FORMATS or (f.width, f.height) != (clip.width, clip.height):
                     raise DecodeError(f"frame {first + f.pts} is {f.format.name} {f.width}x{f.height}; the loader "
                                       f"reads yuv420p {clip.width}x{clip.height} (prepare_data.py writes it)")
-                resize(f, yuv[:, ts[0]])
+                crops.put(ts[0], f.planes)
                 for t in ts[1:]:  # a looped clip shows the frame again
-                    yuv[:, t] = yuv[:, ts[0]]
+                    crops.copy(ts[0], t)
                 ts[0] = -1 - ts[0]  # mark done (a frame is taken once)
                 done += 1
 
@@ -146,6 +162,7 @@ class PyAVLoader(LoaderBase):
         if done != len(slots):
             missing = sorted(k for k, ts in slots.items() if ts[0] >= 0)
             raise DecodeError(f"{len(missing)} frame(s) missing from the decoder's output, first {first + missing[0]}")
+        crops.resize(yuv)
 
     def _clip(self, i: int, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, out) -> None:
         """Clip i of a batch into out: (N, 3, T, S, S) float32 normalised RGB (CPU) or uint8 Y, U, V (GPU)."""
@@ -155,7 +172,7 @@ class PyAVLoader(LoaderBase):
                 return
             yuv = np.empty(out.shape[1:], np.uint8)
             self._decode_clip(row, frames, box, flip, yuv)
-            # Steps 3-4 (augment.conversion): numpy's einsum, no BLAS threads; float32 like yuv_to_rgb.
+            # Steps 4-5 (augment.conversion): numpy's einsum, no BLAS threads; float32 like yuv_to_rgb.
             o = out[i].reshape(3, -1)
             np.einsum("ck,kp->cp", self._a, yuv.reshape(3, -1).astype(np.float32), out=o)
             o += self._b[:, None]
@@ -186,13 +203,27 @@ class PyAVLoader(LoaderBase):
         video_idx = torch.from_numpy(bp.rows.copy()).to(dev, non_blocking=True)
         return Batch(out, labels, video_idx)
 
+    def _start_workers(self) -> ThreadPoolExecutor:
+        """config.num_threads worker threads, started now, each with one torch intra-op thread (module docstring)."""
+        import torch
+
+        n = self.config.num_threads
+        default = torch.get_num_threads()  # this thread's count (reading it fixes it: torch sets it on first use)
+        started = threading.Barrier(n + 1, timeout=60)
+        pool = ThreadPoolExecutor(n, thread_name_prefix="pyav", initializer=_one_torch_thread)
+        for _ in range(n):  # each task holds its thread until all have started: n threads, each initialised
+            pool.submit(started.wait)
+        started.wait()
+        torch.set_num_threads(default)  # the default of threads that use torch later: what it was, not the workers' 1
+        return pool
+
     def __iter__(self) -> Iterator[Batch]:
         self.check_open()
         batches = self.batch_plans()
         if not batches:
             return
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.config.num_threads, thread_name_prefix="pyav")
+            self._executor = self._start_workers()
         pool, todo = self._executor, iter(batches)
         pending: deque[tuple[Plan, object, list[Future]]] = deque()
         in_flight = 0

@@ -233,10 +233,15 @@ def test_gpu_augment_matches_cpu():
             [True, False, True, False, True, False], 112, KINETICS_MEAN)
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
-    # Y, U, V are rounded after each resize pass (augment.py), so a float difference at a .5 tie moves one of
-    # them by 1 level: up to 2.02 RGB levels (B's U coefficient), rarely.
+    # The CPU runs torch's uint8 kernels (rounded after the chroma upsampling and each resize pass), the GPU
+    # float32 rounded once (augment.py step 2): Y within 1 level, U and V within 2 (tests/test_augment.py), so
+    # RGB within max over rows of |a_Y| + 2 (|a_U| + |a_V|) of the BT.601 matrix: 5.2 levels (B). On these
+    # uniformly random planes (the worst case) the float path computed on the CPU gives max 5.2, mean 0.59.
+    from pipeline.augment import YUV_TO_RGB
+
+    bound = max(abs(r[0]) + 2 * (abs(r[1]) + abs(r[2])) for r in YUV_TO_RGB)
     diff = (gpu.cpu() - cpu).abs()
-    assert gpu.is_cuda and diff.max() <= 2.02 and diff.mean() < 0.01
+    assert gpu.is_cuda and diff.max() <= bound + 1e-4 and diff.mean() < 0.8
 
 
 # ---- the loader on CPU (the twin) --------------------------------------------------------------------------

@@ -124,6 +124,39 @@ def test_worker_threads_each_keep_their_own_decoder_and_close_joins_them(data):
         next(iter(loader))
 
 
+def test_workers_run_torch_on_one_thread_and_leave_the_process_default(data, monkeypatch):
+    """Each worker's torch ops run with 1 intra-op thread (no OpenMP team: the process gains exactly the
+    num_threads workers), the iterating thread keeps its count, and a thread that first uses torch after the
+    epoch gets the process default, not the workers' 1."""
+    import os
+
+    counts, lock = set(), threading.Lock()
+    real = PyAVLoader._decode_clip
+
+    def spy(self, *args):
+        with lock:
+            counts.add(torch.get_num_threads())
+        return real(self, *args)
+
+    monkeypatch.setattr(PyAVLoader, "_decode_clip", spy)
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tasks = len(os.listdir("/proc/self/task"))
+        with load(data, batch_size=4, num_threads=2, sample_size=112) as loader:
+            for e in range(2):
+                loader.set_epoch(e)
+                assert len(list(loader)) == 3
+            assert len(os.listdir("/proc/self/task")) == tasks + 2
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert counts == {1} and torch.get_num_threads() == 2 and later == [2]
+    finally:
+        torch.set_num_threads(before_threads)
+
+
 def test_close_in_the_middle_of_an_epoch(data):
     loader = load(data, "train", "eval", batch_size=1, num_threads=2)
     batches = iter(loader)
