@@ -47,8 +47,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
+import torch
 
-from pipeline.augment import YUV420Clip, conversion, yuv_to_rgb
+from pipeline.augment import YUV420Clip, conversion_tensors, convert_clip, yuv_to_rgb
 from pipeline.bitstream import packet_slice
 from pipeline.loader import Batch, LoaderBase, LoaderConfig
 from pipeline.manifest import HINT, DatasetError
@@ -82,8 +83,6 @@ def _one_torch_thread() -> None:
     """A worker thread's initializer: 1 intra-op thread for its torch ops. torch fixes a thread's count on its
     first parallel op from the process default (the last set_num_threads anywhere), so the count is read
     first (that fixes it), then set to 1 for this thread."""
-    import torch
-
     torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -98,7 +97,7 @@ class PyAVLoader(LoaderBase):
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .contexts: {codec: av.CodecContext} of this worker thread
         c = config
-        self._a, self._b, self._lo, self._hi = (v.astype(np.float32) for v in conversion(c.normalisation))
+        self._coeffs = conversion_tensors(c.normalisation)
         self.max_in_flight = 0  # the most clips ever in flight (tests check the bound)
 
     def decode_problems(self, packets: PacketTable) -> np.ndarray:
@@ -172,19 +171,14 @@ class PyAVLoader(LoaderBase):
                 return
             yuv = np.empty(out.shape[1:], np.uint8)
             self._decode_clip(row, frames, box, flip, yuv)
-            # Steps 4-5 (augment.conversion): numpy's einsum, no BLAS threads; float32 like yuv_to_rgb.
-            o = out[i].reshape(3, -1)
-            np.einsum("ck,kp->cp", self._a, yuv.reshape(3, -1).astype(np.float32), out=o)
-            o += self._b[:, None]
-            np.clip(o, self._lo[:, None], self._hi[:, None], out=o)
+            # Steps 4-5, on this worker's one torch thread.
+            convert_clip(torch.from_numpy(yuv).view(3, -1), torch.from_numpy(out[i]).view(3, -1), self._coeffs)
         except (DecodeError, OSError, ValueError) as e:  # OSError, ValueError: the file changed since it was indexed
             raise DecodeError(f"{self._files[row]}: frames {int(frames.min())}..{int(frames.max())}: {e}. {HINT}") from None
 
     # -- per batch ----------------------------------------------------------------------------------------------
     def _new_batch(self, n: int):
         """(torch output, its numpy view for the workers): float32 clips on the CPU, uint8 Y, U, V for the GPU."""
-        import torch
-
         c = self.config
         shape = (n, 3, c.sample_duration, c.sample_size, c.sample_size)
         if self.torch_device.type == "cpu":
@@ -194,8 +188,6 @@ class PyAVLoader(LoaderBase):
         return out, out.numpy()
 
     def _assemble(self, bp: Plan, out) -> Batch:
-        import torch
-
         dev = self.torch_device
         if dev.type != "cpu":
             out = yuv_to_rgb(out.to(dev, non_blocking=True), self.config.normalisation)  # (N, 3, T, S, S)
@@ -205,8 +197,6 @@ class PyAVLoader(LoaderBase):
 
     def _start_workers(self) -> ThreadPoolExecutor:
         """config.num_threads worker threads, started now, each with one torch intra-op thread (module docstring)."""
-        import torch
-
         n = self.config.num_threads
         default = torch.get_num_threads()  # this thread's count (reading it fixes it: torch sets it on first use)
         started = threading.Barrier(n + 1, timeout=60)

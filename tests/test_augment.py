@@ -158,6 +158,20 @@ def test_cpu_kernel_and_float_path_are_the_filter_within_one_level(m, c, h, w, s
     assert np.abs(got.numpy().astype(int) - fl.numpy()).max() <= 1
 
 
+def test_the_filter_upsampling_x2_is_centre_sited_bilinear():
+    """_chroma_steps upsamples with step 2's filter (at scale 1/2: 3/4 and 1/4 of the two nearest samples, the
+    edge sample alone at the edges): the same numbers as step 1's bilinear upsampling, in float and on the
+    CPU's uint8 kernel (the non-antialiased bilinear kernel's)."""
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(5).integers(0, 256, (2, 4, 7, 9), dtype=np.uint8)
+    up = augment._interpolate(torch.from_numpy(x).double(), (14, 18)).numpy()
+    np.testing.assert_allclose(up, upsample_reference(x), atol=1e-9)
+    cl = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(augment._interpolate(cl, (7, 18)),
+                                  F.interpolate(cl, size=(7, 18), mode="bilinear", align_corners=False))
+
+
 @pytest.mark.parametrize(("box", "frame"), [((0, 0, 240), (320, 240)), ((59, 0, 202), (320, 240)),
                                             ((17, 3, 33), (64, 48)), ((151, 71, 169), (320, 240))])
 def test_chroma_path_is_upsample_crop_resize_within_two_levels(box, frame, monkeypatch):

@@ -125,9 +125,9 @@ def test_worker_threads_each_keep_their_own_decoder_and_close_joins_them(data):
 
 
 def test_workers_run_torch_on_one_thread_and_leave_the_process_default(data, monkeypatch):
-    """Each worker's torch ops run with 1 intra-op thread (no OpenMP team: the process gains exactly the
-    num_threads workers), the iterating thread keeps its count, and a thread that first uses torch after the
-    epoch gets the process default, not the workers' 1."""
+    """Each worker's torch ops run with 1 intra-op thread (no OpenMP team: the only OS threads the epochs add
+    are the num_threads workers), the iterating thread keeps its count, and a thread that first uses torch
+    after the epoch gets the process default, not the workers' 1."""
     import os
 
     counts, lock = set(), threading.Lock()
@@ -142,12 +142,14 @@ def test_workers_run_torch_on_one_thread_and_leave_the_process_default(data, mon
     before_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        tasks = len(os.listdir("/proc/self/task"))
+        tasks = set(os.listdir("/proc/self/task"))  # the process's OS threads
         with load(data, batch_size=4, num_threads=2, sample_size=112) as loader:
             for e in range(2):
                 loader.set_epoch(e)
                 assert len(list(loader)) == 3
-            assert len(os.listdir("/proc/self/task")) == tasks + 2
+            new = set(os.listdir("/proc/self/task")) - tasks
+            workers = {str(t.native_id) for t in threading.enumerate() if t.name.startswith("pyav")}
+            assert len(workers) == 2 and new == workers
         later = []
         t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
         t.start()
