@@ -5,17 +5,19 @@ pixels; flip) and the output size S, for a decoder's YUV 4:2:0 frames (yuv420p o
  1. crop each plane to the box at luma resolution: Y [x0, x0 + side) x [y0, y0 + side); U and V upsampled x2
     first, centre-sited bilinear (a luma pixel takes 3/4 of the chroma sample it lies in and 1/4 of the
     nearer neighbour, per axis, clamped at the frame's edges: the upsampling of the decoder's RGB conversion,
-    nv12_crop_to_rgb), computed only over the chroma samples around the box (chroma_region) and rounded to
-    uint8, then cropped to the same box;
+    nv12_crop_to_rgb), computed only over the chroma samples around the box (chroma_region), then cropped to
+    the same box (upsampling, crop and step 2 are all separable, so the code does them one axis at a time:
+    _chroma_steps);
  2. resize each cropped plane to S x S with the antialiased bilinear (triangle) filter, the crop alone:
     output i has centre c = (i + 1/2) * scale in the crop (scale = side / S), its taps are the crop's pixels j
     with |j + 1/2 - c| < support = max(scale, 1), weighted 1 - |j + 1/2 - c| / support and normalised to sum
     1 (taps that would fall outside the crop are dropped, never read); horizontal pass, then vertical; rounded
     to 0..255. That is torch.nn.functional.interpolate(mode="bilinear", antialias=True, align_corners=False)
     and PIL's Image.resize(BILINEAR) of the cropped image: the authors' order (3D-ResNets-PyTorch crops, then
-    PIL-Resizes). Rounding: on the CPU torch's uint8 kernels (fixed-point weights, each pass rounded to uint8;
-    AVX2 when 3 or 4 planes lie channels-last, hence the packing below), elsewhere (GPU) float, rounded once
-    at the end: within 1 level of each other for Y, 2 for U and V (tests/test_augment.py);
+    PIL-Resizes). Rounding: on the CPU torch's uint8 kernels (fixed-point weights, each pass rounded to uint8,
+    the chroma upsampling's too; AVX2 when 3 or 4 planes lie channels-last, hence the packing below),
+    elsewhere (GPU) float, rounded once at the end: within 1 level of each other for Y, 2 for U and V
+    (tests/test_augment.py);
  3. horizontal flip;
  4. colour conversion at S x S: BT.601 limited range (Y 16-235, Cb/Cr 16-240) -> RGB, the matrix FFmpeg, PyAV
     and DALI apply to these untagged yuv420p videos (exact coefficients), clamped to [0, 255];
@@ -23,8 +25,9 @@ pixels; flip) and the output size S, for a decoder's YUV 4:2:0 frames (yuv420p o
     folded into step 4's affine map: one 3 x 3 product, one offset and one clamp per pixel (conversion()).
 This is the paper's order (whole frame to RGB, crop, resize, flip, mean) with the colour conversion, a linear
 map per pixel, moved after the linear resampling: the two commute up to the clamp and the roundings, so
-against the paper's order computed in float64 from the same decoded frames the clips reach ~50 dB PSNR on
-textured content with saturated colour edges (>= 40 dB is the bar: tests/test_augment.py, test_pyav.py). What
+against the paper's order computed in float64 from the same decoded frames the clips reach 50 dB PSNR (worst
+box) on textured content with saturated colour edges, 44 dB worst and 51-52 median on real videos prepared at
+240 and 360 px (>= 40 dB is the bar: tests/test_augment.py, test_pyav.py; benchmarks/RESULTS.md). What
 the order saves: the crop needs no conversion, only the box's pixels are resampled, and only S x S pixels are
 converted: per 360 px clip ~1/10 of the colour conversions of "convert the frame, crop, resize". Resizing the
 chroma planes at their own resolution instead (half-resolution crops to S x S, no upsampling) costs ~1 ms
@@ -39,12 +42,12 @@ The code:
                   the CPU, float elsewhere); resize_chroma: steps 1-2 for chroma regions.
   YUV420Clip      steps 1-3 for one clip on the CPU, fed by a decoder frame by frame (the "pyav" backend):
                   each plane's region is copied once, straight from the decoder's planes, into buffers that
-                  pack 4 planes per sample channels-last (16 Y crops: (4, side, side, 4) uint8), then three
-                  kernel calls per clip (Y resize; U, V upsample, resize). torch ops run with the calling
+                  pack 4 planes per sample channels-last (16 Y crops: (4, side, side, 4) uint8), then five
+                  kernel calls per clip (Y: resize; U, V: _chroma_steps). torch ops run with the calling
                   thread's intra-op threads (the pyav workers set 1).
   augment_nv12    steps 1-5, batched in torch on any device: NVDEC (GPU, and its CPU twin) and infer.py.
   augment_rgb     RGB frames (the decord backend).
-  conversion, yuv_to_rgb   steps 4-5.
+  conversion, convert_clip, yuv_to_rgb   steps 4-5.
 Batching (torch): the clips of a batch have different crop sides (5 scales per frame size), so they are
 processed in groups of equal crop geometry, cut into chunks of clips that bound the intermediates
 (chunk_clips).
