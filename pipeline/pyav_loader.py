@@ -10,9 +10,11 @@ num_threads worker threads:
        samples around it out of U and V (one strided copy per plane, no conversion; pipeline/augment.py
        YUV420Clip, step 1); frames outside the clip (the lead-in from the keyframe) are decoded and dropped,
        never copied or converted
-    -> after the clip's last frame: Y resized to S x S, U and V upsampled x2, cropped to the box and resized,
-       4 planes per call of torch's uint8 kernels (three calls per clip), flipped (steps 1-3)
-    -> colour conversion and normalisation at S x S (steps 4-5, numpy: one product, one clamp) into the batch.
+    -> after the clip's last frame: Y resized to S x S, U and V upsampled x2, cropped to the box and resized
+       one axis at a time, 4 planes per call of torch's uint8 kernels (five calls per clip), flipped (steps
+       1-3)
+    -> colour conversion and normalisation at S x S (steps 4-5, augment.convert_clip: one product, a clamp
+       per channel) into the batch.
 So the work per clip is the decoder's, plus ~1.5 crop-sized plane copies, one crop-sized resize and two
 chroma upsamplings and resizes per shown frame, and the conversion of T x S x S pixels. Clips of a batch
 decode in parallel, one per thread; PyAV (avcodec_send_packet and receive_frame), torch's ops and numpy's
@@ -20,7 +22,7 @@ copies release the GIL, and the Python between them is a few calls per frame.
 
 Threads: exactly num_threads busy threads, each single-threaded inside: FFmpeg thread_count 1 (decoding more
 clips at once costs less CPU per clip than more threads per clip), numpy starts no threads (no BLAS call), and
-torch's intra-op threads are 1 in each worker (torch.set_num_threads(1) as the worker starts: the OpenMP
+torch's intra-op threads (OpenMP, and MKL for the conversion's product) are 1 in each worker (torch.set_num_threads(1) as the worker starts: the OpenMP
 thread count is per thread, so the resizes start no OpenMP team, and the calling thread keeps its own count).
 torch.set_num_threads also sets the default of threads that first use torch later, so once the workers have
 set theirs the loader sets that default back to what the iterating thread had (tests/test_pyav.py checks the
@@ -30,7 +32,8 @@ three). device="gpu": the clips' resized Y, U, V (uint8) are copied to the GPU a
 Memory: at most batch_size x prefetch clips are in flight (submitted and not yet delivered: the next batch is
 submitted when the consumer asks for it, so while it works on one batch prefetch - 1 others decode); each is written
 straight into its batch's output; a worker holds one decoded frame at a time (plus the decoder's reference
-frames) and its clip's regions (T x side^2 x 1.5 bytes: 3.1 MB for a 360 px crop; ~4x that for the upsampling).
+frames) and its clip's regions (T x side^2 x 1.5 bytes: 3.1 MB for a 360 px crop, and about as much again
+while the chroma is upsampled).
 
 Limits checked when the loader is built (LoaderBase's bad-row policy: fail naming the file, or skip and count):
 codecs FFmpeg decodes from a bare packet slice (SUPPORTED_CODECS) and no frame reordering (packet k must be
@@ -96,8 +99,7 @@ class PyAVLoader(LoaderBase):
         self._files = self.videos["file"].tolist()
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .contexts: {codec: av.CodecContext} of this worker thread
-        c = config
-        self._coeffs = conversion_tensors(c.normalisation)
+        self._coeffs = conversion_tensors(config.normalisation)  # steps 4-5, on the CPU
         self.max_in_flight = 0  # the most clips ever in flight (tests check the bound)
 
     def decode_problems(self, packets: PacketTable) -> np.ndarray:
