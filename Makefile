@@ -27,7 +27,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 # The demo: generate the synthetic sample dataset, prepare it (128 px high: its sources are at most 240 px),
-# train a small 3D ResNet on the CPU through the DALI pipeline, evaluate it. Minutes on 2 cores (RESULTS.md).
+# train a small 3D ResNet on the CPU through the pyav loader (--backend auto on a CPU), evaluate it. Minutes on 2
+# cores (RESULTS.md).
 # --lr-patience 5, not 3: with 72 validation videos the val loss is noisy, and patience 3 divided the lr as early as
 # epoch 13 in some seeds, which then stopped short of the promised accuracy (RESULTS.md, "The demo").
 # Every step can be re-run: preparation reuses finished videos, --resume continues (or finishes) the run.

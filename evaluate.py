@@ -225,7 +225,7 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
                           sample_size=record.sample_size, normalisation=record.normalisation,
                           **loader_options(cfg, d, cfg.batch_size))
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
-                  f"{record.normalisation.describe()}")
+                  f"{record.normalisation.describe()}; loader: {loader.config.backend}")
     ids = loader.videos["video_id"]
     if ids.duplicated().any():  # every rank sees it: all stop, with one line
         vid = ids[ids.duplicated()].iloc[0]

@@ -596,7 +596,8 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                   f"{cost.macs / 1e9:.2f} G multiply-adds per {clip} clip (forward), {len(class_names)} classes | "
                   f"{d.world_size} process(es) on {d.device.type}, batch {cfg.batch_size} = {d.world_size} x "
                   f"{cfg.batch_size // d.world_size} | {len(train_loader.videos)} train videos, "
-                  f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | bf16 {cfg.amp}")
+                  f"{len(train_loader)} steps/epoch | {len(val_loader.videos)} val videos | loader "
+                  f"{loader_args['backend']} | bf16 {cfg.amp}")
 
     saved = epoch  # the epoch that last.pt holds (0: none yet)
     tb = None

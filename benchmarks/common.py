@@ -62,7 +62,8 @@ def host_pass(loader: Any, max_clips: int | None = None) -> dict:
     clip's packet slice (file read, Annex-B) and its decoder submissions. loader: a pipeline.backends.nvdec
     NvdecLoader (the CPU twin will do: nothing here decodes). Returns clips, packets, cpu_s and wall_s in total,
     and per clip in ms (process CPU time: run it with nothing else busy in this process)."""
-    from pipeline.backends.nvdec_decoders import output_slots, submissions
+    from pipeline.backends.nvdec_decoders import submissions
+    from pipeline.bitstream import output_slots
 
     c0, w0 = time.process_time(), time.perf_counter()
     plan = loader.make_plan(loader.epoch)  # the plan's cost counts

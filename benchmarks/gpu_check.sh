@@ -193,7 +193,7 @@ else
     --json "$RES/e2e-nvdec.json"
   E2E_NVDEC=$?
   step loader-nvdec 60 "$PY" benchmarks/loader_speed.py --data "$DATA" --configs nvdec-gpu --modes train,eval \
-    --batch-size 64 --threads "$THREADS" --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$RES/loader-nvdec.json"
+    --batch-size 64 --threads "$THREADS" --rounds 1 --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$RES/loader-nvdec.json"
 fi
 TRAIN_BACKEND=nvdec
 # (125: skipped, e.g. not in STEPS, which says nothing about the NVDEC path)
@@ -224,7 +224,7 @@ else
     --arch resnet-18,resnet-34 --batch-size 64 --precision bf16 --channels-last --warmup 3 --iters 10 --repeats 2 \
     --json "$RES/e2e-dali.json"
   step loader-dali 45 "$PY" benchmarks/loader_speed.py --data "$DATA" --configs dali-gpu --modes train \
-    --batch-size 64 --threads "$THREADS" --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$RES/loader-dali.json"
+    --batch-size 64 --threads "$THREADS" --rounds 1 --runs 1 --min-seconds 5 --warmup-epochs 1 --json "$RES/loader-dali.json"
 fi
 
 # ---- the other storage formats

@@ -1,7 +1,23 @@
-"""Loader throughput: clips/s and frames/s of each backend and device, train and eval mode; peak memory.
+"""Loader throughput: clips/s and clips per CPU-second of each backend and device, train and eval mode, at each
+height; against the 2017 reference loader (JPEG frames + PIL) and the decode floor; storage; peak memory.
 
-    .venv/bin/python benchmarks/loader_speed.py                       # generated dataset (cached in scratch/)
-    .venv/bin/python benchmarks/loader_speed.py --data DST --json out.json
+    .venv/bin/python benchmarks/loader_speed.py --src DIR --heights 240,360   # any folder of videos (issue 17)
+    .venv/bin/python benchmarks/loader_speed.py                              # generated dataset (cached in scratch/)
+    .venv/bin/python benchmarks/loader_speed.py --data DST --json out.json   # one prepared dataset as it is
+
+Datasets. --src DIR: every video file under DIR (mp4, webm, mkv, avi, mov) becomes one class, prepared at each
+--heights value by prepare_data.py (VP9, --gop) under scratch/, its train rows replicated to --train-rows (the
+files shared) and its val rows once. Without --src or --data: generated VP9 videos at each height (textured
+pans; real content compresses and decodes differently, so prefer --src). The anchors, measured on the same
+videos and plan rule:
+  jpeg-2017  the authors' loader (benchmarks/jpeg2017.py): JPEG frames extracted at the same height as ffmpeg
+             writes them (from the --src files; generated: from the generated videos), PIL, their transforms,
+             a DataLoader with --threads workers.
+  floor      FFmpeg's decoder alone on the packets each clip needs (keyframe before it .. its last frame), one
+             thread, frames dropped: the cost no loader of these files can go under.
+The summary prints, per height and mode, pyav's clips per CPU-second against jpeg-2017 and the floor (and
+DALI CPU), the storage per video-minute of the prepared videos and of the JPEG frames, and the clips in
+flight.
 
 Each configuration runs in its own subprocess (clean peak memory, no shared threads): build the loader, run
 --warmup-epochs untimed epochs, then --runs timed runs; the table gives the median run and the min-max.
@@ -36,8 +52,12 @@ Memory, over the configuration's whole life (build, warm-up, runs):
     sampled); 0 for DALI (threads, no worker processes).
   Neither sum includes decord batches that a worker has finished into shared memory and the consumer has not
     mapped yet: at most in-flight x batch MB (columns of the JSON rows; pipeline/backends/decord.py).
-Configurations: dali-cpu (GOP slices), dali-cpu-file (whole file to the decoder), decord-cpu, and with CUDA
-also dali-gpu, dali-gpu-file, decord-gpu, nvdec-gpu (pipeline/backends/nvdec.py). frames/s (JSON) = clips/s x T.
+Configurations: pyav-cpu (pipeline/backends/pyav.py), dali-cpu (GOP slices), dali-cpu-file (whole file to the
+decoder), decord-cpu, jpeg-2017, floor, and with CUDA also pyav-gpu, dali-gpu, dali-gpu-file, decord-gpu,
+nvdec-gpu (pipeline/backends/nvdec.py). frames/s (JSON) = clips/s x T. A configuration that fails (its
+subprocess exits with an error) is printed, listed in the JSON's "failed" entries and not tried again in later
+rounds; the run then exits 1. The JSON is rewritten after every configuration, so one that crashes or hangs
+later loses only itself.
 """
 
 from __future__ import annotations
@@ -57,8 +77,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import cuda_sync, has_cuda, panning_frames, panning_texture  # noqa: E402
+from prepare.listing import VIDEO_EXTENSIONS  # noqa: E402
 
-CONFIGS = {  # name: (backend, device, dali_input)
+CONFIGS = {  # name: (backend, device, dali_input); jpeg-2017 and floor are the anchors (module docstring)
+    "pyav-cpu": ("pyav", "cpu", "gop"),
+    "jpeg-2017": ("jpeg-2017", "cpu", "gop"),
+    "floor": ("floor", "cpu", "gop"),
     "dali-cpu": ("dali", "cpu", "gop"),
     "dali-cpu-file": ("dali", "cpu", "file"),
     "decord-cpu": ("decord", "cpu", "gop"),
@@ -66,21 +90,25 @@ CONFIGS = {  # name: (backend, device, dali_input)
     "dali-gpu-file": ("dali", "gpu", "file"),
     "decord-gpu": ("decord", "gpu", "gop"),
     "nvdec-gpu": ("nvdec", "gpu", "gop"),
+    "pyav-gpu": ("pyav", "gpu", "gop"),
 }
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     data: str | None
+    src: str | None
+    train_rows: int
+    heights: tuple[int, ...]
     videos: int
     seconds: float
-    height: int
     fps: int
     gop: int
     configs: tuple[str, ...]
     modes: tuple[str, ...]
     batch_size: int
     threads: int
+    rounds: int
     runs: int
     min_seconds: float
     warmup_epochs: int
@@ -123,6 +151,114 @@ def generated_dataset(videos: int, seconds: float, height: int, fps: int, gop: i
         df[df["split"] == split].to_csv(root / f"{split}.csv", index=False)
     pd.DataFrame({"index": range(len(classes)), "name": classes}).to_csv(root / "classes.csv", index=False)
     return root
+
+
+def src_dataset(src: Path, height: int, gop: int, train_rows: int) -> Path:
+    """The videos under src prepared at `height` (module docstring), cached: a bench folder with classes.csv,
+    train.csv (rows replicated to train_rows), val.csv and videos/ (a link to prepare_data.py's output)."""
+    import pandas as pd
+
+    files = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not files:
+        raise SystemExit(f"error: {src}: no video files ({', '.join(VIDEO_EXTENSIONS)}); give a folder of videos")
+    root = ROOT / "scratch" / f"loader_speed_src_{Path(src).resolve().name}_{len(files)}_h{height}_g{gop}"
+    bench = root / "bench"
+    if (bench / "val.csv").is_file():
+        return bench
+    raw = root / "raw"
+    for split in ("train", "val"):
+        for i, f in enumerate(files):  # one class per video; class folders are prepare_data.py's layout
+            link = raw / split / f"c{i:03d}" / f.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(f.resolve())
+    print(f"preparing {len(files)} videos of {src} at {height} px (prepare_data.py, cached in {root})", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), str(raw), "--out", str(root / "prepared"),
+                    "--height", str(height), "--gop", str(gop)], check=True)
+    bench.mkdir(parents=True, exist_ok=True)
+    for name in ("classes.csv", "val.csv"):
+        (bench / name).write_bytes((root / "prepared" / name).read_bytes())
+    train = pd.read_csv(root / "prepared" / "train.csv")
+    reps = [train.assign(video_id=train["video_id"] + f"_{k}") for k in range(-(-train_rows // len(train)))]
+    pd.concat(reps).head(max(train_rows, len(train))).to_csv(bench / "train.csv", index=False)
+    if not (bench / "videos").exists():
+        (bench / "videos").symlink_to(root / "prepared" / "videos")
+    (bench / "source").symlink_to(raw.resolve())
+    return bench
+
+
+def jpeg_root(data: Path) -> Path:
+    return data / "jpeg2017"
+
+
+def prepare_jpegs(data: Path, height: int) -> None:
+    """The JPEG frames of every video of the dataset's manifests (benchmarks/jpeg2017.py), from the source file
+    when the dataset came from --src (data/source), else from the prepared video itself; cached."""
+    import pandas as pd
+
+    from benchmarks.jpeg2017 import extract_jpegs, jpeg_dir
+
+    source = data / "source"
+    for split in ("train", "val"):
+        df = pd.read_csv(data / f"{split}.csv").drop_duplicates("path")
+        for rel, label in zip(df["path"], df["label_name"], strict=True):
+            video = data / rel
+            if source.exists():  # raw/<split>/<class>/<video_id>.<ext>, the file prepare_data.py read
+                video = next((source / split / label).glob(Path(rel).stem + ".*"))
+            out = jpeg_dir(jpeg_root(data), rel)
+            if not (out / "done").is_file():
+                print(f"JPEG frames of {video} at {height} px -> {out}", flush=True)
+            extract_jpegs(video, out, height)
+
+
+def storage(data: Path) -> dict:
+    """MB per video-minute of the train split's distinct videos: prepared files and JPEG frames."""
+    import pandas as pd
+
+    from benchmarks.jpeg2017 import folder_bytes, jpeg_dir
+
+    df = pd.read_csv(data / "train.csv").drop_duplicates("path")
+    minutes = float((df["num_frames"] / df["fps"]).sum() / 60)
+    video = sum((data / p).stat().st_size for p in df["path"])
+    jpeg = sum(folder_bytes(jpeg_dir(jpeg_root(data), p), ".jpg") for p in df["path"])
+    return {"minutes": minutes, "video_mb_per_min": video / 2**20 / minutes,
+            "jpeg_mb_per_min": jpeg / 2**20 / minutes if jpeg else None}
+
+
+class DecodeFloor:
+    """The floor: FFmpeg's decoder alone (PyAV, thread_count 1, one context per codec, flushed per clip) on each
+    clip's packet slice (the bytes the pyav and NVDEC backends decode), frames dropped undisplayed, in this
+    thread. base: a LoaderBase (plan, packets, files). Iterates like a loader (batches with .labels)."""
+
+    def __init__(self, base):
+        self.base, self.contexts = base, {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __iter__(self):
+        from types import SimpleNamespace
+
+        import av
+
+        from pipeline.bitstream import packet_slice
+
+        files = self.base.videos["file"].tolist()
+        for bp in self.base.batch_plans():
+            for row, frames in zip(bp.rows.tolist(), bp.frames, strict=True):
+                ix = self.base.packets.video(row)
+                clip = packet_slice(files[row], ix, ix.keyframe_at_or_before(int(frames.min())), int(frames.max()))
+                ctx = self.contexts.get(clip.codec)
+                if ctx is None:
+                    ctx = self.contexts[clip.codec] = av.CodecContext.create(clip.codec, "r")
+                    ctx.thread_count = 1
+                for o, n in zip(clip.offsets.tolist(), clip.sizes.tolist(), strict=True):
+                    for _ in ctx.decode(av.Packet(clip.data[o:o + n])):
+                        pass
+                for _ in ctx.decode(None):
+                    pass
+                ctx.flush_buffers()
+            yield SimpleNamespace(labels=bp.rows)
 
 
 # ---- measuring one configuration (child process) ---------------------------------------------------------------
@@ -256,7 +392,11 @@ def in_flight(backend: str, threads: int, prefetch: int) -> int:
         from pipeline.backends.decord import batches_in_flight
 
         return batches_in_flight(threads)
-    return prefetch  # DALI's prefetch_queue_depth; NVDEC's batches decoded ahead
+    if backend == "jpeg-2017":
+        return 2 * threads  # torch DataLoader: prefetch_factor 2 per worker
+    if backend == "floor":
+        return 0
+    return prefetch  # DALI's prefetch_queue_depth; NVDEC's batches decoded ahead; pyav's
 
 
 def _split(mode: str) -> str:
@@ -270,12 +410,21 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
     split = _split(mode)
     memory = PeakMemory().start()
     t0 = time.perf_counter()
-    with build_loader(data, split=split, mode=mode, backend=backend, device=device, batch_size=cfg.batch_size,
-                      workers=cfg.threads, sample_size=cfg.sample_size, sample_duration=cfg.sample_duration,
-                      dali_input=dali_input, progress=False) as loader:
+    kw = dict(split=split, mode=mode, batch_size=cfg.batch_size, workers=cfg.threads,
+              sample_size=cfg.sample_size, sample_duration=cfg.sample_duration, progress=False)
+    if backend in ("jpeg-2017", "floor"):
+        from benchmarks.jpeg2017 import JpegLoader
+        from pipeline.base import LoaderBase, LoaderConfig
+
+        loader = LoaderBase(LoaderConfig(data=data, **kw))  # the manifest, packets and plan rule
+        runner = (JpegLoader(loader, jpeg_root(data), cfg.batch_size, cfg.threads, cfg.sample_size)
+                  if backend == "jpeg-2017" else DecodeFloor(loader))
+    else:
+        loader = runner = build_loader(data, backend=backend, device=device, dali_input=dali_input, **kw)
+    with loader:
         build_s = time.perf_counter() - t0
         sync = cuda_sync if device == "gpu" else (lambda: None)
-        runs = timed_runs(loader, cfg.runs, cfg.min_seconds, cfg.warmup_epochs, sync)
+        runs = timed_runs(runner, cfg.runs, cfg.min_seconds, cfg.warmup_epochs, sync)
     memory.stop()
     rate = spread([r["clips_per_s"] for r in runs])
     batch_mb = cfg.batch_size * 3 * cfg.sample_duration * cfg.sample_size**2 * 4 / 2**20  # float32
@@ -292,6 +441,7 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
         "parent_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # ru_maxrss is in KiB
         "worker_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "in_flight_batches": in_flight(backend, cfg.threads, loader.config.prefetch), "batch_mb": batch_mb,
+        "in_flight_clips": in_flight(backend, cfg.threads, loader.config.prefetch) * cfg.batch_size,
         "build_s": build_s, "runs": [r["clips_per_s"] for r in runs], "videos": len(loader.videos),
         "clips_per_epoch": loader.num_clips, "load_avg_1m": os.getloadavg()[0],
     }  # fmt: skip
@@ -302,11 +452,13 @@ def measure(cfg: BenchConfig, name: str, mode: str, data: Path) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    g = p.add_argument_group("dataset")
-    g.add_argument("--data", help="a prepare_data.py output folder (default: generate one in scratch/)")
+    g = p.add_argument_group("dataset (module docstring)")
+    g.add_argument("--src", help="a folder of videos, prepared here at each --heights (issue 17's comparison)")
+    g.add_argument("--data", help="one prepare_data.py output folder, measured as it is (--heights ignored)")
+    g.add_argument("--heights", default="240,360", help="comma-separated heights for --src or generated videos")
+    g.add_argument("--train-rows", type=int, default=100, help="--src: train rows (the videos replicated)")
     g.add_argument("--videos", type=int, default=64, help="generated videos (3/4 train, 1/4 val)")
-    g.add_argument("--seconds", type=float, default=10.0)
-    g.add_argument("--height", type=int, default=360)
+    g.add_argument("--seconds", type=float, default=10.0, help="generated videos' length")
     g.add_argument("--fps", type=int, default=25)
     g.add_argument("--gop", type=int, default=16)
     g = p.add_argument_group("what to measure")
@@ -314,11 +466,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
                    "(default: all cpu ones, plus gpu ones when CUDA is present)")
     g.add_argument("--modes", default="train,eval")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--threads", type=int, default=2, help="DALI threads / decord DataLoader workers")
+    g.add_argument("--threads", type=int, default=2,
+                   help="pyav / DALI threads, decord and jpeg-2017 DataLoader workers")
     g.add_argument("--sample-size", type=int, default=112)
     g.add_argument("--sample-duration", type=int, default=16)
     g = p.add_argument_group("timing (rule: module docstring)")
-    g.add_argument("--runs", type=int, default=3, help="timed runs; the median and min-max are reported")
+    g.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds: each round measures every config once, in turn; medians over rounds")
+    g.add_argument("--runs", type=int, default=1, help="timed runs per config and round (each its own process)")
     g.add_argument("--min-seconds", type=float, default=10.0,
                    help="each run is the fewest whole epochs (>= 1) that take at least this long")
     g.add_argument("--warmup-epochs", type=int, default=1, help="untimed whole epochs before the runs")
@@ -335,15 +490,75 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     modes = tuple(m.strip() for m in a.modes.split(","))
     if any(m not in ("train", "val", "eval") for m in modes):
         p.error(f"--modes: train, val or eval, got {a.modes}")
-    for k in ("videos", "batch_size", "runs", "threads"):
+    try:
+        heights = tuple(int(h) for h in a.heights.split(","))
+    except ValueError:
+        p.error(f"--heights: comma-separated integers, got {a.heights!r}")
+    for k in ("videos", "batch_size", "runs", "threads", "rounds", "train_rows"):
         if getattr(a, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
     if a.min_seconds < 0 or a.warmup_epochs < 0:
         p.error("--min-seconds and --warmup-epochs must be >= 0")
-    cfg = BenchConfig(a.data, a.videos, a.seconds, a.height, a.fps, a.gop, tuple(names), modes, a.batch_size,
-                      a.threads, a.runs, a.min_seconds, a.warmup_epochs, a.sample_size, a.sample_duration,
-                      a.json)
+    if a.src and a.data:
+        p.error("--src or --data, not both")
+    if a.src and not Path(a.src).is_dir():
+        p.error(f"--src {a.src}: no such folder")
+    cfg = BenchConfig(a.data, a.src, a.train_rows, heights, a.videos, a.seconds, a.fps, a.gop, tuple(names), modes,
+                      a.batch_size, a.threads, a.rounds, a.runs, a.min_seconds, a.warmup_epochs, a.sample_size,
+                      a.sample_duration, a.json)
     return cfg, a
+
+
+def datasets(cfg: BenchConfig) -> list[tuple[int | None, Path]]:
+    """(height, dataset folder) to measure: --data as it is, or --src / generated videos at each height."""
+    if cfg.data:
+        return [(None, Path(cfg.data))]
+    if cfg.src:
+        return [(h, src_dataset(Path(cfg.src), h, cfg.gop, cfg.train_rows)) for h in cfg.heights]
+    return [(h, generated_dataset(cfg.videos, cfg.seconds, h, cfg.fps, cfg.gop)) for h in cfg.heights]
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One config's rows from the alternating rounds -> one row: medians over rounds, every run kept."""
+    row = dict(rounds[0])
+    for k in ("clips_per_s", "clips_per_cpu_s", "cpu_util", "window_s", "first_batch_s", "load_avg_1m"):
+        row[k] = statistics.median(r[k] for r in rounds)
+    row["clips_per_cpu_s_rounds"] = [r["clips_per_cpu_s"] for r in rounds]
+    row["runs"] = [x for r in rounds for x in r["runs"]]
+    row["clips_per_s_min"], row["clips_per_s_max"] = min(row["runs"]), max(row["runs"])
+    row["frames_per_s"] = row["clips_per_s"] * rounds[0]["frames_per_s"] / max(rounds[0]["clips_per_s"], 1e-9)
+    row["epochs_per_run"] = [e for r in rounds for e in r["epochs_per_run"]]
+    row["clips_per_run"] = [c for r in rounds for c in r["clips_per_run"]]
+    for k in ("peak_pss_mb", "peak_rss_sum_mb", "worker_maxrss_mb", "parent_maxrss_mb"):
+        row[k] = max(r[k] for r in rounds)
+    return row
+
+
+def summary(rows: list[dict], stores: dict, modes: tuple[str, ...]) -> list[str]:
+    """The lines the issue's targets are read from: per height and mode, pyav against jpeg-2017, the floor and
+    DALI CPU per CPU-second; storage per video-minute; eval against train; clips in flight."""
+    by = {(r["height"], r["config"], r["mode"]): r for r in rows}
+    out = []
+    for height, st in stores.items():
+        h = f"{height} px" if height else "dataset"
+        jpeg = f"{st['jpeg_mb_per_min']:.2f}" if st["jpeg_mb_per_min"] else "-"
+        ratio = f" ({st['video_mb_per_min'] / st['jpeg_mb_per_min']:.2f}x the JPEG frames)" if st["jpeg_mb_per_min"] else ""
+        out.append(f"{h}: storage MB per video-minute: prepared VP9 {st['video_mb_per_min']:.2f}{ratio}, JPEG frames "
+                   f"{jpeg} ({st['minutes']:.1f} min of train video)")
+        for mode in modes:
+            ours = by.get((height, "pyav-cpu", mode))
+            if ours is None:
+                continue
+            line = f"{h} {mode}: pyav-cpu {ours['clips_per_cpu_s']:.1f} clips/CPU-s"
+            for anchor, label in (("jpeg-2017", "JPEG baseline"), ("floor", "decode floor"), ("dali-cpu", "DALI CPU")):
+                other = by.get((height, anchor, mode))
+                if other:
+                    line += f"; {ours['clips_per_cpu_s'] / other['clips_per_cpu_s']:.2f}x {label} ({other['clips_per_cpu_s']:.1f})"
+            out.append(line + f"; up to {ours['in_flight_clips']} clips in flight")
+        train, ev = by.get((height, "pyav-cpu", "train")), by.get((height, "pyav-cpu", "eval"))
+        if train and ev:
+            out.append(f"{h}: pyav-cpu eval / train per CPU-second: {ev['clips_per_cpu_s'] / train['clips_per_cpu_s']:.2f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,67 +572,76 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=max(Console().width, 160))
-    data = Path(cfg.data) if cfg.data else generated_dataset(cfg.videos, cfg.seconds, cfg.height, cfg.fps, cfg.gop)
     load_start = os.getloadavg()
-    console.print(f"config: {json.dumps(asdict(cfg))}\ndata: {data}\nload average (1, 5, 15 min): {load_start}")
+    console.print(f"config: {json.dumps(asdict(cfg))}\nload average (1, 5, 15 min): {load_start}")
     import torch
 
     from pipeline.base import LoaderBase, LoaderConfig
 
-    for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
-        LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)
-    rows, failed = [], []
+    rows, stores, failed = [], {}, []
 
     def save() -> None:  # after every configuration: one that crashes or hangs later loses only itself
         if cfg.json:
             meta = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
-                    "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "data": str(data),
-                    "config": asdict(cfg)}
+                    "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "config": asdict(cfg),
+                    "storage": {str(k): v for k, v in stores.items()}}
             Path(cfg.json).write_text(json.dumps({"meta": meta, "rows": rows, "failed": failed}, indent=2) + "\n")
 
-    for mode in cfg.modes:
-        for name in cfg.configs:
-            argv_child = [sys.executable, __file__, "--_child", f"{name}:{mode}:{data}"] + [
-                x for x in (argv if argv is not None else sys.argv[1:])
-            ]
-            r = subprocess.run(argv_child, capture_output=True, text=True)
-            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-            if r.returncode or not line:
-                last = ((r.stderr or r.stdout).strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-                failed.append({"config": name, "mode": mode, "error": last[:500]})
-                console.print(f"[red]{name} {mode} failed:[/red] {last}")
-                save()
-                continue
-            row = json.loads(line[0][7:])
-            rows.append(row)
+    for height, data in datasets(cfg):
+        console.print(f"data: {data}" + (f" ({height} px)" if height else ""))
+        for split in sorted({_split(m) for m in cfg.modes}):  # index once here, so no child pays for it
+            LoaderBase(LoaderConfig(data=data, split=split, mode="eval")).close()  # (no backend needed)
+        if "jpeg-2017" in cfg.configs:
+            prepare_jpegs(data, height or int(LoaderBase(LoaderConfig(data=data, split="train", mode="eval",
+                                                                      progress=False)).packets.height.max()))
+        stores[height] = storage(data)
+        for mode in cfg.modes:
+            per_config: dict[str, list[dict]] = {}
+            broken: set[str] = set()  # failed in an earlier round: not tried again
+            for k in range(cfg.rounds):  # alternating rounds: load drift spreads over every config alike
+                for name in [n for n in cfg.configs if n not in broken]:
+                    argv_child = [sys.executable, __file__, "--_child", f"{name}:{mode}:{data}"] + [
+                        x for x in (argv if argv is not None else sys.argv[1:])
+                    ]
+                    r = subprocess.run(argv_child, capture_output=True, text=True)
+                    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+                    if r.returncode or not line:
+                        last = ((r.stderr or r.stdout).strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+                        failed.append({"config": name, "mode": mode, "height": height, "error": last[:500]})
+                        broken.add(name)
+                        console.print(f"[red]{name} {mode} failed:[/red] {last}")
+                        save()
+                        continue
+                    row = json.loads(line[0][7:])
+                    per_config.setdefault(name, []).append(row)
+                    console.print(f"{height or '':>4} {name:14s} {mode:5s} round {k + 1}: {row['clips_per_s']:7.1f} "
+                                  f"clips/s {row['clips_per_cpu_s']:7.1f} clips/CPU-s  load {row['load_avg_1m']:.1f}")
+            rows += [dict(combine(rs), height=height) for name, rs in per_config.items() if name not in broken]
             save()
-            console.print(f"{name:14s} {mode:5s} {row['clips_per_s']:8.1f} clips/s  runs "
-                          f"{[round(x, 1) for x in row['runs']]}  epochs/run {row['epochs_per_run']}  "
-                          f"load {row['load_avg_1m']:.1f}")
     table = Table(title=f"loader speed (batch {cfg.batch_size}, {cfg.threads} threads, T={cfg.sample_duration}, "
-                        f"S={cfg.sample_size}; median and min-max of {cfg.runs} runs, each the whole epochs that "
-                        f"fill >= {cfg.min_seconds:g} s, after {cfg.warmup_epochs} warm-up epoch(s))")
-    cols = ("config", "mode", "clips/s", "min-max", "s/run", "epochs", "clips", "1st batch s", "CPU util",
-            "clips/CPU-s", "PSS MB", "RSS-sum MB", "worker MB", "build s")
+                        f"S={cfg.sample_size}; medians over {cfg.rounds} alternating round(s) of {cfg.runs} run(s), "
+                        f"each run the whole epochs that fill >= {cfg.min_seconds:g} s, after {cfg.warmup_epochs} "
+                        "warm-up epoch(s))")
+    cols = ("height", "config", "mode", "clips/s", "min-max", "s/run", "1st batch s", "CPU util", "clips/CPU-s",
+            "in flight", "PSS MB", "RSS-sum MB", "worker MB", "build s")
     for col in cols:
         table.add_column(col, justify="left" if col in ("config", "mode") else "right")
     for r in rows:
         table.add_row(
-            r["config"], r["mode"], f"{r['clips_per_s']:.1f}", f"{r['clips_per_s_min']:.1f}-{r['clips_per_s_max']:.1f}",
-            f"{r['window_s']:.1f}", "/".join(map(str, r["epochs_per_run"])), "/".join(map(str, r["clips_per_run"])),
-            f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.2f}", f"{r['clips_per_cpu_s']:.1f}", f"{r['peak_pss_mb']:.0f}",
-            f"{r['peak_rss_sum_mb']:.0f}", f"{r['worker_maxrss_mb']:.0f}", f"{r['build_s']:.2f}",
+            str(r["height"] or ""), r["config"], r["mode"], f"{r['clips_per_s']:.1f}",
+            f"{r['clips_per_s_min']:.1f}-{r['clips_per_s_max']:.1f}", f"{r['window_s']:.1f}",
+            f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.2f}", f"{r['clips_per_cpu_s']:.1f}",
+            str(r["in_flight_clips"]), f"{r['peak_pss_mb']:.0f}", f"{r['peak_rss_sum_mb']:.0f}",
+            f"{r['worker_maxrss_mb']:.0f}", f"{r['build_s']:.2f}",
         )  # fmt: skip
     console.print(table)
     for r in rows:
         if r["backend"] == "decord":
             console.print(f"{r['config']} {r['mode']}: up to {r['in_flight_batches']} batches x {r['batch_mb']:.0f} MB "
                           "in flight; finished ones waiting in shared memory are in neither memory column")
+    for line in summary(rows, stores, cfg.modes):
+        console.print(line)
     console.print(f"load average after (1, 5, 15 min): {os.getloadavg()}")
-    by = {(r["config"], r["mode"]): r["clips_per_s"] for r in rows}
-    for mode in cfg.modes:
-        if ("dali-cpu", mode) in by and ("decord-cpu", mode) in by:
-            console.print(f"DALI CPU / decord CPU, {mode}: {by[('dali-cpu', mode)] / by[('decord-cpu', mode)]:.2f}")
     save()
     return 1 if failed else 0
 

@@ -68,31 +68,43 @@ class LoaderFlags:
     """The loader flags of train.py and evaluate.py (add_loader_flags) and their defaults, written here only: their
     configs' fields take LOADER_DEFAULTS' values."""
 
-    backend: str = "dali"
+    backend: str = "auto"  # loader_backend: pyav on the CPU, dali on a GPU
     workers: int = 4
     skip_bad: bool = False
 
 
 LOADER_DEFAULTS = LoaderFlags()
-LOADER_RANGES = {"workers": Range(min=0, why="0: decord decodes in the main process; DALI needs >= 1")}
+LOADER_RANGES = {"workers": Range(min=0, why="0: decord decodes in the main process; the other backends need >= 1")}
 DEVICE_RANGES = {"gpus": Range(min=1), "nproc": Range(min=1)}
 
 
 def add_loader_flags(group: argparse._ActionsContainer) -> None:
-    """--backend, --workers, --skip-bad: pipeline.build_loader's backend, workers and skip_bad."""
-    group.add_argument("--backend", choices=("dali", "decord", "nvdec"), default=LOADER_DEFAULTS.backend)
+    """--backend, --workers, --skip-bad: pipeline.build_loader's backend (loader_backend resolves "auto"), workers
+    and skip_bad."""
+    from pipeline.base import BACKENDS
+
+    group.add_argument("--backend", choices=("auto", *BACKENDS), default=LOADER_DEFAULTS.backend,
+                       help="auto: pyav on the CPU, dali on a GPU")
     group.add_argument("--workers", type=int, default=LOADER_DEFAULTS.workers,
-                       help="decoding threads (dali, nvdec), or decord's worker processes (0: in this process)")
+                       help="decoding threads (dali, nvdec, pyav), or decord's worker processes (0: in this process)")
     group.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=LOADER_DEFAULTS.skip_bad,
                        help="skip (and count) unreadable videos instead of stopping")
 
 
+def loader_backend(name: str, on_gpu: bool) -> str:
+    """The backend --backend NAME means: "auto" is pyav on the CPU (the fewest CPU-seconds per clip of the CPU
+    loaders: benchmarks/RESULTS.md) and dali on a GPU (until the GPU check has measured nvdec end to end)."""
+    if name != "auto":
+        return name
+    return "dali" if on_gpu else "pyav"
+
+
 def loader_options(cfg: LoaderFlags, d: Any, batch_size: int) -> dict[str, Any]:
     """pipeline.build_loader's keyword arguments for this process (d: engine.distributed.Dist) from a config with
-    the loader flags: its share of the global batch_size, its shard, its device (a GPU: decode there, deliver to
-    cuda:LOCAL_RANK), a progress bar on rank 0 only."""
+    the loader flags: the backend ("auto" resolved: loader_backend), its share of the global batch_size, its
+    shard, its device (a GPU: decode there, deliver to cuda:LOCAL_RANK), a progress bar on rank 0 only."""
     on_gpu = d.device.type == "cuda"
-    return dict(backend=cfg.backend, workers=cfg.workers, skip_bad=cfg.skip_bad,
+    return dict(backend=loader_backend(cfg.backend, on_gpu), workers=cfg.workers, skip_bad=cfg.skip_bad,
                 device="gpu" if on_gpu else "cpu", device_id=d.local_rank if on_gpu else None,
                 batch_size=batch_size // d.world_size, rank=d.rank, world_size=d.world_size, progress=d.is_main)
 
@@ -113,8 +125,9 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     parser.error (one line with a hint) when they contradict each other or the machine."""
     import torch
 
-    if getattr(args, "workers", 1) == 0 and getattr(args, "backend", "") == "dali":
-        parser.error("--workers 0: DALI needs >= 1 (0, decoding in the main process, is for --backend decord)")
+    if getattr(args, "workers", 1) == 0 and getattr(args, "backend", "decord") != "decord":
+        parser.error(f"--workers 0: --backend {args.backend} needs >= 1 (0, decoding in the main process, is for "
+                     "--backend decord)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     gpus, nproc = getattr(args, "gpus", 1), getattr(args, "nproc", 1)  # add_device_flags(processes=False): 1
     problem = None
@@ -127,7 +140,7 @@ def resolve_device_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     elif device == "cuda" and gpus > torch.cuda.device_count():
         problem = f"--gpus {gpus} but only {torch.cuda.device_count()} GPUs are visible"
     elif device == "cpu" and getattr(args, "backend", "") == "nvdec":
-        problem = "--backend nvdec decodes on the GPU; on the CPU use --backend dali or decord"
+        problem = "--backend nvdec decodes on the GPU; on the CPU use --backend pyav, dali or decord"
     if problem:
         parser.error(problem)
     return device, device == "cuda" if args.amp is None else args.amp

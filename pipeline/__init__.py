@@ -7,7 +7,7 @@
             for clips, labels, video_idx in loader:   # (N, 3, T, S, S) float32, (N,) int64, (N,) int64
                 ...
 
-Leaving the `with` block (or loader.close()) frees the loader's threads (DALI, NVDEC) or decord's worker
+Leaving the `with` block (or loader.close()) frees the loader's threads (DALI, NVDEC, pyav) or decord's worker
 processes. What every backend shares (config, batch, manifest and index, the bad-row policy, the epoch plan):
 pipeline/base.py; the sampling and augmentation parameters: pipeline/sampling.py (pure numpy).
 
@@ -37,7 +37,7 @@ def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> 
         with build_loader(data, split="train", mode="train", backend="dali", batch_size=32) as loader:
 
     options: the other LoaderConfig fields, by name (an unknown name is a TypeError). The backend is the loader
-    class of pipeline/backends/<backend>.py. The loader holds threads (DALI, NVDEC) or worker processes
+    class of pipeline/backends/<backend>.py. The loader holds threads (DALI, NVDEC, pyav) or worker processes
     (decord): leave the `with` block or call close() to free them.
     """
     from pipeline.base import LoaderConfig
@@ -47,6 +47,8 @@ def build_loader(data: str | Path, *, split: str, mode: str, **options: Any) -> 
         from pipeline.backends.dali import DaliLoader as backend
     elif config.backend == "nvdec":  # NVDEC's hardware decoders (device="gpu")
         from pipeline.backends.nvdec import NvdecLoader as backend
+    elif config.backend == "pyav":  # FFmpeg on the CPU, fed the clip's packets only
+        from pipeline.backends.pyav import PyAVLoader as backend
     else:  # "decord"; LoaderConfig checked the name against base.BACKENDS
         from pipeline.backends.decord import DecordLoader as backend
     return backend(config)

@@ -19,13 +19,26 @@ from pipeline.normalisation import PRESETS, Normalisation
 from pipeline.sampling import MODES, VIEW_CROPS, Plan, plan_epoch, train_steps
 
 MAX_BAD_FRACTION = 0.1  # skip_bad=True still fails when more than this share of rows (and > 1 row) is bad
-BACKENDS = ("dali", "decord", "nvdec")  # build_loader's dispatch: pipeline/backends/<name>.py
+BACKENDS = ("dali", "decord", "nvdec", "pyav")  # build_loader's dispatch: pipeline/backends/<name>.py
 
 
 # A backend's check of the rows it cannot decode: (config, packets) -> (V,) object array of str, why row i cannot be
 # decoded ("" = it can). Pure: it reads its arguments only. Rows whose file is missing or broken are answered for
 # already (their answer is ignored).
 Problems = Callable[["LoaderConfig", PacketTable], np.ndarray]
+
+
+def first_problems(packets: PacketTable, checks: list[tuple[np.ndarray, Callable[[int], str]]]) -> np.ndarray:
+    """A Problems answer from checks in order of precedence, each ((V,) bool failing rows, row -> why, with the
+    fix): row i gets the answer of the first check it fails, "" when none. Rows without packets (bad files,
+    answered for already) get "". Each message is made only for the rows that show it."""
+    out = np.full(len(packets), "", object)
+    todo = packets.count > 0
+    for failing, message in checks:
+        for r in np.flatnonzero(todo & failing).tolist():
+            out[r] = message(r)
+        todo &= ~failing
+    return out
 
 
 class Batch(NamedTuple):
@@ -42,14 +55,15 @@ class LoaderConfig:
     (sampling.py; eval and views accept unlabelled rows, label -1);
     backend: one of BACKENDS; device: "cpu" | "gpu" (where batches are delivered and, for DALI and NVDEC,
     decoded; NVDEC decodes on "gpu" only); batch_size per rank; rank, world_size: DDP sharding; seed: the epoch
-    plans' seed; workers: decoding threads (DALI, NVDEC: >= 1), or decord's worker processes (0: decord decodes
-    in this process); sample_duration T frames, sample_size S pixels;
+    plans' seed; workers: decoding threads (DALI, NVDEC, pyav: >= 1), or decord's worker processes (0: decord
+    decodes in this process); sample_duration T frames, sample_size S pixels;
     clips, crops: views mode's K clips x C crops per video, C = 1 or 3 (sampling.view_starts, view_boxes:
     PySlowFast's test views); normalisation: what the
     pixels become (pipeline/normalisation.py; default: minus the Kinetics mean on the 0-255 scale);
     device_id: CUDA device (None: the current one); skip_bad: skip and count bad rows instead of failing (at
     most MAX_BAD_FRACTION); progress: progress bar while indexing videos; prefetch: batches made ahead of the
-    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; decord bounds its own: backends/decord.py).
+    consumer (DALI's prefetch_queue_depth; NVDEC's batches in flight; pyav: at most batch_size x prefetch clips
+    in flight; decord bounds its own: backends/decord.py).
     DALI only: dali_input "gop" sends the decoder the packets from the keyframe before a clip to its end
     (VP8/VP9; other codecs always get the whole file), "file" the whole file.
     """

@@ -5,25 +5,30 @@ index (pipeline/index/table.py) in one read, then wrapped for the decoder that t
     read_span     the file bytes covering packets first..last (one seek, one read)
     ivf_slice     VP8/VP9 packets as an in-memory IVF stream, for DALI's fn.decoders.video (the DALI backend:
                   its CPU decoder does not seek, so it is given the clip's GOPs only)
-    packet_slice  packets as the NVDEC backend feeds them (PacketSlice): H.264/HEVC rewritten from the MP4
-                  form (length-prefixed NAL units, parameter sets in the avcC/hvcC record) to Annex-B (start
+    packet_slice  packets as the NVDEC and pyav backends feed them (PacketSlice): H.264/HEVC rewritten from the
+                  MP4 form (length-prefixed NAL units, parameter sets in the avcC/hvcC record) to Annex-B (start
                   codes, parameter sets in front of the first keyframe; parameter_sets, to_annexb); other
                   codecs' payloads as stored (VP9 superframes included)
+    decode_slice  a PacketSlice through an FFmpeg decoder (PyAV), each wanted frame handed to the caller once:
+                  the pyav backend and the NVDEC backend's CPU twin
 
 Frame k of a slice is packet first + k: the callers check, from the packet index, that the video's frames are
 not `reordered` and that each of its packets shows exactly one frame (`odd_packets` = 0; VP9 superframes are
-one packet): NVDEC refuses other rows, DALI decodes them from the whole file.
+one packet): NVDEC and pyav refuse other rows, DALI decodes them from the whole file.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
 from pipeline.index.table import VideoIndex
+from pipeline.manifest import DatasetError
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
@@ -176,3 +181,67 @@ def packet_slice(path: str, index: VideoIndex, first: int, last: int) -> PacketS
     new_sizes[0] += len(head)  # the parameter sets travel with the keyframe
     new_offsets = np.cumsum(new_sizes) - new_sizes
     return PacketSlice(index.codec, index.width, index.height, first, b"".join(parts), new_offsets, new_sizes)
+
+
+class DecodeError(DatasetError):
+    """A clip's packets did not give its frames. A DatasetError: train.py and evaluate.py print it as one line
+    (the loader adds the file, the frames and the fix)."""
+
+
+def output_slots(wanted: np.ndarray) -> dict[int, list[int]]:
+    """{frame index in the slice: output positions that show it} (a looped clip shows a frame twice)."""
+    out: dict[int, list[int]] = {}
+    for t, k in enumerate(wanted.tolist()):
+        out.setdefault(k, []).append(t)
+    return out
+
+
+def codec_context(contexts: dict[str, Any], codec: str):  # -> av.CodecContext
+    """contexts[codec], an FFmpeg decoder made on first use with one thread (the loaders decode several clips at
+    once, one per thread: less CPU per clip than several threads per clip) and kept for the next clips."""
+    import av
+
+    ctx = contexts.get(codec)
+    if ctx is None:
+        ctx = contexts[codec] = av.CodecContext.create(codec, "r")
+        ctx.thread_count = 1
+    return ctx
+
+
+def decode_slice(ctx: Any, clip: PacketSlice, wanted: np.ndarray, put: Callable[[Any, list[int]], None],
+                 formats: tuple[str, ...] = ("yuv420p",)) -> None:
+    """Decode every packet of `clip` with ctx (codec_context's, for clip.codec; flushed afterwards, ready for the
+    next clip) and call put(frame, positions) once for each frame clip.first + k that wanted ((T,) indices into
+    the slice) names: frame an av.VideoFrame, positions the t with wanted[t] == k (output_slots). Frames outside
+    `wanted` (the lead-in from the keyframe) are decoded and dropped. Raises DecodeError when FFmpeg fails, a
+    wanted frame is not one of `formats` at the slice's size (a file whose frames change format or size after
+    the first, which the index read), or a wanted frame does not come out."""
+    import av
+
+    slots, seen = output_slots(wanted), set()
+
+    def take(frames) -> None:
+        for f in frames:
+            k = int(f.pts) if f.pts is not None else -1
+            if k not in slots or k in seen:
+                continue
+            if f.format.name not in formats or (f.width, f.height) != (clip.width, clip.height):
+                raise DecodeError(f"frame {clip.first + k} is {f.format.name} {f.width}x{f.height} where the index "
+                                  f"says {formats[0]} {clip.width}x{clip.height}")
+            seen.add(k)
+            put(f, slots[k])
+
+    try:
+        for k in range(len(clip)):
+            o, s = int(clip.offsets[k]), int(clip.sizes[k])
+            packet = av.Packet(clip.data[o:o + s])
+            packet.pts = k  # the decoder hands it back with the frame: frame k of the slice
+            take(ctx.decode(packet))
+        take(ctx.decode(None))  # end of stream: the frames still buffered
+    except av.FFmpegError as e:
+        raise DecodeError(f"decoding failed: {e}") from None
+    finally:
+        ctx.flush_buffers()  # ready for the next clip
+    if len(seen) != len(slots):
+        missing = sorted(set(slots) - seen)
+        raise DecodeError(f"{len(missing)} frame(s) missing from the decoder's output, first {clip.first + missing[0]}")

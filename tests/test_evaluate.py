@@ -448,8 +448,11 @@ def test_authors_checkpoint_gives_the_direct_model_call_only_with_its_normalisat
                 "optimizer": {}, "scheduler": {}}, path)
 
     norm = PRESETS["kinetics-0-1"]
-    with build_loader(data, split="val", mode="eval", backend="dali", batch_size=4, sample_size=32, workers=1,
-                      normalisation=Normalisation((0.0, 0.0, 0.0)), progress=False) as loader:
+    from engine.cli import loader_backend
+
+    with build_loader(data, split="val", mode="eval", backend=loader_backend("auto", on_gpu=False), batch_size=4,
+                      sample_size=32, workers=1, normalisation=Normalisation((0.0, 0.0, 0.0)),
+                      progress=False) as loader:  # the backend evaluate.py uses on this CPU
         sums, counts = torch.zeros(len(FRAMES), len(CLASSES), dtype=torch.float64), torch.zeros(len(FRAMES))
         for raw, _, video_idx in loader:  # (N, 3, T, 32, 32) 0-255
             x = (raw.double() / 255 - torch.tensor(norm.mean, dtype=torch.float64).view(1, 3, 1, 1, 1)) / torch.tensor(

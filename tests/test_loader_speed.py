@@ -13,6 +13,7 @@ from videos import make_dataset
 
 from pipeline import build_loader
 from pipeline.backends.decord import MAX_BATCHES_IN_FLIGHT, batches_in_flight, prefetch_factor
+from pipeline.sampling import SCALES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import loader_speed as bench  # noqa: E402
@@ -159,3 +160,63 @@ def test_measure_row(data, name):
     assert row["in_flight_batches"] == (4 if name == "decord-cpu" else 2)  # 2 workers x 2; DALI queue depth 2
     if name == "decord-cpu":
         assert row["worker_maxrss_mb"] > 0  # reaped DataLoader workers
+
+
+# ---- the anchors: the 2017 JPEG loader and the decode floor; storage; the summary -------------------------------
+
+
+def test_jpeg_frames_anchors_and_summary(data, tmp_path):
+    """JPEG frames as ffmpeg's scale=-1:H would write them (one per frame, image_00001.jpg first, width by the
+    aspect ratio); the jpeg-2017, floor and pyav-cpu rows on the same plan; storage; the summary's lines."""
+    from PIL import Image
+
+    from benchmarks import jpeg2017
+
+    bench.prepare_jpegs(data, 48)
+    first = data / "jpeg2017" / "videos" / "train" / "a" / "train000"
+    assert (first / "done").read_text() == "40\n" and len(list(first.glob("image_*.jpg"))) == 40
+    with Image.open(first / "image_00001.jpg") as im:
+        assert im.format == "JPEG" and im.size == (72, 48)  # 96x64 at 48 px high
+    cfg, _ = bench.parse_args(["--modes", "train", "--batch-size", "4", "--sample-size", "24", "--runs", "1",
+                               "--min-seconds", "0", "--warmup-epochs", "0", "--threads", "1"])
+    rows = [dict(bench.measure(cfg, name, "train", Path(data)), height=48)
+            for name in ("pyav-cpu", "jpeg-2017", "floor")]
+    for r in rows:
+        assert r["clips_per_run"] == [8] and r["clips_per_cpu_s"] > 0, r["config"]
+    assert [r["in_flight_clips"] for r in rows] == [8, 8, 0]  # pyav 4 x prefetch 2; DataLoader 1 worker x 2 x 4
+    from pipeline.base import LoaderBase, LoaderConfig
+
+    with LoaderBase(LoaderConfig(data=data, split="train", mode="train", batch_size=4, sample_size=24,
+                                 progress=False)) as base:
+        jpeg = jpeg2017.JpegLoader(base, data / "jpeg2017", 4, 0, 24)
+        clips = [b for b in jpeg]
+        plan = jpeg.plan()
+    assert [tuple(b.clips.shape) for b in clips] == [(4, 3, 16, 24, 24)] * 2
+    np.testing.assert_array_equal(np.concatenate([b.labels.numpy() for b in clips]), base.labels[plan.rows])
+    np.testing.assert_array_equal(plan.boxes[:, 2], np.floor(48 * np.array(SCALES)[plan.scales] + 1e-9))
+    st = bench.storage(Path(data))
+    assert st["minutes"] == pytest.approx(8 * 40 / 25 / 60) and st["video_mb_per_min"] > 0 and st["jpeg_mb_per_min"] > 0
+    lines = bench.summary(rows, {48: st}, ("train",))
+    assert lines[0].startswith("48 px: storage MB per video-minute: prepared VP9 ")
+    assert lines[1].startswith("48 px train: pyav-cpu ") and "x JPEG baseline (" in lines[1] and "x decode floor (" in lines[1]
+    assert lines[1].endswith("up to 8 clips in flight")
+
+
+def test_main_alternates_rounds_and_writes_the_rows(data, tmp_path, capsys):
+    """The command end to end on --data: each config once per round, in turn; one row per config with the
+    medians over rounds; the summary printed; the JSON written."""
+    import json
+
+    out = tmp_path / "rows.json"
+    assert bench.main(["--data", str(data), "--configs", "pyav-cpu,floor", "--modes", "train", "--rounds", "2",
+                       "--batch-size", "4", "--sample-size", "24", "--min-seconds", "0", "--warmup-epochs", "0",
+                       "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    order = [line.split()[0] for line in printed.splitlines() if " round " in line]
+    assert order == ["pyav-cpu", "floor", "pyav-cpu", "floor"]  # alternating
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["pyav-cpu", "floor"]
+    for r in rows:
+        assert len(r["clips_per_cpu_s_rounds"]) == 2 and r["clips_per_cpu_s"] == pytest.approx(
+            np.median(r["clips_per_cpu_s_rounds"]))
+    assert "dataset train: pyav-cpu " in printed and "x decode floor (" in printed

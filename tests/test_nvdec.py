@@ -345,7 +345,15 @@ def test_gpu_augment_matches_cpu():
             [True, False, True, False, True, False], 112, PRESETS["kinetics"])
     cpu = augment_nv12(y, uv, *args)
     gpu = augment_nv12(y.cuda(), uv.cuda(), *args)
-    assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() <= 1
+    # The CPU runs torch's uint8 kernels (rounded after the chroma upsampling and each resize pass), the GPU
+    # float32 rounded once (augment.py step 2): Y within 1 level, U and V within 2 (tests/test_augment.py), so
+    # RGB within max over rows of |a_Y| + 2 (|a_U| + |a_V|) of the BT.601 matrix: 5.2 levels (B). On these
+    # uniformly random planes (the worst case) the float path computed on the CPU gives max 5.2, mean 0.59.
+    from pipeline.augment import YUV_TO_RGB
+
+    bound = max(abs(r[0]) + 2 * (abs(r[1]) + abs(r[2])) for r in YUV_TO_RGB)
+    diff = (gpu.cpu() - cpu).abs()
+    assert gpu.is_cuda and diff.max() <= bound + 1e-4 and diff.mean() < 0.8
 
 
 # ---- the loader on CPU (the twin) --------------------------------------------------------------------------
@@ -417,7 +425,8 @@ def test_eval_windows_segments_and_short_videos(data):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_same_clips_as_decord_and_dali(data, mode):
     """Same seed and epoch: the same rows, frames, boxes and flips as the other backends; pixels within
-    40 dB of decord (whose colour conversion uses nearest chroma) and of DALI on CPU (measured ~70 dB)."""
+    40 dB of decord (whose colour conversion uses nearest chroma) and 45 dB of DALI on CPU (measured 51 dB: the
+    twin crops and resizes in YUV and converts at 112 x 112, augment.py; DALI converts whole frames first)."""
     split = "train" if mode == "train" else "val"
     kw = dict(normalisation=PRESETS["kinetics"], sample_size=112, seed=3)
     ours = epoch(load(data, split, mode, **kw))
@@ -426,7 +435,7 @@ def test_same_clips_as_decord_and_dali(data, mode):
         np.testing.assert_array_equal(ours[1], other[1])
         np.testing.assert_array_equal(ours[2], other[2])
         for x, y in zip(ours[0], other[0], strict=True):
-            assert psnr(x, y) >= (40 if backend == "decord" else 60)
+            assert psnr(x, y) >= (40 if backend == "decord" else 45)
 
 
 def mp4_dataset(root, rows: list[tuple[str, int, int, int]]):
@@ -549,7 +558,7 @@ def test_nvdec_decoder_needs_a_gpu_and_the_package(tmp_path):
         assert "pip install pynvvideocodec==2.2.4" in str(e)
     root = make_dataset(tmp_path / "ds", {"train": [{"frames": 20}]}, width=W, height=H)
     config = LoaderConfig(data=root, split="train", mode="val", backend="nvdec", progress=False)
-    gpu_only = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='dali' or 'decord'"
+    gpu_only = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='pyav', 'dali' or 'decord'"
     with pytest.raises(ValueError) as refused:
         NvdecLoader(config)
     assert str(refused.value) == gpu_only

@@ -287,7 +287,9 @@ def test_training_stops_when_the_loss_saturates_at_the_last_rate(data, tmp_path,
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "3"))
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "20", "--resume"))
     assert [float(r["lr"]) for r in read_metrics(out)] == [0.01, 0.01, 0.001, 0.0001, 1e-05]
-    assert "done after 5 epochs (the val loss saturated at lr 1e-05, after 3 divisions by 10)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "done after 5 epochs (the val loss saturated at lr 1e-05, after 3 divisions by 10)" in printed
+    assert "| loader pyav |" in printed  # --backend auto on a CPU (engine.cli.loader_backend)
     train.main(args(data, out, "--lr-patience", "0", "--epochs", "20", "--resume", "--lr-reductions", "4"))
     assert [float(r["lr"]) for r in read_metrics(out)][5:] == [1e-06]  # a fourth division extends the run
 
@@ -484,6 +486,7 @@ def test_ddp_ranks_see_disjoint_data_and_keep_identical_weights(data, tmp_path):
 def test_nproc_2_end_to_end(data, tmp_path):
     """train.py --nproc 2 spawns two gloo processes; rank 0 alone writes the run folder. Their validation counts
     every video once: its numbers are those of one process validating the saved model."""
+    from engine.cli import loader_backend
     from engine.distributed import Dist
     from model import build_model
     from pipeline import build_loader
@@ -495,8 +498,8 @@ def test_nproc_2_end_to_end(data, tmp_path):
     assert state["config"]["nproc"] == 2 and state["epoch"] == 1
     net = build_model(**state["model_args"])
     net.load_state_dict(state["model"])
-    with build_loader(data, split="val", mode="val", batch_size=2, workers=1, sample_size=32,
-                      progress=False) as loader:
+    with build_loader(data, split="val", mode="val", batch_size=2, workers=1, sample_size=32, progress=False,
+                      backend=loader_backend("auto", on_gpu=False)) as loader:  # the backend train.py used
         one = train.validate(train.parse_args(args(data, out)), Dist(0, 1, 0, torch.device("cpu")), net, loader, 1)
     assert float(row["val_acc"]) == one["val_acc"] and float(row["val_acc"]) * 6 % 1 == 0  # of 6 val videos
     assert float(row["val_loss"]) == pytest.approx(one["val_loss"], rel=1e-5)
@@ -683,12 +686,16 @@ def test_bad_numeric_flag_is_a_one_line_usage_error(data, tmp_path, capsys, flag
     assert err.splitlines()[-1] == line  # argparse's usage, then this one line
 
 
-def test_workers_0_is_for_decord_only(data, tmp_path):
+def test_workers_0_is_for_decord_only(data, tmp_path, capsys):
     cfg = train.parse_args(args(data, tmp_path, "--workers", "0", "--backend", "decord"))
     assert cfg.workers == 0
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(args(data, tmp_path, "--workers", "0"))
-    assert e.value.code == 2
+    for backend in ("auto", "pyav", "dali"):
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(args(data, tmp_path, "--workers", "0", "--backend", backend))
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f" error: --workers 0: --backend {backend} needs >= 1 (0, decoding in the main process, is for "
+            "--backend decord)")
 
 
 def test_backend_nvdec_on_the_cpu_is_a_usage_error(data, tmp_path, capsys):
@@ -697,7 +704,7 @@ def test_backend_nvdec_on_the_cpu_is_a_usage_error(data, tmp_path, capsys):
         train.parse_args(args(data, tmp_path, "--backend", "nvdec", "--device", "cpu"))
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
-        " error: --backend nvdec decodes on the GPU; on the CPU use --backend dali or decord")
+        " error: --backend nvdec decodes on the GPU; on the CPU use --backend pyav, dali or decord")
 
 
 def with_a_truncated_video(data: Path, dst: Path) -> Path:

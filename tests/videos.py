@@ -158,3 +158,25 @@ def write_pattern(path, n: int, codec: str, gop: int = 8, width: int = 192, heig
         for p in s.encode():
             c.mux(p)
     return path
+
+
+def textured_frames(n: int, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Real-looking content for fidelity tests: (n, H, W, 3) uint8 of a texture panning 3 px a frame (colour at a
+    coarse scale, brightness detail down to 2 px, as a camera's chroma is smoother than its luma), grain, and two
+    sharp-edged saturated blocks moving over it (the colour edges where conversion and resampling differ most)."""
+    rng = np.random.default_rng(seed)
+    wide = width + 3 * n
+
+    def texture(cell: int, channels: int) -> np.ndarray:
+        g = rng.normal(0, 1, (height // cell + 2, wide // cell + 2, channels))
+        return np.repeat(np.repeat(g, cell, 0), cell, 1)[:height, :wide]
+
+    base = 45 * texture(32, 3) + 25 * texture(8, 1) + 10 * texture(2, 1)
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        img = base[:, 3 * i:3 * i + width] + 128 + rng.normal(0, 3, (height, width, 1))
+        y, x = (7 * i) % (height // 2), (11 * i) % (width // 2)
+        img[y:y + height // 3, x:x + width // 4] = (230, 30, 40)
+        img[height // 2:height // 2 + 20, width - x - 40:width - x] = (20, 60, 220)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out

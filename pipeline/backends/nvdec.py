@@ -11,8 +11,8 @@ Decoders (nvdec_decoders.py): as many as worker threads, made when the loader is
 one on its first clip and keeps it, so a decoder is only ever used by its own thread (PyNvVideoCodec's threading
 model); the batch is built on the consumer's stream (record_stream keeps the allocator from reusing a clip
 early). Threads: workers rounded up to a multiple of the GPU's NVDEC engines (GetDecoderCaps): one session uses
-one engine. "nvdec" decodes on the GPU only: device="cpu" is refused (on the CPU use backend='dali' or
-'decord'). The CPU twin (decoder="pyav", a constructor argument, not a LoaderConfig field) runs the same
+one engine. "nvdec" decodes on the GPU only: device="cpu" is refused (on the CPU use backend='pyav', 'dali'
+or 'decord'). The CPU twin (decoder="pyav", a constructor argument, not a LoaderConfig field) runs the same
 machinery with PyAV's decoders, so the tests run it without a GPU.
 
 A row the decoder cannot take (`problems`: codec, frame size, pixel format, reordering, one shown frame per
@@ -55,7 +55,7 @@ from pipeline.manifest import HINT
 from pipeline.sampling import Plan
 
 DECODERS = ("nvdec", "pyav")  # NvdecLoader(decoder=...): the hardware, or the CPU twin
-GPU_ONLY = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='dali' or 'decord'"
+GPU_ONLY = "backend='nvdec' decodes on the GPU (device='gpu'); on the CPU use backend='pyav', 'dali' or 'decord'"
 
 
 @functools.cache

@@ -27,10 +27,10 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from pipeline.bitstream import PacketSlice
+from pipeline.base import first_problems
+from pipeline.bitstream import DecodeError, PacketSlice, codec_context, decode_slice, output_slots
 from pipeline.headers import CHROMA_420, CHROMA_NAMES, REORDER_UNKNOWN
 from pipeline.index.table import PacketTable
-from pipeline.manifest import DatasetError
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"
 
@@ -134,13 +134,8 @@ def row_problems(packets: PacketTable, limits: dict[str, Limits]) -> dict[int, s
             "VP8/VP9 frames stored in packets of their own), so packet k is not frame k; re-prepare with "
             "prepare_data.py, or use backend='dali' (it decodes such files whole)")),
     ]
-    out: dict[int, str] = {}
-    todo = packets.count > 0
-    for failing, message in checks:
-        for r in np.flatnonzero(todo & failing).tolist():
-            out[r] = message(r)
-        todo &= ~failing
-    return dict(sorted(out.items()))
+    answers = first_problems(packets, checks)
+    return {r: answers[r] for r in np.flatnonzero(answers != "").tolist()}
 
 
 def low_latency_problems(packets: PacketTable) -> dict[int, str]:
@@ -179,25 +174,12 @@ class Decoder(Protocol):
         ...
 
 
-class DecodeError(DatasetError):
-    """A clip's packets did not give its frames. A DatasetError: train.py and evaluate.py print it as one line
-    (the loader adds the file, the frames and the fix)."""
-
-
 def submissions(clip: PacketSlice, buffer: np.ndarray) -> list[tuple[int, int, int]]:
     """The (address, size, pts) of each packet of `clip` in `buffer` (a uint8 view of clip.data, kept alive
     by the caller until the decoder returns): what PacketData's bsl_data, bsl and pts get. pts = k, the
     frame's index in the slice; the decoder hands it back with the frame."""
     base = buffer.ctypes.data
     return [(base + o, s, k) for k, (o, s) in enumerate(zip(clip.offsets.tolist(), clip.sizes.tolist(), strict=True))]
-
-
-def output_slots(wanted: np.ndarray) -> dict[int, list[int]]:
-    """{frame index in the slice: output positions that show it} (a looped clip shows a frame twice)."""
-    out: dict[int, list[int]] = {}
-    for t, k in enumerate(wanted.tolist()):
-        out.setdefault(k, []).append(t)
-    return out
 
 
 class PyAVDecoder:
@@ -209,47 +191,18 @@ class PyAVDecoder:
         self._contexts: dict[str, object] = {}
 
     def decode_clip(self, clip: PacketSlice, wanted: np.ndarray):  # -> torch.Tensor (T, H*3/2, W) uint8
-        import av
         import torch
 
         from pipeline.video import to_nv12  # (imports av: not with this module)
 
-        ctx = self._contexts.get(clip.codec)
-        if ctx is None:
-            ctx = self._contexts[clip.codec] = av.CodecContext.create(clip.codec, "r")
-            ctx.thread_count = 1  # parallelism comes from the loader's threads
-        h, w = clip.height, clip.width
-        out = np.empty((len(wanted), h * 3 // 2, w), np.uint8)
-        slots, seen = output_slots(wanted), set()
+        out = np.empty((len(wanted), clip.height * 3 // 2, clip.width), np.uint8)
 
-        def take(frames) -> None:
-            for f in frames:
-                k = int(f.pts) if f.pts is not None else -1
-                if k not in slots or k in seen:
-                    continue
-                if f.format.name not in ("yuv420p", "yuvj420p") or (f.width, f.height) != (w, h):
-                    raise DecodeError(f"frame {clip.first + k} is {f.format.name} {f.width}x{f.height}; the "
-                                      f"index says yuv420p {w}x{h}")
-                seen.add(k)
-                nv12 = to_nv12(f, out[slots[k][0]])
-                for t in slots[k][1:]:
-                    out[t] = nv12
+        def put(frame, positions: list[int]) -> None:
+            nv12 = to_nv12(frame, out[positions[0]])
+            for t in positions[1:]:
+                out[t] = nv12
 
-        try:
-            for k in range(len(clip)):
-                o, s = int(clip.offsets[k]), int(clip.sizes[k])
-                packet = av.Packet(clip.data[o:o + s])
-                packet.pts = k
-                take(ctx.decode(packet))
-            take(ctx.decode(None))  # end of stream: the frames still buffered
-        except av.FFmpegError as e:
-            raise DecodeError(f"decoding failed: {e}") from None
-        finally:
-            ctx.flush_buffers()  # ready for the next clip
-        if len(seen) != len(slots):
-            missing = sorted(set(slots) - seen)
-            raise DecodeError(f"{len(missing)} frame(s) missing from the decoder's output, first "
-                              f"{clip.first + missing[0]}")
+        decode_slice(codec_context(self._contexts, clip.codec), clip, wanted, put, ("yuv420p", "yuvj420p"))
         return torch.from_numpy(out)
 
 
