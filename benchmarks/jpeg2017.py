@@ -2,12 +2,21 @@
 3D-ResNets-PyTorch does it (its generate_video_jpgs.py, datasets/loader.py, datasets/videodataset.py,
 spatial_transforms.py, main.py), with this project's sampling (pipeline/sampling.py) so it makes the same clips.
 
-Storage (extract_jpegs): `ffmpeg -i VIDEO -vf scale=-1:HEIGHT -threads 1 image_%05d.jpg` done with PyAV, which
-has FFmpeg's encoders but no command line: every frame decoded, scaled to HEIGHT keeping the aspect ratio
-(width = round(W x HEIGHT / H), as scale=-1 computes it) with swscale's bicubic (the scale filter's default),
-to yuvj420p (what ffmpeg picks for mjpeg), and encoded by one mjpeg encoder at FFmpeg's defaults (no -q:v:
-rate control at the default 200 kb/s over a 1/fps time base), each packet written as one image_%05d.jpg,
-which is what the image2 muxer does.
+Storage (extract_jpegs): `ffmpeg -i VIDEO -vf scale=-1:HEIGHT -threads 1 image_%05d.jpg` (their
+generate_video_jpgs.py; `scale=HEIGHT:-1` when the video is not wider than high) done with PyAV, which has
+FFmpeg's encoders but no command line. Which frames that command writes: ffmpeg's image2 muxer has neither
+AVFMT_VARIABLE_FPS nor a container rate, so with no -vsync/-fps_mode ffmpeg picks constant-rate output
+(fftools/ffmpeg_mux_init.c: VSYNC_AUTO -> VSYNC_CFR, VSYNC_VSCFR for a one-stream input) at the input stream's
+guessed rate (av_guess_frame_rate: the buffersink's frame rate, fftools/ffmpeg_filter.c choose_out_timebase),
+duplicating and dropping frames to fill every output slot (video_sync_process); hence the usual advice to pass
+`-vsync 0` to avoid duplicates. pipeline/video.py's Retimer is that rule (pick_rate is the same guessed rate;
+prepare_data.py's outputs use it too), so a source whose frames are missing or variably timed gets as many JPEGs
+as the prepared video has frames: OpenCV's tree.avi decodes 68 frames over 29.6 s at a declared 15 fps and
+gets 444 JPEGs, as ffmpeg writes. Each output frame is scaled to HEIGHT (the other side as scale=-1 computes
+it: av_rescale, rounded to nearest) with swscale's bicubic (the scale filter's default), to yuvj420p (what
+ffmpeg picks for mjpeg), and encoded by one mjpeg encoder at FFmpeg's defaults (no -q:v: rate control at the
+default 200 kb/s over a 1/fps time base; a duplicated frame is encoded again, as ffmpeg does), each packet
+written as one image_%05d.jpg, which is what the image2 muxer does.
 
 Per clip (JpegClips.__getitem__, in a DataLoader worker): for each of the T frame indices, a stat of the file
 (their VideoLoader checks image_path.exists()), PIL open + convert('RGB'); then per frame their spatial
@@ -30,38 +39,59 @@ def jpeg_dir(root: Path, rel: str) -> Path:
     return root / Path(rel).with_suffix("")
 
 
+EXTRACTION = "cfr"  # the rule a folder's `done` marker names (folders extracted before the retiming named none)
+
+
+def scaled_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(width, height) of their scale filter: `scale=-1:SHORT` for a video wider than high, else `scale=SHORT:-1`;
+    the -1 side as libavfilter computes it (av_rescale: rounded to nearest, halves up)."""
+    if width > height:
+        return (short * width + height // 2) // height, short
+    return short, (short * height + width // 2) // width
+
+
 def extract_jpegs(video: str | Path, out: Path, height: int) -> int:
-    """Write every frame of `video` as out/image_%05d.jpg (from 1) at `height` px (module docstring); returns
-    the number of frames. Idempotent: a folder with a `done` marker is kept."""
+    """Write `video`'s frames as ffmpeg's image2 output would be (module docstring) into out/image_%05d.jpg (from
+    1), the short side `height` px; returns the number of JPEGs. Idempotent: a folder whose `done` marker names
+    EXTRACTION is kept; one from an older rule is extracted again."""
     import av
+    from av.video.reformatter import VideoReformatter
+
+    from pipeline.video import Retimer, open_source, pick_rate
 
     out = Path(out)
-    if (out / "done").is_file():
-        return len(list(out.glob("image_*.jpg")))
+    done = out / "done"
+    if done.is_file():
+        count, *rule = done.read_text().split()
+        if rule == [EXTRACTION]:
+            return int(count)
+        for old in out.glob("image_*.jpg"):
+            old.unlink()
+        done.unlink()
     out.mkdir(parents=True, exist_ok=True)
     n = 0
-    with av.open(str(video)) as c:
-        stream = c.streams.video[0]
-        stream.thread_count = 1
-        enc = None
-        for frame in c.decode(stream):
+    with open_source(video, decode_threads=1) as (container, stream):
+        rate, _ = pick_rate(stream)  # ffmpeg's output rate: the input's guessed rate
+        enc, scaler, k = None, VideoReformatter(), 0
+        for frame, count in Retimer(container, stream, rate):  # count: output slots this frame fills (0: dropped)
             if enc is None:
-                width = max(1, round(frame.width * height / frame.height))
                 enc = av.CodecContext.create("mjpeg", "w")
-                enc.width, enc.height, enc.pix_fmt = width, height, "yuvj420p"
-                rate = stream.average_rate or stream.guessed_rate or 25
-                enc.time_base = 1 / rate
-                enc.framerate = rate
-                enc.thread_count = 1
-            img = frame.reformat(width=enc.width, height=height, format="yuvj420p", interpolation="BICUBIC")
-            img.pts, img.time_base = n, enc.time_base  # frame k at k/fps: the encoder's rate control clock
-            for packet in enc.encode(img):
-                n += 1
-                (out / f"image_{n:05d}.jpg").write_bytes(bytes(packet))
+                enc.width, enc.height = scaled_size(frame.width, frame.height, height)
+                enc.pix_fmt = "yuvj420p"
+                enc.time_base, enc.framerate, enc.thread_count = 1 / rate, rate, 1
+            if count == 0:
+                continue
+            img = scaler.reformat(frame, width=enc.width, height=enc.height, format="yuvj420p",
+                                  interpolation="BICUBIC")
+            for _ in range(count):  # each output slot encoded, duplicates too: the encoder's rate control sees them
+                img.pts, img.time_base, k = k, enc.time_base, k + 1  # output frame k at k/fps
+                for packet in enc.encode(img):
+                    n += 1
+                    (out / f"image_{n:05d}.jpg").write_bytes(bytes(packet))
         for packet in enc.encode(None) if enc is not None else ():
             n += 1
             (out / f"image_{n:05d}.jpg").write_bytes(bytes(packet))
-    (out / "done").write_text(f"{n}\n")
+    done.write_text(f"{n} {EXTRACTION}\n")
     return n
 
 
@@ -112,7 +142,8 @@ class JpegLoader:
     """set_epoch + iteration like a pipeline loader, for loader_speed.timed_runs: a DataLoader per epoch over
     JpegClips. base: a LoaderBase over the prepared dataset of the same videos and split (its rows, labels and
     config); the clips come from pipeline.sampling.plan_epoch with the same seed and rule over the JPEG
-    folders' own frame counts and sizes (equal to the prepared ones for constant-rate sources)."""
+    folders' own frame counts and sizes (the counts equal the prepared videos': both are retimed by
+    pipeline/video.py's Retimer)."""
 
     def __init__(self, base, jpeg_root: Path, batch_size: int, workers: int, size: int, mean=(110.63666788,
                  103.16065604, 96.29023126), std=(1.0, 1.0, 1.0)):
@@ -120,7 +151,7 @@ class JpegLoader:
 
         self.base, self.batch_size, self.workers, self.epoch = base, batch_size, workers, 0
         self.dirs = [jpeg_dir(jpeg_root, p) for p in base.videos["path"]]
-        self.counts = np.array([int((d / "done").read_text()) for d in self.dirs], np.int64)
+        self.counts = np.array([int((d / "done").read_text().split()[0]) for d in self.dirs], np.int64)
         sizes = []
         for d in self.dirs:
             with Image.open(d / "image_00001.jpg") as im:

@@ -187,6 +187,7 @@ def test_an_unlabelled_split_has_no_confusion_matrix_and_says_why(tmp_path, caps
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.json"]
     stdout = capsys.readouterr().out
     assert "no confusion matrix: no video of the test split has a label (label -1)\n" in stdout
+    assert "; loader: pyav\n" in stdout  # --backend auto on a CPU (engine.cli.loader_backend)
     assert f"wrote {out}/{{metrics.json, predictions.json, per_class.csv}}\n" in stdout
 
 

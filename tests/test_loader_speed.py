@@ -174,7 +174,7 @@ def test_jpeg_frames_anchors_and_summary(data, tmp_path):
 
     bench.prepare_jpegs(data, 48)
     first = data / "jpeg2017" / "videos" / "train" / "a" / "train000"
-    assert (first / "done").read_text() == "40\n" and len(list(first.glob("image_*.jpg"))) == 40
+    assert (first / "done").read_text() == "40 cfr\n" and len(list(first.glob("image_*.jpg"))) == 40
     with Image.open(first / "image_00001.jpg") as im:
         assert im.format == "JPEG" and im.size == (72, 48)  # 96x64 at 48 px high
     cfg, _ = bench.parse_args(["--modes", "train", "--batch-size", "4", "--sample-size", "24", "--runs", "1",
@@ -200,6 +200,45 @@ def test_jpeg_frames_anchors_and_summary(data, tmp_path):
     assert lines[0].startswith("48 px: storage MB per video-minute: prepared VP9 ")
     assert lines[1].startswith("48 px train: pyav-cpu ") and "x JPEG baseline (" in lines[1] and "x decode floor (" in lines[1]
     assert lines[1].endswith("up to 8 clips in flight")
+
+
+def test_jpeg_frames_are_retimed_as_ffmpegs_image2_output(tmp_path):
+    """A source whose frames 3 and 4 are missing (timestamps 0, 1, 2, 5, 6 at 25 fps; tree.avi shows 68 frames
+    over 444 slots): ffmpeg's image2 output is constant-rate, so frame 2 fills slots 2-4: 7 JPEGs showing source
+    frames 0, 1, 2, 2, 2, 5, 6, as many as prepare_data.py's video of it has. A folder extracted by the old rule
+    (one JPEG per decoded frame, its marker naming no rule) is extracted again."""
+    import av
+    from PIL import Image
+    from videos import decode_code, frame_rgb
+
+    from benchmarks import jpeg2017
+    from pipeline.video import Retimer, open_source, pick_rate
+
+    src = tmp_path / "holes.mkv"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=25, options={"lossless": "1"})
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for i in (0, 1, 2, 5, 6):
+            frame = av.VideoFrame.from_ndarray(frame_rgb(i, 96, 64), format="rgb24").reformat(format="yuv420p")
+            frame.pts = i  # in the encoder's time base, 1/25 s
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    with open_source(src) as (container, stream):
+        slots = sum(count for _, count in Retimer(container, stream, pick_rate(stream)[0]))
+    out = tmp_path / "jpegs"
+    assert jpeg2017.extract_jpegs(src, out, 48) == 7 == slots
+    assert (out / "done").read_text() == "7 cfr\n"
+    codes = []
+    for k in range(1, 8):
+        with Image.open(out / f"image_{k:05d}.jpg") as im:
+            assert im.size == (72, 48)
+            codes.append(int(decode_code(np.asarray(im.convert("RGB"))[..., 2].mean())))
+    assert codes == [0, 1, 2, 2, 2, 5, 6]
+    (out / "done").write_text("5\n")  # the old rule's marker
+    (out / "image_00008.jpg").write_bytes(b"stale")
+    assert jpeg2017.extract_jpegs(src, out, 48) == 7 and not (out / "image_00008.jpg").exists()
+    assert jpeg2017.scaled_size(320, 240, 240) == (320, 240) and jpeg2017.scaled_size(720, 528, 240) == (327, 240)
+    assert jpeg2017.scaled_size(240, 320, 112) == (112, 149) and jpeg2017.scaled_size(99, 99, 48) == (48, 48)
 
 
 def test_main_alternates_rounds_and_writes_the_rows(data, tmp_path, capsys):
