@@ -220,12 +220,12 @@ def evaluate(cfg: EvalConfig, d: Dist) -> dict | None:
     model, record, name = load_model(cfg, class_names, d)
     fdir = open_features(cfg, record, model, d) if cfg.features else None
     views = None if cfg.clips is None else cfg.clips * cfg.crops
+    options = loader_options(cfg, d, cfg.batch_size)  # --backend auto resolved for this machine
     loader = build_loader(Path(cfg.data), split=cfg.split, mode="eval" if views is None else "views",
                           clips=cfg.clips or 1, crops=cfg.crops or 1, sample_duration=record.sample_duration,
-                          sample_size=record.sample_size, normalisation=record.normalisation,
-                          **loader_options(cfg, d, cfg.batch_size))
+                          sample_size=record.sample_size, normalisation=record.normalisation, **options)
     console.print(f"protocol: {cfg.protocol(record.sample_duration)['description']}; normalisation: "
-                  f"{record.normalisation.describe()}; loader: {loader.config.backend}")
+                  f"{record.normalisation.describe()}; loader: {options['backend']}")
     ids = loader.videos["video_id"]
     if ids.duplicated().any():  # every rank sees it: all stop, with one line
         vid = ids[ids.duplicated()].iloc[0]

@@ -4,17 +4,18 @@ spatial_transforms.py, main.py), with this project's sampling (pipeline/sampling
 
 Storage (extract_jpegs): `ffmpeg -i VIDEO -vf scale=-1:HEIGHT -threads 1 image_%05d.jpg` (their
 generate_video_jpgs.py; `scale=HEIGHT:-1` when the video is not wider than high) done with PyAV, which has
-FFmpeg's encoders but no command line. Which frames that command writes: ffmpeg's image2 muxer has neither
-AVFMT_VARIABLE_FPS nor a container rate, so with no -vsync/-fps_mode ffmpeg picks constant-rate output
+FFmpeg's encoders but no command line. Which frames that command writes: the image2 muxer's flags lack
+AVFMT_VARIABLE_FPS (libavformat/img2enc.c), so with no -vsync/-fps_mode ffmpeg picks constant-rate output
 (fftools/ffmpeg_mux_init.c: VSYNC_AUTO -> VSYNC_CFR, VSYNC_VSCFR for a one-stream input) at the input stream's
 guessed rate (av_guess_frame_rate: the buffersink's frame rate, fftools/ffmpeg_filter.c choose_out_timebase),
 duplicating and dropping frames to fill every output slot (video_sync_process); hence the usual advice to pass
 `-vsync 0` to avoid duplicates. pipeline/video.py's Retimer is that rule (pick_rate is the same guessed rate;
 prepare_data.py's outputs use it too), so a source whose frames are missing or variably timed gets as many JPEGs
 as the prepared video has frames: OpenCV's tree.avi decodes 68 frames over 29.6 s at a declared 15 fps and
-gets 444 JPEGs, as ffmpeg writes. Each output frame is scaled to HEIGHT (the other side as scale=-1 computes
-it: av_rescale, rounded to nearest) with swscale's bicubic (the scale filter's default), to yuvj420p (what
-ffmpeg picks for mjpeg), and encoded by one mjpeg encoder at FFmpeg's defaults (no -q:v: rate control at the
+gets 444 JPEGs, as ffmpeg writes. Each decoded frame is scaled, before the rate conversion as in ffmpeg's
+filter graph, to HEIGHT on the short side (the other side as scale=-1 computes it: av_rescale, rounded to
+nearest) with swscale's bicubic (the scale filter's default), to yuvj420p (what ffmpeg picks for mjpeg), and
+each output frame encoded by one mjpeg encoder at FFmpeg's defaults (no -q:v: rate control at the
 default 200 kb/s over a 1/fps time base; a duplicated frame is encoded again, as ffmpeg does), each packet
 written as one image_%05d.jpg, which is what the image2 muxer does.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_infer import run as run_infer  # infer.main's exit status, stdout and stderr
 
 from engine.features import (
     COLUMNS,
@@ -249,6 +250,7 @@ def test_loader_only_videos_loads_whole_videos_in_manifest_order(data):
 def test_evaluate_writes_each_windows_pooled_output(data, extracted):
     """One .npy per video, one row per window; row k is the model's pooled output for window k's clip, as the
     loader gives it in eval mode (a direct forward on the same clip tensor)."""
+    from engine.cli import loader_backend
     from pipeline import build_loader
     from pipeline.normalisation import Normalisation
 
@@ -257,7 +259,8 @@ def test_evaluate_writes_each_windows_pooled_output(data, extracted):
     seen = []
     net.head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     with build_loader(data, split="val", mode="eval", batch_size=4, workers=1, sample_size=32,
-                      normalisation=Normalisation((110.0, 100.0, 90.0))) as loader:
+                      normalisation=Normalisation((110.0, 100.0, 90.0)),
+                      backend=loader_backend("auto", on_gpu=False)) as loader:  # the backend evaluate.py used
         by_video: dict[int, list] = {}
         with torch.no_grad():
             for clips, _, video_idx in loader:
@@ -383,17 +386,6 @@ def raw(tmp_path_factory) -> Path:
     write_video(root / "-equal.webm", 16)  # a Kinetics-like name that starts with '-'
     write_video(root / "long:one.webm", 40)  # ':' is escaped in the file name
     return root
-
-
-def run_infer(argv: list[str], capsys) -> tuple[int, str, str]:
-    import infer
-
-    try:
-        code = infer.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_infer_writes_each_windows_pooled_output_and_resumes_without_decoding(raw, tmp_path, capsys, monkeypatch):
