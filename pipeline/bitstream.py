@@ -11,6 +11,7 @@ index (pipeline/index/table.py) in one read, then wrapped for the decoder that t
                   codecs' payloads as stored (VP9 superframes included)
     decode_slice  a PacketSlice through an FFmpeg decoder (PyAV), each wanted frame handed to the caller once:
                   the pyav backend and the NVDEC backend's CPU twin
+    slice_checks  the index checks every decoder fed these slices needs (8-bit 4:2:0, packet k = frame k)
 
 Frame k of a slice is packet first + k: the callers check, from the packet index, that the video's frames are
 not `reordered` and that each of its packets shows exactly one frame (`odd_packets` = 0; VP9 superframes are
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.index.table import VideoIndex
+from pipeline.headers import CHROMA_420, CHROMA_NAMES
+from pipeline.index.table import PacketTable, VideoIndex
 from pipeline.manifest import DatasetError
 
 # Codecs whose packets can be re-wrapped in IVF, with their IVF fourcc.
@@ -181,6 +183,27 @@ def packet_slice(path: str, index: VideoIndex, first: int, last: int) -> PacketS
     new_sizes[0] += len(head)  # the parameter sets travel with the keyframe
     new_offsets = np.cumsum(new_sizes) - new_sizes
     return PacketSlice(index.codec, index.width, index.height, first, b"".join(parts), new_offsets, new_sizes)
+
+
+def slice_checks(packets: PacketTable, needs: str, also: str = "") -> list[tuple[np.ndarray, Callable[[int], str]]]:
+    """The checks of a backend that decodes packet slices into YUV 4:2:0 (pyav, nvdec), as pipeline.base.
+    first_problems takes them, by precedence: 8-bit 4:2:0 pixels (the first frame's, from the index), no frame
+    reordering and one shown frame per packet (packet k of a slice must be frame k). Each message names the fix:
+    prepare_data.py writes all three. needs: who needs the pixel layout ("NVDEC's NV12 output needs"); also: the
+    other backends that read pixels and reordered rows, appended to those fixes (", or use backend='decord'").
+    Rows with odd packets are pointed to backend='dali', which decodes them from the whole file."""
+    p = packets
+    return [
+        ((p.bit_depth != 8) | (p.chroma != CHROMA_420), lambda r: (
+            f"{p.bit_depth[r]}-bit {CHROMA_NAMES.get(int(p.chroma[r]), 'unknown')} pixels; {needs} 8-bit 4:2:0: "
+            f"re-prepare with prepare_data.py (it writes 8-bit 4:2:0){also}")),
+        (p.reordered, lambda r: ("frames are reordered (B-frames), so packet k is not frame k; re-prepare with "
+                                 f"prepare_data.py (it writes no B-frames){also}")),
+        (p.odd_packets > 0, lambda r: (
+            f"{p.odd_packets[r]} of its {p.count[r]} packets do not show exactly one frame (hidden VP8/VP9 frames "
+            "stored in packets of their own), so packet k is not frame k; re-prepare with prepare_data.py (it "
+            "writes one frame per packet), or use backend='dali' (it decodes such files whole)")),
+    ]
 
 
 class DecodeError(DatasetError):

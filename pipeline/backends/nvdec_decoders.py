@@ -28,8 +28,15 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from pipeline.base import first_problems
-from pipeline.bitstream import DecodeError, PacketSlice, codec_context, decode_slice, output_slots
-from pipeline.headers import CHROMA_420, CHROMA_NAMES, REORDER_UNKNOWN
+from pipeline.bitstream import (
+    DecodeError,
+    PacketSlice,
+    codec_context,
+    decode_slice,
+    output_slots,
+    slice_checks,
+)
+from pipeline.headers import REORDER_UNKNOWN
 from pipeline.index.table import PacketTable
 
 NVC_HINT = "pip install pynvvideocodec==2.2.4 (needs an NVIDIA driver with NVDEC)"
@@ -124,15 +131,7 @@ def row_problems(packets: PacketTable, limits: dict[str, Limits]) -> dict[int, s
             "decodes; re-prepare with a smaller prepare_data.py --height")),
         ((w % 2 == 1) | (h % 2 == 1), lambda r: (
             f"{w[r]}x{h[r]}: odd frame size (NV12 needs even); re-prepare with prepare_data.py")),
-        ((packets.bit_depth != 8) | (packets.chroma != CHROMA_420), lambda r: (
-            f"{packets.bit_depth[r]}-bit {CHROMA_NAMES.get(int(packets.chroma[r]), 'unknown')} pixels; NVDEC's NV12 "
-            "output needs 8-bit 4:2:0: re-prepare with prepare_data.py (it writes 8-bit 4:2:0)")),
-        (packets.reordered, lambda r: ("frames are reordered (B-frames), so packet k is not frame k; re-prepare "
-                                       "with prepare_data.py (it writes no B-frames)")),
-        (packets.odd_packets > 0, lambda r: (
-            f"{packets.odd_packets[r]} of its {packets.count[r]} packets do not show exactly one frame (hidden "
-            "VP8/VP9 frames stored in packets of their own), so packet k is not frame k; re-prepare with "
-            "prepare_data.py, or use backend='dali' (it decodes such files whole)")),
+        *slice_checks(packets, "NVDEC's NV12 output needs"),
     ]
     answers = first_problems(packets, checks)
     return {r: answers[r] for r in np.flatnonzero(answers != "").tolist()}

@@ -58,8 +58,7 @@ import torch
 
 from pipeline.augment import YUV420Clip, conversion_tensors, convert_clip, yuv_to_rgb
 from pipeline.base import Batch, LoaderBase, LoaderConfig, first_problems
-from pipeline.bitstream import DecodeError, clip_span, codec_context, decode_slice, packet_slice
-from pipeline.headers import CHROMA_420, CHROMA_NAMES
+from pipeline.bitstream import DecodeError, clip_span, codec_context, decode_slice, packet_slice, slice_checks
 from pipeline.index.table import PacketTable
 from pipeline.manifest import HINT
 from pipeline.sampling import Plan
@@ -77,15 +76,7 @@ def problems(config: LoaderConfig, packets: PacketTable) -> np.ndarray:
     return first_problems(p, [  # (failing rows, message), by precedence
         (~codec, lambda r: (f"codec {p.codec_of(r)} is not read by the pyav backend ({', '.join(SUPPORTED_CODECS)}); "
                             "re-prepare with prepare_data.py --codec vp9, or use backend='decord'")),
-        ((p.bit_depth != 8) | (p.chroma != CHROMA_420), lambda r: (
-            f"{p.bit_depth[r]}-bit {CHROMA_NAMES.get(int(p.chroma[r]), 'unknown')} pixels; the pyav backend reads "
-            "8-bit 4:2:0: re-prepare with prepare_data.py (it writes 8-bit 4:2:0), or use backend='decord'")),
-        (p.reordered, lambda r: ("frames are reordered (B-frames), so packet k is not frame k; re-prepare with "
-                                 "prepare_data.py (it writes no B-frames), or use backend='decord'")),
-        (p.odd_packets > 0, lambda r: (
-            f"{p.odd_packets[r]} of its {p.count[r]} packets do not show exactly one frame (hidden VP8/VP9 frames "
-            "stored in packets of their own), so packet k is not frame k; re-prepare with prepare_data.py (it "
-            "writes one frame per packet), or use backend='dali' (it decodes such files whole)")),
+        *slice_checks(p, "the pyav backend reads", also=", or use backend='decord'"),
     ])
 
 
