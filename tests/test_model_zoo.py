@@ -756,7 +756,7 @@ def test_evaluate_an_authors_densenet_checkpoint(data, tmp_path) -> None:
     path = _authors_file(tmp_path / "densenet-121-kinetics.pth", net, "densenet-121", legacy_densenet=True)
     evaluate.main(["--data", str(data), "--checkpoint", str(path), "--out", str(tmp_path / "eval"), "--widen-factor",
                    "0.125", "--norm", "activitynet", "--sample-size", "32", "--batch-size", "4",
-                   "--workers", "1"])
+                   "--workers", "1", "--backend", "dali"])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (metrics["n_videos"], metrics["n_clips"]) == (3, 4)  # 20, 35, 25 frames: 1, 2, 1 windows of 16
     pred = json.loads((tmp_path / "eval" / "predictions.json").read_text())["results"]
