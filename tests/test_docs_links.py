@@ -1,5 +1,6 @@
-"""Every pointer into docs/ from the code, the README and the docs themselves ("docs/design.md#packet-index",
-"[design.md](design.md#bad-data)") names a page that exists and one of its headings, by GitHub's anchor rule."""
+"""Every pointer into docs/ from the code, the README and the docs themselves (a page of docs/ by its path, optionally
+with "#anchor", and the markdown links between the pages of docs/) names a page that exists and one of its headings, by GitHub's
+anchor rule."""
 
 import re
 import subprocess
@@ -20,7 +21,7 @@ def anchors(page: Path) -> set[str]:
 
 
 def pointers() -> list[tuple[str, str, str | None]]:
-    """(file, page, anchor or None) for every pointer into docs/ in the tracked files."""
+    """(file, docs/ page, anchor or None) for every pointer into docs/ in the tracked files."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     out = []
@@ -29,18 +30,18 @@ def pointers() -> list[tuple[str, str, str | None]]:
         if path.suffix not in (".py", ".md", ".sh") and path.name != "Makefile" or not path.is_file():
             continue
         text = path.read_text()
-        out += [(f, page, a or None) for page, a in POINTER.findall(text)]
+        out += [(f, "docs/" + page, a or None) for page, a in POINTER.findall(text)]
         if f.startswith("docs/"):
-            out += [(f, page, a or None) for page, a in LINK.findall(text)]
+            out += [(f, "docs/" + page, a or None) for page, a in LINK.findall(text)]
     return out
 
 
 def test_every_pointer_into_docs_names_a_page_and_a_heading():
     found = pointers()
-    assert ("pipeline/index/table.py", "design.md", "packet-index") in found  # the check reads the real pointers
-    bad = [f"{f}: docs/{page}" + (f"#{a}" if a else "") for f, page, a in found
-           if not (ROOT / "docs" / page).is_file()
-           or (a and a != "section" and a not in anchors(ROOT / "docs" / page))]  # "#section": the form, in prose
+    assert ("pipeline/index/table.py", "docs/design.md", "packet-index") in found  # the check reads the real pointers
+    bad = [f"{f}: {page}" + (f"#{a}" if a else "") for f, page, a in found
+           if not (ROOT / page).is_file()
+           or (a and a != "section" and a not in anchors(ROOT / page))]  # "#section": the form, in prose
     assert bad == []
 
 
