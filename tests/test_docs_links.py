@@ -1,6 +1,6 @@
-"""Every pointer into docs/ from the code, the README and the docs themselves (a page of docs/ by its path, optionally
-with "#anchor", and the markdown links between the pages of docs/) names a page that exists and one of its headings, by GitHub's
-anchor rule."""
+"""Every pointer into docs/ from the code, the README and the docs themselves (a page of docs/ by its path,
+optionally with "#anchor", and the markdown links between the pages of docs/) names a page that exists and one of
+its headings, by GitHub's anchor rule."""
 
 import re
 import subprocess
