@@ -7,14 +7,14 @@ Dataset (scratch/index_speed/<N>x<P>/, made once and reused): a train manifest o
 whose files are hard links to a few copies of one real P-frame VP9 WebM (every row is a real, decodable file
 with its own path and stat key), and its packet cache written directly: that file's real index repeated N
 times, keyed by each link's (size, mtime). The timed code is the real `build_loader(...)`: manifest, one
-stat per file, cache lookup, bad-row checks and, for dali, the pipeline build. A run that would index any
+stat per file, cache lookup, the backend's bad-row checks and, for dali, the pipeline build. A run that would index any
 file fails instead (the cache must have been used).
 
 Each measurement runs in a fresh process: import everything, read /proc/self/status, build, read it again.
 RssAnon = private memory, what every DDP rank pays for itself; RssFile = pages of mapped files, which the
 processes of a node share (the cache's pages are among them). Peak = the largest RssAnon sampled every 10 ms
 during the build. Configs: "manifest" = load_manifest alone (the part of start-up that is not the index),
-"decord" and "dali" (device cpu) = build_loader. index MB = decord's private MB - manifest's. plan s = the
+"decord", "dali" and "pyav" (device cpu) = build_loader. index MB = decord's private MB - manifest's. plan s = the
 first len(loader) (the epoch plan, pipeline/sampling.py), reported apart: build_loader does not compute it.
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = ("manifest", "decord", "dali")
+CONFIGS = ("manifest", "decord", "dali", "pyav")
 LINKS_PER_FILE = 50_000  # ext4 allows 65,000 hard links to one inode
 
 
