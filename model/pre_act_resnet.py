@@ -11,6 +11,8 @@ the last block: the average pool takes the last sum.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -73,21 +75,16 @@ def pre_act_resnet(
     depth: int,
     n_classes: int,
     shortcut: str = "A",
-    conv1_t_size: int = 7,
-    conv1_t_stride: int = 1,
-    no_max_pool: bool = False,
-    widen_factor: float = 1.0,
+    **stem: Any,
 ) -> ResNet3d:
-    """3D pre-activation ResNet-`depth` (18, 34, 50, 101, 152, 200); model.build_model checks the arguments."""
+    """3D pre-activation ResNet-`depth` (18, 34, 50, 101, 152, 200); stem: ResNet3d's conv1_t_size, conv1_t_stride,
+    no_max_pool, widen_factor; model.build_model checks the arguments."""
     kind, layers = LAYERS[depth]
     return ResNet3d(
         PreActBasicBlock if kind == "basic" else PreActBottleneck,
         layers,
         n_classes,
         shortcut=shortcut,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        widen_factor=widen_factor,
         stem_planes=STEM_PLANES,
+        **stem,
     )

@@ -245,12 +245,10 @@ def resnet(
     depth: int,
     n_classes: int,
     shortcut: str = "A",
-    conv1_t_size: int = 7,
-    conv1_t_stride: int = 1,
-    no_max_pool: bool = False,
-    widen_factor: float = 1.0,
+    **stem: Any,
 ) -> ResNet3d:
-    """3D ResNet-`depth` (10, 18, 34, 50, 101, 152, 200); model.build_model checks the arguments."""
+    """3D ResNet-`depth` (10, 18, 34, 50, 101, 152, 200); stem: ResNet3d's conv1_t_size, conv1_t_stride,
+    no_max_pool, widen_factor; model.build_model checks the arguments."""
     kind, layers = LAYERS[depth]
     block = BasicBlock if kind == "basic" else Bottleneck
     return ResNet3d(
@@ -258,8 +256,5 @@ def resnet(
         layers,
         n_classes,
         shortcut=shortcut,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        widen_factor=widen_factor,
+        **stem,
     )

@@ -11,6 +11,8 @@ the temporal conv after it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -119,12 +121,10 @@ def r2plus1d(
     depth: int,
     n_classes: int,
     shortcut: str = "A",
-    conv1_t_size: int = 7,
-    conv1_t_stride: int = 1,
-    no_max_pool: bool = False,
-    widen_factor: float = 1.0,
+    **stem: Any,
 ) -> R2Plus1d:
-    """R(2+1)D-`depth` (10, 18, 34, 50, 101, 152, 200); model.build_model checks the arguments."""
+    """R(2+1)D-`depth` (10, 18, 34, 50, 101, 152, 200); stem: ResNet3d's conv1_t_size, conv1_t_stride,
+    no_max_pool, widen_factor; model.build_model checks the arguments."""
     kind, layers = LAYERS[depth]
     block = BasicBlock2p1d if kind == "basic" else Bottleneck2p1d
     return R2Plus1d(
@@ -132,9 +132,6 @@ def r2plus1d(
         layers,
         n_classes,
         shortcut=shortcut,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        widen_factor=widen_factor,
         stem_planes=STEM_PLANES,
+        **stem,
     )

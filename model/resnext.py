@@ -16,6 +16,8 @@ at cardinality 32: with any other cardinality its model fails on the first forwa
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from model.resnet import BOTTLENECK_LAYERS, STEM_PLANES, Bottleneck, ResNet3d
@@ -53,23 +55,18 @@ def resnext(
     depth: int,
     n_classes: int,
     shortcut: str = "A",
-    conv1_t_size: int = 7,
-    conv1_t_stride: int = 1,
-    no_max_pool: bool = False,
-    widen_factor: float = 1.0,
     cardinality: int = 32,
+    **stem: Any,
 ) -> ResNet3d:
-    """3D ResNeXt-`depth` (50, 101, 152, 200); model.build_model checks the arguments."""
+    """3D ResNeXt-`depth` (50, 101, 152, 200); stem: ResNet3d's conv1_t_size, conv1_t_stride,
+    no_max_pool, widen_factor; model.build_model checks the arguments."""
     return ResNet3d(
         ResNeXtBottleneck,
         BOTTLENECK_LAYERS[depth],
         n_classes,
         shortcut=shortcut,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        widen_factor=widen_factor,
         stage_planes=STAGE_PLANES,
         stem_planes=STEM_PLANES,
         block_args={"cardinality": cardinality},
+        **stem,
     )

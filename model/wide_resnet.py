@@ -12,6 +12,8 @@ with master's `--model wideresnet --wide_resnet_k 2` loads with `--wide-k 1 --wi
 
 from __future__ import annotations
 
+from typing import Any
+
 from model.resnet import BOTTLENECK_LAYERS, STAGE_PLANES, STEM_PLANES, Bottleneck, ResNet3d
 
 ARCHS: tuple[str, ...] = tuple(f"wideresnet-{depth}" for depth in BOTTLENECK_LAYERS)
@@ -27,23 +29,17 @@ def wide_resnet(
     depth: int,
     n_classes: int,
     shortcut: str = "A",
-    conv1_t_size: int = 7,
-    conv1_t_stride: int = 1,
-    no_max_pool: bool = False,
-    widen_factor: float = 1.0,
     wide_k: int = 2,
+    **stem: Any,
 ) -> ResNet3d:
-    """3D Wide ResNet-`depth` (50, 101, 152, 200) with stages `wide_k` times wider than ResNet's; model.build_model
-    checks the arguments."""
+    """3D Wide ResNet-`depth` (50, 101, 152, 200) with stages `wide_k` times wider than ResNet's; stem: ResNet3d's conv1_t_size, conv1_t_stride,
+    no_max_pool, widen_factor; model.build_model checks the arguments."""
     return ResNet3d(
         WideBottleneck,
         BOTTLENECK_LAYERS[depth],
         n_classes,
         shortcut=shortcut,
-        conv1_t_size=conv1_t_size,
-        conv1_t_stride=conv1_t_stride,
-        no_max_pool=no_max_pool,
-        widen_factor=widen_factor,
         stage_planes=tuple(p * wide_k for p in STAGE_PLANES),
         stem_planes=STEM_PLANES,
+        **stem,
     )
