@@ -40,11 +40,13 @@ The code:
   chroma_region   step 1's chroma samples around a box.
   resize_crops    step 2 for crops of one size, (M, C, h, w) uint8, on any device (the CPU's uint8 kernel on
                   the CPU, float elsewhere); resize_chroma: steps 1-2 for chroma regions.
-  YUV420Clip      steps 1-3 for one clip on the CPU, fed by a decoder frame by frame (the "pyav" backend):
-                  each plane's region is copied once, straight from the decoder's planes, into buffers that
-                  pack 4 planes per sample channels-last (16 Y crops: (4, side, side, 4) uint8), then five
-                  kernel calls per clip (Y: resize; U, V: _chroma_steps). torch ops run with the calling
-                  thread's intra-op threads (the pyav workers set 1).
+  YUV420Clip      steps 1-5 for one clip on the CPU, fed by a decoder frame by frame (the "pyav" backend):
+                  each plane's region is copied once, straight from the decoder's planes, 4 frames at a time,
+                  into buffers that pack 4 frames per pixel channels-last (16 Y crops: (4, side, side, 4) uint8;
+                  pipeline/kernels.py pack4), then five kernel calls per clip (Y: resize; U, V: _chroma_steps),
+                  then flip, conversion and normalisation in one compiled pass (kernels.packed_to_rgb), or the
+                  flipped uint8 planes for a GPU to convert. torch ops run with the calling thread's intra-op
+                  threads (the pyav workers set 1).
   augment_nv12    steps 1-5, batched in torch on any device: NVDEC (GPU, and its CPU twin) and infer.py.
   augment_rgb     RGB frames (the decord backend).
   conversion, convert_clip, yuv_to_rgb   steps 4-5.
@@ -176,46 +178,87 @@ def _unpack(src: np.ndarray, dst: np.ndarray, flip: bool) -> None:
 
 
 class YUV420Clip:
-    """Steps 1-3 for one clip on the CPU, fed frame by frame (the pyav backend's workers).
+    """Steps 1-3 (and, for float output, 4-5) for one clip on the CPU, fed frame by frame (the pyav backend's
+    workers).
 
-    put(t, planes) copies frame t's regions out of its Y, U, V planes (each with the buffer protocol and
-    `line_size`, e.g. an av.VideoPlane, read in place: one strided copy each) into two buffers that pack 4
-    planes per sample, channels last (Y of frame t at y[t // 4, :, :, t % 4]; U of frame t at plane t of c,
-    V at plane T + t); resize(out) runs the clip's five kernel calls (Y: resize; U, V: _chroma_steps) and
-    writes out (3, T, S, S) uint8 Y, U, V, flipped. box (x0, y0, side) in a width x height frame.
+    put(t, planes) takes frame t's Y, U, V planes (each with the buffer protocol and `line_size`, e.g. an
+    av.VideoPlane, read in place); the regions of each group of 4 frames (t // 4) are copied out together,
+    interleaved into buffers that pack 4 frames per pixel, channels last (Y of frame t at
+    y[t // 4, :, :, t % 4], U at c[t // 4, ..., t % 4], V at c[Q + t // 4, ..., t % 4], Q = ceil(T / 4)):
+    one kernels.pack4 call per plane and group once its 4 frames are in (the frames are kept until then; a
+    group left incomplete, at the clip's end or by a looped clip's repeats, is copied a frame at a time).
+    copy(src, dst): frame dst shows frame src's picture (a looped clip), filled from it after the last put.
+    Then either resize(out): out (3, T, S, S) uint8 Y, U, V resized (steps 1-2: five kernel calls, Y: resize;
+    U, V: _chroma_steps) and flipped (step 3); or to_rgb(out, matrix): out (3, T, S, S) float32, the same
+    resized planes flipped, converted and normalised (steps 3-5) by kernels.packed_to_rgb in one pass.
+    box (x0, y0, side) in a width x height frame.
     """
 
     def __init__(self, box: Sequence[int], flip: bool, frames: int, size: int, width: int, height: int):
         self.x0, self.y0, self.side = (int(v) for v in box)
         self.cx0, self.cy0, self.cw, self.ch, self.ox, self.oy = chroma_region(box, width, height)
         self.flip, self.frames, self.size = bool(flip), frames, size
-        s = self.side
-        self.y = np.empty((-(-frames // 4), s, s, 4), np.uint8)
-        self.c = np.empty((-(-2 * frames // 4), self.ch, self.cw, 4), np.uint8)
+        s, self.groups = self.side, -(-frames // 4)
+        self.y = np.empty((self.groups, s, s, 4), np.uint8)
+        self.c = np.empty((2 * self.groups, self.ch, self.cw, 4), np.uint8)
+        self._group, self._pending = -1, {}  # the group being collected: {t % 4: (Y, U, V) 2-D plane arrays}
+        self._copies: list[tuple[int, int]] = []
 
     def put(self, t: int, planes: Sequence) -> None:
-        """Frame t of the clip: its Y, U, V planes (rows of line_size bytes), read in place."""
-        py, pu, pv = planes
-        x0, y0, s = self.x0, self.y0, self.side
-        self.y[t // 4, :, :, t % 4] = np.frombuffer(py, np.uint8).reshape(-1, py.line_size)[y0:y0 + s, x0:x0 + s]
-        cx0, cy0, cw, ch = self.cx0, self.cy0, self.cw, self.ch
-        for k, plane in ((t, pu), (self.frames + t, pv)):
-            rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-            self.c[k // 4, :, :, k % 4] = rows[cy0:cy0 + ch, cx0:cx0 + cw]
+        """Frame t of the clip: its Y, U, V planes (rows of line_size bytes), read in place (kept until its
+        group of 4 is copied out)."""
+        if t // 4 != self._group:
+            self._flush()
+            self._group = t // 4
+        self._pending[t % 4] = tuple(np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in planes)
+        if len(self._pending) == 4:
+            self._flush()
 
     def copy(self, src: int, dst: int) -> None:
-        """Frame dst shows the same picture as frame src (a looped clip): copy its regions."""
-        self.y[dst // 4, :, :, dst % 4] = self.y[src // 4, :, :, src % 4]
-        for a, b in ((src, dst), (self.frames + src, self.frames + dst)):
-            self.c[b // 4, :, :, b % 4] = self.c[a // 4, :, :, a % 4]
+        """Frame dst shows the same picture as frame src (a looped clip): filled from src after the last put."""
+        self._copies.append((src, dst))
+
+    def _flush(self) -> None:
+        """Copy the pending frames' regions into their group: one pack4 per plane for a full group."""
+        from pipeline import kernels
+
+        q, pending, self._pending = self._group, self._pending, {}
+        if not pending:
+            return
+        regions = ((self.y[q], self.y0, self.x0), (self.c[q], self.cy0, self.cx0),
+                   (self.c[self.groups + q], self.cy0, self.cx0))
+        for plane, (dst, top, left) in enumerate(regions):
+            if len(pending) == 4:
+                kernels.pack4(*(pending[k][plane] for k in range(4)), top, left, dst.view(np.uint32)[..., 0])
+                continue
+            h, w = dst.shape[:2]
+            for k, planes in pending.items():
+                dst[..., k] = planes[plane][top:top + h, left:left + w]
+
+    def _resized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-2 for the whole clip: (Q, 4, S, S) Y and (2Q, 4, S, S) U, V, uint8, channels last."""
+        self._flush()
+        for src, dst in self._copies:
+            for buf, q0 in ((self.y, 0), (self.c, 0), (self.c, self.groups)):
+                buf[q0 + dst // 4, ..., dst % 4] = buf[q0 + src // 4, ..., src % 4]
+        s, side = self.size, self.side
+        y = _interpolate(torch.from_numpy(self.y).permute(0, 3, 1, 2), s)
+        c = _chroma_steps(torch.from_numpy(self.c).permute(0, 3, 1, 2), self.ox, self.oy, side, s)
+        return y, c
 
     def resize(self, out: np.ndarray) -> None:
         """out (3, T, S, S) uint8: the clip's Y, U, V cropped and resized (steps 1-2) and flipped (step 3)."""
-        t, s, side = self.frames, self.size, self.side
-        y = _interpolate(torch.from_numpy(self.y).permute(0, 3, 1, 2), s)
-        c = _chroma_steps(torch.from_numpy(self.c).permute(0, 3, 1, 2), self.ox, self.oy, side, s)
-        _unpack(y.numpy(), out[0], self.flip)
-        _unpack(c.numpy(), out[1:].reshape(2 * t, s, s), self.flip)
+        y, c = (v.numpy() for v in self._resized())
+        _unpack(y, out[0], self.flip)
+        _unpack(c[:self.groups], out[1], self.flip)
+        _unpack(c[self.groups:], out[2], self.flip)
+
+    def to_rgb(self, out: np.ndarray, matrix: np.ndarray) -> None:
+        """out (3, T, S, S) float32: steps 1-5, with matrix (3, 6) = augment.conversion's A | b | lo | hi."""
+        from pipeline import kernels
+
+        y, c = (v.permute(0, 2, 3, 1).contiguous().numpy().view(np.uint32)[..., 0] for v in self._resized())
+        kernels.packed_to_rgb(y, c, self.flip, matrix, out)
 
 
 # ---- steps 4-5: colour and normalisation -------------------------------------------------------------------------

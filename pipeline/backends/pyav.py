@@ -6,35 +6,35 @@ Per clip of the epoch plan (the same plan, frames, boxes and flips as every othe
         the cut the NVDEC backend feeds its decoders; one file read)
     -> the thread's own FFmpeg decoder (av.CodecContext, thread_count 1, kept for the loader's life and
        flushed after each clip; bitstream.decode_slice)
-    -> each decoded frame the clip shows: the box's pixels copied out of the decoder's Y plane, and the chroma
-       samples around it out of U and V (one strided copy per plane, no conversion; pipeline/augment.py
-       YUV420Clip, step 1); frames outside the clip (the lead-in from the keyframe) are decoded and dropped,
-       never copied or converted
+    -> each decoded frame the clip shows: kept until the other frames of its group of 4 are in, then the box's
+       pixels of the 4 Y planes and the chroma samples around it of the 4 U and V planes copied out together,
+       interleaved 4 frames per pixel (pipeline/kernels.py pack4, one call per plane and group; no conversion;
+       pipeline/augment.py YUV420Clip, step 1); frames outside the clip (the lead-in from the keyframe) are
+       decoded and dropped, never copied or converted
     -> after the clip's last frame: Y resized to S x S, U and V upsampled x2, cropped to the box and resized
-       one axis at a time, 4 planes per call of torch's uint8 kernels (five calls per clip), flipped (steps
-       1-3)
-    -> colour conversion and normalisation at S x S (steps 4-5, augment.convert_clip: one product, a clamp
-       per channel) into the batch.
+       one axis at a time, 4 frames per call of torch's uint8 kernels (five calls per clip; steps 1-2)
+    -> flip, colour conversion and normalisation at S x S (steps 3-5) in one pass from the packed planes
+       straight into the batch (kernels.packed_to_rgb).
 So the work per clip is the decoder's, plus ~1.5 crop-sized plane copies, one crop-sized resize and two
 chroma upsamplings and resizes per shown frame, and the conversion of T x S x S pixels. Clips of a batch
-decode in parallel, one per thread; PyAV (avcodec_send_packet and receive_frame), torch's ops and numpy's
-copies release the GIL, and the Python between them is a few calls per frame.
+decode in parallel, one per thread; PyAV (avcodec_send_packet and receive_frame), torch's ops, numpy's copies
+and the compiled kernels release the GIL, and the Python between them is a few calls per frame.
 
 Threads: exactly `workers` busy threads, each single-threaded inside: FFmpeg thread_count 1 (decoding more
-clips at once costs less CPU per clip than more threads per clip), numpy starts no threads (no BLAS call), and
-torch's intra-op threads (OpenMP, and MKL for the conversion's product) are 1 in each worker
+clips at once costs less CPU per clip than more threads per clip), numpy and the numba kernels start no threads
+(no BLAS call, no parallel loops), and torch's intra-op threads (OpenMP) are 1 in each worker
 (torch.set_num_threads(1) as the worker starts: the OpenMP thread count is per thread, so the resizes start no
 OpenMP team, and the calling thread keeps its own count).
 torch.set_num_threads also sets the default of threads that first use torch later, so once the workers have
 set theirs the loader sets that default back to what the iterating thread had (tests/test_pyav.py checks the
-three). device="gpu": the clips' resized Y, U, V (uint8) are copied to the GPU and converted there
+three). device="gpu": the clips' resized, flipped Y, U, V (uint8) are copied to the GPU and converted there
 (augment.yuv_to_rgb), in the consumer's thread.
 
 Memory: at most batch_size x prefetch clips are in flight (submitted and not yet delivered: the next batch is
 submitted when the consumer asks for it, so while it works on one batch prefetch - 1 others decode); each is
-written straight into its batch's output; a worker holds one decoded frame at a time (plus the decoder's reference
-frames) and its clip's regions (T x side^2 x 1.5 bytes: 3.1 MB for a 360 px crop, and about as much again
-while the chroma is upsampled).
+written straight into its batch's output; a worker holds up to 4 decoded frames at a time (plus the decoder's
+reference frames) and its clip's regions (T x side^2 x 1.5 bytes: 3.1 MB for a 360 px crop, and about as much
+again while the chroma is upsampled).
 
 Limits checked when the loader is built, from the packet index (`problems`; LoaderBase's bad-row policy: fail
 naming the file, or skip and count): codecs FFmpeg decodes from a bare packet slice (SUPPORTED_CODECS); 8-bit
@@ -56,7 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import numpy as np
 import torch
 
-from pipeline.augment import YUV420Clip, conversion_tensors, convert_clip, yuv_to_rgb
+from pipeline.augment import YUV420Clip, conversion, yuv_to_rgb
 from pipeline.base import Batch, LoaderBase, LoaderConfig, first_problems
 from pipeline.bitstream import DecodeError, clip_span, codec_context, decode_slice, packet_slice, slice_checks
 from pipeline.index.table import PacketTable
@@ -97,7 +97,7 @@ class PyAVLoader(LoaderBase):
         self._files = self.videos["file"].tolist()
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .contexts: {codec: av.CodecContext} of this worker thread
-        self._coeffs = conversion_tensors(config.normalisation)  # steps 4-5, on the CPU
+        self._matrix = np.column_stack(conversion(config.normalisation))  # steps 4-5 on the CPU: A | b | lo | hi
         self.max_in_flight = 0  # the most clips ever in flight (tests check the bound)
 
     # -- per clip (worker threads) -------------------------------------------------------------------------------
@@ -108,31 +108,29 @@ class PyAVLoader(LoaderBase):
             contexts = self._local.contexts = {}
         return codec_context(contexts, codec)
 
-    def _decode_clip(self, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, yuv: np.ndarray) -> None:
-        """Clip (row, frames (T,) file frame indices) -> yuv (3, T, S, S) uint8: resized Y, U, V (flipped)."""
+    def _decode_clip(self, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, out: np.ndarray) -> None:
+        """Clip (row, frames (T,) file frame indices) -> out (3, T, S, S): float32 normalised RGB (steps 1-5), or
+        uint8 resized Y, U, V (flipped; steps 1-3, for the GPU)."""
         ix = self.packets.video(row)
         first, last = clip_span(ix, frames)
         clip = packet_slice(self._files[row], ix, first, last)
-        crops = YUV420Clip(box, flip, len(frames), yuv.shape[-1], clip.width, clip.height)
+        crops = YUV420Clip(box, flip, len(frames), out.shape[-1], clip.width, clip.height)
 
-        def put(frame, positions: list[int]) -> None:  # a frame the clip shows: its regions, copied once
+        def put(frame, positions: list[int]) -> None:  # a frame the clip shows: its planes, copied out once
             crops.put(positions[0], frame.planes)
             for t in positions[1:]:  # a looped clip shows it again
                 crops.copy(positions[0], t)
 
         decode_slice(self._context(clip.codec), clip, frames - first, put, FORMATS)
-        crops.resize(yuv)
+        if out.dtype == np.uint8:
+            crops.resize(out)
+        else:
+            crops.to_rgb(out, self._matrix)
 
     def _clip(self, i: int, row: int, frames: np.ndarray, box: np.ndarray, flip: bool, out) -> None:
         """Clip i of a batch into out: (N, 3, T, S, S) float32 normalised RGB (CPU) or uint8 Y, U, V (GPU)."""
         try:
-            if out.dtype == np.uint8:
-                self._decode_clip(row, frames, box, flip, out[i])
-                return
-            yuv = np.empty(out.shape[1:], np.uint8)
-            self._decode_clip(row, frames, box, flip, yuv)
-            # Steps 4-5, on this worker's one torch thread.
-            convert_clip(torch.from_numpy(yuv).view(3, -1), torch.from_numpy(out[i]).view(3, -1), self._coeffs)
+            self._decode_clip(row, frames, box, flip, out[i])
         except (DecodeError, OSError, ValueError) as e:  # OSError, ValueError: the file changed since it was indexed
             raise DecodeError(f"{self._files[row]}: frames {int(frames.min())}..{int(frames.max())}: {e}. {HINT}") from None
 
