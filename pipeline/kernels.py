@@ -13,10 +13,11 @@ several strided passes.
 benchmarks/RESULTS.md has the loader's numbers with and without them.
 
 Both release the GIL (the pyav workers run them in parallel), start no threads, and compute in float32
-without fast-math: the same numbers on every x86 CPU, within 1e-4 of augment.convert_clip (torch's product,
-another order of the same float32 sums). The 4-byte words are read and written little-endian (byte k =
-frame k of a group), which is every platform numba runs on. Each is compiled on its first call in a process
-(~0.5 s) and cached in pipeline/__pycache__ for the next processes.
+without fast-math (no reassociation, no fused multiply-add): the same numbers on every x86 CPU, within 1e-4
+of augment.convert_clip (torch's product: another order of the same float32 sums). The 4-byte words are read
+and written little-endian (byte k = frame k of a group), which is every platform numba runs on. They are
+compiled on their first call in a process (~1 s for both) and cached in pipeline/__pycache__ for the next
+processes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
-def pack4(p0, p1, p2, p3, y0, x0, dst):  # pragma: no cover - compiled (tests/test_kernels.py checks it)
+def pack4(p0, p1, p2, p3, y0, x0, dst):
     """dst (h, w) uint32 <- the regions [y0, y0 + h) x [x0, x0 + w) of the 2-D uint8 planes p0..p3, interleaved:
     byte k of each word from p_k."""
     h, w = dst.shape
@@ -40,7 +41,7 @@ def pack4(p0, p1, p2, p3, y0, x0, dst):  # pragma: no cover - compiled (tests/te
 
 
 @njit(nogil=True, cache=True)
-def packed_to_rgb(y, c, flip, m, out):  # pragma: no cover - compiled (tests/test_kernels.py checks it)
+def packed_to_rgb(y, c, flip, m, out):
     """out (3, T, S, S) float32 <- resized Y, U, V packed 4 frames per pixel: y (Q, S, S) uint32 (frame 4q + k
     in byte k of y[q]), c (2Q, S, S) uint32 (U of that frame in c[q], V in c[Q + q]); Q = ceil(T / 4).
     Per pixel and output channel i: clamp(m[i, 0] Y + m[i, 1] U + m[i, 2] V + m[i, 3], m[i, 4], m[i, 5])
