@@ -364,18 +364,24 @@ def planes_of(frames):
     return y, uv
 
 
-def cpu_clip(frames, box, flip: bool, size: int) -> np.ndarray:
-    """The pyav backend's steps 1-3: YUV420Clip fed decoded frames in order (a frame object that comes again, as
-    in a looped clip, is put once and copied). Returns (3, T, S, S) uint8 Y, U, V."""
+def fed_clip(frames, box, flip: bool, size: int, order=None) -> YUV420Clip:
+    """A YUV420Clip fed decoded frames as the pyav backend feeds it, in `order` (default: in order): a frame
+    object that comes again, as in a looped clip, is put once and copied."""
     clip, first = YUV420Clip(box, flip, len(frames), size, frames[0].width, frames[0].height), {}
-    for t, f in enumerate(frames):
+    for t in order or range(len(frames)):
+        f = frames[t]
         if id(f) in first:
             clip.copy(first[id(f)], t)
         else:
             first[id(f)] = t
             clip.put(t, f.planes)
+    return clip
+
+
+def cpu_clip(frames, box, flip: bool, size: int) -> np.ndarray:
+    """The pyav backend's steps 1-3 (its GPU output): (3, T, S, S) uint8 Y, U, V."""
     out = np.empty((3, len(frames), size, size), np.uint8)
-    clip.resize(out)
+    fed_clip(frames, box, flip, size).resize(out)
     return out
 
 

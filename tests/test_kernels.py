@@ -4,10 +4,10 @@ two outputs (uint8 planes for the GPU, float RGB on the CPU) against each other.
 import numpy as np
 import pytest
 import torch
-from test_augment import cpu_clip, yuv420_frames
+from test_augment import cpu_clip, fed_clip, yuv420_frames
 
 from pipeline import kernels
-from pipeline.augment import YUV420Clip, conversion, yuv_to_rgb
+from pipeline.augment import conversion, yuv_to_rgb
 from pipeline.normalisation import PRESETS
 
 
@@ -57,17 +57,9 @@ def test_packed_to_rgb_is_the_affine_map_and_clamp_per_frame(t, flip, norm):
 
 
 def clip_rgb(frames, box, flip: bool, size: int, norm, order=None) -> np.ndarray:
-    """YUV420Clip.to_rgb fed like cpu_clip (a repeated frame object is copied), frames put in `order`."""
-    clip, first = YUV420Clip(box, flip, len(frames), size, frames[0].width, frames[0].height), {}
-    for t in order or range(len(frames)):
-        f = frames[t]
-        if id(f) in first:
-            clip.copy(first[id(f)], t)
-        else:
-            first[id(f)] = t
-            clip.put(t, f.planes)
+    """YUV420Clip.to_rgb (the pyav backend's CPU output), frames put in `order`."""
     out = np.empty((3, len(frames), size, size), np.float32)
-    clip.to_rgb(out, np.column_stack(conversion(norm)))
+    fed_clip(frames, box, flip, size, order).to_rgb(out, np.column_stack(conversion(norm)))
     return out
 
 
