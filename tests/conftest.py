@@ -1,6 +1,7 @@
-"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA, and a test parametrised with a
-`backend` whose package is not installed (DALI or decord: the GPU check's NVDEC pack has neither) skips with
-that reason instead of failing."""
+"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA, and a test of a backend whose package
+is not installed (parametrised with `backend`, or in that backend's own test file) skips with that reason
+instead of failing: DALI, decord and numba (the pyav backend's compiled loops) are in requirements.txt, but the
+GPU check's NVDEC pack has none of them."""
 
 import importlib.util
 import sys
@@ -22,7 +23,8 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-BACKEND_PACKAGES = {"dali": "nvidia.dali", "decord": "decord"}  # build_loader's backend -> the package it needs
+BACKEND_PACKAGES = {"dali": "nvidia.dali", "decord": "decord", "pyav": "numba"}  # backend -> the package it needs
+BACKEND_FILES = {"test_pyav.py": "pyav"}  # test files whose every test uses one backend (test_kernels.py: importorskip)
 
 
 def _installed(module: str) -> bool:
@@ -36,6 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     installed = {b: _installed(m) for b, m in BACKEND_PACKAGES.items()}
     for item in items:
         backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        backend = backend or BACKEND_FILES.get(item.path.name)
         if backend in installed and not installed[backend]:
             item.add_marker(pytest.mark.skip(reason=f"backend {backend!r} needs {BACKEND_PACKAGES[backend]}, "
                                                     "which is not installed"))

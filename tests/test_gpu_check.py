@@ -428,21 +428,25 @@ def test_loader_speed_records_a_failed_configuration_and_exits_1(tmp_path):
 
 
 def test_a_test_of_a_backend_that_is_not_installed_skips(monkeypatch):
-    """tests/conftest.py: on the GPU check's NVDEC pack (no DALI, no decord), pytest -m gpu skips the DALI and
-    decord cases of a test parametrised by backend, with the reason, and runs the others."""
+    """tests/conftest.py: on the GPU check's NVDEC pack (no DALI, no decord, no numba), pytest -m gpu skips the
+    DALI and pyav cases of a test parametrised by backend and every test of tests/test_pyav.py, with the
+    reason, and runs the others."""
     from types import SimpleNamespace
 
     conftest = sys.modules["conftest"]
     installed = conftest._installed
     assert installed("json") and not installed("nvidia_no_such.dali") and not installed("no_such_package")
     monkeypatch.setattr(conftest, "_installed", lambda module: module == "decord")
-    items = [SimpleNamespace(callspec=SimpleNamespace(params={"backend": b}), keywords={}, marks=[]) for b in
-             ("dali", "decord", "nvdec")] + [SimpleNamespace(keywords={}, marks=[])]
+    items = [SimpleNamespace(callspec=SimpleNamespace(params={"backend": b}), path=Path("tests/test_pipeline.py"),
+                             keywords={}, marks=[]) for b in ("dali", "decord", "nvdec", "pyav")]
+    items += [SimpleNamespace(path=Path(f"tests/{f}"), keywords={}, marks=[]) for f in ("test_pyav.py", "test_x.py")]
     for item in items:
         item.add_marker = item.marks.append
     conftest.pytest_collection_modifyitems(None, items)
     assert [[m.kwargs["reason"] for m in item.marks] for item in items] == [
-        ["backend 'dali' needs nvidia.dali, which is not installed"], [], [], []]
+        ["backend 'dali' needs nvidia.dali, which is not installed"], [], [],
+        ["backend 'pyav' needs numba, which is not installed"], ["backend 'pyav' needs numba, which is not installed"],
+        []]
 
 
 def test_gpu_report_merges_steps_in_the_order_they_ran(tmp_path, capsys):

@@ -6,9 +6,11 @@ import pytest
 import torch
 from test_augment import cpu_clip, fed_clip, yuv420_frames
 
-from pipeline import kernels
 from pipeline.augment import conversion, yuv_to_rgb
 from pipeline.normalisation import PRESETS
+
+pytest.importorskip("numba", reason="numba (requirements.txt; the pyav backend's compiled loops) is not installed")
+from pipeline import kernels  # noqa: E402
 
 
 def test_pack4_interleaves_four_regions_byte_k_from_plane_k():
