@@ -71,6 +71,14 @@ def args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--out", str(out), *TINY, *extra]
 
 
+def usage_error(capsys, fn, argv: list[str]) -> str:
+    """fn(argv) (train.main or train.parse_args) exits with argparse's usage status 2: the last line on stderr."""
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
 def read_metrics(run: Path) -> list[dict]:
     with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -412,10 +420,7 @@ def test_resume_takes_the_model_from_the_run_it_continues(data, reference_run, t
 
 def test_ft_begin_without_pretrained_is_refused(data, tmp_path, capsys):
     """Freezing the layers before --ft-begin makes sense only for pretrained weights: random ones stay random."""
-    with pytest.raises(SystemExit) as e:
-        train.main(args(data, tmp_path / "run", "--ft-begin", "layer4"))
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
+    assert usage_error(capsys, train.main, args(data, tmp_path / "run", "--ft-begin", "layer4")).endswith(
         "error: --ft-begin layer4 without --pretrained would freeze randomly initialised layers; HINT: add "
         "--pretrained CHECKPOINT, or drop --ft-begin to train every layer")
     assert not (tmp_path / "run").exists()
@@ -563,10 +568,7 @@ def test_max_restarts_under_torchrun_is_torchruns(data, tmp_path, monkeypatch, c
     that names torchrun's flag and --resume (a group torchrun restarts continues the run only with it)."""
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(args(data, tmp_path / "run", "--max-restarts", "2"))
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
+    assert usage_error(capsys, train.parse_args, args(data, tmp_path / "run", "--max-restarts", "2")).endswith(
         ": error: --max-restarts 2: under torchrun, torchrun restarts the processes; HINT: give torchrun "
         "--max-restarts instead, and train.py --resume so that a restarted group continues the run")
 
@@ -690,20 +692,16 @@ def test_workers_0_is_for_decord_only(data, tmp_path, capsys):
     cfg = train.parse_args(args(data, tmp_path, "--workers", "0", "--backend", "decord"))
     assert cfg.workers == 0
     for backend in ("auto", "pyav", "dali"):
-        with pytest.raises(SystemExit) as e:
-            train.parse_args(args(data, tmp_path, "--workers", "0", "--backend", backend))
-        assert e.value.code == 2
-        assert capsys.readouterr().err.splitlines()[-1].endswith(
+        line = usage_error(capsys, train.parse_args, args(data, tmp_path, "--workers", "0", "--backend", backend))
+        assert line.endswith(
             f" error: --workers 0: --backend {backend} needs >= 1 (0, decoding in the main process, is for "
             "--backend decord)")
 
 
 def test_backend_nvdec_on_the_cpu_is_a_usage_error(data, tmp_path, capsys):
     """"nvdec" means NVDEC's hardware decoders: on the CPU one line says which backends decode there."""
-    with pytest.raises(SystemExit) as e:
-        train.parse_args(args(data, tmp_path, "--backend", "nvdec", "--device", "cpu"))
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
+    line = usage_error(capsys, train.parse_args, args(data, tmp_path, "--backend", "nvdec", "--device", "cpu"))
+    assert line.endswith(
         " error: --backend nvdec decodes on the GPU; on the CPU use --backend pyav, dali or decord")
 
 
