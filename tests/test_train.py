@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -855,28 +856,38 @@ INTERRUPTED = re.compile(r"interrupted (in|after) epoch (\d+); the last checkpoi
                          r"continue with the same command plus --resume")
 
 
-def ctrl_c_after_first_checkpoint(data: Path, out: Path, *extra: str) -> tuple[int, str, int]:
-    """Run train.py in its own process group, and once checkpoints/last.pt exists send SIGINT to the group, as a
-    terminal's Ctrl-C does: (exit status, stderr, epoch in last.pt)."""
+def ctrl_c(argv: list[str], ready: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """Run train.py argv in its own process group, and once ready(proc) returns send SIGINT to the group, as a
+    terminal's Ctrl-C does: (exit status, stderr). The group is killed if it outlives the test."""
     root = Path(train.__file__).resolve().parent
-    last = out / "checkpoints" / "last.pt"
 
     def as_from_a_terminal():  # pytest may run with SIGINT ignored (a background job), which children inherit
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    proc = subprocess.Popen([sys.executable, str(root / "train.py"), *args(data, out, "--epochs", "50", *extra)],
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), *argv],
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=as_from_a_terminal)
     try:
-        wait_for_first_checkpoint(proc, last)
-        time.sleep(0.5)  # into the bookkeeping or epoch 2
+        ready(proc)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=EXIT_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, err, torch.load(last, weights_only=True)["epoch"]
+    return proc.returncode, err
+
+
+def ctrl_c_after_first_checkpoint(data: Path, out: Path, *extra: str) -> tuple[int, str, int]:
+    """ctrl_c once checkpoints/last.pt exists: (exit status, stderr, epoch in last.pt)."""
+    last = out / "checkpoints" / "last.pt"
+
+    def ready(proc):
+        wait_for_first_checkpoint(proc, last)
+        time.sleep(0.5)  # into the bookkeeping or epoch 2
+
+    code, err = ctrl_c(args(data, out, "--epochs", "50", *extra), ready)
+    return code, err, torch.load(last, weights_only=True)["epoch"]
 
 
 def test_ctrl_c_prints_one_line_pointing_at_resume_and_exits_130(data, tmp_path):
@@ -902,27 +913,14 @@ def test_ctrl_c_while_the_processes_start_is_one_line(data, tmp_path):
     """--nproc 2: Ctrl-C as soon as the two processes exist, while they import torch and DALI: still one line and
     status 130 (they start with SIGINT blocked and take it once their handler is in place; a KeyboardInterrupt in
     the middle of an import would print a traceback from each)."""
-    root = Path(train.__file__).resolve().parent
-
-    def as_from_a_terminal():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    proc = subprocess.Popen([sys.executable, str(root / "train.py"),
-                             *args(data, tmp_path / "run", "--epochs", "50", "--nproc", "2")],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=as_from_a_terminal)
-    try:
+    def ready(proc):
         deadline = time.monotonic() + FIRST_CHECKPOINT_S
         while len(ranks_of(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(ranks_of(proc.pid)) == 2, "the processes did not start"
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=EXIT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, err
+
+    code, err = ctrl_c(args(data, tmp_path / "run", "--epochs", "50", "--nproc", "2"), ready)
+    assert code == 130, err
     # "interrupted" when the processes were still starting (the usual case), rank 0's line when it had begun
     assert re.fullmatch(r"interrupted(| in epoch 1, before the first checkpoint; run the same command again to start "
                         r"over)\n", err), err
